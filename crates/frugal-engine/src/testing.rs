@@ -1,0 +1,102 @@
+//! A tiny llama with random weights, built in code, so unit tests of the engine and of every
+//! method run without downloading anything. Not part of the public API.
+
+use crate::error::Result;
+use crate::model::chat_template::ChatTemplate;
+use crate::model::llama::{Llama, LlamaConfig, TensorSource, WeightFormat};
+use crate::model::tokenizer::{testing::tiny_test_metadata, TextTokenizer};
+use crate::model::LoadedModel;
+use candle_core::quantized::gguf_file::{Content, VersionedMagic};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use frugal_numerics::rope::RopePairing;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The tiny model's shape: 3 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16.
+pub fn tiny_config(vocab_size: usize) -> LlamaConfig {
+    LlamaConfig {
+        n_layers: 3,
+        d_model: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        ffn_dim: 128,
+        vocab_size,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-5,
+        context_length: 512,
+        rope_pairing: RopePairing::Interleaved,
+    }
+}
+
+struct RandomWeights {
+    tensors: HashMap<String, QTensor>,
+    origin: PathBuf,
+}
+
+impl TensorSource for RandomWeights {
+    fn tensor(&mut self, name: &str) -> Result<Option<QTensor>> {
+        Ok(self.tensors.remove(name))
+    }
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// Weights drawn uniformly from a seeded generator and stored as `dtype` (F32, Q8_0, Q4_0, …;
+/// the row length 64 fits every block size). Norm weights stay F32 around 1.
+fn random_weights(cfg: &LlamaConfig, dtype: GgmlDType, seed: u64) -> Result<RandomWeights> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = HashMap::new();
+    let mut add = |name: String, shape: &[usize], scale: f32, offset: f32, dtype: GgmlDType| -> Result<()> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0)).collect();
+        let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
+        tensors.insert(name, QTensor::quantize(&t, dtype)?);
+        Ok(())
+    };
+    let (d, q, kv, f) = (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim);
+    add("token_embd.weight".into(), &[cfg.vocab_size, d], 1.0, 0.0, dtype)?;
+    add("output_norm.weight".into(), &[d], 0.1, 1.0, GgmlDType::F32)?;
+    for i in 0..cfg.n_layers {
+        let p = |s: &str| format!("blk.{i}.{s}.weight");
+        add(p("attn_norm"), &[d], 0.1, 1.0, GgmlDType::F32)?;
+        add(p("ffn_norm"), &[d], 0.1, 1.0, GgmlDType::F32)?;
+        // Scales ~ 1/sqrt(fan_in) · 2 give attention scores of order 1 (non-trivial softmax).
+        add(p("attn_q"), &[q, d], 0.4, 0.0, dtype)?;
+        add(p("attn_k"), &[kv, d], 0.4, 0.0, dtype)?;
+        add(p("attn_v"), &[kv, d], 0.2, 0.0, dtype)?;
+        add(p("attn_output"), &[d, q], 0.2, 0.0, dtype)?;
+        add(p("ffn_gate"), &[f, d], 0.2, 0.0, dtype)?;
+        add(p("ffn_up"), &[f, d], 0.2, 0.0, dtype)?;
+        add(p("ffn_down"), &[d, f], 0.15, 0.0, dtype)?;
+    }
+    Ok(RandomWeights { tensors, origin: PathBuf::from("<tiny random llama>") })
+}
+
+/// The tiny model with weights stored as `dtype`, its byte-level tokenizer and a ChatML
+/// template. Same seed, same weights.
+pub fn tiny_model(dtype: GgmlDType, seed: u64) -> Result<LoadedModel> {
+    let content = Content {
+        magic: VersionedMagic::GgufV3,
+        metadata: tiny_test_metadata(),
+        tensor_infos: HashMap::new(),
+        tensor_data_offset: 0,
+    };
+    let origin = Path::new("<tiny random llama>");
+    let tokenizer = TextTokenizer::from_gguf(&content, origin)?;
+    let vocab = tokenizer.vocab_size().div_ceil(32) * 32;
+    let cfg = tiny_config(vocab);
+    let mut weights = random_weights(&cfg, dtype, seed)?;
+    let model = Llama::load(cfg, &mut weights, WeightFormat::Native)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template: ChatTemplate::chatml_fallback(),
+        path: origin.to_path_buf(),
+        description: format!("tiny random llama ({dtype:?})"),
+    })
+}

@@ -1,0 +1,4 @@
+//! Layer 1 of frugal (see DESIGN.md): numerical kernels with no model knowledge.
+
+pub mod attention;
+pub mod rope;

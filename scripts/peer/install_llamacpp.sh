@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install llama-cpp-python (the speed peer) into a private venv.
+# Venv path: $PEER_VENV (default <repo>/.venv-peer, gitignored by /.venv*).
+# Idempotent: does nothing if llama_cpp and numpy already import from that venv.
+# Builds llama.cpp from the PyPI sdist (cmake/ninja build-dep wheels), ~9-15 min on 2 cores.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PEER_VENV="${PEER_VENV:-$REPO_ROOT/.venv-peer}"
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+PYTHON="${PYTHON:-python3}"
+
+if [ -x "$PEER_VENV/bin/python" ] && \
+   "$PEER_VENV/bin/python" -c "import llama_cpp, numpy, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
+    echo "[install_llamacpp] llama-cpp-python $LLAMA_CPP_PYTHON_VERSION already importable in $PEER_VENV; skipping"
+    exit 0
+fi
+
+if [ ! -x "$PEER_VENV/bin/python" ]; then
+    echo "[install_llamacpp] creating venv $PEER_VENV"
+    "$PYTHON" -m venv "$PEER_VENV"
+fi
+
+# Only one parallel compile job: the other core is reserved (e.g. for cargo).
+export CMAKE_BUILD_PARALLEL_LEVEL=1
+# Keep the build verbose enough to show progress in logs.
+start=$(date +%s)
+echo "[install_llamacpp] pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION numpy (CMAKE_BUILD_PARALLEL_LEVEL=1) ..."
+"$PEER_VENV/bin/python" -m pip install --upgrade pip >/dev/null 2>&1 || true
+"$PEER_VENV/bin/python" -m pip install numpy "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+end=$(date +%s)
+"$PEER_VENV/bin/python" -c "import llama_cpp; print('[install_llamacpp] installed llama_cpp', llama_cpp.__version__)"
+echo "[install_llamacpp] done in $((end - start)) s"

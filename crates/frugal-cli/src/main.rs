@@ -273,6 +273,12 @@ fn setup_threads(requested: Option<usize>) -> Result<usize> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    // candle's matmul workers spin 25,000 times before parking; while our attention runs on
+    // rayon those spinning threads take the cores it needs (decode fell from ~70 to ~2 tok/s
+    // on 2 cores). A short spin keeps hand-offs fast without starving the other pool.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+    }
     rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the worker threads")?;
     Ok(n)
 }

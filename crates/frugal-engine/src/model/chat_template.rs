@@ -55,6 +55,7 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// A compiled chat template plus the BOS/EOS strings it may reference.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

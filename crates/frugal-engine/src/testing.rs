@@ -6,7 +6,7 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::llama::{Llama, LlamaConfig, TensorSource, WeightFormat};
 use crate::model::tokenizer::{testing::tiny_test_metadata, TextTokenizer};
 use crate::model::LoadedModel;
-use candle_core::quantized::gguf_file::{Content, VersionedMagic};
+use candle_core::quantized::gguf_file::{self, Content, Value, VersionedMagic};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use frugal_numerics::rope::RopePairing;
@@ -26,7 +26,7 @@ pub fn tiny_config(vocab_size: usize) -> LlamaConfig {
         ffn_dim: 128,
         vocab_size,
         rope_theta: 10_000.0,
-        rms_eps: 1e-5,
+        rms_eps: 1e-5f32 as f64, // as stored in GGUF (f32)
         context_length: 512,
         rope_pairing: RopePairing::Interleaved,
     }
@@ -99,4 +99,48 @@ pub fn tiny_model(dtype: GgmlDType, seed: u64) -> Result<LoadedModel> {
         path: origin.to_path_buf(),
         description: format!("tiny random llama ({dtype:?})"),
     })
+}
+
+/// What to leave out of or change in a GGUF written by [`write_tiny_gguf`], to produce the
+/// broken files the bad-input tests need.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TinyGgufOptions {
+    /// Value of `general.architecture` (default `llama`).
+    pub architecture: Option<&'static str>,
+    /// Leave out every `tokenizer.*` key.
+    pub without_tokenizer: bool,
+}
+
+/// Writes the tiny model (weights as `dtype`, same seed → same weights as [`tiny_model`]) as a
+/// GGUF file, so the real loading path can be tested without a download.
+pub fn write_tiny_gguf(path: &Path, dtype: GgmlDType, seed: u64, opts: TinyGgufOptions) -> Result<()> {
+    let mut metadata = if opts.without_tokenizer { HashMap::new() } else { tiny_test_metadata() };
+    let vocab = crate::model::tokenizer::testing::TINY_VOCAB_SIZE.div_ceil(32) * 32;
+    let cfg = tiny_config(vocab);
+    let arch = opts.architecture.unwrap_or("llama");
+    let u = |x: usize| Value::U32(x as u32);
+    metadata.insert("general.architecture".into(), Value::String(arch.into()));
+    for (k, v) in [
+        ("block_count", u(cfg.n_layers)),
+        ("embedding_length", u(cfg.d_model)),
+        ("feed_forward_length", u(cfg.ffn_dim)),
+        ("attention.head_count", u(cfg.n_heads)),
+        ("attention.head_count_kv", u(cfg.n_kv_heads)),
+        ("rope.dimension_count", u(cfg.head_dim)),
+        ("context_length", u(cfg.context_length)),
+        ("rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        ("attention.layer_norm_rms_epsilon", Value::F32(cfg.rms_eps as f32)),
+    ] {
+        metadata.insert(format!("{arch}.{k}"), v);
+    }
+    let weights = random_weights(&cfg, dtype, seed)?;
+    let mut names: Vec<&String> = weights.tensors.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, &QTensor)> = names.iter().map(|n| (n.as_str(), &weights.tensors[*n])).collect();
+    let mut keys: Vec<&String> = metadata.keys().collect();
+    keys.sort();
+    let md: Vec<(&str, &Value)> = keys.iter().map(|k| (k.as_str(), &metadata[*k])).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    gguf_file::write(&mut file, &md, &tensors)?;
+    Ok(())
 }

@@ -1,0 +1,125 @@
+//! Bad input through the real binary: each case must exit non-zero with an error that names
+//! the problem, and never panic.
+
+use candle_core::quantized::GgmlDType;
+use frugal_engine::testing::{write_tiny_gguf, TinyGgufOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+}
+
+fn frugal(args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["--threads", "1"])
+        .args(args)
+        .env_remove("FRUGAL_MODEL")
+        .output()
+        .expect("run frugal");
+    Outcome { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+fn assert_clean_failure(o: &Outcome, must_contain: &[&str]) {
+    assert!(!o.stderr.contains("panicked"), "panicked:\n{}", o.stderr);
+    assert!(matches!(o.code, Some(c) if c != 0), "exit code {:?}\n{}", o.code, o.stderr);
+    for s in must_contain {
+        assert!(o.stderr.contains(s), "stderr lacks {s:?}:\n{}", o.stderr);
+    }
+}
+
+fn tiny_gguf(dir: &Path, name: &str, opts: TinyGgufOptions) -> PathBuf {
+    let path = dir.join(name);
+    write_tiny_gguf(&path, GgmlDType::Q8_0, 1, opts).unwrap();
+    path
+}
+
+#[test]
+fn missing_model_file() {
+    let o = frugal(&["--model", "/nonexistent/model.gguf", "generate", "hi"]);
+    assert_clean_failure(&o, &["not found", "/nonexistent/model.gguf"]);
+}
+
+#[test]
+fn truncated_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let o = frugal(&["--model", cut.to_str().unwrap(), "generate", "hi"]);
+    assert_clean_failure(&o, &["truncated", "cut.gguf"]);
+    // Cut inside the header: not even the metadata parses.
+    std::fs::write(&cut, &bytes[..100]).unwrap();
+    let o = frugal(&["--model", cut.to_str().unwrap(), "generate", "hi"]);
+    assert_clean_failure(&o, &["cut.gguf"]);
+}
+
+#[test]
+fn corrupt_gguf_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.gguf");
+    std::fs::write(&path, b"this is not a gguf file at all, just text").unwrap();
+    let o = frugal(&["--model", path.to_str().unwrap(), "generate", "hi"]);
+    assert_clean_failure(&o, &["garbage.gguf", "GGUF"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TinyGgufOptions { architecture: Some("mamba"), ..Default::default() };
+    let path = tiny_gguf(dir.path(), "mamba.gguf", opts);
+    let o = frugal(&["--model", path.to_str().unwrap(), "generate", "hi"]);
+    assert_clean_failure(&o, &["unsupported architecture `mamba`", "llama"]);
+}
+
+#[test]
+fn gguf_without_tokenizer_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TinyGgufOptions { without_tokenizer: true, ..Default::default() };
+    let path = tiny_gguf(dir.path(), "notok.gguf", opts);
+    let o = frugal(&["--model", path.to_str().unwrap(), "generate", "hi"]);
+    assert_clean_failure(&o, &["notok.gguf", "tokenizer"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    // The tiny model's window is 512 tokens; every byte of this prompt is at least one token.
+    let prompt = "x".repeat(600);
+    let o = frugal(&["--model", path.to_str().unwrap(), "generate", &prompt]);
+    assert_clean_failure(&o, &["context window of 512"]);
+}
+
+#[test]
+fn invalid_sampling_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    let model = path.to_str().unwrap();
+    for (flag, value, named) in [
+        ("--temperature", "-1", "temperature"),
+        ("--top-p", "0", "top_p"),
+        ("--top-p", "1.5", "top_p"),
+        ("--max-tokens", "0", "max-tokens"),
+        ("--top-k", "-3", "top-k"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let o = frugal(&["--model", model, "generate", "hi", &arg]);
+        assert_clean_failure(&o, &[named]);
+    }
+}
+
+#[test]
+fn a_valid_tiny_model_generates() {
+    // The counterpart of the failures above: the same file, unbroken, works end to end.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    let out = Command::new(env!("CARGO_BIN_EXE_frugal"))
+        .args(["--threads", "1", "--model", path.to_str().unwrap(), "generate", "Hello", "--max-tokens", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prompt tokens"));
+}

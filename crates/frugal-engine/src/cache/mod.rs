@@ -64,6 +64,31 @@ impl HeadStore {
         *self = HeadStore::default();
     }
 
+    /// Keeps only the rows whose position satisfies `keep`, and returns the freed memory to
+    /// the allocator, so resident and allocated bytes both drop.
+    pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        let d = if self.positions.is_empty() { 0 } else { self.keys.len() / self.positions.len() };
+        let mut w = 0;
+        for r in 0..self.positions.len() {
+            if keep(self.positions[r]) {
+                if w != r {
+                    self.positions[w] = self.positions[r];
+                    self.keys.copy_within(r * d..(r + 1) * d, w * d);
+                    self.values.copy_within(r * d..(r + 1) * d, w * d);
+                }
+                w += 1;
+            }
+        }
+        if w < self.positions.len() {
+            self.positions.truncate(w);
+            self.keys.truncate(w * d);
+            self.values.truncate(w * d);
+            self.positions.shrink_to_fit();
+            self.keys.shrink_to_fit();
+            self.values.shrink_to_fit();
+        }
+    }
+
     /// Reserves room for `extra` more rows of `head_dim` floats, exactly (prefill knows its size).
     pub fn reserve_exact(&mut self, extra: usize, head_dim: usize) {
         self.keys.reserve_exact(extra * head_dim);
@@ -206,6 +231,11 @@ mod tests {
         assert!(store.head(0, 0).is_empty());
         // 2 heads × 2 tokens × (3 keys + 3 values) × 4 bytes + 2 heads × 2 positions × 4 bytes.
         assert_eq!(store.resident_bytes(), 2 * 2 * 6 * 4 + 2 * 2 * 4);
+        store.head_mut(1, 1).retain(|p| p == 1);
+        assert_eq!(store.head(1, 1).view().keys, &[110.0, 111.0, 112.0]);
+        assert_eq!(store.head(1, 1).view().positions, &[1]);
+        assert_eq!(store.head(1, 0).len(), 2, "other heads keep their tokens");
+        assert_eq!(store.resident_bytes(), (2 + 1) * (6 * 4 + 4));
         store.clear();
         assert_eq!(store.resident_bytes(), 0);
         assert_eq!(store.allocated_bytes(), 0);

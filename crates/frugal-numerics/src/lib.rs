@@ -2,3 +2,5 @@
 
 pub mod attention;
 pub mod rope;
+pub mod block_sparse;
+pub mod fp8;

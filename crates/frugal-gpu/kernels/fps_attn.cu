@@ -1,0 +1,461 @@
+// FPSAttention kernel family for Hopper (sm_90a): FlashAttention-2-style forward with online
+// softmax, tiles in shared memory (cp.async, double-buffered K/V, XOR-swizzled rows),
+// tensor-core MMA through mma.sync (m16n8k16 bf16, m16n8k32 e4m3), head dim 128.
+// Four variants from two kernels: {bf16, fp8} x {dense, block-sparse}; "dense" is the same
+// kernel fed the dense block list, so the ratios come from one code path.
+//
+// Layouts (one batch): q/k/v/o are [H][N][128] row-major. A block map is given as
+// counts[H][n_qb] and idx[H][n_qb][n_kb] (ascending key-block lists, BM=128 queries x BN=64
+// keys per block). causal=1 adds the element-wise j<=i mask.
+//
+// FP8 (per papers/attention-kv-methods.md §3): Q and K quantised to E4M3 per 64-token tile
+// (scale = amax/448), V per channel (scale over the sequence), P = fp8(448 * p) with p the
+// running-max probabilities in [0,1]; O = (sum P^ V^) * s_v / (448 * l). V^ is stored
+// transposed ([H][128][Npad]) with keys permuted inside each 16-group so that the P
+// accumulator fragment of QK^T can be reused as the A operand of the k32 MMA without
+// shuffles (see perm16 below).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define D 128
+#define BM 128
+#define BN 64
+#define NWARPS 8
+#define NTHREADS (NWARPS * 32)
+
+// ---------------------------------------------------------------------------------------
+// small PTX helpers
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    int sz = valid ? 16 : 0;  // src-size 0 -> zero fill
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(sz));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_e4m3(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low half)
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+// two floats -> two e4m3 bytes, saturating RNE; `lo` in the low byte.
+__device__ __forceinline__ uint32_t cvt_e4m3x2(float lo, float hi) {
+    uint16_t r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Byte offset of 16-byte chunk `c` of row `r` in a tile whose rows hold `CH` chunks.
+// XOR swizzle over the low 3 bits (CH >= 8) keeps ldmatrix's 8 row reads conflict-free.
+template <int CH>
+__device__ __forceinline__ uint32_t swz(int r, int c) {
+    if constexpr (CH >= 8) {
+        return r * CH * 16 + ((c ^ (r & 7)) << 4);
+    } else {  // CH == 4 (64-byte rows): two rows share a 128-byte line
+        return r * CH * 16 + ((c ^ ((r >> 1) & 3)) << 4);
+    }
+}
+
+// Copy `ROWS` rows of `CH` 16-byte chunks from global (row stride `gstride` bytes) into a
+// swizzled smem tile; rows >= `valid_rows` are zero-filled.
+template <int ROWS, int CH>
+__device__ __forceinline__ void load_tile(uint32_t sbase, const uint8_t* g, size_t gstride, int valid_rows) {
+#pragma unroll
+    for (int i = threadIdx.x; i < ROWS * CH; i += NTHREADS) {
+        int r = i / CH, c = i % CH;
+        bool ok = r < valid_rows;
+        const uint8_t* src = g + (ok ? (size_t)r * gstride : 0) + c * 16;
+        cp_async16(sbase + swz<CH>(r, c), src, ok);
+    }
+}
+
+struct Params {
+    const void* q;   // bf16 [H][N][D] or e4m3 [H][N][D]
+    const void* k;   // same
+    const void* v;   // bf16 [H][N][D] or e4m3 V^T [H][D][npad] (keys permuted in 16-groups)
+    __nv_bfloat16* o;  // [H][N][D]
+    const int* counts;  // [H][n_qb]
+    const int* idx;     // [H][n_qb][n_kb]
+    const float* sq;    // fp8: [H][ceil(N/64)]
+    const float* sk;    // fp8: [H][ceil(N/64)]
+    const float* sv;    // fp8: [H][D]
+    int n, npad, n_qb, n_kb, causal;
+    float scale_log2;   // log2(e) / sqrt(D)
+};
+
+// ---------------------------------------------------------------------------------------
+// BF16 kernel. smem: Q 128x256B (32 KB) + 2 x (K 64x256B + V 64x256B) (64 KB) = 96 KB.
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16(const void* q, const void* k, const void* v, __nv_bfloat16* o_, const int* counts, const int* idx,
+    const float* sq_, const float* sk_, const float* sv_, int n, int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int h = blockIdx.y;
+    const int qb = gridDim.x - 1 - blockIdx.x;  // heavy (late, causal) blocks first
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t sQ = smem_u32(smem);
+    const uint32_t sK0 = sQ + BM * 256;
+    const uint32_t sV0 = sK0 + 2 * BN * 256;
+    const size_t hoff = (size_t)h * p.n * D;
+    const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + hoff * 2;
+    const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + hoff * 2;
+    const uint8_t* gv = reinterpret_cast<const uint8_t*>(p.v) + hoff * 2;
+    const int cnt = p.counts[h * p.n_qb + qb];
+    const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
+    const int q0 = qb * BM;
+
+    load_tile<BM, 16>(sQ, gq + (size_t)q0 * 256, 256, p.n - q0);
+    if (cnt > 0) {
+        int kb = list[0];
+        load_tile<BN, 16>(sK0, gk + (size_t)kb * BN * 256, 256, p.n - kb * BN);
+        load_tile<BN, 16>(sV0, gv + (size_t)kb * BN * 256, 256, p.n - kb * BN);
+    }
+    cp_commit();
+
+    float o[16][4];
+#pragma unroll
+    for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+    const int row_a = q0 + warp * 16 + (lane >> 2);  // rows row_a, row_a + 8
+
+    for (int it = 0; it < cnt; it++) {
+        const int kb = list[it];
+        const int st = it & 1;
+        if (it + 1 < cnt) {
+            int nb = list[it + 1];
+            load_tile<BN, 16>(sK0 + (st ^ 1) * BN * 256, gk + (size_t)nb * BN * 256, 256, p.n - nb * BN);
+            load_tile<BN, 16>(sV0 + (st ^ 1) * BN * 256, gv + (size_t)nb * BN * 256, 256, p.n - nb * BN);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t sK = sK0 + st * BN * 256, sV = sV0 + st * BN * 256;
+
+        // S = Q K^T for this warp's 16 rows x 64 keys
+        float s[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            uint32_t a0, a1, a2, a3;
+            ldsm_x4(sQ + swz<16>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(sK + swz<16>(j * 16 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma_bf16(s[2 * j], a0, a1, a2, a3, b0, b1);
+                mma_bf16(s[2 * j + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        // masks: sequence end and causality
+        const int key0 = kb * BN;
+        const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > q0 + warp * 16);
+#pragma unroll
+        for (int t = 0; t < 8; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[t][e] * p.scale_log2;
+                if (need_mask) {
+                    int key = key0 + t * 8 + (lane & 3) * 2 + (e & 1);
+                    int row = row_a + (e >> 1) * 8;
+                    if (key >= p.n || (p.causal && key > row)) x = -INFINITY;
+                }
+                s[t][e] = x;
+            }
+        // online softmax (base 2)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int t = 0; t < 8; t++) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            const float m_new = fmaxf(m_r[r], mx);
+            const float m_use = (m_new == -INFINITY) ? 0.f : m_new;
+            const float alpha = fast_exp2(m_r[r] - m_use);
+            m_r[r] = m_new;
+            float sum = 0.f;
+#pragma unroll
+            for (int t = 0; t < 8; t++) {
+                s[t][2 * r] = fast_exp2(s[t][2 * r] - m_use);
+                s[t][2 * r + 1] = fast_exp2(s[t][2 * r + 1] - m_use);
+                sum += s[t][2 * r] + s[t][2 * r + 1];
+            }
+            l_r[r] = l_r[r] * alpha + sum;  // per-thread partial; quad-reduced at the end
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                o[t][2 * r] *= alpha;
+                o[t][2 * r + 1] *= alpha;
+            }
+        }
+        // O += P V
+#pragma unroll
+        for (int j = 0; j < 4; j++) {  // 16 keys per step
+            uint32_t a0 = pack_bf16(s[2 * j][0], s[2 * j][1]);
+            uint32_t a1 = pack_bf16(s[2 * j][2], s[2 * j][3]);
+            uint32_t a2 = pack_bf16(s[2 * j + 1][0], s[2 * j + 1][1]);
+            uint32_t a3 = pack_bf16(s[2 * j + 1][2], s[2 * j + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < 8; dp++) {  // 16 d per step
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(sV + swz<16>(j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 2 + (lane >> 4)), b0, b1, b2, b3);
+                mma_bf16(o[2 * dp], a0, a1, a2, a3, b0, b1);
+                mma_bf16(o[2 * dp + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        __syncthreads();
+    }
+    // epilogue
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_r[r];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const int row = row_a + r * 8;
+        if (row < p.n) {
+            __nv_bfloat16* dst = p.o + hoff + (size_t)row * D + (lane & 3) * 2;
+#pragma unroll
+            for (int t = 0; t < 16; t++)
+                *reinterpret_cast<__nv_bfloat162*>(dst + t * 8) =
+                    __floats2bfloat162_rn(o[t][2 * r] * inv, o[t][2 * r + 1] * inv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// FP8 kernel. smem: Q 128x128B (16 KB) + 2 x (K 64x128B + V^T 128x64B) (32 KB) = 48 KB.
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8(const void* q, const void* k, const void* v, __nv_bfloat16* o_, const int* counts, const int* idx,
+    const float* sq_, const float* sk_, const float* sv_, int n, int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int h = blockIdx.y;
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t sQ = smem_u32(smem);
+    const uint32_t sK0 = sQ + BM * 128;
+    const uint32_t sV0 = sK0 + 2 * BN * 128;
+    const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + (size_t)h * p.n * D;
+    const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + (size_t)h * p.n * D;
+    const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad;
+    const int cnt = p.counts[h * p.n_qb + qb];
+    const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
+    const int q0 = qb * BM;
+    const int n_tiles = (p.n + 63) / 64;
+    const float sq = p.sq[h * n_tiles + (q0 + warp * 16) / 64];
+    const float* skh = p.sk + h * n_tiles;
+
+    load_tile<BM, 8>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
+    if (cnt > 0) {
+        int kb = list[0];
+        load_tile<BN, 8>(sK0, gk + (size_t)kb * BN * 128, 128, p.n - kb * BN);
+        load_tile<D, 4>(sV0, gvt + (size_t)kb * BN, p.npad, D);
+    }
+    cp_commit();
+
+    float o[16][4];
+#pragma unroll
+    for (int i = 0; i < 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+    const int row_a = q0 + warp * 16 + (lane >> 2);
+
+    for (int it = 0; it < cnt; it++) {
+        const int kb = list[it];
+        const int st = it & 1;
+        if (it + 1 < cnt) {
+            int nb = list[it + 1];
+            load_tile<BN, 8>(sK0 + (st ^ 1) * BN * 128, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
+            load_tile<D, 4>(sV0 + (st ^ 1) * D * 64, gvt + (size_t)nb * BN, p.npad, D);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t sK = sK0 + st * BN * 128, sV = sV0 + st * D * 64;
+
+        float s[8][4];
+#pragma unroll
+        for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {  // 32 d per step
+            uint32_t a0, a1, a2, a3;
+            ldsm_x4(sQ + swz<8>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)), a0, a1, a2, a3);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(sK + swz<8>(j * 16 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma_e4m3(s[2 * j], a0, a1, a2, a3, b0, b1);
+                mma_e4m3(s[2 * j + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        const float f = sq * skh[kb] * p.scale_log2;
+        const int key0 = kb * BN;
+        const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > q0 + warp * 16);
+#pragma unroll
+        for (int t = 0; t < 8; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[t][e] * f;
+                if (need_mask) {
+                    int key = key0 + t * 8 + (lane & 3) * 2 + (e & 1);
+                    int row = row_a + (e >> 1) * 8;
+                    if (key >= p.n || (p.causal && key > row)) x = -INFINITY;
+                }
+                s[t][e] = x;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int t = 0; t < 8; t++) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            const float m_new = fmaxf(m_r[r], mx);
+            const float m_use = (m_new == -INFINITY) ? 0.f : m_new;
+            const float alpha = fast_exp2(m_r[r] - m_use);
+            m_r[r] = m_new;
+            float sum = 0.f;
+#pragma unroll
+            for (int t = 0; t < 8; t++) {
+                s[t][2 * r] = fast_exp2(s[t][2 * r] - m_use);
+                s[t][2 * r + 1] = fast_exp2(s[t][2 * r + 1] - m_use);
+                sum += s[t][2 * r] + s[t][2 * r + 1];
+            }
+            l_r[r] = l_r[r] * alpha + sum;
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                o[t][2 * r] *= alpha;
+                o[t][2 * r + 1] *= alpha;
+            }
+        }
+        // O += P^ V^ : P^ = fp8(448 p); the k32 A fragment takes logical keys
+        // 4*tig..4*tig+3 = physical {2tig, 2tig+1, 8+2tig, 8+2tig+1} of each 16-group.
+#pragma unroll
+        for (int j = 0; j < 2; j++) {  // 32 keys per step
+            uint32_t a[4];
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {  // 16-key half: n-tiles 4j+2hh, 4j+2hh+1
+                const int t0 = 4 * j + 2 * hh;
+                a[2 * hh + 0] = cvt_e4m3x2(s[t0][0] * 448.f, s[t0][1] * 448.f) |
+                                (cvt_e4m3x2(s[t0 + 1][0] * 448.f, s[t0 + 1][1] * 448.f) << 16);
+                a[2 * hh + 1] = cvt_e4m3x2(s[t0][2] * 448.f, s[t0][3] * 448.f) |
+                                (cvt_e4m3x2(s[t0 + 1][2] * 448.f, s[t0 + 1][3] * 448.f) << 16);
+            }
+#pragma unroll
+            for (int dp = 0; dp < 8; dp++) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(sV + swz<4>(dp * 16 + (lane & 7) + (lane >> 4) * 8, j * 2 + ((lane >> 3) & 1)), b0, b1, b2, b3);
+                mma_e4m3(o[2 * dp], a[0], a[1], a[2], a[3], b0, b1);
+                mma_e4m3(o[2 * dp + 1], a[0], a[1], a[2], a[3], b2, b3);
+            }
+        }
+        __syncthreads();
+    }
+    const float* svh = p.sv + h * D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_r[r];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const float inv = l > 0.f ? 1.f / (448.f * l) : 0.f;
+        const int row = row_a + r * 8;
+        if (row < p.n) {
+            __nv_bfloat16* dst = p.o + (size_t)h * p.n * D + (size_t)row * D + (lane & 3) * 2;
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                const int c = t * 8 + (lane & 3) * 2;
+                *reinterpret_cast<__nv_bfloat162*>(dst + t * 8) =
+                    __floats2bfloat162_rn(o[t][2 * r] * inv * svh[c], o[t][2 * r + 1] * inv * svh[c + 1]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantisation kernels (bf16 -> e4m3), bit-compatible with frugal_numerics::fp8.
+
+// Per 64-token tile of [H][N][D]: one block (256 threads) per (tile, head).
+extern "C" __global__ void quant_rows_e4m3(const __nv_bfloat16* x, uint8_t* y, float* scales, int n) {
+    const int tile = blockIdx.x, h = blockIdx.y;
+    const int n_tiles = gridDim.x;
+    const int r0 = tile * 64;
+    const int rows = min(64, n - r0);
+    const __nv_bfloat16* xs = x + ((size_t)h * n + r0) * D;
+    uint8_t* ys = y + ((size_t)h * n + r0) * D;
+    __shared__ float red[NTHREADS / 32];
+    float am = 0.f;
+    for (int i = threadIdx.x; i < rows * D; i += blockDim.x) am = fmaxf(am, fabsf(__bfloat162float(xs[i])));
+    for (int o = 16; o > 0; o >>= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffff, am, o));
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = am;
+    __syncthreads();
+    am = 0.f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) am = fmaxf(am, red[w]);
+    const float s = (am > 0.f && am < INFINITY) ? am / 448.f : 1.f;
+    if (threadIdx.x == 0) scales[h * n_tiles + tile] = s;
+    for (int i = threadIdx.x * 2; i < rows * D; i += blockDim.x * 2) {
+        float a = __bfloat162float(xs[i]) / s, b = __bfloat162float(xs[i + 1]) / s;
+        uint16_t v = (uint16_t)cvt_e4m3x2(a, b);
+        *reinterpret_cast<uint16_t*>(ys + i) = v;
+    }
+}
+
+// Per-channel amax of V [H][N][D] into amax_bits (zeroed before; non-negative floats order
+// like their bit patterns, so atomicMax on the int view is a float max). Grid (ceil(n/256), H),
+// block D threads (thread c = channel c).
+extern "C" __global__ void v_channel_amax(const __nv_bfloat16* v, int* amax_bits, int n) {
+    const int h = blockIdx.y, c = threadIdx.x;
+    const int r0 = blockIdx.x * 256, r1 = min(n, r0 + 256);
+    float am = 0.f;
+    const __nv_bfloat16* vs = v + (size_t)h * n * D + c;
+    for (int i = r0; i < r1; i++) am = fmaxf(am, fabsf(__bfloat162float(vs[(size_t)i * D])));
+    atomicMax(amax_bits + h * D + c, __float_as_int(am));
+}
+
+// V^T[h][c][pos] = e4m3(V[h][key][c] / s_c) with pos the logical index of key inside its
+// 16-group: physical key 16g + perm16(L) sits at position 16g + L,
+// perm16(L) = 2*(L>>2) + (L&1) + ((L>>1)&1)*8. Positions >= n are zero. Grid: (npad/16, H),
+// block: D threads. Also writes the per-channel scales (from amax_bits).
+extern "C" __global__ void quant_v_t(const __nv_bfloat16* v, const int* amax_bits, float* scales, uint8_t* vt, int n, int npad) {
+    const int g = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
+    const float am = __int_as_float(amax_bits[h * D + c]);
+    const float s = (am > 0.f && am < INFINITY) ? am / 448.f : 1.f;
+    if (g == 0) scales[h * D + c] = s;
+    uint8_t out[16];
+#pragma unroll
+    for (int L = 0; L < 16; L++) {
+        const int key = g * 16 + 2 * (L >> 2) + (L & 1) + ((L >> 1) & 1) * 8;
+        float x = key < n ? __bfloat162float(v[((size_t)h * n + key) * D + c]) / s : 0.f;
+        out[L] = (uint8_t)(cvt_e4m3x2(x, 0.f) & 0xFF);
+    }
+    uint4* dst = reinterpret_cast<uint4*>(vt + ((size_t)h * D + c) * npad + g * 16);
+    *dst = *reinterpret_cast<uint4*>(out);
+}

@@ -1,0 +1,162 @@
+//! Host side of the FPSAttention kernels: module loading, block-map upload, launches.
+//!
+//! Tensors live on the device as `[heads][n][128]` row-major (bf16 as `u16` bits). The FP8
+//! path first quantises Q/K per 64-token tile, V per channel (transposed, keys permuted inside
+//! 16-groups, see the kernel file), then runs the FP8 kernel.
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use frugal_numerics::block_sparse::BlockMap;
+
+/// The kernels, compiled by `scripts/cuda/build_kernels.sh` (sm_90a).
+pub static CUBIN: &[u8] = include_bytes!("../kernels/out/fps_attn.sm_90a.cubin");
+
+pub const HEAD_DIM: usize = 128;
+/// Query rows per CTA.
+pub const BM: usize = 128;
+/// Keys per block (and the FP8 Q/K scale tile).
+pub const BN: usize = 64;
+const THREADS: u32 = 256;
+const SMEM_BF16: u32 = (BM * 256 + 2 * 2 * BN * 256) as u32; // 96 KB
+const SMEM_FP8: u32 = (BM * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32; // 48 KB
+
+pub struct Fps {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    bf16: CudaFunction,
+    fp8: CudaFunction,
+    quant_rows: CudaFunction,
+    v_amax: CudaFunction,
+    quant_vt: CudaFunction,
+}
+
+/// A block map on the device.
+pub struct DevMap {
+    pub counts: CudaSlice<i32>,
+    pub idx: CudaSlice<i32>,
+    pub heads: usize,
+    pub n: usize,
+    pub n_qb: usize,
+    pub n_kb: usize,
+    pub causal: bool,
+}
+
+/// Quantised FP8 operands and their scales.
+pub struct Fp8Buffers {
+    pub q8: CudaSlice<u8>,
+    pub k8: CudaSlice<u8>,
+    /// `[heads][128][npad]`, keys permuted inside 16-groups.
+    pub vt8: CudaSlice<u8>,
+    pub sq: CudaSlice<f32>,
+    pub sk: CudaSlice<f32>,
+    pub sv: CudaSlice<f32>,
+    amax: CudaSlice<i32>,
+    pub heads: usize,
+    pub n: usize,
+    pub npad: usize,
+}
+
+impl Fps {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // cudarc panics when libcuda is missing; turn that into an error that names the problem.
+        ensure!(unsafe { cudarc::driver::sys::is_culib_present() }, "no NVIDIA driver library (libcuda.so.1) found: this needs a machine with an NVIDIA GPU and driver >= 13.0");
+        let ctx = CudaContext::new(ordinal).context("CUDA context (is an NVIDIA driver present?)")?;
+        let stream = ctx.default_stream();
+        let module = ctx.load_module(Ptx::from_binary(CUBIN.to_vec())).context("loading the sm_90a cubin (needs a Hopper GPU)")?;
+        let f = |name: &str| module.load_function(name).with_context(|| format!("kernel {name}"));
+        let bf16 = f("fps_attn_bf16")?;
+        let fp8 = f("fps_attn_fp8")?;
+        bf16.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16 as i32)?;
+        fp8.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8 as i32)?;
+        Ok(Fps { quant_rows: f("quant_rows_e4m3")?, v_amax: f("v_channel_amax")?, quant_vt: f("quant_v_t")?, ctx, stream, bf16, fp8 })
+    }
+
+    pub fn upload_map(&self, map: &BlockMap) -> Result<DevMap> {
+        ensure!(map.bm == BM && map.bn == BN, "kernel needs blocks of {BM}x{BN}");
+        let (counts, idx) = map.to_padded();
+        Ok(DevMap {
+            counts: self.stream.clone_htod(&counts)?,
+            idx: self.stream.clone_htod(&idx)?,
+            heads: map.heads,
+            n: map.n_tokens,
+            n_qb: map.n_qb,
+            n_kb: map.n_kb,
+            causal: map.causal,
+        })
+    }
+
+    fn grid(map: &DevMap, smem: u32) -> LaunchConfig {
+        LaunchConfig { grid_dim: (map.n_qb as u32, map.heads as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem }
+    }
+
+    fn scale_log2() -> f32 {
+        (std::f64::consts::LOG2_E / (HEAD_DIM as f64).sqrt()) as f32
+    }
+
+    /// BF16 attention: `o = attention(q, k, v)` under `map`.
+    pub fn attn_bf16(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+        let len = map.heads * map.n * HEAD_DIM;
+        ensure!(q.len() == len && k.len() == len && v.len() == len && o.len() == len, "tensor sizes");
+        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, map.n as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
+        let mut b = self.stream.launch_builder(&self.bf16);
+        b.arg(q).arg(k).arg(v).arg(o).arg(&map.counts).arg(&map.idx).arg(dummy).arg(dummy).arg(dummy);
+        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        unsafe { b.launch(Self::grid(map, SMEM_BF16)) }?;
+        Ok(())
+    }
+
+    pub fn alloc_fp8(&self, heads: usize, n: usize) -> Result<Fp8Buffers> {
+        let npad = n.div_ceil(BN) * BN;
+        let tiles = n.div_ceil(64);
+        Ok(Fp8Buffers {
+            q8: self.stream.alloc_zeros(heads * n * HEAD_DIM)?,
+            k8: self.stream.alloc_zeros(heads * n * HEAD_DIM)?,
+            vt8: self.stream.alloc_zeros(heads * HEAD_DIM * npad)?,
+            sq: self.stream.alloc_zeros(heads * tiles)?,
+            sk: self.stream.alloc_zeros(heads * tiles)?,
+            sv: self.stream.alloc_zeros(heads * HEAD_DIM)?,
+            amax: self.stream.alloc_zeros(heads * HEAD_DIM)?,
+            heads,
+            n,
+            npad,
+        })
+    }
+
+    /// Quantise bf16 Q, K, V into `buf` (per-tile Q/K scales, per-channel V scales).
+    pub fn quantize(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, buf: &mut Fp8Buffers) -> Result<()> {
+        let (h, n) = (buf.heads, buf.n);
+        let n_i = n as i32;
+        let npad_i = buf.npad as i32;
+        let tiles = n.div_ceil(64) as u32;
+        let cfg_rows = LaunchConfig { grid_dim: (tiles, h as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        for (x, y, s) in [(q, &mut buf.q8, &mut buf.sq), (k, &mut buf.k8, &mut buf.sk)] {
+            let mut b = self.stream.launch_builder(&self.quant_rows);
+            b.arg(x).arg(y).arg(s).arg(&n_i);
+            unsafe { b.launch(cfg_rows) }?;
+        }
+        self.stream.memset_zeros(&mut buf.amax)?;
+        let mut b = self.stream.launch_builder(&self.v_amax);
+        b.arg(v).arg(&mut buf.amax).arg(&n_i);
+        unsafe { b.launch(LaunchConfig { grid_dim: (n.div_ceil(256) as u32, h as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        let mut b = self.stream.launch_builder(&self.quant_vt);
+        b.arg(v).arg(&buf.amax).arg(&mut buf.sv).arg(&mut buf.vt8).arg(&n_i).arg(&npad_i);
+        unsafe { b.launch(LaunchConfig { grid_dim: ((buf.npad / 16) as u32, h as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        Ok(())
+    }
+
+    /// FP8 attention over already quantised operands.
+    pub fn attn_fp8(&self, buf: &Fp8Buffers, o: &mut CudaSlice<u16>, map: &DevMap) -> Result<()> {
+        ensure!(buf.heads == map.heads && buf.n == map.n, "fp8 buffers do not match the map");
+        ensure!(o.len() == map.heads * map.n * HEAD_DIM, "output size");
+        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, buf.npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
+        let mut b = self.stream.launch_builder(&self.fp8);
+        b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);
+        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        unsafe { b.launch(Self::grid(map, SMEM_FP8)) }?;
+        Ok(())
+    }
+}

@@ -113,6 +113,9 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
+    /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
+    Serve(frugal_server::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Serve(args) => frugal_server::serve(load_model(&cli.global)?, args),
         Command::Chat { system, sampling } => chat_loop(&cli.global, system.as_deref(), sampling),
         Command::Ppl { file, context, stride, max_tokens } => {
             let text = std::fs::read_to_string(file)

@@ -216,6 +216,66 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// Step-wise stop-string handling for callers that drive decoding themselves (the server's
+/// scheduler steps many sequences in turn, so it cannot use the blocking [`generate`]).
+///
+/// Text is fed in pieces as it is detokenised; what comes back is settled: it cannot become the
+/// start of a stop string any more. Same rule as [`generate`]: the stop string itself and
+/// everything after it are dropped, and the settled pieces concatenate to the final text.
+#[derive(Clone, Debug)]
+pub struct StopFilter {
+    stops: Vec<String>,
+    /// Bytes held back at the end: the longest stop string minus one.
+    hold: usize,
+    text: String,
+    emitted: usize,
+    stopped: bool,
+}
+
+impl StopFilter {
+    pub fn new(stops: &[String]) -> Self {
+        let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
+        StopFilter { stops, hold, text: String::new(), emitted: 0, stopped: false }
+    }
+
+    /// Adds detokenised text; returns the newly settled text and whether a stop string was
+    /// reached (after which further pushes are ignored).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.text.push_str(piece);
+        // A stop string can only start at or after `emitted`: one starting earlier would have
+        // been complete (and found) before that text was released.
+        let tail = &self.text[self.emitted..];
+        if let Some(cut) = self.stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
+            self.text.truncate(self.emitted + cut);
+            self.stopped = true;
+            return (self.release(self.text.len()), true);
+        }
+        let settled = floor_char_boundary(&self.text, self.text.len().saturating_sub(self.hold));
+        (self.release(settled), false)
+    }
+
+    /// Releases whatever was held back (the sequence ended for another reason).
+    pub fn finish(&mut self) -> String {
+        self.release(self.text.len())
+    }
+
+    /// All text accepted so far (cut at the stop string if one was reached).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn release(&mut self, upto: usize) -> String {
+        let upto = upto.max(self.emitted);
+        let out = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +305,26 @@ mod tests {
         let mut k2 = Sampler::new(SamplingParams { temperature: 100.0, top_k: 2, seed: 3, ..Default::default() }).unwrap();
         let seen: std::collections::HashSet<u32> = (0..200).map(|_| k2.sample(&logits)).collect();
         assert_eq!(seen, [1, 2].into_iter().collect());
+    }
+
+    #[test]
+    fn stop_filter_holds_possible_stops_and_cuts_at_the_first() {
+        let mut f = StopFilter::new(&["</s>".to_string(), "END".to_string()]);
+        let mut out = String::new();
+        let mut stopped = false;
+        for piece in ["Hel", "lo <", "/", "x E", "N", "D tail"] {
+            let (s, st) = f.push(piece);
+            out.push_str(&s);
+            stopped |= st;
+        }
+        assert!(stopped);
+        assert_eq!(out, "Hello </x ");
+        assert_eq!(f.text(), "Hello </x ");
+        let mut none = StopFilter::new(&[]);
+        assert_eq!(none.push("ab").0, "ab", "no stop strings: nothing is held");
+        let mut f = StopFilter::new(&["xyz".to_string()]);
+        assert_eq!(f.push("abxy").0, "ab");
+        assert_eq!(f.finish(), "xy", "held text comes out when the sequence ends otherwise");
     }
 
     #[test]

@@ -11,3 +11,7 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
 fi
 
 cargo test --release --workspace -- --include-ignored "$@"
+
+# The HTTP server driven by the official `openai` Python client (issue 7).
+cargo build --release -p frugal-cli
+scripts/server/openai_client_test.sh

@@ -41,6 +41,8 @@ pub struct Prepared {
     /// `stream_options.include_usage`: send a last chunk with `usage`.
     pub include_usage: bool,
     pub policy: PolicySpec,
+    /// vLLM's `ignore_eos` extension: generate exactly `max_tokens` (for load tests).
+    pub ignore_eos: bool,
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -340,7 +342,8 @@ fn finish_prepare(
         None => false,
     };
     let policy = parse_policy(f, cx.default_policy)?;
-    Ok(Prepared { endpoint, prompt_ids, sampling, max_tokens, stop, stream, include_usage, policy })
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
+    Ok(Prepared { endpoint, prompt_ids, sampling, max_tokens, stop, stream, include_usage, policy, ignore_eos })
 }
 
 /// The extension field `"frugal": {"policy": "<spec>"}`, same syntax as the CLI's `--policy`;

@@ -297,6 +297,7 @@ async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
         sampler,
         max_tokens: req.max_tokens,
         stop: req.stop.clone(),
+        ignore_eos: req.ignore_eos,
         policy: req.policy.to_string(),
         policy_label: req.policy.parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+"),
         arrived,

@@ -192,6 +192,8 @@ pub struct Job {
     pub sampler: Sampler,
     pub max_tokens: usize,
     pub stop: Vec<String>,
+    /// Keep going past the end-of-sequence token (until `max_tokens`).
+    pub ignore_eos: bool,
     /// The spec as requested, for the response.
     pub policy: String,
     /// The policy's part names, the label of its KV metrics.
@@ -214,7 +216,9 @@ struct Live {
 
 enum Step {
     Continue,
-    Finished,
+    /// Done; the last event goes out only after the sequence is dropped and the metrics are
+    /// updated, so a client that has its answer sees its KV already freed.
+    Finished(Option<(tmpsc::UnboundedSender<Event>, Event)>),
 }
 
 /// Starts the engine thread; it ends when every sender of its job channel is gone.
@@ -246,7 +250,14 @@ fn engine_loop(lm: &LoadedModel, rx: &mpsc::Receiver<Job>, metrics: &Metrics, pr
             live.push(Live::new(job, lm));
         }
         // Dropping a finished `Live` drops its sequence (KV) and permit (reservation).
-        live.retain_mut(|s| matches!(step(lm, s, metrics, prefill_chunk), Step::Continue));
+        let mut outbox = Vec::new();
+        live.retain_mut(|s| match step(lm, s, metrics, prefill_chunk) {
+            Step::Continue => true,
+            Step::Finished(last) => {
+                outbox.extend(last);
+                false
+            }
+        });
         let mut kv: BTreeMap<String, KvUsage> = BTreeMap::new();
         for s in &mut live {
             let resident = s.job.seq.cache.resident_bytes();
@@ -257,6 +268,9 @@ fn engine_loop(lm: &LoadedModel, rx: &mpsc::Receiver<Job>, metrics: &Metrics, pr
             u.full_f16_bytes += s.job.seq.len() * f16_per_token;
         }
         metrics.set_kv(kv);
+        for (tx, ev) in outbox {
+            let _ = tx.send(ev);
+        }
     }
 }
 
@@ -288,9 +302,17 @@ impl Live {
 fn step(lm: &LoadedModel, s: &mut Live, metrics: &Metrics, prefill_chunk: usize) -> Step {
     if s.job.events.is_closed() {
         metrics.finished("cancelled", s.job.prompt.len(), s.generated);
-        return Step::Finished;
+        return Step::Finished(None);
     }
-    match try_step(lm, s, metrics, prefill_chunk) {
+    // A panic inside the model (a bug) fails this request only; the engine thread and every
+    // other sequence keep going. The model is only read by a step, so it stays usable.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_step(lm, s, metrics, prefill_chunk)))
+        .map_err(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            format!("internal error (panic): {}", what.unwrap_or_default())
+        })
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match result {
         Ok(None) => Step::Continue,
         Ok(Some(finish)) => {
             if finish != FinishReason::Stop {
@@ -304,13 +326,11 @@ fn step(lm: &LoadedModel, s: &mut Live, metrics: &Metrics, prefill_chunk: usize)
             }
             let reason = crate::api::finish_reason(finish);
             metrics.finished(reason, s.job.prompt.len(), s.generated);
-            let _ = s.job.events.send(Event::Done(s.summary(finish)));
-            Step::Finished
+            Step::Finished(Some((s.job.events.clone(), Event::Done(s.summary(finish)))))
         }
         Err(e) => {
             metrics.finished("error", s.job.prompt.len(), s.generated);
-            let _ = s.job.events.send(Event::Failed(e.to_string()));
-            Step::Finished
+            Step::Finished(Some((s.job.events.clone(), Event::Failed(e))))
         }
     }
 }
@@ -339,7 +359,7 @@ fn try_step(
         Some(t) => metrics.inter_token(now.duration_since(t).as_secs_f64()),
     }
     s.last_token = Some(now);
-    if Some(next) == lm.tokenizer.eos_token_id() {
+    if !s.job.ignore_eos && Some(next) == lm.tokenizer.eos_token_id() {
         return Ok(Some(FinishReason::Eos));
     }
     s.generated += 1;

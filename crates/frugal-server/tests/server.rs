@@ -255,6 +255,17 @@ fn streaming_concatenates_to_the_full_answer_and_ends_with_done() {
 }
 
 #[test]
+fn ignore_eos_generates_exactly_max_tokens() {
+    let (srv, _dir) = start(ServerConfig::default());
+    for seed in 0..4 {
+        let body = json!({"model": MODEL, "prompt": "a", "max_tokens": 300, "temperature": 1.0, "seed": seed, "ignore_eos": true});
+        let v = post(srv.addr, "/v1/completions", &body).json();
+        assert_eq!(v["usage"]["completion_tokens"], 300);
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+    }
+}
+
+#[test]
 fn stop_strings_cut_the_answer() {
     let (srv, _dir) = start(ServerConfig::default());
     let (text, _, _) = engine_reference("abc", 40, false);
@@ -365,7 +376,7 @@ fn over_capacity_gets_429_or_503_with_retry_after() {
     // Room for one request of prompt + max_tokens = 500 tokens at a time.
     let cfg = ServerConfig { kv_budget: 500 * FULL_BYTES_PER_TOKEN, max_concurrent: 8, max_queue: 0, ..Default::default() };
     let (srv, _dir) = start(cfg);
-    let long = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 490, "temperature": 0.8, "seed": 1, "stream": true});
+    let long = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 490, "temperature": 0.8, "seed": 1, "stream": true, "ignore_eos": true});
     let first = open_stream(srv.addr, &long);
     let r = post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 100}));
     assert_eq!(r.status, 429, "{}", r.body);
@@ -408,7 +419,7 @@ fn over_capacity_gets_429_or_503_with_retry_after() {
 #[test]
 fn a_client_hanging_up_mid_stream_frees_its_kv_at_once() {
     let (srv, _dir) = start(ServerConfig::default());
-    let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 500, "temperature": 0.8, "seed": 3, "stream": true});
+    let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 500, "temperature": 0.8, "seed": 3, "stream": true, "ignore_eos": true});
     let stream = open_stream(srv.addr, &body);
     assert!(metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0, "the live stream holds KV");
     assert!(metric(srv.addr, "frugal_kv_reserved_bytes") > 0.0);

@@ -16,6 +16,7 @@
 // shuffles (see perm16 below).
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include "wgmma_ops.cuh"
 
 #define D 128
 #define BM 128
@@ -458,4 +459,307 @@ extern "C" __global__ void quant_v_t(const __nv_bfloat16* v, const int* amax_bit
     }
     uint4* dst = reinterpret_cast<uint4*>(vt + ((size_t)h * D + c) * npad + g * 16);
     *dst = *reinterpret_cast<uint4*>(out);
+}
+
+// =======================================================================================
+// Hopper wgmma variants (sm_90a). Same math, same block lists, same quantised operands as the
+// mma.sync kernels above; the MMAs are warpgroup MMAs (QGMMA for FP8, HGMMA for BF16) reading
+// K/V (and Q) straight from swizzled shared memory through matrix descriptors, and P from
+// registers. Two consumer warpgroups (128 query rows); all threads also issue the cp.async
+// loads (no producer warp specialisation, no TMA yet: the next steps, see the results page).
+// Shared tiles are laid out in the canonical K-major 128B-swizzle (rows of 128 bytes, 16-byte
+// chunk c of row r at c ^ (r & 7)) or 64B-swizzle (rows of 64 bytes, c ^ ((r >> 1) & 3))
+// forms; each tile base is 1024-byte aligned.
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void reg_fence(float* r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+// Matrix descriptor: start address, LBO (unused for swizzled K-major: 1), SBO, swizzle mode
+// (1 = 128B, 2 = 64B).
+__device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t sbo, uint64_t mode) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(sbo >> 4) << 32) | (mode << 62);
+}
+
+// bf16 tile of ROWS x 128 elements as two 128-byte-row halves [2][ROWS][128 B], 128B swizzle.
+template <int ROWS>
+__device__ __forceinline__ void load_tile_halves(uint32_t sbase, const uint8_t* g, int valid_rows) {
+#pragma unroll
+    for (int i = threadIdx.x; i < ROWS * 16; i += NTHREADS) {
+        int r = i / 16, c = i % 16;
+        bool ok = r < valid_rows;
+        const uint8_t* src = g + (ok ? (size_t)r * 256 : 0) + c * 16;
+        cp_async16(sbase + (c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);
+    }
+}
+
+// Online-softmax update shared by both wgmma kernels. s: this thread's 64x64 S fragment
+// (s[t*4+e]: n-tile t, rows g / g+8), already scaled to log2 units; o: 64 accumulators.
+__device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, float* l_r, int key0, int row_a,
+                                               bool need_mask, int n, int causal) {
+    if (need_mask) {
+        const int lane = threadIdx.x % 32;
+#pragma unroll
+        for (int t = 0; t < 8; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = key0 + t * 8 + (lane & 3) * 2 + (e & 1);
+                int row = row_a + (e >> 1) * 8;
+                if (key >= n || (causal && key > row)) s[t * 4 + e] = -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int t = 0; t < 8; t++) mx = fmaxf(mx, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m_r[r], mx);
+        const float m_use = (m_new == -INFINITY) ? 0.f : m_new;
+        const float alpha = fast_exp2(m_r[r] - m_use);
+        m_r[r] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            s[t * 4 + 2 * r] = fast_exp2(s[t * 4 + 2 * r] - m_use);
+            s[t * 4 + 2 * r + 1] = fast_exp2(s[t * 4 + 2 * r + 1] - m_use);
+            sum += s[t * 4 + 2 * r] + s[t * 4 + 2 * r + 1];
+        }
+        l_r[r] = l_r[r] * alpha + sum;
+#pragma unroll
+        for (int t = 0; t < 16; t++) {
+            o[t * 4 + 2 * r] *= alpha;
+            o[t * 4 + 2 * r + 1] *= alpha;
+        }
+    }
+}
+
+__device__ __forceinline__ void store_o(const Params& p, const float* o, const float* l_r, int row_a, const float* colscale,
+                                        float extra) {
+    const int lane = threadIdx.x % 32;
+    const int h = blockIdx.y;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float l = l_r[r];
+        l += __shfl_xor_sync(0xffffffff, l, 1);
+        l += __shfl_xor_sync(0xffffffff, l, 2);
+        const float inv = l > 0.f ? 1.f / (extra * l) : 0.f;
+        const int row = row_a + r * 8;
+        if (row < p.n) {
+            __nv_bfloat16* dst = p.o + (size_t)h * p.n * D + (size_t)row * D + (lane & 3) * 2;
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                const int c = t * 8 + (lane & 3) * 2;
+                const float s0 = colscale ? colscale[c] : 1.f, s1 = colscale ? colscale[c + 1] : 1.f;
+                *reinterpret_cast<__nv_bfloat162*>(dst + t * 8) =
+                    __floats2bfloat162_rn(o[t * 4 + 2 * r] * inv * s0, o[t * 4 + 2 * r + 1] * inv * s1);
+            }
+        }
+    }
+}
+
+// FP8 wgmma kernel. Operands as for fps_attn_fp8 (q8, k8 [H][N][128], vt8 [H][128][npad]).
+// smem (after 1024-alignment): Q 128x128B (16 KB) | 2 x K 64x128B (8 KB) | 2 x V^T 128x64B (8 KB).
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int h = blockIdx.y;
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
+    const uint32_t base = (smem_u32(smem) + 1023) & ~1023u;
+    const uint32_t sQ = base, sK0 = base + 16384, sV0 = sK0 + 2 * 8192;
+    const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + (size_t)h * p.n * D;
+    const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + (size_t)h * p.n * D;
+    const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad;
+    const int cnt = p.counts[h * p.n_qb + qb];
+    const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
+    const int q0 = qb * BM;
+    const int n_tiles = (p.n + 63) / 64;
+    const float sq = p.sq[h * n_tiles + min((q0 + wg * 64) / 64, n_tiles - 1)];
+    const float* skh = p.sk + h * n_tiles;
+
+    load_tile<BM, 8>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
+    if (cnt > 0) {
+        int kb = list[0];
+        load_tile<BN, 8>(sK0, gk + (size_t)kb * BN * 128, 128, p.n - kb * BN);
+        load_tile<D, 4>(sV0, gvt + (size_t)kb * BN, p.npad, D);
+    }
+    cp_commit();
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+    const int row_w = q0 + wg * 64 + wq * 16;  // first row of this warp
+    const int row_a = row_w + (lane >> 2);
+
+    for (int it = 0; it < cnt; it++) {
+        const int kb = list[it];
+        const int st = it & 1;
+        if (it + 1 < cnt) {
+            int nb = list[it + 1];
+            load_tile<BN, 8>(sK0 + (st ^ 1) * 8192, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
+            load_tile<D, 4>(sV0 + (st ^ 1) * 8192, gvt + (size_t)nb * BN, p.npad, D);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        fence_async_smem();
+        __syncthreads();
+        const uint32_t sK = sK0 + st * 8192, sV = sV0 + st * 8192;
+
+        float s[32];
+        const uint64_t dq = make_desc(sQ + wg * 64 * 128, 1024, 1);
+        const uint64_t dk = make_desc(sK, 1024, 1);
+        reg_fence<32>(s);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_m64n64k32_e4m3_ss(s, dq + 2 * kk, dk + 2 * kk, kk > 0);
+        wg_commit();
+        wg_wait<0>();
+        reg_fence<32>(s);
+
+        const float f = sq * skh[kb] * p.scale_log2;
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] *= f;
+        const int key0 = kb * BN;
+        const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
+        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal);
+
+        uint32_t a[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const int t0 = 4 * j + 2 * hh;
+                a[j][2 * hh + 0] = cvt_e4m3x2(s[t0 * 4 + 0] * 448.f, s[t0 * 4 + 1] * 448.f) |
+                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 0] * 448.f, s[(t0 + 1) * 4 + 1] * 448.f) << 16);
+                a[j][2 * hh + 1] = cvt_e4m3x2(s[t0 * 4 + 2] * 448.f, s[t0 * 4 + 3] * 448.f) |
+                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 2] * 448.f, s[(t0 + 1) * 4 + 3] * 448.f) << 16);
+            }
+        const uint64_t dv = make_desc(sV, 512, 2);
+        reg_fence<64>(o);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < 2; j++) wgmma_m64n128k32_e4m3_rs(o, a[j], dv + 2 * j, 1);
+        wg_commit();
+        wg_wait<0>();
+        reg_fence<64>(o);
+        __syncthreads();
+    }
+    store_o(p, o, l_r, row_a, p.sv + h * D, 448.f);
+}
+
+// BF16 wgmma kernel. q, k: bf16 [H][N][128]; v: bf16 V^T [H][128][npad] (from transpose_v_bf16).
+// smem (after 1024-alignment): Q [2][128][128B] (32 KB) | 2 x K [2][64][128B] (16 KB) |
+// 2 x V^T [128][128B] (16 KB).
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int h = blockIdx.y;
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
+    const uint32_t base = (smem_u32(smem) + 1023) & ~1023u;
+    const uint32_t sQ = base, sK0 = base + 32768, sV0 = sK0 + 2 * 16384;
+    const size_t hoff = (size_t)h * p.n * D;
+    const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + hoff * 2;
+    const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + hoff * 2;
+    const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad * 2;
+    const int cnt = p.counts[h * p.n_qb + qb];
+    const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
+    const int q0 = qb * BM;
+
+    load_tile_halves<BM>(sQ, gq + (size_t)q0 * 256, p.n - q0);
+    if (cnt > 0) {
+        int kb = list[0];
+        load_tile_halves<BN>(sK0, gk + (size_t)kb * BN * 256, p.n - kb * BN);
+        load_tile<D, 8>(sV0, gvt + (size_t)kb * BN * 2, (size_t)p.npad * 2, D);
+    }
+    cp_commit();
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+    const int row_w = q0 + wg * 64 + wq * 16;
+    const int row_a = row_w + (lane >> 2);
+
+    for (int it = 0; it < cnt; it++) {
+        const int kb = list[it];
+        const int st = it & 1;
+        if (it + 1 < cnt) {
+            int nb = list[it + 1];
+            load_tile_halves<BN>(sK0 + (st ^ 1) * 16384, gk + (size_t)nb * BN * 256, p.n - nb * BN);
+            load_tile<D, 8>(sV0 + (st ^ 1) * 16384, gvt + (size_t)nb * BN * 2, (size_t)p.npad * 2, D);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        fence_async_smem();
+        __syncthreads();
+        const uint32_t sK = sK0 + st * 16384, sV = sV0 + st * 16384;
+
+        float s[32];
+        reg_fence<32>(s);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const uint64_t dq = make_desc(sQ + (kk >> 2) * BM * 128 + wg * 64 * 128 + (kk & 3) * 32, 1024, 1);
+            const uint64_t dk = make_desc(sK + (kk >> 2) * BN * 128 + (kk & 3) * 32, 1024, 1);
+            wgmma_m64n64k16_bf16_ss(s, dq, dk, kk > 0);
+        }
+        wg_commit();
+        wg_wait<0>();
+        reg_fence<32>(s);
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] *= p.scale_log2;
+        const int key0 = kb * BN;
+        const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
+        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal);
+
+        uint32_t a[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            a[j][0] = pack_bf16(s[(2 * j) * 4 + 0], s[(2 * j) * 4 + 1]);
+            a[j][1] = pack_bf16(s[(2 * j) * 4 + 2], s[(2 * j) * 4 + 3]);
+            a[j][2] = pack_bf16(s[(2 * j + 1) * 4 + 0], s[(2 * j + 1) * 4 + 1]);
+            a[j][3] = pack_bf16(s[(2 * j + 1) * 4 + 2], s[(2 * j + 1) * 4 + 3]);
+        }
+        reg_fence<64>(o);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < 4; j++) wgmma_m64n128k16_bf16_rs(o, a[j], make_desc(sV + j * 32, 1024, 1), 1);
+        wg_commit();
+        wg_wait<0>();
+        reg_fence<64>(o);
+        __syncthreads();
+    }
+    store_o(p, o, l_r, row_a, nullptr, 1.f);
+}
+
+// V [H][N][128] bf16 -> V^T [H][128][npad] bf16 (zero past N). Grid (npad/64, H), block D threads.
+extern "C" __global__ void transpose_v_bf16(const __nv_bfloat16* v, __nv_bfloat16* vt, int n, int npad) {
+    const int g = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
+    __align__(16) __nv_bfloat16 buf[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        const int key = g * 64 + i;
+        buf[i] = key < n ? v[((size_t)h * n + key) * D + c] : __float2bfloat16(0.f);
+    }
+    uint4* dst = reinterpret_cast<uint4*>(vt + ((size_t)h * D + c) * npad + g * 64);
+#pragma unroll
+    for (int i = 0; i < 8; i++) dst[i] = reinterpret_cast<uint4*>(buf)[i];
 }

@@ -23,12 +23,27 @@ pub const BN: usize = 64;
 const THREADS: u32 = 256;
 const SMEM_BF16: u32 = (BM * 256 + 2 * 2 * BN * 256) as u32; // 96 KB
 const SMEM_FP8: u32 = (BM * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32; // 48 KB
+// wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
+const SMEM_FP8_WG: u32 = SMEM_FP8 + 1024;
+const SMEM_BF16_WG: u32 = (BM * 256 + 2 * (BN * 256 + HEAD_DIM * BN * 2)) as u32 + 1024; // 97 KB
+
+/// Which MMA path a kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mma {
+    /// `mma.sync` (Ampere-style; on sm_90 the FP8 form is emulated with FP16 HMMA).
+    Sync,
+    /// Hopper warpgroup MMA (`wgmma.mma_async`: HGMMA / QGMMA).
+    Wgmma,
+}
 
 pub struct Fps {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     bf16: CudaFunction,
     fp8: CudaFunction,
+    bf16_wg: CudaFunction,
+    fp8_wg: CudaFunction,
+    transpose_v: CudaFunction,
     quant_rows: CudaFunction,
     v_amax: CudaFunction,
     quant_vt: CudaFunction,
@@ -72,7 +87,22 @@ impl Fps {
         let fp8 = f("fps_attn_fp8")?;
         bf16.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16 as i32)?;
         fp8.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8 as i32)?;
-        Ok(Fps { quant_rows: f("quant_rows_e4m3")?, v_amax: f("v_channel_amax")?, quant_vt: f("quant_v_t")?, ctx, stream, bf16, fp8 })
+        let bf16_wg = f("fps_attn_bf16_wgmma")?;
+        let fp8_wg = f("fps_attn_fp8_wgmma")?;
+        bf16_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
+        fp8_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        Ok(Fps {
+            quant_rows: f("quant_rows_e4m3")?,
+            v_amax: f("v_channel_amax")?,
+            quant_vt: f("quant_v_t")?,
+            transpose_v: f("transpose_v_bf16")?,
+            ctx,
+            stream,
+            bf16,
+            fp8,
+            bf16_wg,
+            fp8_wg,
+        })
     }
 
     pub fn upload_map(&self, map: &BlockMap) -> Result<DevMap> {
@@ -150,13 +180,45 @@ impl Fps {
 
     /// FP8 attention over already quantised operands.
     pub fn attn_fp8(&self, buf: &Fp8Buffers, o: &mut CudaSlice<u16>, map: &DevMap) -> Result<()> {
+        self.attn_fp8_with(Mma::Sync, buf, o, map)
+    }
+
+    /// FP8 attention with the chosen MMA path.
+    pub fn attn_fp8_with(&self, mma: Mma, buf: &Fp8Buffers, o: &mut CudaSlice<u16>, map: &DevMap) -> Result<()> {
         ensure!(buf.heads == map.heads && buf.n == map.n, "fp8 buffers do not match the map");
         ensure!(o.len() == map.heads * map.n * HEAD_DIM, "output size");
         let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, buf.npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
-        let mut b = self.stream.launch_builder(&self.fp8);
+        let (func, smem) = match mma {
+            Mma::Sync => (&self.fp8, SMEM_FP8),
+            Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
+        };
+        let mut b = self.stream.launch_builder(func);
         b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);
         b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
-        unsafe { b.launch(Self::grid(map, SMEM_FP8)) }?;
+        unsafe { b.launch(Self::grid(map, smem)) }?;
+        Ok(())
+    }
+
+    /// V `[heads][n][128]` → V^T `[heads][128][npad]` (bf16, zero past n) for the BF16 wgmma kernel.
+    pub fn transpose_v(&self, v: &CudaSlice<u16>, vt: &mut CudaSlice<u16>, heads: usize, n: usize) -> Result<()> {
+        let npad = n.div_ceil(BN) * BN;
+        ensure!(v.len() == heads * n * HEAD_DIM && vt.len() == heads * HEAD_DIM * npad, "transpose sizes");
+        let (n_i, npad_i) = (n as i32, npad as i32);
+        let mut b = self.stream.launch_builder(&self.transpose_v);
+        b.arg(v).arg(vt).arg(&n_i).arg(&npad_i);
+        unsafe { b.launch(LaunchConfig { grid_dim: ((npad / BN) as u32, heads as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        Ok(())
+    }
+
+    /// BF16 attention through wgmma; `vt` from [`Fps::transpose_v`].
+    pub fn attn_bf16_wgmma(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, vt: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+        let npad = map.n.div_ceil(BN) * BN;
+        ensure!(vt.len() == map.heads * HEAD_DIM * npad && o.len() == map.heads * map.n * HEAD_DIM, "tensor sizes");
+        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
+        let mut b = self.stream.launch_builder(&self.bf16_wg);
+        b.arg(q).arg(k).arg(vt).arg(o).arg(&map.counts).arg(&map.idx).arg(dummy).arg(dummy).arg(dummy);
+        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        unsafe { b.launch(Self::grid(map, SMEM_BF16_WG)) }?;
         Ok(())
     }
 }

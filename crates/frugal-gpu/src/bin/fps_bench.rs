@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::{CUdevice_attribute_enum as DevAttr, CUevent_flags};
 use cudarc::driver::CudaSlice;
-use frugal_gpu::fps::{DevMap, Fps, BM, BN, HEAD_DIM as D};
+use frugal_gpu::fps::{DevMap, Fps, Mma, BM, BN, HEAD_DIM as D};
 use frugal_numerics::block_sparse::{block_sparse_attention_head, rel_l2, tile_major_order, BlockMap, Fp8Opts};
 use frugal_numerics::fp8::{amax, e4m3_encode, scale_for_amax};
 use half::bf16;
@@ -173,12 +173,20 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     poison(fps, &mut o)?;
     fps.attn_fp8(&buf, &mut o, &dm)?;
     let of = download(fps, &o)?;
+    poison(fps, &mut o)?;
+    fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm)?;
+    let ofw = download(fps, &o)?;
+    let mut vt: CudaSlice<u16> = fps.stream.alloc_zeros(heads * D * n.div_ceil(BN) * BN)?;
+    fps.transpose_v(&inp.dv, &mut vt, heads, n)?;
+    poison(fps, &mut o)?;
+    fps.attn_bf16_wgmma(&inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)?;
+    let obw = download(fps, &o)?;
     fps.stream.synchronize()?;
     let unwritten = |x: &[f32]| x.iter().filter(|v| v.is_nan()).count();
-    let (nb, nf) = (unwritten(&ob), unwritten(&of));
+    let (nb, nf) = (unwritten(&ob) + unwritten(&obw), unwritten(&of) + unwritten(&ofw));
     let qbs: Vec<usize> = qblocks.clone().unwrap_or_else(|| (0..map.n_qb).collect());
     let rows: Vec<usize> = qbs.iter().flat_map(|&qb| qb * BM..((qb + 1) * BM).min(n)).collect();
-    let (mut g_b, mut g_f, mut r_x, mut r_f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut g_b, mut g_f, mut g_bw, mut g_fw, mut r_x, mut r_f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &h in heads_to_check {
         let sl = |x: &[f32]| x[h * n * D..(h + 1) * n * D].to_vec();
         let (q, k, v) = (sl(&inp.q), sl(&inp.k), sl(&inp.v));
@@ -188,16 +196,21 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
             let (a, b) = ((h * n + i) * D, (h * n + i + 1) * D);
             g_b.extend_from_slice(&ob[a..b]);
             g_f.extend_from_slice(&of[a..b]);
+            g_bw.extend_from_slice(&obw[a..b]);
+            g_fw.extend_from_slice(&ofw[a..b]);
             r_x.extend_from_slice(&exact[i * D..(i + 1) * D]);
             r_f.extend_from_slice(&emu[i * D..(i + 1) * D]);
         }
     }
     let (eb, ef, efx, emx) = (rel_l2(&g_b, &r_x), rel_l2(&g_f, &r_f), rel_l2(&g_f, &r_x), rel_l2(&r_f, &r_x));
+    let (ebw, efw) = (rel_l2(&g_bw, &r_x), rel_l2(&g_fw, &r_f));
     println!(
-        "check {name:<34} density {:5.1}%  rows {:6}  bf16-vs-exact {eb:.2e}  fp8-vs-emu {ef:.2e}  (fp8-vs-exact {efx:.2e}; cpu emu-vs-exact {emx:.2e})  unwritten {nb}/{nf}",
+        "check {name:<34} density {:5.1}%  rows {:6}  mma.sync: bf16-vs-exact {eb:.2e} fp8-vs-emu {ef:.2e} | wgmma: bf16-vs-exact {ebw:.2e} fp8-vs-emu {efw:.2e} | (fp8-vs-exact {efx:.2e}; cpu emu-vs-exact {emx:.2e})  unwritten {nb}/{nf}",
         map.density() * 100.0,
         rows.len() * heads_to_check.len()
     );
+    let eb = eb.max(ebw);
+    let ef = ef.max(efw);
     let ok = nb == 0 && nf == 0 && eb <= 1e-2 && ef <= 1e-2 && efx < 0.15 && efx.is_finite();
     if !ok {
         failures.push(format!("{name}: bf16 {eb:.3e} fp8 {ef:.3e} fp8/exact {efx:.3e} unwritten {nb}/{nf}"));
@@ -346,6 +359,8 @@ fn main() -> Result<()> {
         let mut o: CudaSlice<u16> = fps.stream.alloc_zeros(heads * s.n * D)?;
         let mut buf = fps.alloc_fp8(heads, s.n)?;
         let tq = time_ms(&fps, 3, 10, || fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf))?;
+        let mut vt: CudaSlice<u16> = fps.stream.alloc_zeros(heads * D * s.n.div_ceil(BN) * BN)?;
+        let tt = time_ms(&fps, 3, 10, || fps.transpose_v(&inp.dv, &mut vt, heads, s.n))?;
         let mut maps: Vec<(f64, String, BlockMap)> = Vec::new();
         for target in [1.0, 0.5, 0.25] {
             let (desc, m) = if target == 1.0 {
@@ -365,9 +380,19 @@ fn main() -> Result<()> {
             let dm: DevMap = fps.upload_map(m)?;
             let flops = m.flops(D);
             let tb = time_ms(&fps, 3, 10, || fps.attn_bf16(&inp.dq, &inp.dk, &inp.dv, &mut o, &dm, &dummy))?;
+            let tbw = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma(&inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
             fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf)?;
             let tf = time_ms(&fps, 3, 10, || fps.attn_fp8(&buf, &mut o, &dm))?;
-            for (variant, t) in [("ours_bf16", tb), ("ours_fp8", tf), ("ours_fp8+quant", tf + tq)] {
+            let tfw = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm))?;
+            for (variant, t) in [
+                ("ours_bf16", tb),
+                ("ours_fp8", tf),
+                ("ours_fp8+quant", tf + tq),
+                ("ours_bf16_wgmma", tbw),
+                ("ours_bf16_wgmma+vT", tbw + tt),
+                ("ours_fp8_wgmma", tfw),
+                ("ours_fp8_wgmma+quant", tfw + tq),
+            ] {
                 let tflops = flops / (t * 1e-3) / 1e12;
                 println!("bench {name:<10} {desc:<36} density {:5.1}%  {variant:<15} {t:8.3} ms  {tflops:7.1} TFLOP/s", m.density() * 100.0);
                 results.push(json!({"config": name, "shape": s.name, "n": s.n, "heads": heads, "causal": s.causal,
@@ -375,7 +400,7 @@ fn main() -> Result<()> {
                     "tflops": tflops, "flops": flops}));
             }
         }
-        println!("bench {:<10} fp8 quantisation of Q,K,V alone: {tq:.3} ms", s.name);
+        println!("bench {:<10} fp8 quantisation of Q,K,V alone: {tq:.3} ms; bf16 V transpose alone: {tt:.3} ms", s.name);
     }
     let mut summary = BTreeMap::new();
     summary.insert("device", json!(dev));

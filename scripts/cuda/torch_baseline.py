@@ -161,7 +161,8 @@ def main():
     for cfg in sorted(rows, key=lambda c: (c.rsplit('_d', 1)[0], -int(c.rsplit('_d', 1)[1]))):
         shape = cfg.rsplit("_d", 1)[0]
         for var in ["sdpa_flash_bf16", "flex_bf16", "ours_bf16", "ours_fp8", "ours_fp8+quant", "ours_bf16_wgmma",
-                    "ours_bf16_wgmma+vT", "ours_fp8_wgmma", "ours_fp8_wgmma+quant"]:
+                    "ours_bf16_wgmma+vT", "ours_fp8_wgmma", "ours_fp8_wgmma+quant", "ours_bf16_wgmma_2cta",
+                    "ours_fp8_wgmma_2cta"]:
             r = rows[cfg].get(var)
             if r is None:
                 continue

@@ -111,12 +111,14 @@ struct Params {
     float scale_log2;   // log2(e) / sqrt(D)
 };
 
+// The dynamic shared-memory buffer of every attention kernel.
+extern __shared__ __align__(128) uint8_t smem[];
+
 // ---------------------------------------------------------------------------------------
 // BF16 kernel. smem: Q 128x256B (32 KB) + 2 x (K 64x256B + V 64x256B) (64 KB) = 96 KB.
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16(const void* q, const void* k, const void* v, __nv_bfloat16* o_, const int* counts, const int* idx,
     const float* sq_, const float* sk_, const float* sv_, int n, int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
-    extern __shared__ __align__(128) uint8_t smem[];
     const int h = blockIdx.y;
     const int qb = gridDim.x - 1 - blockIdx.x;  // heavy (late, causal) blocks first
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -257,7 +259,6 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16(const vo
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8(const void* q, const void* k, const void* v, __nv_bfloat16* o_, const int* counts, const int* idx,
     const float* sq_, const float* sk_, const float* sv_, int n, int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
-    extern __shared__ __align__(128) uint8_t smem[];
     const int h = blockIdx.y;
     const int qb = gridDim.x - 1 - blockIdx.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -567,11 +568,10 @@ __device__ __forceinline__ void store_o(const Params& p, const float* o, const f
 
 // FP8 wgmma kernel. Operands as for fps_attn_fp8 (q8, k8 [H][N][128], vt8 [H][128][npad]).
 // smem (after 1024-alignment): Q 128x128B (16 KB) | 2 x K 64x128B (8 KB) | 2 x V^T 128x64B (8 KB).
-extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
+__device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
-    extern __shared__ __align__(128) uint8_t smem[];
     const int h = blockIdx.y;
     const int qb = gridDim.x - 1 - blockIdx.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
@@ -663,11 +663,10 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(con
 // BF16 wgmma kernel. q, k: bf16 [H][N][128]; v: bf16 V^T [H][128][npad] (from transpose_v_bf16).
 // smem (after 1024-alignment): Q [2][128][128B] (32 KB) | 2 x K [2][64][128B] (16 KB) |
 // 2 x V^T [128][128B] (16 KB).
-extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(const void* q, const void* k, const void* v,
+__device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
-    extern __shared__ __align__(128) uint8_t smem[];
     const int h = blockIdx.y;
     const int qb = gridDim.x - 1 - blockIdx.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
@@ -748,6 +747,30 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(co
         __syncthreads();
     }
     store_o(p, o, l_r, row_a, nullptr, 1.f);
+}
+
+
+// Entry points: 1 CTA/SM (no register cap) and 2 CTAs/SM (<= 128 registers; the other CTA's
+// MMAs overlap this one's softmax).
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_fp8_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+}
+extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_2cta(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_fp8_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+}
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_bf16_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+}
+extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_bf16_wgmma_2cta(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_bf16_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 
 // V [H][N][128] bf16 -> V^T [H][128][npad] bf16 (zero past N). Grid (npad/64, H), block D threads.

@@ -32,8 +32,10 @@ const SMEM_BF16_WG: u32 = (BM * 256 + 2 * (BN * 256 + HEAD_DIM * BN * 2)) as u32
 pub enum Mma {
     /// `mma.sync` (Ampere-style; on sm_90 the FP8 form is emulated with FP16 HMMA).
     Sync,
-    /// Hopper warpgroup MMA (`wgmma.mma_async`: HGMMA / QGMMA).
+    /// Hopper warpgroup MMA (`wgmma.mma_async`: HGMMA / QGMMA), one CTA per SM.
     Wgmma,
+    /// The same kernel built for two CTAs per SM (≤ 128 registers per thread).
+    Wgmma2,
 }
 
 pub struct Fps {
@@ -43,6 +45,8 @@ pub struct Fps {
     fp8: CudaFunction,
     bf16_wg: CudaFunction,
     fp8_wg: CudaFunction,
+    bf16_wg2: CudaFunction,
+    fp8_wg2: CudaFunction,
     transpose_v: CudaFunction,
     quant_rows: CudaFunction,
     v_amax: CudaFunction,
@@ -91,6 +95,10 @@ impl Fps {
         let fp8_wg = f("fps_attn_fp8_wgmma")?;
         bf16_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
         fp8_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        let bf16_wg2 = f("fps_attn_bf16_wgmma_2cta")?;
+        let fp8_wg2 = f("fps_attn_fp8_wgmma_2cta")?;
+        bf16_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
+        fp8_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
         Ok(Fps {
             quant_rows: f("quant_rows_e4m3")?,
             v_amax: f("v_channel_amax")?,
@@ -102,6 +110,8 @@ impl Fps {
             fp8,
             bf16_wg,
             fp8_wg,
+            bf16_wg2,
+            fp8_wg2,
         })
     }
 
@@ -191,6 +201,7 @@ impl Fps {
         let (func, smem) = match mma {
             Mma::Sync => (&self.fp8, SMEM_FP8),
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
+            Mma::Wgmma2 => (&self.fp8_wg2, SMEM_FP8_WG),
         };
         let mut b = self.stream.launch_builder(func);
         b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);
@@ -212,10 +223,16 @@ impl Fps {
 
     /// BF16 attention through wgmma; `vt` from [`Fps::transpose_v`].
     pub fn attn_bf16_wgmma(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, vt: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+        self.attn_bf16_wgmma_with(false, q, k, vt, o, map, dummy)
+    }
+
+    /// As [`Fps::attn_bf16_wgmma`]; `two_ctas` picks the build for two CTAs per SM.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_bf16_wgmma_with(&self, two_ctas: bool, q: &CudaSlice<u16>, k: &CudaSlice<u16>, vt: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
         let npad = map.n.div_ceil(BN) * BN;
         ensure!(vt.len() == map.heads * HEAD_DIM * npad && o.len() == map.heads * map.n * HEAD_DIM, "tensor sizes");
         let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
-        let mut b = self.stream.launch_builder(&self.bf16_wg);
+        let mut b = self.stream.launch_builder(if two_ctas { &self.bf16_wg2 } else { &self.bf16_wg });
         b.arg(q).arg(k).arg(vt).arg(o).arg(&map.counts).arg(&map.idx).arg(dummy).arg(dummy).arg(dummy);
         b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
         unsafe { b.launch(Self::grid(map, SMEM_BF16_WG)) }?;

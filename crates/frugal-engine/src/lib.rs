@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod generate;
 pub mod model;
 pub mod sequence;
+pub mod structure;
 #[doc(hidden)]
 pub mod testing;
 

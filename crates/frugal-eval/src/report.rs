@@ -1,0 +1,209 @@
+//! Reports of an eval run: a Markdown table and plots (PNG and SVG, drawn with plotters).
+
+use crate::harness::{CellResult, EvalReport};
+use crate::tasks::TaskKind;
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// DejaVu Sans, embedded so PNG text renders on machines without fonts (licence beside it).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+pub fn markdown(report: &EvalReport) -> String {
+    let r = &report.run;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "frugal {} (commit {}), model `{}` (sha256 {}…), seed {}, {} samples per cell, {} on {} threads, {}\n",
+        r.frugal_version,
+        r.git_commit,
+        r.model,
+        &r.model_sha256[..r.model_sha256.len().min(12)],
+        r.seed,
+        r.samples,
+        r.machine,
+        r.threads,
+        r.date_utc
+    );
+    let _ = writeln!(
+        s,
+        "| task | length | policy | metric | value | 95% CI | KV peak (MiB) | KV end (MiB) | × vs f16 full | prefill tok/s | decode tok/s |"
+    );
+    let _ = writeln!(s, "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|");
+    let mut cells: Vec<&CellResult> = report.cells.iter().collect();
+    cells.sort_by(|a, b| (a.task, a.length).cmp(&(b.task, b.length)));
+    for c in cells {
+        let mib = |b: f64| b / 1048576.0;
+        let _ = writeln!(
+            s,
+            "| {} | {} | `{}` | {} | {:.4} | [{:.4}, {:.4}] | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
+            c.task.name(),
+            c.length,
+            c.policy,
+            c.metric,
+            c.value,
+            c.ci_low,
+            c.ci_high,
+            mib(c.kv_peak_bytes as f64),
+            mib(c.kv_end_bytes),
+            c.compression_vs_f16,
+            c.prefill_tok_s,
+            c.decode_tok_s.map_or("–".into(), |d| format!("{d:.1}"))
+        );
+    }
+    s
+}
+
+/// Writes every plot the report supports into `dir`; returns the files written.
+pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    let mut written = Vec::new();
+    let policies: BTreeSet<&str> = report.cells.iter().map(|c| c.policy.as_str()).collect();
+    for policy in &policies {
+        let cells: Vec<&CellResult> =
+            report.cells.iter().filter(|c| c.policy == *policy && c.task == TaskKind::Passkey && !c.by_depth.is_empty()).collect();
+        if cells.is_empty() {
+            continue;
+        }
+        let name = format!("passkey_heatmap_{}", file_safe(policy));
+        for ext in ["png", "svg"] {
+            let path = dir.join(format!("{name}.{ext}"));
+            let title = format!("passkey accuracy, {policy}");
+            if ext == "png" {
+                heatmap(BitMapBackend::new(&path, (640, 420)).into_drawing_area(), &title, &cells)?;
+            } else {
+                heatmap(SVGBackend::new(&path, (640, 420)).into_drawing_area(), &title, &cells)?;
+            }
+            written.push(path);
+        }
+    }
+    let tasks: BTreeSet<TaskKind> = report.cells.iter().map(|c| c.task).collect();
+    if policies.len() > 1 {
+        for task in tasks {
+            let cells: Vec<&CellResult> = report.cells.iter().filter(|c| c.task == task).collect();
+            let name = format!("{}_vs_compression", task.name());
+            for ext in ["png", "svg"] {
+                let path = dir.join(format!("{name}.{ext}"));
+                if ext == "png" {
+                    tradeoff(BitMapBackend::new(&path, (640, 420)).into_drawing_area(), task, &cells)?;
+                } else {
+                    tradeoff(SVGBackend::new(&path, (640, 420)).into_drawing_area(), task, &cells)?;
+                }
+                written.push(path);
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn file_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+}
+
+/// Accuracy over (context length × needle depth), one cell per pair, darker = more correct.
+fn heatmap<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, title: &str, cells: &[&CellResult]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE).map_err(plot_err)?;
+    let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut depths: Vec<f64> = cells.iter().flat_map(|c| c.by_depth.iter().map(|d| d.depth)).collect();
+    depths.sort_by(f64::total_cmp);
+    depths.dedup();
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0..lengths.len(), 0..depths.len())
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("context length (tokens)")
+        .y_desc("needle depth")
+        .x_labels(lengths.len() + 1)
+        .y_labels(depths.len() + 1)
+        .x_label_formatter(&|i| lengths.get(*i).map_or(String::new(), |l| l.to_string()))
+        .y_label_formatter(&|i| depths.get(*i).map_or(String::new(), |d| format!("{d:.2}")))
+        .draw()
+        .map_err(plot_err)?;
+    for c in cells {
+        let xi = lengths.iter().position(|l| *l == c.length).unwrap();
+        for d in &c.by_depth {
+            let yi = depths.iter().position(|x| *x == d.depth).unwrap();
+            let acc = d.correct as f64 / d.total.max(1) as f64;
+            let shade = RGBColor((255.0 * (1.0 - acc)) as u8, (120.0 + 100.0 * acc) as u8, (255.0 * (1.0 - acc)) as u8);
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(xi, yi), (xi + 1, yi + 1)], shade.filled())))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{:.0}%", 100.0 * acc),
+                    (xi, yi),
+                    ("sans-serif", 14).into_font().color(&BLACK),
+                )))
+                .map_err(plot_err)?;
+        }
+    }
+    area.present().map_err(plot_err)?;
+    Ok(())
+}
+
+/// The task metric against compression ratio, one series per length, points labelled by policy.
+fn tradeoff<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, task: TaskKind, cells: &[&CellResult]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE).map_err(plot_err)?;
+    let xmax = cells.iter().map(|c| c.compression_vs_f16).fold(1.0, f64::max) * 1.15;
+    let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(c.ci_low), hi.max(c.ci_high)));
+    let pad = ((ymax - ymin) * 0.1).max(1e-3);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(format!("{} vs KV compression", task.name()), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, (ymin - pad)..(ymax + pad))
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("compression vs full KV at 16 bits (×)")
+        .y_desc(task.metric())
+        .draw()
+        .map_err(plot_err)?;
+    let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for (i, len) in lengths.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let pts: Vec<&&CellResult> = cells.iter().filter(|c| c.length == *len).collect();
+        chart
+            .draw_series(pts.iter().map(|c| Circle::new((c.compression_vs_f16, c.value), 5, colour.filled())))
+            .map_err(plot_err)?
+            .label(format!("{len} tokens"))
+            .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
+        chart
+            .draw_series(pts.iter().map(|c| {
+                PathElement::new(vec![(c.compression_vs_f16, c.ci_low), (c.compression_vs_f16, c.ci_high)], colour)
+            }))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(pts.iter().map(|c| {
+                Text::new(c.policy.clone(), (c.compression_vs_f16, c.value), ("sans-serif", 11).into_font())
+            }))
+            .map_err(plot_err)?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err)?;
+    area.present().map_err(plot_err)?;
+    Ok(())
+}
+
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+    anyhow::anyhow!("plotting failed: {e}")
+}

@@ -1,0 +1,158 @@
+//! The harness's tasks. Each generates [`Sample`]s deterministically from a seed, for a given
+//! total prompt length in tokens, so every policy in a run sees the same inputs.
+
+pub mod chunk_qa;
+pub mod kv_retrieval;
+pub mod passkey;
+pub mod ppl;
+
+use anyhow::{bail, Result};
+use frugal_engine::model::chat_template::ChatMessage;
+use frugal_engine::model::LoadedModel;
+use frugal_engine::structure::{TokenKind, TokenStructure};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    Ppl,
+    Passkey,
+    KvRetrieval,
+    ChunkQa,
+}
+
+impl TaskKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Ppl => "ppl",
+            TaskKind::Passkey => "passkey",
+            TaskKind::KvRetrieval => "kv-retrieval",
+            TaskKind::ChunkQa => "chunk-qa",
+        }
+    }
+
+    pub fn metric(&self) -> &'static str {
+        match self {
+            TaskKind::Ppl => "perplexity",
+            _ => "accuracy",
+        }
+    }
+}
+
+/// How a sample is scored.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// Greedy-generate up to `max_new_tokens`; correct when the first run of digits in the
+    /// output equals `expected`.
+    Digits { expected: String, max_new_tokens: usize },
+    /// The next token after the prompt; correct when `candidates[gold]` has the highest logit
+    /// among the candidates (log-likelihood rank 1).
+    Choice { candidates: Vec<u32>, gold: usize },
+    /// Negative log-likelihood of tokens `score_from..` (each predicted from all before it).
+    Perplexity { score_from: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub tokens: Vec<u32>,
+    pub structure: TokenStructure,
+    pub answer: Answer,
+    /// Where the needle sits, as a fraction of the context (passkey), for heat maps.
+    pub depth: Option<f64>,
+}
+
+/// Text every task draws from: tokenised haystack (train split) and held-out stream.
+pub struct TaskText {
+    pub haystack: Vec<u32>,
+    pub held_out: Vec<u32>,
+}
+
+/// A chat-formatted prompt around a context: `prefix` (template + instructions) and `suffix`
+/// (question + assistant header + optional forced answer start), tokenised separately so the
+/// context can be assembled at token level to an exact length.
+pub struct ChatFrame {
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+}
+
+impl ChatFrame {
+    /// `intro` opens the user turn, `question` closes it, `answer_start` begins the
+    /// assistant's reply (forced), e.g. "The color of frame 3 is".
+    pub fn new(lm: &LoadedModel, intro: &str, question: &str, answer_start: &str) -> Result<Self> {
+        const MARK: &str = "\u{1}CONTEXT\u{1}";
+        let user = format!("{intro}\n\n{MARK}\n\n{question}");
+        let text = lm.chat_template.render(&[ChatMessage { role: "user".into(), content: user }], true)?;
+        let Some((before, after)) = text.split_once(MARK) else { bail!("chat template dropped the user message") };
+        Ok(ChatFrame {
+            prefix: lm.tokenizer.encode(before)?,
+            suffix: lm.tokenizer.encode(&format!("{after}{answer_start}"))?,
+        })
+    }
+
+    /// Room left for context in a prompt of `length` tokens.
+    pub fn context_budget(&self, length: usize) -> Result<usize> {
+        let fixed = self.prefix.len() + self.suffix.len();
+        if length < fixed + 64 {
+            bail!("length {length} is too short: the task's prompt frame alone takes {fixed} tokens");
+        }
+        Ok(length - fixed)
+    }
+
+    /// prefix + context chunks + suffix, with the structure recorded.
+    pub fn assemble(&self, chunks: &[Vec<u32>]) -> (Vec<u32>, TokenStructure) {
+        let mut tokens = self.prefix.clone();
+        let mut s = TokenStructure::default();
+        s.push(TokenKind::Prefix, 0, self.prefix.len());
+        for (i, c) in chunks.iter().enumerate() {
+            tokens.extend_from_slice(c);
+            s.push(TokenKind::Context, i as u32, c.len());
+        }
+        tokens.extend_from_slice(&self.suffix);
+        s.push(TokenKind::Question, 0, self.suffix.len());
+        (tokens, s)
+    }
+}
+
+/// A window of `n` haystack tokens starting at a seeded offset.
+pub fn haystack_window(text: &TaskText, n: usize, rng: &mut impl rand::Rng) -> Result<Vec<u32>> {
+    if text.haystack.len() < n + 1 {
+        bail!("the haystack has {} tokens, {n} needed", text.haystack.len());
+    }
+    let start = rng.gen_range(0..text.haystack.len() - n);
+    Ok(text.haystack[start..start + n].to_vec())
+}
+
+/// Index in `tokens` near `target` just after a sentence end, so insertions do not split
+/// words (searches ±32 tokens; falls back to `target`).
+pub fn sentence_boundary(lm: &LoadedModel, tokens: &[u32], target: usize) -> usize {
+    let ends_sentence = |i: usize| {
+        i > 0 && lm.tokenizer.id_to_token(tokens[i - 1]).is_some_and(|t| t.ends_with('.'))
+    };
+    (0..=32usize)
+        .flat_map(|d| [target.saturating_sub(d), target + d])
+        .find(|&i| i <= tokens.len() && ends_sentence(i))
+        .unwrap_or(target.min(tokens.len()))
+}
+
+/// Generates `n` samples of `task` at `length` tokens.
+pub fn generate_samples(
+    task: TaskKind,
+    lm: &LoadedModel,
+    text: &TaskText,
+    length: usize,
+    n: usize,
+    seed: u64,
+    depths: &[f64],
+) -> Result<Vec<Sample>> {
+    use rand::SeedableRng;
+    // One stream per (task, length): adding a task or length leaves the others' inputs alone.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (length as u64) << 20 ^ task as u64);
+    (0..n)
+        .map(|i| match task {
+            TaskKind::Ppl => ppl::sample(text, length, i),
+            TaskKind::Passkey => passkey::sample(lm, text, length, depths[i % depths.len()], &mut rng),
+            TaskKind::KvRetrieval => kv_retrieval::sample(lm, text, length, &mut rng),
+            TaskKind::ChunkQa => chunk_qa::sample(lm, text, length, &mut rng),
+        })
+        .collect()
+}

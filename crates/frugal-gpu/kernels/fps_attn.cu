@@ -500,10 +500,14 @@ __device__ __forceinline__ void load_tile_halves(uint32_t sbase, const uint8_t* 
     }
 }
 
-// Online-softmax update shared by both wgmma kernels. s: this thread's 64x64 S fragment
-// (s[t*4+e]: n-tile t, rows g / g+8), already scaled to log2 units; o: 64 accumulators.
+// Online-softmax update shared by both wgmma kernels. s: this thread's raw 64x64 S fragment
+// (s[t*4+e]: n-tile t, rows g / g+8); f > 0: the factor to log2 units (softmax scale * log2 e,
+// times the FP8 dequantisation scales); c: log2 of the fixed P scale (log2 448 for FP8, 0 for
+// BF16), folded into the exponent so P comes out pre-scaled: s <- 2^(f*s - m + c).
+// l accumulates the same pre-scaled values (the epilogue divides by it, so the scale cancels).
+// O is rescaled only when some row max moved (warp vote), which is exact: alpha == 1 otherwise.
 __device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, float* l_r, int key0, int row_a,
-                                               bool need_mask, int n, int causal) {
+                                               bool need_mask, int n, int causal, float f, float c) {
     if (need_mask) {
         const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -515,6 +519,7 @@ __device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, f
                 if (key >= n || (causal && key > row)) s[t * 4 + e] = -INFINITY;
             }
     }
+    float alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         float mx = -INFINITY;
@@ -522,22 +527,27 @@ __device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, f
         for (int t = 0; t < 8; t++) mx = fmaxf(mx, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float m_new = fmaxf(m_r[r], mx);
+        const float m_new = fmaxf(m_r[r], mx * f);
         const float m_use = (m_new == -INFINITY) ? 0.f : m_new;
-        const float alpha = fast_exp2(m_r[r] - m_use);
+        alpha[r] = fast_exp2(m_r[r] - m_use);
         m_r[r] = m_new;
+        const float off = c - m_use;
         float sum = 0.f;
 #pragma unroll
         for (int t = 0; t < 8; t++) {
-            s[t * 4 + 2 * r] = fast_exp2(s[t * 4 + 2 * r] - m_use);
-            s[t * 4 + 2 * r + 1] = fast_exp2(s[t * 4 + 2 * r + 1] - m_use);
+            s[t * 4 + 2 * r] = fast_exp2(fmaf(s[t * 4 + 2 * r], f, off));
+            s[t * 4 + 2 * r + 1] = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], f, off));
             sum += s[t * 4 + 2 * r] + s[t * 4 + 2 * r + 1];
         }
-        l_r[r] = l_r[r] * alpha + sum;
+        l_r[r] = l_r[r] * alpha[r] + sum;
+    }
+    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
         for (int t = 0; t < 16; t++) {
-            o[t * 4 + 2 * r] *= alpha;
-            o[t * 4 + 2 * r + 1] *= alpha;
+            o[t * 4 + 0] *= alpha[0];
+            o[t * 4 + 1] *= alpha[0];
+            o[t * 4 + 2] *= alpha[1];
+            o[t * 4 + 3] *= alpha[1];
         }
     }
 }
@@ -630,11 +640,9 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
         reg_fence<32>(s);
 
         const float f = sq * skh[kb] * p.scale_log2;
-#pragma unroll
-        for (int i = 0; i < 32; i++) s[i] *= f;
         const int key0 = kb * BN;
         const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
-        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal);
+        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal, f, 8.807354922057604f /* log2 448 */);
 
         uint32_t a[2][4];
 #pragma unroll
@@ -642,10 +650,10 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
 #pragma unroll
             for (int hh = 0; hh < 2; hh++) {
                 const int t0 = 4 * j + 2 * hh;
-                a[j][2 * hh + 0] = cvt_e4m3x2(s[t0 * 4 + 0] * 448.f, s[t0 * 4 + 1] * 448.f) |
-                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 0] * 448.f, s[(t0 + 1) * 4 + 1] * 448.f) << 16);
-                a[j][2 * hh + 1] = cvt_e4m3x2(s[t0 * 4 + 2] * 448.f, s[t0 * 4 + 3] * 448.f) |
-                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 2] * 448.f, s[(t0 + 1) * 4 + 3] * 448.f) << 16);
+                a[j][2 * hh + 0] = cvt_e4m3x2(s[t0 * 4 + 0], s[t0 * 4 + 1]) |
+                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 0], s[(t0 + 1) * 4 + 1]) << 16);
+                a[j][2 * hh + 1] = cvt_e4m3x2(s[t0 * 4 + 2], s[t0 * 4 + 3]) |
+                                   (cvt_e4m3x2(s[(t0 + 1) * 4 + 2], s[(t0 + 1) * 4 + 3]) << 16);
             }
         const uint64_t dv = make_desc(sV, 512, 2);
         reg_fence<64>(o);
@@ -657,7 +665,7 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
         reg_fence<64>(o);
         __syncthreads();
     }
-    store_o(p, o, l_r, row_a, p.sv + h * D, 448.f);
+    store_o(p, o, l_r, row_a, p.sv + h * D, 1.f);
 }
 
 // BF16 wgmma kernel. q, k: bf16 [H][N][128]; v: bf16 V^T [H][128][npad] (from transpose_v_bf16).
@@ -723,11 +731,9 @@ __device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const vo
         wg_commit();
         wg_wait<0>();
         reg_fence<32>(s);
-#pragma unroll
-        for (int i = 0; i < 32; i++) s[i] *= p.scale_log2;
         const int key0 = kb * BN;
         const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
-        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal);
+        softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal, p.scale_log2, 0.f);
 
         uint32_t a[4][4];
 #pragma unroll

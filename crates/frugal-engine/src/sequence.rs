@@ -2,18 +2,22 @@
 
 use crate::attention::{AttentionPolicy, Dense};
 use crate::cache::{CachePolicy, FullCache, KvLayout};
+use crate::structure::TokenStructure;
+use std::sync::Arc;
 
 /// One sequence's KV cache, attention policy and number of tokens processed so far.
 pub struct Sequence {
     pub cache: Box<dyn CachePolicy>,
     pub attention: Box<dyn AttentionPolicy>,
+    /// Kind and chunk of each input token, for structure-aware policies (optional).
+    pub structure: Option<Arc<TokenStructure>>,
     len: usize,
     peak_kv_bytes: usize,
 }
 
 impl Sequence {
     pub fn new(cache: Box<dyn CachePolicy>, attention: Box<dyn AttentionPolicy>) -> Self {
-        Sequence { cache, attention, len: 0, peak_kv_bytes: 0 }
+        Sequence { cache, attention, structure: None, len: 0, peak_kv_bytes: 0 }
     }
 
     /// Full KV store and dense attention: the reference configuration.

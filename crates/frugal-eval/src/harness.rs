@@ -138,6 +138,7 @@ pub fn run_plan(
                         return Ok(());
                     }
                     let mut seq = build(spec, layout)?;
+                    seq.structure = Some(std::sync::Arc::new(s.structure.clone()));
                     outcomes.push(run_sample(lm, &mut seq, s)?);
                     progress.sample_done(&label);
                 }

@@ -8,9 +8,9 @@
 //! call arrives, so resident bytes really drop.
 
 use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
-use frugal_engine::attention::AttentionPolicy;
-use frugal_engine::cache::{CachePolicy, KvLayout, KvStore};
-use frugal_numerics::attention::{KeyMask, KvSlices};
+use frugal_engine::attention::{AttentionPolicy, StepContext};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
+use frugal_numerics::attention::KeyMask;
 
 pub const INFO: PolicyInfo = PolicyInfo {
     name: "streaming",
@@ -61,8 +61,8 @@ impl CachePolicy for StreamingCache {
         self.store.append_layer(layer, positions, k, v);
     }
 
-    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_> {
-        self.store.head(layer, kv_head).view()
+    fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
+        HeadView::borrowed(self.store.head(layer, kv_head).view())
     }
 
     fn resident_bytes(&self) -> usize {
@@ -82,8 +82,8 @@ impl AttentionPolicy for StreamingMask {
     fn name(&self) -> String {
         "streaming".into()
     }
-    fn mask(&self, _layer: usize) -> Option<&dyn KeyMask> {
-        Some(&self.w)
+    fn mask<'a>(&'a self, _ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
+        Some(Box::new(self.w))
     }
 }
 

@@ -34,11 +34,24 @@ impl AttentionShape {
 
 /// What one KV head holds: `positions.len()` rows of keys and values (`head_dim` floats each,
 /// row-major), with the token position of every row in ascending order.
+///
+/// Optional per-row scales let a cache store unit directions and magnitudes separately (e.g.
+/// MiniCache): the kernel then uses key `key_scale[j] · keys[j]` and value
+/// `value_scale[j] · values[j]` by scaling score columns, never building the scaled rows.
 #[derive(Clone, Copy, Debug)]
 pub struct KvSlices<'a> {
     pub keys: &'a [f32],
     pub values: &'a [f32],
     pub positions: &'a [u32],
+    pub key_scale: Option<&'a [f32]>,
+    pub value_scale: Option<&'a [f32]>,
+}
+
+impl<'a> KvSlices<'a> {
+    /// Unscaled rows.
+    pub fn new(keys: &'a [f32], values: &'a [f32], positions: &'a [u32]) -> Self {
+        KvSlices { keys, values, positions, key_scale: None, value_scale: None }
+    }
 }
 
 /// A predicate on (query head, query position, key position) that removes attention paths on
@@ -68,6 +81,8 @@ pub fn causal_attention(
     for head in kv {
         assert_eq!(head.keys.len(), head.positions.len() * d);
         assert_eq!(head.values.len(), head.positions.len() * d);
+        assert!(head.key_scale.is_none_or(|s| s.len() == head.positions.len()));
+        assert!(head.value_scale.is_none_or(|s| s.len() == head.positions.len()));
     }
     let group = shape.group();
     let scale = 1.0 / (d as f32).sqrt();
@@ -152,6 +167,9 @@ fn attend_block(
         let q_pos = q_positions[tok];
         for h in 0..group {
             let row = &mut scores[(i * group + h) * n..(i * group + h + 1) * n];
+            if let Some(scale) = kv.key_scale {
+                row.iter_mut().zip(scale).for_each(|(s, m)| *s *= m);
+            }
             let q_head = g * group + h;
             for (s, &k_pos) in row.iter_mut().zip(&kv.positions[..n]) {
                 let visible = k_pos <= q_pos && mask.is_none_or(|m| m.allows(q_head, q_pos, k_pos));
@@ -160,6 +178,9 @@ fn attend_block(
                 }
             }
             softmax_in_place(row);
+            if let Some(scale) = kv.value_scale {
+                row.iter_mut().zip(scale).for_each(|(p, m)| *p *= m);
+            }
         }
     }
 
@@ -217,7 +238,8 @@ pub fn naive_causal_attention(
                 }
                 let kv_row = &slices.keys[j * d..][..d];
                 let s: f64 = qv.iter().zip(kv_row).map(|(a, b)| *a as f64 * *b as f64).sum();
-                weights.push((j, s * scale));
+                let m = slices.key_scale.map_or(1.0, |k| k[j] as f64);
+                weights.push((j, s * m * scale));
             }
             if weights.is_empty() {
                 continue;
@@ -226,7 +248,7 @@ pub fn naive_causal_attention(
             let total: f64 = weights.iter().map(|w| (w.1 - max).exp()).sum();
             let dst = &mut out[(tok * n_heads + head) * d..][..d];
             for (j, s) in weights {
-                let p = (s - max).exp() / total;
+                let p = (s - max).exp() / total * slices.value_scale.map_or(1.0, |v| v[j] as f64);
                 for (o, v) in dst.iter_mut().zip(&slices.values[j * d..][..d]) {
                     *o += (p * *v as f64) as f32;
                 }
@@ -284,7 +306,7 @@ mod tests {
         }
         fn slices(&self) -> Vec<KvSlices<'_>> {
             (0..self.shape.n_kv_heads)
-                .map(|g| KvSlices { keys: &self.keys[g], values: &self.vals[g], positions: &self.pos[g] })
+                .map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g]))
                 .collect()
         }
     }
@@ -317,6 +339,29 @@ mod tests {
         assert!(max_diff(&fast, &slow) < 1e-5);
         let unmasked = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
         assert!(max_diff(&fast, &unmasked) > 1e-3, "the mask must change the output");
+    }
+
+    #[test]
+    fn row_scales_equal_scaling_the_rows() {
+        // Unit-direction storage with magnitudes on the side must give the same attention as
+        // storing the scaled rows themselves.
+        let s = Setup::new(30, 20, true);
+        let d = s.shape.head_dim;
+        let scales: Vec<Vec<f32>> = s.pos.iter().map(|p| p.iter().map(|&x| 0.5 + (x % 7) as f32 * 0.3).collect()).collect();
+        let scaled = |rows: &Vec<f32>, m: &Vec<f32>| -> Vec<f32> {
+            rows.chunks(d).zip(m).flat_map(|(r, k)| r.iter().map(move |x| x * k)).collect()
+        };
+        let ks: Vec<Vec<f32>> = (0..2).map(|g| scaled(&s.keys[g], &scales[g])).collect();
+        let vs: Vec<Vec<f32>> = (0..2).map(|g| scaled(&s.vals[g], &scales[g])).collect();
+        let dense: Vec<KvSlices<'_>> = (0..2).map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g])).collect();
+        let factored: Vec<KvSlices<'_>> = (0..2)
+            .map(|g| KvSlices { key_scale: Some(&scales[g]), value_scale: Some(&scales[g]), ..s.slices()[g] })
+            .collect();
+        let a = causal_attention(&s.q, &s.q_pos, &dense, s.shape, None);
+        let b = causal_attention(&s.q, &s.q_pos, &factored, s.shape, None);
+        let c = naive_causal_attention(&s.q, &s.q_pos, &factored, s.shape, None);
+        assert!(max_diff(&a, &b) < 1e-5);
+        assert!(max_diff(&a, &c) < 1e-5);
     }
 
     #[test]

@@ -395,7 +395,7 @@ mod tests {
 
     fn causal_naive(q: &[f32], k: &[f32], v: &[f32], n: usize, d: usize, mask: Option<&dyn KeyMask>) -> Vec<f32> {
         let pos: Vec<u32> = (0..n as u32).collect();
-        let kv = [KvSlices { keys: k, values: v, positions: &pos }];
+        let kv = [KvSlices::new(k, v, &pos)];
         let shape = AttentionShape { n_heads: 1, n_kv_heads: 1, head_dim: d };
         naive_causal_attention(q, &pos, &kv, shape, mask)
     }

@@ -7,6 +7,41 @@
 //! everything and is the reference every compressing policy is measured against.
 
 use frugal_numerics::attention::KvSlices;
+use std::borrow::Cow;
+
+/// What attention reads for one (layer, KV head): borrowed from the store where the data is
+/// held as attention needs it, owned where the policy must first decode it (e.g. dequantise).
+/// Optional per-row scales carry magnitudes stored apart from unit directions.
+#[derive(Clone, Debug)]
+pub struct HeadView<'a> {
+    pub keys: Cow<'a, [f32]>,
+    pub values: Cow<'a, [f32]>,
+    pub positions: Cow<'a, [u32]>,
+    pub key_scale: Option<Cow<'a, [f32]>>,
+    pub value_scale: Option<Cow<'a, [f32]>>,
+}
+
+impl<'a> HeadView<'a> {
+    pub fn borrowed(s: KvSlices<'a>) -> Self {
+        HeadView {
+            keys: Cow::Borrowed(s.keys),
+            values: Cow::Borrowed(s.values),
+            positions: Cow::Borrowed(s.positions),
+            key_scale: s.key_scale.map(Cow::Borrowed),
+            value_scale: s.value_scale.map(Cow::Borrowed),
+        }
+    }
+
+    pub fn slices(&self) -> KvSlices<'_> {
+        KvSlices {
+            keys: &self.keys,
+            values: &self.values,
+            positions: &self.positions,
+            key_scale: self.key_scale.as_deref(),
+            value_scale: self.value_scale.as_deref(),
+        }
+    }
+}
 
 /// Dimensions of a model's KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +69,7 @@ impl HeadStore {
     }
 
     pub fn view(&self) -> KvSlices<'_> {
-        KvSlices { keys: &self.keys, values: &self.values, positions: &self.positions }
+        KvSlices::new(&self.keys, &self.values, &self.positions)
     }
 
     /// Appends rows; `positions` must come after every position already held.
@@ -165,7 +200,7 @@ pub trait CachePolicy: Send {
     /// Receives a layer's new K/V (token-major `[T, n_kv_heads, head_dim]`, RoPE applied).
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]);
     /// What attention reads for (layer, KV head).
-    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_>;
+    fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_>;
     /// Bytes held for K/V right now, counted from the buffers.
     fn resident_bytes(&self) -> usize;
     /// Drops everything (a new sequence starts).
@@ -197,8 +232,8 @@ impl CachePolicy for FullCache {
         self.store.append_layer(layer, positions, k, v);
     }
 
-    fn view(&self, layer: usize, kv_head: usize) -> KvSlices<'_> {
-        self.store.head(layer, kv_head).view()
+    fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
+        HeadView::borrowed(self.store.head(layer, kv_head).view())
     }
 
     fn resident_bytes(&self) -> usize {

@@ -6,7 +6,7 @@
 //! candle's `QMatMul`, so weights stay in their GGUF quantisation (Q4_0/Q4_1/Q8_0/K-quants) or
 //! are dequantised to f32 once at load ([`WeightFormat::F32`]).
 
-use crate::attention::attention_step;
+use crate::attention::{attention_step, StepContext};
 use crate::cache::KvLayout;
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
@@ -211,7 +211,8 @@ impl Llama {
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
-            let attn = attention_step(layer, &q, &positions, shape, &*seq.cache, &*seq.attention);
+            let ctx = StepContext { layer, n_layers: self.cfg.n_layers, structure: seq.structure.as_deref() };
+            let attn = attention_step(&ctx, &q, &positions, shape, &*seq.cache, &*seq.attention);
             let attn = Tensor::from_vec(attn, (t, shape.n_heads * shape.head_dim), &Device::Cpu)?;
             x = (x + b.wo.forward(&attn)?)?;
 

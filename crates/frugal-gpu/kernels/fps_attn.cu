@@ -507,7 +507,8 @@ __device__ __forceinline__ void load_tile_halves(uint32_t sbase, const uint8_t* 
 // l accumulates the same pre-scaled values (the epilogue divides by it, so the scale cancels).
 // O is rescaled only when some row max moved (warp vote), which is exact: alpha == 1 otherwise.
 __device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, float* l_r, int key0, int row_a,
-                                               bool need_mask, int n, int causal, float f, float c) {
+                                               bool need_mask, int n, int causal, float f, float c,
+                                               float* o_alpha = nullptr) {
     if (need_mask) {
         const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -540,6 +541,11 @@ __device__ __forceinline__ void softmax_update(float* s, float* o, float* m_r, f
             sum += s[t * 4 + 2 * r] + s[t * 4 + 2 * r + 1];
         }
         l_r[r] = l_r[r] * alpha[r] + sum;
+    }
+    if (o == nullptr) {  // caller rescales O later (pipelined kernel)
+        o_alpha[0] = alpha[0];
+        o_alpha[1] = alpha[1];
+        return;
     }
     if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
@@ -756,6 +762,122 @@ __device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const vo
 }
 
 
+// FP8 wgmma kernel, software-pipelined inside each warpgroup (FlashAttention-3's intra-warpgroup
+// overlap): iteration j issues S_j = Q K_j^T and O += P_{j-1} V_{j-1} back to back, runs the
+// softmax of S_j while the PV GEMM is in flight, then rescales O. K and V use separate
+// double-buffered stages: iteration j reads K_j and V_{j-1} and prefetches K_{j+1} and V_j.
+// Same operands, scales and results as fps_attn_fp8_wgmma.
+__device__ __forceinline__ void fps_attn_fp8_wgmma_pipe_body(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
+    const int h = blockIdx.y;
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
+    const uint32_t base = (smem_u32(smem) + 1023) & ~1023u;
+    const uint32_t sQ = base, sK0 = base + 16384, sV0 = sK0 + 2 * 8192;
+    const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + (size_t)h * p.n * D;
+    const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + (size_t)h * p.n * D;
+    const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad;
+    const int cnt = p.counts[h * p.n_qb + qb];
+    const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
+    const int q0 = qb * BM;
+    const int n_tiles = (p.n + 63) / 64;
+    const float sq = p.sq[h * n_tiles + min((q0 + wg * 64) / 64, n_tiles - 1)];
+    const float* skh = p.sk + h * n_tiles;
+    const int row_w = q0 + wg * 64 + wq * 16;
+    const int row_a = row_w + (lane >> 2);
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
+    if (cnt == 0) {
+        store_o(p, o, l_r, row_a, p.sv + h * D, 1.f);
+        return;
+    }
+    load_tile<BM, 8>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
+    load_tile<BN, 8>(sK0, gk + (size_t)list[0] * BN * 128, 128, p.n - list[0] * BN);
+    cp_commit();
+
+    uint32_t a[2][4];
+    const uint64_t dq = make_desc(sQ + wg * 64 * 128, 1024, 1);
+    for (int it = 0; it < cnt; it++) {
+        const int kb = list[it];
+        // prefetch K_{it+1} and V_it
+        if (it + 1 < cnt) {
+            const int nb = list[it + 1];
+            load_tile<BN, 8>(sK0 + ((it + 1) & 1) * 8192, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
+        }
+        load_tile<D, 4>(sV0 + (it & 1) * 8192, gvt + (size_t)kb * BN, p.npad, D);
+        cp_commit();
+        cp_wait<1>();  // K_it and V_{it-1} (and Q) have landed
+        fence_async_smem();
+        __syncthreads();
+
+        float s[32];
+        const uint64_t dk = make_desc(sK0 + (it & 1) * 8192, 1024, 1);
+        reg_fence<32>(s);
+        reg_fence<64>(o);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_m64n64k32_e4m3_ss(s, dq + 2 * kk, dk + 2 * kk, kk > 0);
+        wg_commit();
+        if (it > 0) {
+            const uint64_t dv = make_desc(sV0 + ((it - 1) & 1) * 8192, 512, 2);
+#pragma unroll
+            for (int j = 0; j < 2; j++) wgmma_m64n128k32_e4m3_rs(o, a[j], dv + 2 * j, 1);
+            wg_commit();
+            wg_wait<1>();  // S_it done; PV_{it-1} may still run
+        } else {
+            wg_wait<0>();
+        }
+        reg_fence<32>(s);
+        const float f = sq * skh[kb] * p.scale_log2;
+        const int key0 = kb * BN;
+        const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
+        float alpha[2];
+        softmax_update(s, nullptr, m_r, l_r, key0, row_a, need_mask, p.n, p.causal, f, 8.807354922057604f /* log2 448 */,
+                       alpha);
+        wg_wait<0>();
+        reg_fence<64>(o);
+        if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+            for (int t = 0; t < 16; t++) {
+                o[t * 4 + 0] *= alpha[0];
+                o[t * 4 + 1] *= alpha[0];
+                o[t * 4 + 2] *= alpha[1];
+                o[t * 4 + 3] *= alpha[1];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const int t0 = 4 * j + 2 * hh;
+                a[j][2 * hh + 0] = cvt_e4m3x2(s[t0 * 4 + 0], s[t0 * 4 + 1]) | (cvt_e4m3x2(s[(t0 + 1) * 4 + 0], s[(t0 + 1) * 4 + 1]) << 16);
+                a[j][2 * hh + 1] = cvt_e4m3x2(s[t0 * 4 + 2], s[t0 * 4 + 3]) | (cvt_e4m3x2(s[(t0 + 1) * 4 + 2], s[(t0 + 1) * 4 + 3]) << 16);
+            }
+        __syncthreads();  // the other warpgroup is done with K_it / V_{it-1} before they are overwritten
+    }
+    // last PV
+    cp_wait<0>();
+    fence_async_smem();
+    __syncthreads();
+    {
+        const uint64_t dv = make_desc(sV0 + ((cnt - 1) & 1) * 8192, 512, 2);
+        reg_fence<64>(o);
+        wg_fence();
+#pragma unroll
+        for (int j = 0; j < 2; j++) wgmma_m64n128k32_e4m3_rs(o, a[j], dv + 2 * j, 1);
+        wg_commit();
+        wg_wait<0>();
+        reg_fence<64>(o);
+    }
+    store_o(p, o, l_r, row_a, p.sv + h * D, 1.f);
+}
+
+
 // Entry points: 1 CTA/SM (no register cap) and 2 CTAs/SM (<= 128 registers; the other CTA's
 // MMAs overlap this one's softmax).
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
@@ -777,6 +899,11 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_bf16_wgmma_2c
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     fps_attn_bf16_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+}
+extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_pipe_2cta(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_fp8_wgmma_pipe_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 
 // V [H][N][128] bf16 -> V^T [H][128][npad] bf16 (zero past N). Grid (npad/64, H), block D threads.

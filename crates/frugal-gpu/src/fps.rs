@@ -36,6 +36,9 @@ pub enum Mma {
     Wgmma,
     /// The same kernel built for two CTAs per SM (≤ 128 registers per thread).
     Wgmma2,
+    /// FP8 only: wgmma with FlashAttention-3-style intra-warpgroup pipelining (softmax of
+    /// block j overlaps the PV GEMM of block j−1), two CTAs per SM.
+    WgmmaPipe2,
 }
 
 pub struct Fps {
@@ -47,6 +50,7 @@ pub struct Fps {
     fp8_wg: CudaFunction,
     bf16_wg2: CudaFunction,
     fp8_wg2: CudaFunction,
+    fp8_pipe2: CudaFunction,
     transpose_v: CudaFunction,
     quant_rows: CudaFunction,
     v_amax: CudaFunction,
@@ -99,6 +103,8 @@ impl Fps {
         let fp8_wg2 = f("fps_attn_fp8_wgmma_2cta")?;
         bf16_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
         fp8_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        let fp8_pipe2 = f("fps_attn_fp8_wgmma_pipe_2cta")?;
+        fp8_pipe2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
         Ok(Fps {
             quant_rows: f("quant_rows_e4m3")?,
             v_amax: f("v_channel_amax")?,
@@ -112,6 +118,7 @@ impl Fps {
             fp8_wg,
             bf16_wg2,
             fp8_wg2,
+            fp8_pipe2,
         })
     }
 
@@ -202,6 +209,7 @@ impl Fps {
             Mma::Sync => (&self.fp8, SMEM_FP8),
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
             Mma::Wgmma2 => (&self.fp8_wg2, SMEM_FP8_WG),
+            Mma::WgmmaPipe2 => (&self.fp8_pipe2, SMEM_FP8_WG),
         };
         let mut b = self.stream.launch_builder(func);
         b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);

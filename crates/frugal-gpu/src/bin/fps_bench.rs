@@ -187,10 +187,13 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm)?;
     let ofw2 = download(fps, &o)?;
     poison(fps, &mut o)?;
+    fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm)?;
+    let ofp = download(fps, &o)?;
+    poison(fps, &mut o)?;
     fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)?;
     let obw2 = download(fps, &o)?;
     fps.stream.synchronize()?;
-    let (nb, nf) = (unwritten(&ob) + unwritten(&obw) + unwritten(&obw2), unwritten(&of) + unwritten(&ofw) + unwritten(&ofw2));
+    let (nb, nf) = (unwritten(&ob) + unwritten(&obw) + unwritten(&obw2), unwritten(&of) + unwritten(&ofw) + unwritten(&ofw2) + unwritten(&ofp));
     // the 2-CTA builds are the same code: they must agree with the 1-CTA builds bit for bit
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     if !same(&ofw, &ofw2) || !same(&obw, &obw2) {
@@ -199,6 +202,7 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     let qbs: Vec<usize> = qblocks.clone().unwrap_or_else(|| (0..map.n_qb).collect());
     let rows: Vec<usize> = qbs.iter().flat_map(|&qb| qb * BM..((qb + 1) * BM).min(n)).collect();
     let (mut g_b, mut g_f, mut g_bw, mut g_fw, mut r_x, mut r_f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut g_fp = Vec::new();
     for &h in heads_to_check {
         let sl = |x: &[f32]| x[h * n * D..(h + 1) * n * D].to_vec();
         let (q, k, v) = (sl(&inp.q), sl(&inp.k), sl(&inp.v));
@@ -210,19 +214,20 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
             g_f.extend_from_slice(&of[a..b]);
             g_bw.extend_from_slice(&obw[a..b]);
             g_fw.extend_from_slice(&ofw[a..b]);
+            g_fp.extend_from_slice(&ofp[a..b]);
             r_x.extend_from_slice(&exact[i * D..(i + 1) * D]);
             r_f.extend_from_slice(&emu[i * D..(i + 1) * D]);
         }
     }
     let (eb, ef, efx, emx) = (rel_l2(&g_b, &r_x), rel_l2(&g_f, &r_f), rel_l2(&g_f, &r_x), rel_l2(&r_f, &r_x));
-    let (ebw, efw) = (rel_l2(&g_bw, &r_x), rel_l2(&g_fw, &r_f));
+    let (ebw, efw, efp) = (rel_l2(&g_bw, &r_x), rel_l2(&g_fw, &r_f), rel_l2(&g_fp, &r_f));
     println!(
-        "check {name:<34} density {:5.1}%  rows {:6}  mma.sync: bf16-vs-exact {eb:.2e} fp8-vs-emu {ef:.2e} | wgmma: bf16-vs-exact {ebw:.2e} fp8-vs-emu {efw:.2e} | (fp8-vs-exact {efx:.2e}; cpu emu-vs-exact {emx:.2e})  unwritten {nb}/{nf}",
+        "check {name:<34} density {:5.1}%  rows {:6}  mma.sync: bf16-vs-exact {eb:.2e} fp8-vs-emu {ef:.2e} | wgmma: bf16-vs-exact {ebw:.2e} fp8-vs-emu {efw:.2e} (pipelined {efp:.2e}) | (fp8-vs-exact {efx:.2e}; cpu emu-vs-exact {emx:.2e})  unwritten {nb}/{nf}",
         map.density() * 100.0,
         rows.len() * heads_to_check.len()
     );
     let eb = eb.max(ebw);
-    let ef = ef.max(efw);
+    let ef = ef.max(efw).max(efp);
     let ok = nb == 0 && nf == 0 && eb <= 1e-2 && ef <= 1e-2 && efx < 0.15 && efx.is_finite();
     if !ok {
         failures.push(format!("{name}: bf16 {eb:.3e} fp8 {ef:.3e} fp8/exact {efx:.3e} unwritten {nb}/{nf}"));
@@ -397,6 +402,7 @@ fn main() -> Result<()> {
             let tf = time_ms(&fps, 3, 10, || fps.attn_fp8(&buf, &mut o, &dm))?;
             let tfw = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm))?;
             let tfw2 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm))?;
+            let tfp = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm))?;
             let tbw2 = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
             for (variant, t) in [
                 ("ours_bf16", tb),
@@ -408,6 +414,8 @@ fn main() -> Result<()> {
                 ("ours_fp8_wgmma+quant", tfw + tq),
                 ("ours_bf16_wgmma_2cta", tbw2),
                 ("ours_fp8_wgmma_2cta", tfw2),
+                ("ours_fp8_wgmma_pipe_2cta", tfp),
+                ("ours_fp8_wgmma_pipe_2cta+quant", tfp + tq),
             ] {
                 let tflops = flops / (t * 1e-3) / 1e12;
                 println!("bench {name:<10} {desc:<36} density {:5.1}%  {variant:<15} {t:8.3} ms  {tflops:7.1} TFLOP/s", m.density() * 100.0);

@@ -434,6 +434,18 @@ fn a_client_hanging_up_mid_stream_frees_its_kv_at_once() {
 }
 
 #[test]
+fn a_client_hanging_up_before_a_whole_answer_frees_its_kv() {
+    let (srv, _dir) = start(ServerConfig::default());
+    let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 500, "temperature": 0.8, "seed": 4, "ignore_eos": true});
+    let conn = send_request(srv.addr, "POST", "/v1/completions", body.to_string().as_bytes());
+    wait_until("the request to run", || metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0);
+    drop(conn);
+    wait_until("KV to be freed", || metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0);
+    assert_eq!(metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}"), 0.0);
+    assert_eq!(metric(srv.addr, "frugal_generations_total{reason=\"cancelled\"}"), 1.0);
+}
+
+#[test]
 fn concurrent_requests_interleave_and_match_their_solo_answers() {
     let (srv, _dir) = start(ServerConfig { max_concurrent: 4, ..Default::default() });
     let prompts = ["alpha beta", "gamma delta epsilon", "zeta"];

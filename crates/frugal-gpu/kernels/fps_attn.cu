@@ -86,10 +86,10 @@ __device__ __forceinline__ uint32_t swz(int r, int c) {
 
 // Copy `ROWS` rows of `CH` 16-byte chunks from global (row stride `gstride` bytes) into a
 // swizzled smem tile; rows >= `valid_rows` are zero-filled.
-template <int ROWS, int CH>
+template <int ROWS, int CH, int NT = NTHREADS>
 __device__ __forceinline__ void load_tile(uint32_t sbase, const uint8_t* g, size_t gstride, int valid_rows) {
 #pragma unroll
-    for (int i = threadIdx.x; i < ROWS * CH; i += NTHREADS) {
+    for (int i = threadIdx.x; i < ROWS * CH; i += NT) {
         int r = i / CH, c = i % CH;
         bool ok = r < valid_rows;
         const uint8_t* src = g + (ok ? (size_t)r * gstride : 0) + c * 16;
@@ -584,30 +584,34 @@ __device__ __forceinline__ void store_o(const Params& p, const float* o, const f
 
 // FP8 wgmma kernel. Operands as for fps_attn_fp8 (q8, k8 [H][N][128], vt8 [H][128][npad]).
 // smem (after 1024-alignment): Q 128x128B (16 KB) | 2 x K 64x128B (8 KB) | 2 x V^T 128x64B (8 KB).
+template <int WGS>
 __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
     const int h = blockIdx.y;
-    const int qb = gridDim.x - 1 - blockIdx.x;
+    // WGS warpgroups per CTA, 64 query rows each; the block list is that of the 128-row block.
+    constexpr int NT = WGS * 128;
+    const int cta = gridDim.x - 1 - blockIdx.x;
+    const int q0 = cta * WGS * 64;
+    const int qb = q0 / BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
     const uint32_t base = (smem_u32(smem) + 1023) & ~1023u;
-    const uint32_t sQ = base, sK0 = base + 16384, sV0 = sK0 + 2 * 8192;
+    const uint32_t sQ = base, sK0 = base + WGS * 8192, sV0 = sK0 + 2 * 8192;
     const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + (size_t)h * p.n * D;
     const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + (size_t)h * p.n * D;
     const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad;
     const int cnt = p.counts[h * p.n_qb + qb];
     const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
-    const int q0 = qb * BM;
     const int n_tiles = (p.n + 63) / 64;
     const float sq = p.sq[h * n_tiles + min((q0 + wg * 64) / 64, n_tiles - 1)];
     const float* skh = p.sk + h * n_tiles;
 
-    load_tile<BM, 8>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
+    load_tile<WGS * 64, 8, NT>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
     if (cnt > 0) {
         int kb = list[0];
-        load_tile<BN, 8>(sK0, gk + (size_t)kb * BN * 128, 128, p.n - kb * BN);
-        load_tile<D, 4>(sV0, gvt + (size_t)kb * BN, p.npad, D);
+        load_tile<BN, 8, NT>(sK0, gk + (size_t)kb * BN * 128, 128, p.n - kb * BN);
+        load_tile<D, 4, NT>(sV0, gvt + (size_t)kb * BN, p.npad, D);
     }
     cp_commit();
 
@@ -623,8 +627,8 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
         const int st = it & 1;
         if (it + 1 < cnt) {
             int nb = list[it + 1];
-            load_tile<BN, 8>(sK0 + (st ^ 1) * 8192, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
-            load_tile<D, 4>(sV0 + (st ^ 1) * 8192, gvt + (size_t)nb * BN, p.npad, D);
+            load_tile<BN, 8, NT>(sK0 + (st ^ 1) * 8192, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
+            load_tile<D, 4, NT>(sV0 + (st ^ 1) * 8192, gvt + (size_t)nb * BN, p.npad, D);
             cp_commit();
             cp_wait<1>();
         } else {
@@ -883,12 +887,12 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_pipe_body(const void* q, cons
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
-    fps_attn_fp8_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+    fps_attn_fp8_wgmma_body<2>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_2cta(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
-    fps_attn_fp8_wgmma_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+    fps_attn_fp8_wgmma_body<2>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
@@ -904,6 +908,14 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_pip
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     fps_attn_fp8_wgmma_pipe_body(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+}
+
+// One warpgroup (64 query rows) per CTA, up to 4 CTAs/SM: warpgroups never wait for each other
+// at a CTA barrier. Grid x = 2 * n_qb.
+extern "C" __global__ void __launch_bounds__(128, 4) fps_attn_fp8_wgmma_1wg(const void* q, const void* k, const void* v,
+    __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
+    int npad, int n_qb, int n_kb, int causal, float scale_log2) {
+    fps_attn_fp8_wgmma_body<1>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 
 // V [H][N][128] bf16 -> V^T [H][128][npad] bf16 (zero past N). Grid (npad/64, H), block D threads.

@@ -25,6 +25,7 @@ const SMEM_BF16: u32 = (BM * 256 + 2 * 2 * BN * 256) as u32; // 96 KB
 const SMEM_FP8: u32 = (BM * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32; // 48 KB
 // wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
 const SMEM_FP8_WG: u32 = SMEM_FP8 + 1024;
+const SMEM_FP8_1WG: u32 = (64 * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32 + 1024; // 41 KB
 const SMEM_BF16_WG: u32 = (BM * 256 + 2 * (BN * 256 + HEAD_DIM * BN * 2)) as u32 + 1024; // 97 KB
 
 /// Which MMA path a kernel uses.
@@ -39,6 +40,8 @@ pub enum Mma {
     /// FP8 only: wgmma with FlashAttention-3-style intra-warpgroup pipelining (softmax of
     /// block j overlaps the PV GEMM of block j−1), two CTAs per SM.
     WgmmaPipe2,
+    /// FP8 only: wgmma, one warpgroup (64 query rows) per CTA, up to four CTAs per SM.
+    Wgmma1Wg,
 }
 
 pub struct Fps {
@@ -51,6 +54,7 @@ pub struct Fps {
     bf16_wg2: CudaFunction,
     fp8_wg2: CudaFunction,
     fp8_pipe2: CudaFunction,
+    fp8_1wg: CudaFunction,
     transpose_v: CudaFunction,
     quant_rows: CudaFunction,
     v_amax: CudaFunction,
@@ -105,6 +109,8 @@ impl Fps {
         fp8_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
         let fp8_pipe2 = f("fps_attn_fp8_wgmma_pipe_2cta")?;
         fp8_pipe2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        let fp8_1wg = f("fps_attn_fp8_wgmma_1wg")?;
+        fp8_1wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_1WG as i32)?;
         Ok(Fps {
             quant_rows: f("quant_rows_e4m3")?,
             v_amax: f("v_channel_amax")?,
@@ -119,6 +125,7 @@ impl Fps {
             bf16_wg2,
             fp8_wg2,
             fp8_pipe2,
+            fp8_1wg,
         })
     }
 
@@ -210,11 +217,17 @@ impl Fps {
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
             Mma::Wgmma2 => (&self.fp8_wg2, SMEM_FP8_WG),
             Mma::WgmmaPipe2 => (&self.fp8_pipe2, SMEM_FP8_WG),
+            Mma::Wgmma1Wg => (&self.fp8_1wg, SMEM_FP8_1WG),
+        };
+        let cfg = if mma == Mma::Wgmma1Wg {
+            LaunchConfig { grid_dim: (2 * map.n_qb as u32, map.heads as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem }
+        } else {
+            Self::grid(map, smem)
         };
         let mut b = self.stream.launch_builder(func);
         b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);
         b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
-        unsafe { b.launch(Self::grid(map, smem)) }?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 

@@ -190,6 +190,13 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm)?;
     let ofp = download(fps, &o)?;
     poison(fps, &mut o)?;
+    fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm)?;
+    let of1 = download(fps, &o)?;
+    fps.stream.synchronize()?;
+    if of1.iter().zip(&ofw).any(|(x, y)| x.to_bits() != y.to_bits()) {
+        failures.push(format!("{name}: 1-warpgroup FP8 wgmma build differs from the 2-warpgroup build"));
+    }
+    poison(fps, &mut o)?;
     fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)?;
     let obw2 = download(fps, &o)?;
     fps.stream.synchronize()?;
@@ -403,6 +410,7 @@ fn main() -> Result<()> {
             let tfw = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm))?;
             let tfw2 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm))?;
             let tfp = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm))?;
+            let tf1 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm))?;
             let tbw2 = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
             for (variant, t) in [
                 ("ours_bf16", tb),
@@ -416,6 +424,8 @@ fn main() -> Result<()> {
                 ("ours_fp8_wgmma_2cta", tfw2),
                 ("ours_fp8_wgmma_pipe_2cta", tfp),
                 ("ours_fp8_wgmma_pipe_2cta+quant", tfp + tq),
+                ("ours_fp8_wgmma_1wg", tf1),
+                ("ours_fp8_wgmma_1wg+quant", tf1 + tq),
             ] {
                 let tflops = flops / (t * 1e-3) / 1e12;
                 println!("bench {name:<10} {desc:<36} density {:5.1}%  {variant:<15} {t:8.3} ms  {tflops:7.1} TFLOP/s", m.density() * 100.0);

@@ -13,6 +13,10 @@
 //! reservation grows to match, so the books stay exact). Requests wait in a bounded queue for
 //! a slot and budget; past the queue they get 429, after `queue_timeout` in it 503, both with
 //! `Retry-After`. A request whose reservation could never fit the budget gets a 400 that says so.
+//! What the budget does not cover (known gap): the budget is in resident bytes, as the cache
+//! policies report them; the store's vectors grow by doubling during decode, so the allocator
+//! may hold up to about twice the resident bytes, and each live request also holds its logits
+//! (vocabulary × 4 bytes) and activations. Size `--kv-budget` with that headroom.
 //!
 //! A client that goes away drops its event receiver; the engine sees the closed channel at
 //! that sequence's next turn (within one round) and drops the sequence, which frees its KV and

@@ -45,12 +45,44 @@ pub struct KvSlices<'a> {
     pub positions: &'a [u32],
     pub key_scale: Option<&'a [f32]>,
     pub value_scale: Option<&'a [f32]>,
+    /// Rows whose key is given in full apart from `keys`/`key_scale` (e.g. MiniCache's retained
+    /// tokens, whose originals differ from the merged direction that other rows share).
+    pub key_patch: Option<RowPatch<'a>>,
+    pub value_patch: Option<RowPatch<'a>>,
+}
+
+/// Sparse row overrides: row `rows[i]` (ascending) uses `data[i·head_dim..]` as is, ignoring the
+/// dense row and its scale. The kernel computes the dense product and then corrects the few
+/// patched columns, so no dense copy of the rows is built.
+#[derive(Clone, Copy, Debug)]
+pub struct RowPatch<'a> {
+    pub rows: &'a [u32],
+    pub data: &'a [f32],
 }
 
 impl<'a> KvSlices<'a> {
     /// Unscaled rows.
     pub fn new(keys: &'a [f32], values: &'a [f32], positions: &'a [u32]) -> Self {
-        KvSlices { keys, values, positions, key_scale: None, value_scale: None }
+        KvSlices { keys, values, positions, key_scale: None, value_scale: None, key_patch: None, value_patch: None }
+    }
+
+    /// Key row `j` as attention uses it: `(row, scale)`.
+    fn key_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
+        if let Some(p) = self.key_patch {
+            if let Ok(i) = p.rows.binary_search(&(j as u32)) {
+                return (&p.data[i * d..(i + 1) * d], 1.0);
+            }
+        }
+        (&self.keys[j * d..(j + 1) * d], self.key_scale.map_or(1.0, |s| s[j]))
+    }
+
+    fn value_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
+        if let Some(p) = self.value_patch {
+            if let Ok(i) = p.rows.binary_search(&(j as u32)) {
+                return (&p.data[i * d..(i + 1) * d], 1.0);
+            }
+        }
+        (&self.values[j * d..(j + 1) * d], self.value_scale.map_or(1.0, |s| s[j]))
     }
 }
 
@@ -83,6 +115,11 @@ pub fn causal_attention(
         assert_eq!(head.values.len(), head.positions.len() * d);
         assert!(head.key_scale.is_none_or(|s| s.len() == head.positions.len()));
         assert!(head.value_scale.is_none_or(|s| s.len() == head.positions.len()));
+        for p in [head.key_patch, head.value_patch].into_iter().flatten() {
+            assert_eq!(p.data.len(), p.rows.len() * d, "patch data does not match its rows");
+            assert!(p.rows.windows(2).all(|w| w[0] < w[1]), "patch rows must ascend");
+            assert!(p.rows.last().is_none_or(|&r| (r as usize) < head.positions.len()));
+        }
     }
     let group = shape.group();
     let scale = 1.0 / (d as f32).sqrt();
@@ -151,6 +188,7 @@ fn attend_block(
     }
 
     let mut scores = vec![0f32; rows * n];
+    let mut patched_p: Vec<f32> = Vec::new();
     // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
     unsafe {
         gemm::gemm(
@@ -170,6 +208,12 @@ fn attend_block(
             if let Some(scale) = kv.key_scale {
                 row.iter_mut().zip(scale).for_each(|(s, m)| *s *= m);
             }
+            if let Some(p) = kv.key_patch {
+                let qrow = &qbuf[(i * group + h) * d..(i * group + h + 1) * d];
+                for (r, &j) in p.rows.iter().enumerate().take_while(|(_, &j)| (j as usize) < n) {
+                    row[j as usize] = qrow.iter().zip(&p.data[r * d..(r + 1) * d]).map(|(a, b)| a * b).sum();
+                }
+            }
             let q_head = g * group + h;
             for (s, &k_pos) in row.iter_mut().zip(&kv.positions[..n]) {
                 let visible = k_pos <= q_pos && mask.is_none_or(|m| m.allows(q_head, q_pos, k_pos));
@@ -178,6 +222,13 @@ fn attend_block(
                 }
             }
             softmax_in_place(row);
+            if let Some(p) = kv.value_patch {
+                // Take the patched columns out of the GEMM; they are added back below.
+                for &j in p.rows.iter().take_while(|&&j| (j as usize) < n) {
+                    patched_p.push(row[j as usize]);
+                    row[j as usize] = 0.0;
+                }
+            }
             if let Some(scale) = kv.value_scale {
                 row.iter_mut().zip(scale).for_each(|(p, m)| *p *= m);
             }
@@ -193,6 +244,18 @@ fn attend_block(
             0.0, 1.0, false, false, false,
             gemm::Parallelism::None,
         );
+    }
+    if let Some(p) = kv.value_patch {
+        let k = p.rows.iter().take_while(|&&j| (j as usize) < n).count();
+        for row in 0..rows {
+            let dst = &mut out[row * d..(row + 1) * d];
+            for r in 0..k {
+                let w = patched_p[row * k + r];
+                if w != 0.0 {
+                    dst.iter_mut().zip(&p.data[r * d..(r + 1) * d]).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        }
     }
     out
 }
@@ -236,10 +299,9 @@ pub fn naive_causal_attention(
                 if k_pos > q_pos || !mask.is_none_or(|m| m.allows(head, q_pos, k_pos)) {
                     continue;
                 }
-                let kv_row = &slices.keys[j * d..][..d];
+                let (kv_row, m) = slices.key_row(j, d);
                 let s: f64 = qv.iter().zip(kv_row).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let m = slices.key_scale.map_or(1.0, |k| k[j] as f64);
-                weights.push((j, s * m * scale));
+                weights.push((j, s * m as f64 * scale));
             }
             if weights.is_empty() {
                 continue;
@@ -248,8 +310,9 @@ pub fn naive_causal_attention(
             let total: f64 = weights.iter().map(|w| (w.1 - max).exp()).sum();
             let dst = &mut out[(tok * n_heads + head) * d..][..d];
             for (j, s) in weights {
-                let p = (s - max).exp() / total * slices.value_scale.map_or(1.0, |v| v[j] as f64);
-                for (o, v) in dst.iter_mut().zip(&slices.values[j * d..][..d]) {
+                let (v_row, m) = slices.value_row(j, d);
+                let p = (s - max).exp() / total * m as f64;
+                for (o, v) in dst.iter_mut().zip(v_row) {
                     *o += (p * *v as f64) as f32;
                 }
             }
@@ -361,6 +424,42 @@ mod tests {
         let b = causal_attention(&s.q, &s.q_pos, &factored, s.shape, None);
         let c = naive_causal_attention(&s.q, &s.q_pos, &factored, s.shape, None);
         assert!(max_diff(&a, &b) < 1e-5);
+        assert!(max_diff(&a, &c) < 1e-5);
+    }
+
+    #[test]
+    fn row_patches_equal_replacing_the_rows() {
+        // Patched rows use their own data (unscaled); the rest keep scale · row.
+        let s = Setup::new(70, 90, true);
+        let d = s.shape.head_dim;
+        let scales: Vec<Vec<f32>> = s.pos.iter().map(|p| p.iter().map(|&x| 0.5 + (x % 5) as f32 * 0.2).collect()).collect();
+        let krows: Vec<Vec<u32>> = s.pos.iter().map(|p| (0..p.len() as u32).filter(|r| r % 9 == 2).collect()).collect();
+        let vrows: Vec<Vec<u32>> = s.pos.iter().map(|p| (0..p.len() as u32).filter(|r| r % 7 == 0).collect()).collect();
+        let kdata: Vec<Vec<f32>> = (0..2).map(|g| values(krows[g].len() * d, 40 + g as u64)).collect();
+        let vdata: Vec<Vec<f32>> = (0..2).map(|g| values(vrows[g].len() * d, 50 + g as u64)).collect();
+        let dense = |rows: &Vec<f32>, sc: &Vec<f32>, pr: &Vec<u32>, pd: &Vec<f32>| -> Vec<f32> {
+            let mut out: Vec<f32> = rows.chunks(d).zip(sc).flat_map(|(r, k)| r.iter().map(move |x| x * k)).collect();
+            for (i, &j) in pr.iter().enumerate() {
+                out[j as usize * d..(j as usize + 1) * d].copy_from_slice(&pd[i * d..(i + 1) * d]);
+            }
+            out
+        };
+        let ks: Vec<Vec<f32>> = (0..2).map(|g| dense(&s.keys[g], &scales[g], &krows[g], &kdata[g])).collect();
+        let vs: Vec<Vec<f32>> = (0..2).map(|g| dense(&s.vals[g], &scales[g], &vrows[g], &vdata[g])).collect();
+        let reference: Vec<KvSlices<'_>> = (0..2).map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g])).collect();
+        let patched: Vec<KvSlices<'_>> = (0..2)
+            .map(|g| KvSlices {
+                key_scale: Some(&scales[g]),
+                value_scale: Some(&scales[g]),
+                key_patch: Some(RowPatch { rows: &krows[g], data: &kdata[g] }),
+                value_patch: Some(RowPatch { rows: &vrows[g], data: &vdata[g] }),
+                ..s.slices()[g]
+            })
+            .collect();
+        let a = causal_attention(&s.q, &s.q_pos, &reference, s.shape, None);
+        let b = causal_attention(&s.q, &s.q_pos, &patched, s.shape, None);
+        let c = naive_causal_attention(&s.q, &s.q_pos, &patched, s.shape, None);
+        assert!(max_diff(&a, &b) < 1e-5, "{}", max_diff(&a, &b));
         assert!(max_diff(&a, &c) < 1e-5);
     }
 

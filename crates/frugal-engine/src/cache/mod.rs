@@ -6,7 +6,7 @@
 //! and hands the attention step one [`KvSlices`] view per KV head. [`FullCache`] keeps
 //! everything and is the reference every compressing policy is measured against.
 
-use frugal_numerics::attention::KvSlices;
+use frugal_numerics::attention::{KvSlices, RowPatch};
 use std::borrow::Cow;
 
 /// What attention reads for one (layer, KV head): borrowed from the store where the data is
@@ -19,6 +19,9 @@ pub struct HeadView<'a> {
     pub positions: Cow<'a, [u32]>,
     pub key_scale: Option<Cow<'a, [f32]>>,
     pub value_scale: Option<Cow<'a, [f32]>>,
+    /// Rows given in full apart from the shared rows (see [`RowPatch`]): `(row indices, data)`.
+    pub key_patch: Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
+    pub value_patch: Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
 }
 
 impl<'a> HeadView<'a> {
@@ -29,6 +32,8 @@ impl<'a> HeadView<'a> {
             positions: Cow::Borrowed(s.positions),
             key_scale: s.key_scale.map(Cow::Borrowed),
             value_scale: s.value_scale.map(Cow::Borrowed),
+            key_patch: s.key_patch.map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
+            value_patch: s.value_patch.map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
         }
     }
 
@@ -39,6 +44,8 @@ impl<'a> HeadView<'a> {
             positions: &self.positions,
             key_scale: self.key_scale.as_deref(),
             value_scale: self.value_scale.as_deref(),
+            key_patch: self.key_patch.as_ref().map(|(r, d)| RowPatch { rows: r, data: d }),
+            value_patch: self.value_patch.as_ref().map(|(r, d)| RowPatch { rows: r, data: d }),
         }
     }
 }

@@ -4,3 +4,5 @@ pub mod attention;
 pub mod rope;
 pub mod block_sparse;
 pub mod fp8;
+pub mod slerp;
+pub mod kivi;

@@ -123,3 +123,37 @@ fn a_valid_tiny_model_generates() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prompt tokens"));
 }
+
+/// `frugal eval` rejects bad plans before any sample runs.
+#[test]
+fn eval_rejects_bad_plans_before_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    std::fs::write(corpus.join("1900_someone_x.txt"), "Words of a speech. ".repeat(50)).unwrap();
+    let out = dir.path().join("r.json");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--model", model.to_str().unwrap(), "eval", "--corpus-dir", corpus.to_str().unwrap(), "--out", out.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    for (extra, says) in [
+        (vec!["--task", "nosuch", "--length", "256"], "unknown task `nosuch`"),
+        (vec!["--task", "passkey", "--length", "256", "--policy", "nosuch"], "unknown policy `nosuch`"),
+        (vec!["--task", "passkey", "--length", "256", "--policy", "streaming:foo=1"], "unknown knob `foo`"),
+        (vec!["--task", "passkey", "--length", "256", "--policy", "streaming:window=0"], "streaming:window"),
+        (vec!["--task", "passkey", "--length", "100000"], "context window of 512"),
+        (vec!["--task", "passkey", "--length", "256", "--depths", "1.5"], "depth 1.5"),
+    ] {
+        let args = base(&extra.iter().map(|s| *s).collect::<Vec<_>>());
+        let o = frugal(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_clean_failure(&o, &[says]);
+        assert!(!out.exists(), "no report is written for a rejected plan ({says})");
+    }
+    let o = frugal(&["--model", model.to_str().unwrap(), "eval", "--task", "ppl", "--length", "256", "--corpus-dir", "/nonexistent/corpus"]);
+    assert_clean_failure(&o, &["/nonexistent/corpus", "does not exist"]);
+}

@@ -7,6 +7,9 @@
 use crate::cache::{CachePolicy, HeadView};
 use crate::structure::TokenStructure;
 use frugal_numerics::attention::{causal_attention, AttentionShape, KeyMask, KvSlices};
+use frugal_numerics::sparse_attention::{sparse_attention, SparsePlan};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// What a policy may look at when deciding a layer's attention paths.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +26,25 @@ pub trait AttentionPolicy: Send + Sync {
     fn name(&self) -> String;
     /// Extra restriction on top of causality for this step; `None` means every causal path.
     fn mask<'a>(&'a self, ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>>;
+    /// The work of this step, decided from the step's own queries and keys (OmniSparse probes
+    /// them). The default wraps [`AttentionPolicy::mask`], so mask-only policies need nothing
+    /// more and the dense path runs the dense kernel exactly as before. Time spent here is
+    /// counted as planning (probe + selection) in [`STEP_TIMES`], apart from the kernel.
+    fn plan<'a>(
+        &'a self,
+        ctx: &StepContext<'a>,
+        _q: &[f32],
+        _positions: &[u32],
+        _shape: AttentionShape,
+        _kv: &[KvSlices<'_>],
+    ) -> AttentionPlan<'a> {
+        AttentionPlan::Mask(self.mask(ctx))
+    }
+    /// Statistics the policy gathered so far (e.g. OmniSparse's budgets and kept fractions),
+    /// as one line of JSON; `None` for policies with nothing to report.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Every causal path in every layer.
@@ -38,6 +60,42 @@ impl AttentionPolicy for Dense {
     }
 }
 
+/// What one attention step computes.
+pub enum AttentionPlan<'a> {
+    /// Every causal path the mask allows (`None`: every causal path), dense kernel.
+    Mask(Option<Box<dyn KeyMask + 'a>>),
+    /// Per-(KV head, query block) key lists and computed queries, sparse kernel.
+    Sparse(SparsePlan),
+}
+
+/// Time spent in attention steps since the last [`StepTimes::reset`], process-wide: planning
+/// (the policy's `plan`: probes, selection) apart from the kernel. For benchmarks, which run
+/// one sequence at a time; concurrent sequences add up.
+pub struct StepTimes {
+    plan_ns: AtomicU64,
+    kernel_ns: AtomicU64,
+    steps: AtomicU64,
+}
+
+pub static STEP_TIMES: StepTimes =
+    StepTimes { plan_ns: AtomicU64::new(0), kernel_ns: AtomicU64::new(0), steps: AtomicU64::new(0) };
+
+impl StepTimes {
+    pub fn reset(&self) {
+        self.plan_ns.store(0, Ordering::Relaxed);
+        self.kernel_ns.store(0, Ordering::Relaxed);
+        self.steps.store(0, Ordering::Relaxed);
+    }
+    /// (planning seconds, kernel seconds, attention steps).
+    pub fn get(&self) -> (f64, f64, u64) {
+        (
+            self.plan_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            self.kernel_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+            self.steps.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Runs attention for `ctx.layer`: `q` is `[T, n_heads, head_dim]` (RoPE applied) at `positions`.
 pub fn attention_step(
     ctx: &StepContext<'_>,
@@ -49,6 +107,16 @@ pub fn attention_step(
 ) -> Vec<f32> {
     let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads).map(|g| cache.view(ctx.layer, g)).collect();
     let slices: Vec<KvSlices<'_>> = views.iter().map(HeadView::slices).collect();
-    let mask = policy.mask(ctx);
-    causal_attention(q, positions, &slices, shape, mask.as_deref())
+    let t0 = Instant::now();
+    let plan = policy.plan(ctx, q, positions, shape, &slices);
+    let t1 = Instant::now();
+    let out = match &plan {
+        AttentionPlan::Mask(mask) => causal_attention(q, positions, &slices, shape, mask.as_deref()),
+        AttentionPlan::Sparse(sparse) => sparse_attention(q, positions, &slices, shape, sparse),
+    };
+    let t2 = Instant::now();
+    STEP_TIMES.plan_ns.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+    STEP_TIMES.kernel_ns.fetch_add((t2 - t1).as_nanos() as u64, Ordering::Relaxed);
+    STEP_TIMES.steps.fetch_add(1, Ordering::Relaxed);
+    out
 }

@@ -6,3 +6,4 @@ pub mod block_sparse;
 pub mod fp8;
 pub mod slerp;
 pub mod kivi;
+pub mod sparse_attention;

@@ -1,0 +1,524 @@
+//! Gather-then-dense sparse attention over per-(KV head, query block) key index lists, with
+//! skipped ("lazy") query rows, plus the probe and selection primitives OmniSparse needs
+//! (papers/attention-kv-methods.md §1.4, §1.6).
+//!
+//! The kernel: for every (KV head, query block of `plan.block` tokens) task, the selected K/V
+//! rows (and their positions / per-row scales) are gathered into contiguous buffers of `B`
+//! rows, then `S = Q·Kᵀ`, causal mask on the gathered positions, softmax, `O = P·V` run through
+//! the `gemm` crate exactly as in the dense kernel ([`crate::attention::causal_attention`]).
+//! Only the query rows marked computed are gathered, so skipped queries cost nothing; their
+//! output rows are then filled from the nearest computed query of the same block
+//! ([`LazyFill::Copy`], the previous one, else the next) or left zero ([`LazyFill::Residual`]:
+//! the attention sub-layer adds nothing and only the residual stream passes).
+//!
+//! With every key selected ([`KeySet::All`]) and every query computed, a task is the dense
+//! kernel's task, so the outputs match the dense kernel to f32 rounding (tested).
+
+use crate::attention::{softmax_in_place, AttentionShape, KvSlices};
+use rayon::prelude::*;
+
+/// Which keys one (KV head, query block) visits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeySet {
+    /// Every causally visible key.
+    All,
+    /// Row indices into the KV head's slices, ascending, no duplicates. Causality is still
+    /// applied per query row inside the gathered set.
+    Rows(Vec<u32>),
+}
+
+/// How the output row of a skipped query is produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LazyFill {
+    /// Copy the attention output of the nearest computed query in the same block.
+    Copy,
+    /// Zero attention output: only the residual passes through.
+    Residual,
+}
+
+/// The work of one query block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockPlan {
+    /// One key set per KV head.
+    pub keys: Vec<KeySet>,
+    /// Per token of the block: is its query computed? `None` = all computed.
+    pub computed: Option<Vec<bool>>,
+}
+
+/// The whole step: query blocks of `block` tokens, in order, covering every query token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparsePlan {
+    pub block: usize,
+    pub blocks: Vec<BlockPlan>,
+    pub fill: LazyFill,
+}
+
+/// How the query heads of one GQA group are combined into one KV head's column importance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupAgg {
+    Sum,
+    Max,
+}
+
+/// Sparse attention with the same input/output layout as `causal_attention`.
+pub fn sparse_attention(
+    q: &[f32],
+    q_positions: &[u32],
+    kv: &[KvSlices<'_>],
+    shape: AttentionShape,
+    plan: &SparsePlan,
+) -> Vec<f32> {
+    let AttentionShape { n_heads, n_kv_heads, head_dim: d } = shape;
+    let t = q_positions.len();
+    assert_eq!(q.len(), t * n_heads * d, "query buffer does not match [T, heads, head_dim]");
+    assert_eq!(kv.len(), n_kv_heads, "one KvSlices per KV head expected");
+    assert!(plan.block > 0);
+    let n_blocks = t.div_ceil(plan.block);
+    assert_eq!(plan.blocks.len(), n_blocks, "one BlockPlan per query block expected");
+    for (b, bp) in plan.blocks.iter().enumerate() {
+        assert_eq!(bp.keys.len(), n_kv_heads, "block {b}: one key set per KV head expected");
+        let len = ((b + 1) * plan.block).min(t) - b * plan.block;
+        if let Some(c) = &bp.computed {
+            assert_eq!(c.len(), len, "block {b}: one computed flag per token expected");
+        }
+        for (g, ks) in bp.keys.iter().enumerate() {
+            if let KeySet::Rows(r) = ks {
+                assert!(r.windows(2).all(|w| w[0] < w[1]), "block {b} head {g}: rows must ascend");
+                assert!(r.last().is_none_or(|&x| (x as usize) < kv[g].positions.len()));
+            }
+        }
+    }
+    for head in kv {
+        assert!(
+            head.key_patch.is_none() && head.value_patch.is_none(),
+            "the sparse kernel does not read row patches (MiniCache views)"
+        );
+    }
+    let group = shape.group();
+    let scale = 1.0 / (d as f32).sqrt();
+
+    let tasks: Vec<(usize, usize, Vec<usize>, Vec<f32>)> = (0..n_kv_heads * n_blocks)
+        .into_par_iter()
+        .map(|task| {
+            let g = task / n_blocks;
+            let b = task % n_blocks;
+            let t0 = b * plan.block;
+            let t1 = (t0 + plan.block).min(t);
+            let bp = &plan.blocks[b];
+            let toks: Vec<usize> = match &bp.computed {
+                None => (t0..t1).collect(),
+                Some(c) => (t0..t1).filter(|&i| c[i - t0]).collect(),
+            };
+            let out = attend_rows(q, q_positions, &toks, g, &kv[g], &bp.keys[g], shape, scale);
+            (g, b, toks, out)
+        })
+        .collect();
+
+    let mut out = vec![0f32; t * n_heads * d];
+    let row_width = group * d;
+    for (g, b, toks, block) in tasks {
+        let t0 = b * plan.block;
+        let t1 = (t0 + plan.block).min(t);
+        let put = |out: &mut [f32], tok: usize, src: &[f32]| {
+            let dst = (tok * n_heads + g * group) * d;
+            out[dst..dst + row_width].copy_from_slice(src);
+        };
+        for (i, &tok) in toks.iter().enumerate() {
+            put(&mut out, tok, &block[i * row_width..(i + 1) * row_width]);
+        }
+        if plan.fill == LazyFill::Copy && toks.len() < t1 - t0 && !toks.is_empty() {
+            // Nearest computed neighbour: the previous computed query, else the next one.
+            let mut next = 0usize;
+            for tok in t0..t1 {
+                while next < toks.len() && toks[next] < tok {
+                    next += 1;
+                }
+                if next < toks.len() && toks[next] == tok {
+                    continue;
+                }
+                let src = if next > 0 { next - 1 } else { next };
+                put(&mut out, tok, &block[src * row_width..(src + 1) * row_width]);
+            }
+        }
+    }
+    out
+}
+
+/// Attention of query tokens `toks` (all heads of KV group `g`) over the key set `keys`.
+/// Returns rows ordered (token, head-in-group).
+#[allow(clippy::too_many_arguments)]
+fn attend_rows(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    keys: &KeySet,
+    shape: AttentionShape,
+    scale: f32,
+) -> Vec<f32> {
+    let d = shape.head_dim;
+    let group = shape.group();
+    let rows = toks.len() * group;
+    let mut out = vec![0f32; rows * d];
+    if toks.is_empty() {
+        return out;
+    }
+    let qbuf = gather_queries(q, toks, g, shape, scale);
+    let max_pos = toks.iter().map(|&i| q_positions[i]).max().unwrap_or(0);
+
+    // The key rows this task reads, contiguous: borrowed for `All`, gathered for `Rows`.
+    let gathered;
+    let (kk, vv, pp, ks, vs): (&[f32], &[f32], &[u32], Option<&[f32]>, Option<&[f32]>) = match keys {
+        KeySet::All => {
+            let n = kv.positions.partition_point(|&p| p <= max_pos);
+            (
+                &kv.keys[..n * d],
+                &kv.values[..n * d],
+                &kv.positions[..n],
+                kv.key_scale.map(|s| &s[..n]),
+                kv.value_scale.map(|s| &s[..n]),
+            )
+        }
+        KeySet::Rows(idx) => {
+            gathered = gather_keys(kv, idx, d, max_pos);
+            (
+                &gathered.0,
+                &gathered.1,
+                &gathered.2,
+                gathered.3.as_deref(),
+                gathered.4.as_deref(),
+            )
+        }
+    };
+    let n = pp.len();
+    if n == 0 {
+        return out;
+    }
+    let mut scores = vec![0f32; rows * n];
+    // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
+    unsafe {
+        gemm::gemm(
+            rows, n, d,
+            scores.as_mut_ptr(), 1, n as isize, false,
+            qbuf.as_ptr(), 1, d as isize,
+            kk.as_ptr(), d as isize, 1,
+            0.0, 1.0, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
+    for (i, &tok) in toks.iter().enumerate() {
+        let q_pos = q_positions[tok];
+        // Keys are ascending by position: the visible ones are a prefix.
+        let vis = pp.partition_point(|&p| p <= q_pos);
+        for h in 0..group {
+            let row = &mut scores[(i * group + h) * n..(i * group + h + 1) * n];
+            if let Some(s) = ks {
+                row.iter_mut().zip(s).for_each(|(x, m)| *x *= m);
+            }
+            row[vis..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            softmax_in_place(row);
+            if let Some(s) = vs {
+                row.iter_mut().zip(s).for_each(|(p, m)| *p *= m);
+            }
+        }
+    }
+    unsafe {
+        gemm::gemm(
+            rows, d, n,
+            out.as_mut_ptr(), 1, d as isize, false,
+            scores.as_ptr(), 1, n as isize,
+            vv.as_ptr(), 1, d as isize,
+            0.0, 1.0, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
+    out
+}
+
+type Gathered = (Vec<f32>, Vec<f32>, Vec<u32>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// Copies the listed rows (those not after `max_pos`) into contiguous buffers.
+fn gather_keys(kv: &KvSlices<'_>, idx: &[u32], d: usize, max_pos: u32) -> Gathered {
+    let idx: Vec<usize> =
+        idx.iter().map(|&j| j as usize).take_while(|&j| kv.positions[j] <= max_pos).collect();
+    let mut k = Vec::with_capacity(idx.len() * d);
+    let mut v = Vec::with_capacity(idx.len() * d);
+    for &j in &idx {
+        k.extend_from_slice(&kv.keys[j * d..(j + 1) * d]);
+        v.extend_from_slice(&kv.values[j * d..(j + 1) * d]);
+    }
+    let p = idx.iter().map(|&j| kv.positions[j]).collect();
+    let ks = kv.key_scale.map(|s| idx.iter().map(|&j| s[j]).collect());
+    let vs = kv.value_scale.map(|s| idx.iter().map(|&j| s[j]).collect());
+    (k, v, p, ks, vs)
+}
+
+/// Query rows of tokens `toks` for KV group `g`, ordered (token, head-in-group), times `scale`.
+fn gather_queries(q: &[f32], toks: &[usize], g: usize, shape: AttentionShape, scale: f32) -> Vec<f32> {
+    let AttentionShape { n_heads, head_dim: d, .. } = shape;
+    let group = shape.group();
+    let mut qbuf = Vec::with_capacity(toks.len() * group * d);
+    for &tok in toks {
+        let src = (tok * n_heads + g * group) * d;
+        qbuf.extend(q[src..src + group * d].iter().map(|x| x * scale));
+    }
+    qbuf
+}
+
+/// Softmax attention probabilities of the probe tokens `toks` (every head of KV group `g`)
+/// over the first `n_keys` rows of `kv`, causal. Returns `[toks.len() · group, n_keys]`,
+/// rows ordered (token, head-in-group). Per-row key scales are honoured; value scales are
+/// irrelevant to probabilities.
+pub fn probe_probabilities(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    n_keys: usize,
+    shape: AttentionShape,
+) -> Vec<f32> {
+    let d = shape.head_dim;
+    let group = shape.group();
+    let rows = toks.len() * group;
+    let n = n_keys.min(kv.positions.len());
+    let mut scores = vec![0f32; rows * n];
+    if rows == 0 || n == 0 {
+        return scores;
+    }
+    let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
+    unsafe {
+        gemm::gemm(
+            rows, n, d,
+            scores.as_mut_ptr(), 1, n as isize, false,
+            qbuf.as_ptr(), 1, d as isize,
+            kv.keys.as_ptr(), d as isize, 1,
+            0.0, 1.0, false, false, false,
+            gemm::Parallelism::None,
+        );
+    }
+    for (i, &tok) in toks.iter().enumerate() {
+        let vis = kv.positions[..n].partition_point(|&p| p <= q_positions[tok]);
+        for h in 0..group {
+            let row = &mut scores[(i * group + h) * n..(i * group + h + 1) * n];
+            if let Some(s) = kv.key_scale {
+                row.iter_mut().zip(s).for_each(|(x, m)| *x *= m);
+            }
+            row[vis..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            softmax_in_place(row);
+        }
+    }
+    scores
+}
+
+/// Column importance of one KV head from probe probabilities (`[n_probe · group, n]`): the
+/// group's heads combined by `agg`, then the mean over probe tokens.
+pub fn column_importance(probs: &[f32], n: usize, group: usize, agg: GroupAgg) -> Vec<f32> {
+    let mut imp = vec![0f32; n];
+    if n == 0 {
+        return imp;
+    }
+    let n_tok = probs.len() / n / group;
+    let mut tmp = vec![0f32; n];
+    for t in 0..n_tok {
+        tmp.copy_from_slice(&probs[(t * group) * n..(t * group + 1) * n]);
+        for h in 1..group {
+            let row = &probs[(t * group + h) * n..(t * group + h + 1) * n];
+            match agg {
+                GroupAgg::Sum => tmp.iter_mut().zip(row).for_each(|(a, b)| *a += b),
+                GroupAgg::Max => tmp.iter_mut().zip(row).for_each(|(a, b)| *a = a.max(*b)),
+            }
+        }
+        imp.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+    }
+    let inv = 1.0 / n_tok.max(1) as f32;
+    imp.iter_mut().for_each(|x| *x *= inv);
+    imp
+}
+
+/// Smallest number of non-forced keys whose importance, added to that of the forced keys,
+/// reaches `tau` of the total (the per-head recall budget `k_g`). `tau ≥ 1` means every
+/// non-forced key.
+pub fn recall_budget(importance: &[f32], forced: &[bool], tau: f64) -> usize {
+    let n_cand = forced.iter().filter(|f| !**f).count();
+    if tau >= 1.0 {
+        return n_cand;
+    }
+    let total: f64 = importance.iter().map(|&x| x as f64).sum();
+    let forced_mass: f64 = importance.iter().zip(forced).filter(|(_, f)| **f).map(|(&x, _)| x as f64).sum();
+    let need = tau * total - forced_mass;
+    if need <= 0.0 || n_cand == 0 {
+        return 0;
+    }
+    // Keys below `(1-τ)·total / n_cand` together hold less than the (1-τ) slack, so the needed
+    // set lies among the keys above it: sort only those.
+    let cut = ((1.0 - tau) * total / n_cand as f64) as f32;
+    let mut cand: Vec<f32> =
+        importance.iter().zip(forced).filter(|(&x, f)| !**f && x >= cut).map(|(&x, _)| x).collect();
+    cand.sort_unstable_by(|a, b| b.total_cmp(a));
+    let mut acc = 0f64;
+    for (i, &x) in cand.iter().enumerate() {
+        acc += x as f64;
+        if acc >= need {
+            return i + 1;
+        }
+    }
+    cand.len()
+}
+
+/// The forced rows plus the `b` most important non-forced rows, as ascending row indices.
+pub fn select_rows(importance: &[f32], forced: &[bool], b: usize) -> Vec<u32> {
+    let mut cand: Vec<u32> = (0..importance.len() as u32).filter(|&j| !forced[j as usize]).collect();
+    if b < cand.len() {
+        if b == 0 {
+            cand.clear();
+        } else {
+            cand.select_nth_unstable_by(b - 1, |&x, &y| importance[y as usize].total_cmp(&importance[x as usize]));
+            cand.truncate(b);
+        }
+    }
+    cand.extend((0..importance.len() as u32).filter(|&j| forced[j as usize]));
+    cand.sort_unstable();
+    cand
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{causal_attention, naive_causal_attention, KeyMask};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    struct Setup {
+        shape: AttentionShape,
+        q: Vec<f32>,
+        q_pos: Vec<u32>,
+        keys: Vec<Vec<f32>>,
+        vals: Vec<Vec<f32>>,
+        pos: Vec<Vec<u32>>,
+    }
+
+    impl Setup {
+        fn new(t: usize, past: usize) -> Self {
+            let shape = AttentionShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 };
+            let n = past + t;
+            let q = values(t * shape.n_heads * shape.head_dim, 1);
+            let q_pos = (past as u32..n as u32).collect();
+            let (mut keys, mut vals, mut pos) = (vec![], vec![], vec![]);
+            for g in 0..shape.n_kv_heads {
+                let kept: Vec<u32> = (0..n as u32).filter(|p| p % (g as u32 + 3) != 2).collect();
+                keys.push(values(kept.len() * shape.head_dim, 10 + g as u64));
+                vals.push(values(kept.len() * shape.head_dim, 20 + g as u64));
+                pos.push(kept);
+            }
+            Setup { shape, q, q_pos, keys, vals, pos }
+        }
+        fn slices(&self) -> Vec<KvSlices<'_>> {
+            (0..self.shape.n_kv_heads).map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g])).collect()
+        }
+        fn plan(&self, block: usize, keys: impl Fn(usize, usize) -> KeySet) -> SparsePlan {
+            let t = self.q_pos.len();
+            SparsePlan {
+                block,
+                blocks: (0..t.div_ceil(block))
+                    .map(|b| BlockPlan { keys: (0..self.shape.n_kv_heads).map(|g| keys(b, g)).collect(), computed: None })
+                    .collect(),
+                fill: LazyFill::Copy,
+            }
+        }
+    }
+
+    #[test]
+    fn all_keys_all_queries_equals_dense() {
+        let s = Setup::new(150, 40);
+        let dense = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
+        let sparse = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &s.plan(64, |_, _| KeySet::All));
+        assert!(max_diff(&dense, &sparse) < 1e-6);
+        // Listing every row explicitly gives the same result.
+        let all_rows = s.plan(64, |_, g| KeySet::Rows((0..s.pos[g].len() as u32).collect()));
+        let listed = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &all_rows);
+        assert!(max_diff(&dense, &listed) < 1e-5);
+    }
+
+    /// A mask that admits exactly the listed rows of each KV head for each query block.
+    struct ListMask<'a> {
+        s: &'a Setup,
+        plan: &'a SparsePlan,
+    }
+    impl KeyMask for ListMask<'_> {
+        fn allows(&self, q_head: usize, q_pos: u32, k_pos: u32) -> bool {
+            let tok = (q_pos - self.s.q_pos[0]) as usize;
+            let g = q_head / self.s.shape.group();
+            match &self.plan.blocks[tok / self.plan.block].keys[g] {
+                KeySet::All => true,
+                KeySet::Rows(r) => r.iter().any(|&j| self.s.pos[g][j as usize] == k_pos),
+            }
+        }
+    }
+
+    #[test]
+    fn index_lists_equal_the_naive_definition_with_that_mask() {
+        let s = Setup::new(130, 70);
+        // Keep every third row plus each block's own diagonal rows (so no row is empty).
+        let plan = s.plan(32, |b, g| {
+            let lo = s.q_pos[0] + (b * 32) as u32;
+            KeySet::Rows(
+                (0..s.pos[g].len() as u32).filter(|&j| j % 3 == 0 || s.pos[g][j as usize] >= lo).collect(),
+            )
+        });
+        let sparse = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &plan);
+        let naive = naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&ListMask { s: &s, plan: &plan }));
+        assert!(max_diff(&sparse, &naive) < 1e-5, "{}", max_diff(&sparse, &naive));
+    }
+
+    #[test]
+    fn lazy_rows_are_copied_or_zero() {
+        let s = Setup::new(20, 10);
+        let (nh, d) = (s.shape.n_heads, s.shape.head_dim);
+        let mut plan = s.plan(8, |_, _| KeySet::All);
+        // Block 0: tokens 1, 2 skipped (copy token 0); block 1: token 8 skipped (copy token 9).
+        plan.blocks[0].computed = Some(vec![true, false, false, true, true, true, true, true]);
+        plan.blocks[1].computed = Some(vec![false, true, true, true, true, true, true, true]);
+        let dense = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
+        let out = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &plan);
+        let row = |v: &[f32], t: usize| v[t * nh * d..(t + 1) * nh * d].to_vec();
+        assert_eq!(row(&out, 1), row(&out, 0));
+        assert_eq!(row(&out, 2), row(&out, 0));
+        assert_eq!(row(&out, 8), row(&out, 9));
+        assert!(max_diff(&row(&out, 0), &row(&dense, 0)) < 1e-6);
+        assert!(max_diff(&row(&out, 15), &row(&dense, 15)) < 1e-6);
+        plan.fill = LazyFill::Residual;
+        let out = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &plan);
+        assert!(row(&out, 1).iter().all(|&x| x == 0.0));
+        assert!(max_diff(&row(&out, 3), &row(&dense, 3)) < 1e-6);
+    }
+
+    #[test]
+    fn budget_reaches_recall_and_selection_keeps_forced() {
+        let imp = [0.5f32, 0.01, 0.2, 0.1, 0.05, 0.14];
+        let forced = [true, false, false, false, false, false];
+        // Forced 0.5; need 0.95 → +0.2 +0.14 +0.1 = 0.94 < 0.95, +0.05 = 0.99.
+        assert_eq!(recall_budget(&imp, &forced, 0.95), 4);
+        assert_eq!(recall_budget(&imp, &forced, 0.4), 0);
+        assert_eq!(recall_budget(&imp, &forced, 1.0), 5);
+        assert_eq!(select_rows(&imp, &forced, 2), vec![0, 2, 5]);
+        assert_eq!(select_rows(&imp, &forced, 9), vec![0, 1, 2, 3, 4, 5]);
+        let probs = [0.1f32, 0.9, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8]; // 2 tokens × 2 heads × 2 keys
+        assert_eq!(column_importance(&probs, 2, 2, GroupAgg::Max), vec![(0.5 + 0.3) / 2.0, (0.9 + 0.8) / 2.0]);
+        let sum = column_importance(&probs, 2, 2, GroupAgg::Sum);
+        assert!((sum[0] - 0.55).abs() < 1e-6 && (sum[1] - 1.45).abs() < 1e-6);
+    }
+}

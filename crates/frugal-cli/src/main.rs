@@ -39,7 +39,8 @@ struct Cli {
 
 #[derive(Args)]
 struct GlobalArgs {
-    /// A GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
+    /// A GGUF file, a directory with config.json, *.safetensors and tokenizer.json, or a
+    /// Hugging Face repo id `org/name[:FILE.gguf]` (downloaded into the Hub cache).
     /// Default: the fetched SmolLM2-135M-Instruct.
     #[arg(long, short = 'm', global = true, env = "FRUGAL_MODEL")]
     model: Option<PathBuf>,
@@ -356,7 +357,10 @@ fn setup_threads(requested: Option<usize>) -> Result<usize> {
 
 fn load_model(global: &GlobalArgs) -> Result<LoadedModel> {
     let path = match &global.model {
-        Some(p) => p.clone(),
+        Some(p) => match p.to_str().and_then(model::hub::parse_hub_ref) {
+            Some(hub_ref) => model::hub::fetch(&hub_ref, &mut |msg| eprintln!("{msg}"))?,
+            None => p.clone(),
+        },
         None => ensure_model(&DEFAULT_MODEL, &mut |msg| eprintln!("{msg}"))?,
     };
     let format = match global.dtype {

@@ -2,6 +2,7 @@
 
 pub mod chat_template;
 pub mod gguf;
+pub mod hub;
 pub mod llama;
 pub mod safetensors;
 pub mod tokenizer;

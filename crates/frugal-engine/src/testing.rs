@@ -144,3 +144,84 @@ pub fn write_tiny_gguf(path: &Path, dtype: GgmlDType, seed: u64, opts: TinyGgufO
     gguf_file::write(&mut file, &md, &tensors)?;
     Ok(())
 }
+
+/// Undoes llama.cpp's Q/K row permutation (GGUF pairs RoPE dimensions `(2i, 2i+1)`, Hugging
+/// Face pairs `(i, i + d/2)`): within each head, GGUF row `2i + j` is HF row `j·d/2 + i`.
+fn gguf_rows_to_hf(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let d = rows / n_heads;
+    Ok(w.reshape((n_heads, d / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+/// Writes the tiny model (F32 weights, same seed → same weights as [`tiny_model`]) as a
+/// Hugging Face checkpoint directory: `config.json`, `model.safetensors` with HF tensor names
+/// and Q/K rows in HF order, `tokenizer.json` and `tokenizer_config.json`. Loading it must
+/// give the same logits as the GGUF, which checks the name mapping and the RoPE pairing.
+pub fn write_tiny_safetensors_dir(dir: &Path, seed: u64) -> Result<()> {
+    let lm = tiny_model(GgmlDType::F32, seed)?;
+    let cfg = lm.model.config().clone();
+    let weights = random_weights(&cfg, GgmlDType::F32, seed)?;
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (name, q) in &weights.tensors {
+        let t = q.dequantize(&Device::Cpu)?;
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            _ => {
+                let rest = name.strip_prefix("blk.").expect("block tensor");
+                let (layer, part) = rest.split_once('.').expect("blk.N.part");
+                let part = match part {
+                    "attn_norm.weight" => "input_layernorm.weight",
+                    "attn_q.weight" => "self_attn.q_proj.weight",
+                    "attn_k.weight" => "self_attn.k_proj.weight",
+                    "attn_v.weight" => "self_attn.v_proj.weight",
+                    "attn_output.weight" => "self_attn.o_proj.weight",
+                    "ffn_norm.weight" => "post_attention_layernorm.weight",
+                    "ffn_gate.weight" => "mlp.gate_proj.weight",
+                    "ffn_up.weight" => "mlp.up_proj.weight",
+                    "ffn_down.weight" => "mlp.down_proj.weight",
+                    other => panic!("unexpected tensor {other}"),
+                };
+                format!("model.layers.{layer}.{part}")
+            }
+        };
+        let t = if name.ends_with("attn_q.weight") {
+            gguf_rows_to_hf(&t, cfg.n_heads)?
+        } else if name.ends_with("attn_k.weight") {
+            gguf_rows_to_hf(&t, cfg.n_kv_heads)?
+        } else {
+            t
+        };
+        out.insert(hf, t);
+    }
+    std::fs::create_dir_all(dir)?;
+    candle_core::safetensors::save(&out, dir.join("model.safetensors"))?;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_dim,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "num_hidden_layers": cfg.n_layers,
+        "vocab_size": cfg.vocab_size,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.context_length,
+        "tie_word_embeddings": true,
+        "bos_token_id": 1,
+        "eos_token_id": 2
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json"))?;
+    lm.tokenizer
+        .inner()
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| crate::EngineError::Tokenizer(e.to_string()))?;
+    let tcfg = serde_json::json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "add_bos_token": false,
+        "chat_template": crate::model::tokenizer::testing::TINY_CHAT_TEMPLATE
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tcfg).expect("json"))?;
+    Ok(())
+}

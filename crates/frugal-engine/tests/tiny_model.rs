@@ -6,7 +6,7 @@ use frugal_engine::generate::{generate, FinishReason, GenerateRequest, SamplingP
 use frugal_engine::model::llama::{LogitRows, WeightFormat};
 use frugal_engine::model::{self, LoadedModel};
 use frugal_engine::sequence::Sequence;
-use frugal_engine::testing::{tiny_model, write_tiny_gguf, TinyGgufOptions};
+use frugal_engine::testing::{tiny_model, write_tiny_gguf, write_tiny_safetensors_dir, TinyGgufOptions};
 use frugal_engine::EngineError;
 
 fn logits_rows(lm: &LoadedModel, seq: &mut Sequence, ids: &[u32], rows: LogitRows) -> Vec<Vec<f32>> {
@@ -149,4 +149,23 @@ fn kv_bytes_are_counted_from_the_store() {
     assert_eq!(seq.peak_kv_bytes(), ids.len() * per_token);
     seq.reset();
     assert_eq!(seq.cache.resident_bytes(), 0);
+}
+
+#[test]
+fn safetensors_directory_loads_the_same_model_as_gguf() {
+    // Hugging Face layout: other tensor names, Q/K rows in half-split RoPE order. Same logits
+    // means the name mapping and the RoPE pairing are both right.
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_safetensors_dir(dir.path(), 4).unwrap();
+    let hf = model::load(dir.path(), WeightFormat::Native).unwrap();
+    let reference = tiny_model(GgmlDType::F32, 4).unwrap();
+    let ids = prompt(&reference);
+    assert_eq!(hf.tokenizer.encode("Hello world").unwrap(), reference.tokenizer.encode("Hello world").unwrap());
+    assert_eq!(hf.tokenizer.eos_token_id(), Some(2));
+    let layout = reference.model.config().kv_layout();
+    let a = logits_rows(&hf, &mut Sequence::dense(layout), &ids, LogitRows::All);
+    let b = logits_rows(&reference, &mut Sequence::dense(layout), &ids, LogitRows::All);
+    assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
+    let chat = hf.chat_template.render(&[frugal_engine::model::chat_template::ChatMessage::user("hi")], true).unwrap();
+    assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 }

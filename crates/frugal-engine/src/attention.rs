@@ -45,6 +45,15 @@ pub trait AttentionPolicy: Send + Sync {
     fn report(&self) -> Option<String> {
         None
     }
+    /// Which of this call's still-computed tokens (at `positions`, ascending) are computed in
+    /// `ctx.layer`; `None` (the default) computes all of them. A token left out exits the
+    /// network at this layer: its K/V are not stored here or in any later layer, none of its
+    /// later attention or MLP work is done, and its output row is its hidden state entering
+    /// this layer. The forward pass never asks again about a token that exited (early exit of
+    /// context tokens, knockout study §2.5).
+    fn computed_rows(&self, _ctx: &StepContext<'_>, _positions: &[u32]) -> Option<Vec<bool>> {
+        None
+    }
 }
 
 /// Every causal path in every layer.

@@ -7,6 +7,7 @@
 //! and dense attention.
 
 use crate::spec::{PartSpec, PolicySpec, SpecError};
+use crate::knockout;
 use crate::streaming;
 use frugal_engine::attention::{AttentionPolicy, Dense};
 use frugal_engine::cache::{CachePolicy, FullCache, KvLayout};
@@ -17,6 +18,10 @@ use frugal_engine::sequence::Sequence;
 pub enum KnobKind {
     Int { min: i64, max: i64 },
     Float { min: f64, max: f64 },
+    /// One of these words.
+    Choice { options: &'static [&'static str] },
+    /// An inclusive integer range `a-b` (or a single `a`) inside `min..=max`.
+    Range { min: i64, max: i64 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +46,9 @@ pub struct PolicyInfo {
 pub const POLICIES: &[PolicyInfo] = &[
     PolicyInfo { name: "full", doc: "every token of every head kept; dense attention (the reference)", knobs: &[], keep_everything: "full" },
     streaming::INFO,
+    knockout::INFO,
+    knockout::EARLY_EXIT_INFO,
+    knockout::FRAME_LOCAL_INFO,
 ];
 
 /// A part's knobs, checked against its [`PolicyInfo`]: every given knob is known and in range;
@@ -94,7 +102,33 @@ impl<'a> Knobs<'a> {
                 }
                 Ok(v)
             }
+            KnobKind::Choice { options } => options
+                .iter()
+                .position(|o| *o == value)
+                .map(|i| i as f64)
+                .ok_or_else(|| bad(format!("one of {}", options.join(", ")))),
+            KnobKind::Range { min, max } => {
+                let expected = || bad(format!("a layer range a-b (or one layer a) with {min} <= a <= b <= {max}"));
+                let (a, b) = parse_range(value).ok_or_else(expected)?;
+                if a < min || b > max || a > b {
+                    return Err(expected());
+                }
+                Ok(a as f64)
+            }
         }
+    }
+
+    /// The word given for a [`KnobKind::Choice`] knob (or its default).
+    pub fn choice(&self, name: &str) -> &str {
+        self.number(self.info(name)).expect("validated in Knobs::new");
+        self.raw(self.info(name))
+    }
+
+    /// The inclusive bounds given for a [`KnobKind::Range`] knob (or its default).
+    pub fn range(&self, name: &str) -> (usize, usize) {
+        self.number(self.info(name)).expect("validated in Knobs::new");
+        let (a, b) = parse_range(self.raw(self.info(name))).expect("validated in Knobs::new");
+        (a as usize, b as usize)
     }
 
     fn info(&self, name: &str) -> &'static KnobInfo {
@@ -107,6 +141,14 @@ impl<'a> Knobs<'a> {
 
     pub fn f64(&self, name: &str) -> f64 {
         self.number(self.info(name)).expect("validated in Knobs::new")
+    }
+}
+
+/// `a-b` or `a` as an inclusive pair.
+fn parse_range(text: &str) -> Option<(i64, i64)> {
+    match text.split_once('-') {
+        Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+        None => text.trim().parse().ok().map(|a| (a, a)),
     }
 }
 
@@ -128,6 +170,9 @@ fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> 
     Ok(match part.name.as_str() {
         "full" => Component { cache: Some(Box::new(FullCache::new(layout))), attention: Some(Box::new(Dense)) },
         "streaming" => streaming::component(&knobs, layout),
+        "knockout" => knockout::component(&knobs),
+        "early-exit" => knockout::early_exit_component(&knobs),
+        "frame-local" => knockout::frame_local_component(&knobs),
         other => unreachable!("policy {other} is registered but has no builder"),
     })
 }

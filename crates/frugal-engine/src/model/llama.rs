@@ -202,8 +202,33 @@ impl Llama {
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
         let shape = self.cfg.attention_shape();
+        // Rows of `x` are the tokens still computed (`rows_of[i]` is row i's index in this
+        // call); tokens the attention policy lets exit early keep their hidden state here.
+        let mut positions = positions;
+        let mut rows_of: Vec<usize> = Vec::new();
+        let mut exited: Vec<(usize, Tensor)> = Vec::new();
 
         for (layer, b) in self.blocks.iter().enumerate() {
+            let ctx = StepContext { layer, n_layers: self.cfg.n_layers, structure: seq.structure.as_deref() };
+            if let Some(keep) = seq.attention.computed_rows(&ctx, &positions).filter(|k| k.iter().any(|&c| !c)) {
+                assert_eq!(keep.len(), positions.len(), "computed_rows must answer for every row");
+                if rows_of.is_empty() {
+                    rows_of = (0..t).collect();
+                }
+                let kept: Vec<u32> = (0..keep.len()).filter(|&i| keep[i]).map(|i| i as u32).collect();
+                for i in (0..keep.len()).filter(|&i| !keep[i]) {
+                    exited.push((rows_of[i], x.get(i)?));
+                }
+                if kept.is_empty() {
+                    positions.clear();
+                    rows_of.clear();
+                    break;
+                }
+                x = x.index_select(&Tensor::new(kept.as_slice(), &Device::Cpu)?, 0)?;
+                positions = kept.iter().map(|&i| positions[i as usize]).collect();
+                rows_of = kept.iter().map(|&i| rows_of[i as usize]).collect();
+            }
+            let n = positions.len();
             let h = rms_norm(&x, &b.attn_norm, self.cfg.rms_eps)?;
             let mut q = b.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
             let mut k = b.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
@@ -211,9 +236,8 @@ impl Llama {
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
-            let ctx = StepContext { layer, n_layers: self.cfg.n_layers, structure: seq.structure.as_deref() };
             let attn = attention_step(&ctx, &q, &positions, shape, &*seq.cache, &*seq.attention);
-            let attn = Tensor::from_vec(attn, (t, shape.n_heads * shape.head_dim), &Device::Cpu)?;
+            let attn = Tensor::from_vec(attn, (n, shape.n_heads * shape.head_dim), &Device::Cpu)?;
             x = (x + b.wo.forward(&attn)?)?;
 
             let h = rms_norm(&x, &b.ffn_norm, self.cfg.rms_eps)?;
@@ -222,6 +246,19 @@ impl Llama {
             x = (x + b.w_down.forward(&(gate * up)?)?)?;
         }
         seq.advance(t);
+        if !exited.is_empty() {
+            // Put the early-exited rows back in place: every token has an output row.
+            let d = self.cfg.d_model;
+            let mut full = vec![0f32; t * d];
+            let computed = if rows_of.is_empty() { Vec::new() } else { x.to_vec2::<f32>()? };
+            for (row, r) in computed.iter().zip(&rows_of) {
+                full[r * d..(r + 1) * d].copy_from_slice(row);
+            }
+            for (r, state) in &exited {
+                full[r * d..(r + 1) * d].copy_from_slice(&state.to_vec1::<f32>()?);
+            }
+            x = Tensor::from_vec(full, (t, d), &Device::Cpu)?;
+        }
 
         let x = match rows {
             LogitRows::Last => x.narrow(0, t - 1, 1)?,

@@ -32,12 +32,9 @@ echo "threads: $THREADS"
 scripts/peer/install_llamacpp.sh >&2
 
 # 2. Model.
-GGUF=""
-if [ -x "$FRUGAL_BIN" ] && GGUF_FETCHED="$("$FRUGAL_BIN" fetch --print-path 2>/dev/null)" && [ -n "$GGUF_FETCHED" ] && [ -f "$GGUF_FETCHED" ]; then
-    GGUF="$GGUF_FETCHED"
-fi
-if [ -n "${FRUGAL_GGUF:-}" ]; then
-    GGUF="$FRUGAL_GGUF"   # explicit env var wins
+GGUF="${FRUGAL_GGUF:-}"
+if [ -z "$GGUF" ] && [ -x "$FRUGAL_BIN" ]; then
+    GGUF="$("$FRUGAL_BIN" fetch --print-path 2>/dev/null | tail -n1)" || GGUF=""
 fi
 if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
     echo "error: no GGUF: set FRUGAL_GGUF or make '$FRUGAL_BIN fetch --print-path' work" >&2

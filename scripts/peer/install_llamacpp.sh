@@ -10,7 +10,15 @@ PEER_VENV="${PEER_VENV:-$REPO_ROOT/.venv-peer}"
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PYTHON="${PYTHON:-python3}"
 
-if [ -x "$PEER_VENV/bin/python" ] && \
+# llama.cpp is built with -march=native: a venv built on another CPU may SIGILL.
+# Remember the CPU flags it was built for and rebuild (no wheel cache) if they change.
+CPU_FLAGS="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-16)"
+STAMP="$PEER_VENV/.llamacpp-cpu-flags"
+PIP_EXTRA=()
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$CPU_FLAGS" ]; then
+    echo "[install_llamacpp] CPU flags changed since the build; rebuilding llama-cpp-python"
+    PIP_EXTRA=(--force-reinstall --no-cache-dir --no-deps)
+elif [ -x "$PEER_VENV/bin/python" ] && \
    "$PEER_VENV/bin/python" -c "import llama_cpp, numpy, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
     echo "[install_llamacpp] llama-cpp-python $LLAMA_CPP_PYTHON_VERSION already importable in $PEER_VENV; skipping"
     exit 0
@@ -27,7 +35,9 @@ export CMAKE_BUILD_PARALLEL_LEVEL=1
 start=$(date +%s)
 echo "[install_llamacpp] pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION numpy (CMAKE_BUILD_PARALLEL_LEVEL=1) ..."
 "$PEER_VENV/bin/python" -m pip install --upgrade pip >/dev/null 2>&1 || true
-"$PEER_VENV/bin/python" -m pip install numpy "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+"$PEER_VENV/bin/python" -m pip install numpy
+"$PEER_VENV/bin/python" -m pip install "${PIP_EXTRA[@]}" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
 end=$(date +%s)
+echo "$CPU_FLAGS" > "$STAMP"
 "$PEER_VENV/bin/python" -c "import llama_cpp; print('[install_llamacpp] installed llama_cpp', llama_cpp.__version__)"
 echo "[install_llamacpp] done in $((end - start)) s"

@@ -47,6 +47,19 @@ def peak_rss_bytes():
     return r if sys.platform == "darwin" else r * 1024
 
 
+def cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="GGUF path")
@@ -70,6 +83,7 @@ def main():
     # One eval must take the whole prompt as a single batch and a single ubatch.
     n_batch = max_prefill
 
+    loadavg_start = loadavg()
     t0 = time.perf_counter()
     llm = Llama(
         model_path=args.model,
@@ -104,15 +118,23 @@ def main():
         f"n_ctx={llm.n_ctx()} n_batch={cp.n_batch} n_ubatch={cp.n_ubatch} threads={args.threads} "
         f"flash_attn={args.flash_attn}, rss after load {rss_after_load / 2**20:.1f} MiB")
 
-    def timed_prefill(n):
+    # CPU-share of each timed phase: process CPU seconds / (wall * threads).
+    # Near 1.0 means the threads had the cores; well below 1.0 means other load
+    # on the machine stole time and the figure is pessimistic.
+    cpu_share = {}
+
+    def timed_prefill(n, key=None):
         ids = prompt_ids(n)
         clear()
+        c = cpu_s()
         t = time.perf_counter()
         llm.eval(ids)
-        return time.perf_counter() - t
+        dt = time.perf_counter() - t
+        cpu_share.setdefault(key or str(n), []).append(round((cpu_s() - c) / (dt * args.threads), 3))
+        return dt
 
     if args.warmup > 0:
-        w = timed_prefill(args.warmup)
+        w = timed_prefill(args.warmup, key="warmup")
         log(f"[llamacpp_bench] warm-up prefill {args.warmup}: {w:.3f} s")
 
     prefill_tok_s = {}
@@ -122,21 +144,23 @@ def main():
         prefill_runs_s[str(n)] = runs
         prefill_tok_s[str(n)] = n / min(runs)
         log(f"[llamacpp_bench] prefill {n}: runs {', '.join(f'{r:.3f}' for r in runs)} s -> "
-            f"{prefill_tok_s[str(n)]:.1f} tok/s")
+            f"{prefill_tok_s[str(n)]:.1f} tok/s (cpu share {cpu_share[str(n)]})")
 
     # Decode.
     clear()
     llm.eval(prompt_ids(args.decode_depth))
     generated = []
+    c = cpu_s()
     t = time.perf_counter()
     for _ in range(args.decode_tokens):
         tok = int(np.argmax(last_logits()))
         generated.append(tok)
         llm.eval([tok])
     decode_s = time.perf_counter() - t
+    cpu_share["decode"] = round((cpu_s() - c) / (decode_s * args.threads), 3)
     decode_tok_s = args.decode_tokens / decode_s
     log(f"[llamacpp_bench] decode {args.decode_tokens} tokens at depth {args.decode_depth}: "
-        f"{decode_s:.3f} s -> {decode_tok_s:.2f} tok/s")
+        f"{decode_s:.3f} s -> {decode_tok_s:.2f} tok/s (cpu share {cpu_share['decode']})")
 
     result = {
         "engine": "llama.cpp",
@@ -159,6 +183,9 @@ def main():
             "warmup_prefill": args.warmup,
             "runs_per_n": args.runs,
             "load_s": load_s,
+            "cpu_share": cpu_share,
+            "loadavg_start": loadavg_start,
+            "loadavg_end": loadavg(),
             "decode_s": decode_s,
             "decode_first_ids": generated[:8],
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),

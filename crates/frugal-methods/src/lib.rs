@@ -3,6 +3,7 @@
 //! registry (`registry`).
 
 pub mod knockout;
+pub mod omnisparse;
 pub mod registry;
 pub mod spec;
 pub mod streaming;

@@ -8,6 +8,7 @@
 
 use crate::spec::{PartSpec, PolicySpec, SpecError};
 use crate::knockout;
+use crate::omnisparse;
 use crate::streaming;
 use frugal_engine::attention::{AttentionPolicy, Dense};
 use frugal_engine::cache::{CachePolicy, FullCache, KvLayout};
@@ -49,6 +50,9 @@ pub const POLICIES: &[PolicyInfo] = &[
     knockout::INFO,
     knockout::EARLY_EXIT_INFO,
     knockout::FRAME_LOCAL_INFO,
+    omnisparse::INFO,
+    omnisparse::UNIFORM_INFO,
+    omnisparse::TOPK_INFO,
 ];
 
 /// A part's knobs, checked against its [`PolicyInfo`]: every given knob is known and in range;
@@ -170,6 +174,9 @@ fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> 
     Ok(match part.name.as_str() {
         "full" => Component { cache: Some(Box::new(FullCache::new(layout))), attention: Some(Box::new(Dense)) },
         "streaming" => streaming::component(&knobs, layout),
+        "omnisparse" => omnisparse::component(&knobs, layout, part.to_string()),
+        "uniform-budget" => omnisparse::uniform_component(&knobs, layout, part.to_string()),
+        "topk" => omnisparse::topk_component(&knobs, layout, part.to_string()),
         "knockout" => knockout::component(&knobs),
         "early-exit" => knockout::early_exit_component(&knobs),
         "frame-local" => knockout::frame_local_component(&knobs),

@@ -1,0 +1,474 @@
+//! OmniSparse, **training-free variant** (papers/attention-kv-methods.md §1; arXiv 2511.12201).
+//! The paper fine-tunes the model with its sparse pattern switched on; nothing here trains —
+//! this is the same mechanics applied to a frozen model, an ablation of the paper's method,
+//! not the method itself. The paper's equations are unavailable: every rule below follows the
+//! brief's formalisation (§1.4) and every choice is a knob, marked **[ours]** where the paper
+//! is silent.
+//!
+//! Three axes:
+//! 1. **KV selection, shared head-level budget** (prefill). Per layer and query block of 64
+//!    tokens: `probe` queries of the block (the last one and a stride through it — [ours])
+//!    attend to every visible key; per KV head, column importance `s_g(j)` = mean over probe
+//!    tokens of the group's query heads' probabilities combined by `agg` (sum or max — paper
+//!    unknown); per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the
+//!    forced keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the
+//!    flattest head); each head keeps its own top-`B` keys plus the forced keys: the first
+//!    `sink` tokens and the `window` tokens before the block together with the block itself
+//!    ([ours], as the brief recommends). `B` per layer is reported.
+//! 2. **Query selection** (prefill). A query is lazy when its (post-RoPE, all heads) vector has
+//!    cosine similarity ≥ `theta` with the previous token's (`lazy=cos`, brief test (b));
+//!    among a run of lazy queries every `keep_every`-th is still computed ("most lazy queries
+//!    are discarded"), as are each block's first token and the call's last token ([ours]).
+//!    Skipped rows are filled from the nearest computed query of the block (`fill=copy`) or
+//!    get zero attention output (`fill=residual`, only the residual stream passes). The
+//!    locality test (a) is not implemented: it needs each query's full attention row, which is
+//!    the very cost the skip avoids. The kept fraction is reported.
+//! 3. **Decode-time KV slimming.** The long-context span is the input's context tokens when
+//!    the caller gives a token structure, else positions `sink..len−window` of the prefill
+//!    ([ours]). Per (layer, KV head) the attention mass that queries put on the span is
+//!    measured (max over the group's query heads — the KV head is dropped only if all of them
+//!    skip it), at the prefill's last token and at every decode step. Every `recheck` decode
+//!    steps (first at the first decode step) a head whose largest mass since the last check is
+//!    below `eps` has its span rows freed from the KV store — resident bytes really drop, and
+//!    the head never reads the span again (irreversible; [ours]).
+//!
+//! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
+//! of every block keeps `N` non-forced keys, set `N` to OmniSparse's measured mean to compare
+//! at equal mean budget) and `topk:ratio=r` (every head keeps the top `r` of its visible
+//! non-forced keys). Both compute every query and keep the full store.
+//!
+//! With `tau=1`, `lazy=none` and `eps=0` every step is the dense kernel itself (bit-identical).
+
+use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use frugal_engine::attention::{AttentionPlan, AttentionPolicy, StepContext};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
+use frugal_engine::structure::TokenKind;
+use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
+use frugal_numerics::sparse_attention::{
+    column_importance, probe_probabilities, recall_budget, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill,
+    SparsePlan,
+};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Query block of the sparse kernel (the dense kernel's block).
+const BLOCK: usize = 64;
+
+const COMMON_KNOBS: [KnobInfo; 4] = [
+    KnobInfo { name: "probe", kind: KnobKind::Int { min: 1, max: 64 }, default: "8", doc: "probe queries per 64-query block (the last one + a stride) [ours]" },
+    KnobInfo { name: "agg", kind: KnobKind::Choice { options: &["sum", "max"] }, default: "sum", doc: "how a GQA group's query heads combine into column importance (paper unknown)" },
+    KnobInfo { name: "sink", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "4", doc: "first tokens always kept [ours]" },
+    KnobInfo { name: "window", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "keys before each query block always kept, besides the block itself [ours]" },
+];
+
+pub const INFO: PolicyInfo = PolicyInfo {
+    name: "omnisparse",
+    doc: "OmniSparse, training-free: flattest-head shared KV budget at recall tau, lazy-query skipping, decode-time per-head KV slimming",
+    knobs: &[
+        KnobInfo { name: "tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.95", doc: "attention recall each head keeps (1 = every key)" },
+        COMMON_KNOBS[0],
+        COMMON_KNOBS[1],
+        COMMON_KNOBS[2],
+        COMMON_KNOBS[3],
+        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "cos", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed)" },
+        KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
+        KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
+        KnobInfo { name: "fill", kind: KnobKind::Choice { options: &["copy", "residual"] }, default: "copy", doc: "output row of a skipped query: nearest computed neighbour's, or residual only" },
+        KnobInfo { name: "eps", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "decode slimming: a KV head whose span mass stays below eps stops reading the span (0 = off) [ours]" },
+        KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
+    ],
+    keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
+};
+
+pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
+    name: "uniform-budget",
+    doc: "OmniSparse baseline: every head of every query block keeps the same fixed number of top keys (plus sink/window)",
+    knobs: &[
+        KnobInfo { name: "keys", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "512", doc: "non-forced keys each head keeps per query block" },
+        COMMON_KNOBS[0],
+        COMMON_KNOBS[1],
+        COMMON_KNOBS[2],
+        COMMON_KNOBS[3],
+    ],
+    keep_everything: "uniform-budget:keys=1048576",
+};
+
+pub const TOPK_INFO: PolicyInfo = PolicyInfo {
+    name: "topk",
+    doc: "OmniSparse baseline: every head keeps a fixed fraction of its visible keys (top by probe importance, plus sink/window)",
+    knobs: &[
+        KnobInfo { name: "ratio", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.1", doc: "fraction of visible non-forced keys each head keeps" },
+        COMMON_KNOBS[0],
+        COMMON_KNOBS[1],
+        COMMON_KNOBS[2],
+        COMMON_KNOBS[3],
+    ],
+    keep_everything: "topk:ratio=1",
+};
+
+/// How the per-block key budget is set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// OmniSparse: `B = max_g k_g` at recall `tau`.
+    Flattest { tau: f64 },
+    /// Fixed count per head.
+    Uniform { keys: usize },
+    /// Fixed fraction of the visible non-forced keys.
+    Ratio { ratio: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub budget: Budget,
+    pub probe: usize,
+    pub agg: GroupAgg,
+    pub sink: u32,
+    pub window: u32,
+    /// Cosine threshold; `None` = every query computed.
+    pub lazy_theta: Option<f32>,
+    pub keep_every: usize,
+    pub fill: LazyFill,
+    /// Decode slimming threshold; 0 = off.
+    pub eps: f32,
+    pub recheck: usize,
+}
+
+impl Config {
+    fn keeps_every_key(&self) -> bool {
+        match self.budget {
+            Budget::Flattest { tau } => tau >= 1.0,
+            Budget::Uniform { keys } => keys >= 1 << 20,
+            Budget::Ratio { ratio } => ratio >= 1.0,
+        }
+    }
+}
+
+/// Per-layer selection statistics.
+#[derive(Clone, Debug, Default)]
+struct LayerStats {
+    blocks: usize,
+    budget_sum: usize,
+    selected_sum: usize,
+    visible_sum: usize,
+}
+
+/// State the attention policy and the cache policy of one spec share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// `span[pos]`: position belongs to the long-context span.
+    span: Vec<bool>,
+    /// Largest span mass since the last check, per (layer, KV head); `None` = not observed.
+    mass: Vec<Option<f32>>,
+    slimmed: Vec<bool>,
+    decode_step: usize,
+    layers: Vec<LayerStats>,
+    queries: usize,
+    computed: usize,
+}
+
+impl Shared {
+    fn new(layout: KvLayout) -> Self {
+        let heads = layout.n_layers * layout.n_kv_heads;
+        Shared {
+            mass: vec![None; heads],
+            slimmed: vec![false; heads],
+            layers: vec![LayerStats::default(); layout.n_layers],
+            ..Default::default()
+        }
+    }
+}
+
+struct OmniAttention {
+    name: String,
+    cfg: Config,
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct OmniCache {
+    name: String,
+    store: KvStore,
+    cfg: Config,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl CachePolicy for OmniCache {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        if self.cfg.eps > 0.0 && positions.len() == 1 && !self.store.head(layer, 0).is_empty() {
+            let n_kv = self.store.layout().n_kv_heads;
+            let mut sh = self.shared.lock().unwrap();
+            if layer == 0 {
+                sh.decode_step += 1;
+            }
+            if (sh.decode_step - 1) % self.cfg.recheck == 0 {
+                for g in 0..n_kv {
+                    let i = layer * n_kv + g;
+                    if !sh.slimmed[i] && sh.mass[i].is_some_and(|m| m < self.cfg.eps) {
+                        let span = &sh.span;
+                        self.store.head_mut(layer, g).retain(|p| !span.get(p as usize).copied().unwrap_or(false));
+                        sh.slimmed[i] = true;
+                    }
+                    sh.mass[i] = None;
+                }
+            }
+        }
+        self.store.append_layer(layer, positions, k, v);
+    }
+
+    fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
+        HeadView::borrowed(self.store.head(layer, kv_head).view())
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.store.resident_bytes()
+    }
+
+    fn reset(&mut self) {
+        self.store.clear();
+        *self.shared.lock().unwrap() = Shared::new(self.store.layout());
+    }
+}
+
+impl OmniAttention {
+    /// Which tokens of block `t0..t1` are computed; `None` = all.
+    fn computed(&self, q: &[f32], t0: usize, t1: usize, t: usize, row: usize) -> Option<Vec<bool>> {
+        let theta = self.cfg.lazy_theta?;
+        let mut flags = vec![true; t1 - t0];
+        let mut run = 0usize;
+        for tok in t0 + 1..t1 {
+            let a = &q[tok * row..(tok + 1) * row];
+            let b = &q[(tok - 1) * row..tok * row];
+            let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+            for (x, y) in a.iter().zip(b) {
+                dot += x * y;
+                na += x * x;
+                nb += y * y;
+            }
+            let cos = dot / (na.sqrt() * nb.sqrt()).max(1e-20);
+            if cos >= theta && tok != t - 1 {
+                flags[tok - t0] = run % self.cfg.keep_every == self.cfg.keep_every - 1;
+                run += 1;
+            } else {
+                run = 0;
+            }
+        }
+        if flags.iter().all(|&f| f) {
+            None
+        } else {
+            Some(flags)
+        }
+    }
+
+    /// Span mass of the call's last token per KV head (max over the group's query heads).
+    fn measure_span(&self, ctx: &StepContext<'_>, q: &[f32], positions: &[u32], shape: AttentionShape, kv: &[KvSlices<'_>]) {
+        let last = positions.len() - 1;
+        let group = shape.group();
+        let mut sh = self.shared.lock().unwrap();
+        for (g, head) in kv.iter().enumerate() {
+            let i = ctx.layer * shape.n_kv_heads + g;
+            if sh.slimmed[i] {
+                continue;
+            }
+            let n = head.positions.len();
+            let probs = probe_probabilities(q, positions, &[last], g, head, n, shape);
+            let mut worst = 0f32;
+            for h in 0..group {
+                let m: f32 = probs[h * n..(h + 1) * n]
+                    .iter()
+                    .zip(head.positions)
+                    .filter(|(_, &p)| sh.span.get(p as usize).copied().unwrap_or(false))
+                    .map(|(x, _)| x)
+                    .sum();
+                worst = worst.max(m);
+            }
+            sh.mass[i] = Some(sh.mass[i].map_or(worst, |m| m.max(worst)));
+        }
+    }
+
+    fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
+        let end = *positions.last().unwrap() as usize + 1;
+        let span: Vec<bool> = match ctx.structure {
+            Some(s) if s.len() >= end => s.per_token().iter().map(|(k, _)| *k == TokenKind::Context).collect(),
+            _ => (0..end).map(|p| p >= self.cfg.sink as usize && p + (self.cfg.window as usize) < end).collect(),
+        };
+        self.shared.lock().unwrap().span = span;
+    }
+}
+
+impl AttentionPolicy for OmniAttention {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn mask<'a>(&'a self, _ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
+        None
+    }
+
+    fn plan<'a>(
+        &'a self,
+        ctx: &StepContext<'a>,
+        q: &[f32],
+        positions: &[u32],
+        shape: AttentionShape,
+        kv: &[KvSlices<'_>],
+    ) -> AttentionPlan<'a> {
+        let t = positions.len();
+        if self.cfg.eps > 0.0 {
+            if t > 1 && ctx.layer == 0 {
+                self.set_span(ctx, positions);
+            }
+            self.measure_span(ctx, q, positions, shape, kv);
+        }
+        if t == 1 || (self.cfg.keeps_every_key() && self.cfg.lazy_theta.is_none()) {
+            return AttentionPlan::Mask(None);
+        }
+        let n_blocks = t.div_ceil(BLOCK);
+        let row = shape.n_heads * shape.head_dim;
+        let cfg = &self.cfg;
+        let blocks: Vec<(BlockPlan, Option<(usize, usize, usize)>)> = (0..n_blocks)
+            .into_par_iter()
+            .map(|b| {
+                let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(t));
+                let computed = self.computed(q, t0, t1, t, row);
+                let (first, last) = (positions[t0], positions[t1 - 1]);
+                let visible: Vec<usize> = kv.iter().map(|h| h.positions.partition_point(|&p| p <= last)).collect();
+                let forced: Vec<Vec<bool>> = kv
+                    .iter()
+                    .zip(&visible)
+                    .map(|(h, &n)| h.positions[..n].iter().map(|&p| p < cfg.sink || p + cfg.window >= first).collect())
+                    .collect();
+                let n_cand: Vec<usize> = forced.iter().map(|f| f.iter().filter(|x| !**x).count()).collect();
+                if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
+                    return (BlockPlan { keys: vec![KeySet::All; kv.len()], computed }, None);
+                }
+                // Probe: the block's last query and a stride through it.
+                let stride = ((t1 - t0) / cfg.probe).max(1);
+                let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
+                let imp: Vec<Vec<f32>> = kv
+                    .iter()
+                    .enumerate()
+                    .map(|(g, h)| {
+                        let probs = probe_probabilities(q, positions, &probes, g, h, visible[g], shape);
+                        column_importance(&probs, visible[g], shape.group(), cfg.agg)
+                    })
+                    .collect();
+                let budget = match cfg.budget {
+                    Budget::Flattest { tau } => {
+                        (0..kv.len()).map(|g| recall_budget(&imp[g], &forced[g], tau)).max().unwrap_or(0)
+                    }
+                    Budget::Uniform { keys } => keys,
+                    Budget::Ratio { ratio } => (ratio * *n_cand.iter().max().unwrap() as f64).ceil() as usize,
+                };
+                let mut selected = 0;
+                let keys = (0..kv.len())
+                    .map(|g| {
+                        let rows = select_rows(&imp[g], &forced[g], budget);
+                        selected += rows.len();
+                        if rows.len() == visible[g] {
+                            KeySet::All
+                        } else {
+                            KeySet::Rows(rows)
+                        }
+                    })
+                    .collect();
+                (BlockPlan { keys, computed }, Some((budget, selected, visible.iter().sum())))
+            })
+            .collect();
+
+        let mut sh = self.shared.lock().unwrap();
+        let mut dense = true;
+        let mut plan_blocks = Vec::with_capacity(n_blocks);
+        for (b, (bp, stats)) in blocks.into_iter().enumerate() {
+            if let Some((budget, selected, visible)) = stats {
+                let l = &mut sh.layers[ctx.layer];
+                l.blocks += 1;
+                l.budget_sum += budget;
+                l.selected_sum += selected;
+                l.visible_sum += visible;
+            }
+            let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
+            sh.queries += len;
+            sh.computed += bp.computed.as_ref().map_or(len, |c| c.iter().filter(|&&x| x).count());
+            dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
+            plan_blocks.push(bp);
+        }
+        if dense {
+            return AttentionPlan::Mask(None);
+        }
+        AttentionPlan::Sparse(SparsePlan { block: BLOCK, blocks: plan_blocks, fill: cfg.fill })
+    }
+
+    fn report(&self) -> Option<String> {
+        let sh = self.shared.lock().unwrap();
+        let n_kv = (sh.slimmed.len() / sh.layers.len().max(1)).max(1) as f64;
+        let layers: Vec<String> = sh
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let n = l.blocks.max(1) as f64;
+                format!(
+                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}}}",
+                    l.blocks,
+                    l.budget_sum as f64 / n,
+                    l.selected_sum as f64 / n / n_kv,
+                    l.visible_sum as f64 / n / n_kv,
+                )
+            })
+            .collect();
+        let (sel, vis): (usize, usize) = sh.layers.iter().fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
+        Some(format!(
+            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"layers\":[{}]}}",
+            self.name,
+            sh.computed as f64 / sh.queries.max(1) as f64,
+            sel as f64 / vis.max(1) as f64,
+            sh.slimmed.iter().filter(|&&s| s).count(),
+            sh.slimmed.len(),
+            layers.join(",")
+        ))
+    }
+}
+
+fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
+    Config {
+        budget,
+        probe: knobs.usize("probe"),
+        agg: if knobs.choice("agg") == "max" { GroupAgg::Max } else { GroupAgg::Sum },
+        sink: knobs.usize("sink") as u32,
+        window: knobs.usize("window") as u32,
+        lazy_theta: None,
+        keep_every: 1,
+        fill: LazyFill::Copy,
+        eps: 0.0,
+        recheck: 1,
+    }
+}
+
+fn build(name: String, cfg: Config, layout: KvLayout) -> Component {
+    let shared = Arc::new(Mutex::new(Shared::new(layout)));
+    Component {
+        cache: Some(Box::new(OmniCache { name: name.clone(), store: KvStore::new(layout), cfg: cfg.clone(), shared: shared.clone() })),
+        attention: Some(Box::new(OmniAttention { name, cfg, shared })),
+    }
+}
+
+pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
+    let mut cfg = common(knobs, Budget::Flattest { tau: knobs.f64("tau") });
+    cfg.lazy_theta = (knobs.choice("lazy") == "cos").then(|| knobs.f64("theta") as f32);
+    cfg.keep_every = knobs.usize("keep_every");
+    cfg.fill = if knobs.choice("fill") == "residual" { LazyFill::Residual } else { LazyFill::Copy };
+    cfg.eps = knobs.f64("eps") as f32;
+    cfg.recheck = knobs.usize("recheck");
+    build(spec, cfg, layout)
+}
+
+pub(crate) fn uniform_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
+    build(spec, common(knobs, Budget::Uniform { keys: knobs.usize("keys") }), layout)
+}
+
+pub(crate) fn topk_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
+    build(spec, common(knobs, Budget::Ratio { ratio: knobs.f64("ratio") }), layout)
+}

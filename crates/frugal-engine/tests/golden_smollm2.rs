@@ -132,13 +132,22 @@ fn f32_logits_match_transformers() {
 #[test]
 #[ignore = "needs the real SmolLM2 model (fetched on first use)"]
 fn quantised_logits_match_transformers_within_quantisation_noise() {
+    // Both ways the quantised weights run: the default (long calls dequantise to an f32 GEMM,
+    // single tokens use the quantised kernel) and the quantised kernel everywhere.
+    for dequant_rows in [frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS, usize::MAX] {
+        let mut lm = model::load(&model_path(), WeightFormat::Native).unwrap();
+        lm.model.set_dequant_rows(dequant_rows);
+        check_quantised(&lm);
+    }
+}
+
+fn check_quantised(lm: &LoadedModel) {
     const BOUND: f32 = 2.5;
     let fx = Fixture::load();
-    let lm = model::load(&model_path(), WeightFormat::Native).unwrap();
     let mut worst = 0f32;
     for case in CASES {
         let positions = fx.ids(&format!("{case}.positions"));
-        let ours = our_logits(&lm, &fx.ids(&format!("{case}.ids")), &positions);
+        let ours = our_logits(lm, &fx.ids(&format!("{case}.ids")), &positions);
         for ((reference, mine), pos) in fx.logits(case).iter().zip(&ours).zip(&positions) {
             let d = max_abs_diff(reference, mine);
             assert!(d < BOUND, "case {case} position {pos}: max |Δlogit| = {d}");
@@ -162,7 +171,7 @@ fn quantised_logits_match_transformers_within_quantisation_noise() {
     let mut ids = prompt.clone();
     ids.extend_from_slice(&greedy_ref[..greedy_ref.len() - 1]);
     let positions: Vec<u32> = (prompt.len() as u32 - 1..ids.len() as u32).collect();
-    let ours = our_logits(&lm, &ids, &positions);
+    let ours = our_logits(lm, &ids, &positions);
     let mut checked = 0;
     for (step, ((row, &want), &margin)) in ours.iter().zip(&greedy_ref).zip(&margins).enumerate() {
         if margin > BOUND {

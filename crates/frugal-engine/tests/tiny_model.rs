@@ -24,7 +24,10 @@ fn prompt(lm: &LoadedModel) -> Vec<u32> {
 #[test]
 fn decoding_token_by_token_equals_one_prefill() {
     for dtype in [GgmlDType::F32, GgmlDType::Q8_0, GgmlDType::Q4_1] {
-        let lm = tiny_model(dtype, 1).unwrap();
+        let mut lm = tiny_model(dtype, 1).unwrap();
+        // One kernel for every call, so prefill and decode compute the same products (the
+        // default switches long calls to a dequantised GEMM; see the test below).
+        lm.model.set_dequant_rows(usize::MAX);
         let ids = prompt(&lm);
         let layout = lm.model.config().kv_layout();
         let all = logits_rows(&lm, &mut Sequence::dense(layout), &ids, LogitRows::All);
@@ -168,4 +171,27 @@ fn safetensors_directory_loads_the_same_model_as_gguf() {
     assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
     let chat = hf.chat_template.render(&[frugal_engine::model::chat_template::ChatMessage::user("hi")], true).unwrap();
     assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+}
+
+#[test]
+fn long_calls_on_quantised_weights_use_the_dequantised_gemm() {
+    // With the default switch, a prefill on Q4_1 weights computes the projections with the
+    // weights dequantised to f32, i.e. exactly what `--dtype f32` does, except for the LM head
+    // (one row, quantised kernel): logits agree far better than with Q8 activations.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.gguf");
+    write_tiny_gguf(&path, GgmlDType::Q4_1, 6, TinyGgufOptions::default()).unwrap();
+    let hybrid = model::load(&path, WeightFormat::Native).unwrap();
+    let mut quantised = model::load(&path, WeightFormat::Native).unwrap();
+    quantised.model.set_dequant_rows(usize::MAX);
+    let exact = model::load(&path, WeightFormat::F32).unwrap();
+    let ids = prompt(&exact);
+    assert!(ids.len() >= frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS);
+    let layout = exact.model.config().kv_layout();
+    let hidden = |lm: &LoadedModel| {
+        lm.model.forward_hidden(&ids, &mut Sequence::dense(layout), LogitRows::All).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let (h, q, e) = (hidden(&hybrid), hidden(&quantised), hidden(&exact));
+    assert!(max_diff(&h, &e) < 1e-4, "hybrid vs f32: {}", max_diff(&h, &e));
+    assert!(max_diff(&q, &e) > 10.0 * max_diff(&h, &e), "the quantised kernel is the noisier one");
 }

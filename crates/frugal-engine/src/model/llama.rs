@@ -79,16 +79,39 @@ pub trait TensorSource {
     fn origin(&self) -> &std::path::Path;
 }
 
+/// Rows from which a quantised projection dequantises its weight for the call and runs an
+/// f32 GEMM instead of candle's per-row quantised dot products (our choice, a knob:
+/// [`Llama::set_dequant_rows`]). candle's quantised CPU matmul quantises the activations to
+/// Q8 and computes one dot product per (row, column) with no tiling, so long prefills run far
+/// below GEMM speed; dequantising a layer's weights costs about as much as a few rows of that.
+/// Decode (one row) keeps the quantised kernel, which reads 4-8× fewer weight bytes.
+pub const DEFAULT_DEQUANT_ROWS: usize = 32;
+
+/// A projection `y = x · Wᵀ`.
+struct Linear(QMatMul);
+
+impl Linear {
+    fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
+        match &self.0 {
+            QMatMul::QTensor(q) if x.dim(0)? >= dequant_rows => {
+                let w = q.dequantize(&Device::Cpu)?;
+                Ok(x.matmul(&w.t()?)?)
+            }
+            w => Ok(w.forward(x)?),
+        }
+    }
+}
+
 struct Block {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// A loaded llama-family model.
@@ -99,6 +122,7 @@ pub struct Llama {
     norm: Tensor,
     lm_head: QMatMul,
     rope: RopeTable,
+    dequant_rows: usize,
 }
 
 /// Which positions of a forward call produce logits.
@@ -129,17 +153,18 @@ impl Llama {
             }
             Ok(t)
         };
-        let matmul = |t: QTensor| -> Result<QMatMul> {
+        let qmatmul = |t: QTensor| -> Result<QMatMul> {
             Ok(match format {
                 WeightFormat::F32 => QMatMul::Tensor(t.dequantize(&Device::Cpu)?),
                 WeightFormat::Native => QMatMul::from_qtensor(t)?,
             })
         };
+        let matmul = |t: QTensor| -> Result<Linear> { Ok(Linear(qmatmul(t)?)) };
         let vector = |t: QTensor| -> Result<Tensor> { Ok(t.dequantize(&Device::Cpu)?) };
         let (d, q_dim, kv_dim) =
             (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
 
-        let embed = matmul(get("token_embd.weight", &[cfg.vocab_size, d])?)?;
+        let embed = qmatmul(get("token_embd.weight", &[cfg.vocab_size, d])?)?;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -158,11 +183,17 @@ impl Llama {
         let norm = vector(get("output_norm.weight", &[d])?)?;
         // Tied embeddings: without `output.weight` the embedding matrix is the LM head.
         let lm_head = match source.tensor("output.weight")? {
-            Some(t) => matmul(t)?,
+            Some(t) => qmatmul(t)?,
             None => embed.clone(),
         };
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.context_length, cfg.rope_pairing);
-        Ok(Llama { cfg, embed, blocks, norm, lm_head, rope })
+        Ok(Llama { cfg, embed, blocks, norm, lm_head, rope, dequant_rows: DEFAULT_DEQUANT_ROWS })
+    }
+
+    /// Calls with at least `rows` tokens dequantise projection weights for an f32 GEMM
+    /// (see [`DEFAULT_DEQUANT_ROWS`]); `usize::MAX` keeps the quantised kernel everywhere.
+    pub fn set_dequant_rows(&mut self, rows: usize) {
+        self.dequant_rows = rows;
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -230,20 +261,20 @@ impl Llama {
             }
             let n = positions.len();
             let h = rms_norm(&x, &b.attn_norm, self.cfg.rms_eps)?;
-            let mut q = b.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = b.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let v = b.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut q = b.wq.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = b.wk.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = b.wv.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
             let attn = attention_step(&ctx, &q, &positions, shape, &*seq.cache, &*seq.attention);
             let attn = Tensor::from_vec(attn, (n, shape.n_heads * shape.head_dim), &Device::Cpu)?;
-            x = (x + b.wo.forward(&attn)?)?;
+            x = (x + b.wo.forward(&attn, self.dequant_rows)?)?;
 
             let h = rms_norm(&x, &b.ffn_norm, self.cfg.rms_eps)?;
-            let gate = b.w_gate.forward(&h)?.silu()?;
-            let up = b.w_up.forward(&h)?;
-            x = (x + b.w_down.forward(&(gate * up)?)?)?;
+            let gate = b.w_gate.forward(&h, self.dequant_rows)?.silu()?;
+            let up = b.w_up.forward(&h, self.dequant_rows)?;
+            x = (x + b.w_down.forward(&(gate * up)?, self.dequant_rows)?)?;
         }
         seq.advance(t);
         if !exited.is_empty() {

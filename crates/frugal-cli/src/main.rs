@@ -111,6 +111,11 @@ enum Command {
     /// Example: frugal eval --task passkey --policy full --policy streaming:window=512
     /// --length 1024 --length 4096 --samples 50 --seed 0 --out results.json
     Eval(EvalArgs),
+    /// Read-only analyses of the model. `kv-similarity`: cosine similarity of adjacent layers'
+    /// K and V per (token, KV head) across depth on held-out text (MiniCache's premise);
+    /// writes JSON, Markdown and SVG/PNG plots. Example: frugal probe kv-similarity
+    /// --length 2048 --samples 2 --out kv-sim.json
+    Probe(ProbeArgs),
     /// Prefill and decode throughput and peak memory on synthetic prompts (same protocol as
     /// scripts/peer/llamacpp_bench.py, for side-by-side comparison).
     Bench {
@@ -133,6 +138,25 @@ enum Command {
     /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
     /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
     Serve(frugal_server::ServeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// What to measure.
+    #[arg(value_parser = ["kv-similarity"])]
+    what: String,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 2048)]
+    length: usize,
+    /// Windows of held-out text.
+    #[arg(long, default_value_t = 2)]
+    samples: usize,
+    /// Output JSON (Markdown and plots are written beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Use this corpus directory instead of fetching the default one.
+    #[arg(long)]
+    corpus_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -308,6 +332,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval(args) => run_eval(&cli.global, args, threads),
+        Command::Probe(args) => {
+            let corpus_dir = match &args.corpus_dir {
+                Some(d) => d.clone(),
+                None => ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?,
+            };
+            let speeches = load_speeches(&corpus_dir)?;
+            let lm = load_model(&cli.global)?;
+            if args.length > lm.model.config().context_length {
+                bail!("--length {} is over the model's context window of {} tokens", args.length, lm.model.config().context_length);
+            }
+            let text = frugal_eval::load_task_text(&lm, &speeches)?;
+            let report = frugal_eval::kv_similarity::run(&lm, &text, args.length, args.samples)?;
+            frugal_eval::kv_similarity::write(&report, &args.out)?;
+            println!("wrote {} (and .md, .svg, .png beside it)", args.out.display());
+            Ok(())
+        }
         Command::Bench { prefill, decode_depth, decode_tokens, repeats, json } => {
             let lm = load_model(&cli.global)?;
             let layout = lm.model.config().kv_layout();

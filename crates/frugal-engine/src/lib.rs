@@ -7,6 +7,7 @@ pub mod error;
 pub mod fetch;
 pub mod generate;
 pub mod model;
+pub mod probe;
 pub mod sequence;
 pub mod structure;
 #[doc(hidden)]

@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod harness;
+pub mod kv_similarity;
 pub mod perplexity;
 pub mod report;
 pub mod speed;

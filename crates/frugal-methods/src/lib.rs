@@ -7,6 +7,8 @@ pub mod omnisparse;
 pub mod registry;
 pub mod spec;
 pub mod streaming;
+pub mod kivi;
+pub mod minicache;
 
 pub use registry::{build, validate, POLICIES};
 pub use spec::{PolicySpec, SpecError};

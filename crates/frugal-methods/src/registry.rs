@@ -4,12 +4,16 @@
 //! Composition rule: each part of a spec contributes a cache policy, an attention policy, or
 //! both; a spec may hold at most one of each (two parts that both own the KV store, or both
 //! decide attention paths, are a conflict). Parts that are missing default to the full store
-//! and dense attention.
+//! and dense attention. One exception keeps layering general: a storage format ([`STORAGE_FORMATS`],
+//! e.g. `kivi`) written beside a store owner that takes a format ([`FORMAT_TAKERS`], e.g.
+//! `minicache`) encodes that owner's rows instead of owning a store itself.
 
 use crate::spec::{PartSpec, PolicySpec, SpecError};
 use crate::knockout;
 use crate::omnisparse;
 use crate::streaming;
+use crate::kivi::{self, RowFormat};
+use crate::minicache;
 use frugal_engine::attention::{AttentionPolicy, Dense};
 use frugal_engine::cache::{CachePolicy, FullCache, KvLayout};
 use frugal_engine::sequence::Sequence;
@@ -47,6 +51,9 @@ pub struct PolicyInfo {
 pub const POLICIES: &[PolicyInfo] = &[
     PolicyInfo { name: "full", doc: "every token of every head kept; dense attention (the reference)", knobs: &[], keep_everything: "full" },
     streaming::INFO,
+    kivi::INFO,
+    minicache::INFO,
+    minicache::MEAN_INFO,
     knockout::INFO,
     knockout::EARLY_EXIT_INFO,
     knockout::FRAME_LOCAL_INFO,
@@ -156,6 +163,14 @@ fn parse_range(text: &str) -> Option<(i64, i64)> {
     }
 }
 
+/// Policies that only change how rows are encoded. Alone, such a policy owns the store (rows in its
+/// format); beside a [`FORMAT_TAKERS`] part it becomes that part's row format (e.g.
+/// `minicache+kivi:bits=4`, MiniCache's merged directions quantised by KIVI). Beside any other
+/// store owner it is a conflict, like two owners.
+pub const STORAGE_FORMATS: &[&str] = &["kivi"];
+/// Store owners that keep their rows through a row format and accept one from a storage format.
+pub const FORMAT_TAKERS: &[&str] = &["minicache", "mean-merge"];
+
 /// What one part contributes.
 pub struct Component {
     pub cache: Option<Box<dyn CachePolicy>>,
@@ -174,6 +189,8 @@ fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> 
     Ok(match part.name.as_str() {
         "full" => Component { cache: Some(Box::new(FullCache::new(layout))), attention: Some(Box::new(Dense)) },
         "streaming" => streaming::component(&knobs, layout),
+        "kivi" => kivi::component(&knobs, layout)?,
+        "minicache" | "mean-merge" => minicache::component(&part.name, &knobs, layout, RowFormat::F32),
         "omnisparse" => omnisparse::component(&knobs, layout, part.to_string()),
         "uniform-budget" => omnisparse::uniform_component(&knobs, layout, part.to_string()),
         "topk" => omnisparse::topk_component(&knobs, layout, part.to_string()),
@@ -198,8 +215,26 @@ pub fn build(spec: &PolicySpec, layout: KvLayout) -> Result<Sequence, SpecError>
         second: second.into(),
         reason: format!("both {what}"),
     };
-    for part in &spec.parts {
-        let c = component(part, layout)?;
+    // Storage formats: a format part (kivi) written beside a part that stores its rows through a
+    // format (minicache, mean-merge) becomes that part's row format, not a second store owner.
+    let format_part = spec.parts.iter().position(|p| STORAGE_FORMATS.contains(&p.name.as_str()));
+    let taker = spec.parts.iter().position(|p| FORMAT_TAKERS.contains(&p.name.as_str()));
+    let row_format = match (format_part, taker) {
+        (Some(f), Some(_)) => {
+            let part = &spec.parts[f];
+            Some(kivi::format(&Knobs::new(part, info(&part.name)?)?)?)
+        }
+        _ => None,
+    };
+    for (i, part) in spec.parts.iter().enumerate() {
+        let c = match row_format {
+            Some(_) if Some(i) == format_part => continue,
+            Some(fmt) if Some(i) == taker => {
+                let knobs = Knobs::new(part, info(&part.name)?)?;
+                minicache::component(&part.name, &knobs, layout, fmt)
+            }
+            _ => component(part, layout)?,
+        };
         if let Some(new) = c.cache {
             if let Some((first, _)) = &cache {
                 return Err(conflict(first, &part.name, "own the KV store"));
@@ -235,6 +270,16 @@ mod tests {
         assert!(err("streaming:window=0").contains("streaming:window"));
         assert!(err("streaming:sink=abc").contains("an integer"));
         assert!(err("full:x=1").contains("its knobs: none"));
+    }
+
+    #[test]
+    fn a_storage_format_composes_under_a_format_taker_only() {
+        let ok = |s: &str| validate(&s.parse().unwrap()).is_ok();
+        assert!(ok("minicache+kivi:bits=4") && ok("kivi:bits=4+minicache:gamma=0.1") && ok("mean-merge+kivi"));
+        assert!(err("streaming+kivi").contains("cannot be combined"));
+        assert!(err("minicache+mean-merge").contains("cannot be combined"));
+        assert!(err("minicache+kivi+kivi").contains("cannot be combined"));
+        assert!(err("minicache+kivi:bits=3").contains("1, 2, 4 or 8"));
     }
 
     #[test]

@@ -1,0 +1,378 @@
+//! MiniCache (Liu et al., NeurIPS 2024, arXiv 2405.14366): KV cache compression across depth.
+//! Adjacent layers `(a, b = a+1)` from a start layer down to the last share one unit direction
+//! per (token, KV head, K|V), obtained by SLERP of their two directions; each layer keeps its own
+//! magnitude, restored inside the attention score (`m · q·e`, via the kernel's per-row scales, no
+//! dense copy); the most divergent tokens (largest angular distance) are retained unmerged and
+//! served as row patches. Brief: papers/attention-kv-methods.md §4; the paper's code is not public.
+//!
+//! Also here: `mean-merge`, the paper's "Average" baseline (both layers read `(x_a + x_b)/2`, no
+//! magnitudes, no retention).
+//!
+//! Knobs and their sources: `t = 0.6` ([R] in the brief, unverified), `gamma = 0.05` ([S], the
+//! paper's chosen trade-off), `start = −1` = half depth ⌊L/2⌋ ([P] "begins merging from the
+//! half-layer depth").
+//!
+//! Our choices where the paper is silent (labelled):
+//! - pairs are `(start, start+1), (start+2, start+3), …`; a last unpaired layer stays alone (for
+//!   SmolLM2's 30 layers the default start 15 is the brief's option A, 14 layers merged; start 14
+//!   is option B, 16 layers);
+//! - merging granularity is one KV head's `head_dim` vector; K and V have independent retention
+//!   sets;
+//! - retention: `d = Ω/π`, normalised by its min and max per (pair, KV head, K|V) over the first
+//!   multi-token call (the prefill), then frozen for later tokens; token `i` is retained when
+//!   `d_i ≥ d_max − γ·(d_max − d_min)`; if the range is degenerate nothing is retained; `γ ≥ 1`
+//!   retains every token (the exactness setting); zero norms and antipodal pairs are always
+//!   retained (no merged direction exists);
+//! - decode flow ([P] figure): a new token's layer-`a` K/V are held unmerged (as a direction row
+//!   holding the raw vector with scale 1) until layer `b` has produced its K/V, then merged; so
+//!   layer `a`'s attention in the current step reads its own exact K/V;
+//! - storage: directions in the row format underneath (f32, or KIVI when composed as
+//!   `minicache+kivi:…`: only merged rows are quantised); magnitudes f32 (f16 when quantised);
+//!   retained originals always f32; positions once per (pair, head).
+
+use crate::kivi::{head_rows, Axis, QuantHead, QuantRows, RowFormat};
+use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout};
+use frugal_numerics::slerp::{merge_pair, normalised_distance};
+use half::f16;
+use std::borrow::Cow;
+
+pub const INFO: PolicyInfo = PolicyInfo {
+    name: "minicache",
+    doc: "cross-layer SLERP merge of adjacent layers from half depth, magnitudes per layer, outlier tokens retained",
+    knobs: &[
+        KnobInfo { name: "start", kind: KnobKind::Int { min: -1, max: 1 << 20 }, default: "-1", doc: "first merged layer; pairs (s,s+1),(s+2,s+3),…; -1 = half depth (paper)" },
+        KnobInfo { name: "t", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.6", doc: "SLERP interpolation towards the deeper layer (brief's recollection of the paper: 0.6)" },
+        KnobInfo { name: "gamma", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "retention threshold on normalised angular distance (paper: 0.05); 1 retains all" },
+    ],
+    keep_everything: "minicache:start=1048576",
+};
+
+pub const MEAN_INFO: PolicyInfo = PolicyInfo {
+    name: "mean-merge",
+    doc: "baseline: adjacent layers from half depth both read the average of their K/V (no magnitudes, no retention)",
+    knobs: &[KnobInfo { name: "start", kind: KnobKind::Int { min: -1, max: 1 << 20 }, default: "-1", doc: "first merged layer, as minicache; -1 = half depth" }],
+    keep_everything: "mean-merge:start=1048576",
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Slerp { t: f64, gamma: f64 },
+    Mean,
+}
+
+/// Per-token magnitudes, f32 or f16.
+#[derive(Clone, Debug)]
+enum Mags {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Mags {
+    fn push(&mut self, m: f32) {
+        match self {
+            Mags::F32(v) => v.push(m),
+            Mags::F16(v) => v.push(f16::from_f32(m)),
+        }
+    }
+    fn set(&mut self, i: usize, m: f32) {
+        match self {
+            Mags::F32(v) => v[i] = m,
+            Mags::F16(v) => v[i] = f16::from_f32(m),
+        }
+    }
+    fn as_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Mags::F32(v) => Cow::Borrowed(v),
+            Mags::F16(v) => Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Mags::F32(v) => 4 * v.len(),
+            Mags::F16(v) => 2 * v.len(),
+        }
+    }
+}
+
+/// Retained originals of one layer: row indices (ascending) and their vectors.
+#[derive(Clone, Debug, Default)]
+struct Retained {
+    rows: Vec<u32>,
+    data: Vec<f32>,
+}
+
+impl Retained {
+    fn patch(&self) -> Option<(Cow<'_, [u32]>, Cow<'_, [f32]>)> {
+        (!self.rows.is_empty()).then(|| (Cow::Borrowed(&self.rows[..]), Cow::Borrowed(&self.data[..])))
+    }
+    fn bytes(&self) -> usize {
+        4 * (self.rows.len() + self.data.len())
+    }
+}
+
+/// K or V of one (pair, KV head).
+#[derive(Clone, Debug)]
+struct Merged {
+    /// Merged unit directions (or means); rows `merged..` hold layer a's raw pending vectors.
+    dir: QuantRows,
+    mag_a: Mags,
+    mag_b: Mags,
+    ret_a: Retained,
+    ret_b: Retained,
+    merged: usize,
+    /// Angular-distance range (d = Ω/π) and whether it is frozen.
+    d_min: f64,
+    d_max: f64,
+    frozen: bool,
+    retained_tokens: usize,
+    dir_width: usize,
+}
+
+impl Merged {
+    fn new(d: usize, fmt: RowFormat, axis: Axis) -> Self {
+        let mags = || if fmt.quantises() { Mags::F16(Vec::new()) } else { Mags::F32(Vec::new()) };
+        Merged {
+            dir: QuantRows::new(d, fmt, axis),
+            mag_a: mags(),
+            mag_b: mags(),
+            ret_a: Retained::default(),
+            ret_b: Retained::default(),
+            merged: 0,
+            d_min: f64::INFINITY,
+            d_max: f64::NEG_INFINITY,
+            frozen: false,
+            retained_tokens: 0,
+            dir_width: d,
+        }
+    }
+
+    /// Layer a's new rows: held raw (scale 1) until layer b's arrive.
+    fn push_a(&mut self, rows: &[f32], mode: Mode) {
+        let d = self.dir_d();
+        self.dir.push(rows);
+        if matches!(mode, Mode::Slerp { .. }) {
+            for _ in 0..rows.len() / d {
+                self.mag_a.push(1.0);
+            }
+        }
+    }
+
+    fn dir_d(&self) -> usize {
+        self.dir_width
+    }
+
+    /// Merges the pending rows with layer b's `rows`.
+    fn merge_b(&mut self, rows_b: &[f32], mode: Mode) {
+        let d = self.dir_width;
+        let n_new = rows_b.len() / d;
+        let q = self.dir.quantised_rows();
+        let first = self.merged;
+        assert_eq!(self.dir.len(), first + n_new, "layer b's tokens must match layer a's pending tokens");
+        match mode {
+            Mode::Mean => {
+                let tail = self.dir.tail_mut();
+                for i in 0..n_new {
+                    let r = &mut tail[(first + i - q) * d..(first + i - q + 1) * d];
+                    r.iter_mut().zip(&rows_b[i * d..(i + 1) * d]).for_each(|(x, y)| *x = 0.5 * (*x + *y));
+                }
+            }
+            Mode::Slerp { t, gamma } => {
+                let mut dirs = vec![0f32; n_new * d];
+                let mut merges = Vec::with_capacity(n_new);
+                {
+                    let tail = self.dir.tail();
+                    for i in 0..n_new {
+                        let a = &tail[(first + i - q) * d..(first + i - q + 1) * d];
+                        let b = &rows_b[i * d..(i + 1) * d];
+                        merges.push(merge_pair(a, b, t, &mut dirs[i * d..(i + 1) * d]));
+                    }
+                }
+                if !self.frozen {
+                    for m in merges.iter().filter(|m| m.mergeable) {
+                        let dist = m.omega / std::f64::consts::PI;
+                        self.d_min = self.d_min.min(dist);
+                        self.d_max = self.d_max.max(dist);
+                    }
+                    self.frozen = n_new >= 2;
+                }
+                let tail = self.dir.tail_mut();
+                for (i, m) in merges.iter().enumerate() {
+                    let row = first + i;
+                    let retain = !m.mergeable
+                        || gamma >= 1.0
+                        || normalised_distance(m.omega, self.d_min, self.d_max).is_some_and(|x| x >= 1.0 - gamma);
+                    let slot = &mut tail[(row - q) * d..(row - q + 1) * d];
+                    if retain {
+                        self.ret_a.rows.push(row as u32);
+                        self.ret_a.data.extend_from_slice(slot);
+                        self.ret_b.rows.push(row as u32);
+                        self.ret_b.data.extend_from_slice(&rows_b[i * d..(i + 1) * d]);
+                        self.retained_tokens += 1;
+                    }
+                    slot.copy_from_slice(&dirs[i * d..(i + 1) * d]);
+                    self.mag_a.set(row, m.mag_a);
+                    self.mag_b.push(m.mag_b);
+                }
+            }
+        }
+        self.merged = first + n_new;
+        self.dir.compact();
+    }
+
+    fn bytes(&self) -> usize {
+        self.dir.resident_bytes() + self.mag_a.bytes() + self.mag_b.bytes() + self.ret_a.bytes() + self.ret_b.bytes()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct PairHead {
+    k: Merged,
+    v: Merged,
+    positions: Vec<u32>,
+}
+
+/// What a layer is in this cache.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Alone(usize),
+    /// Earlier layer of pair `p`.
+    A(usize),
+    /// Later layer of pair `p`.
+    B(usize),
+}
+
+pub struct MiniCache {
+    layout: KvLayout,
+    start: usize,
+    mode: Mode,
+    fmt: RowFormat,
+    roles: Vec<Role>,
+    alone: Vec<QuantHead>,
+    pairs: Vec<PairHead>,
+}
+
+impl MiniCache {
+    fn new(layout: KvLayout, start_knob: i64, mode: Mode, fmt: RowFormat) -> Self {
+        let start = if start_knob < 0 { layout.n_layers / 2 } else { start_knob as usize };
+        let (mut roles, mut n_alone, mut n_pairs) = (Vec::new(), 0, 0);
+        let mut l = 0;
+        while l < layout.n_layers {
+            if l >= start && l + 1 < layout.n_layers {
+                roles.push(Role::A(n_pairs));
+                roles.push(Role::B(n_pairs));
+                n_pairs += 1;
+                l += 2;
+            } else {
+                roles.push(Role::Alone(n_alone));
+                n_alone += 1;
+                l += 1;
+            }
+        }
+        let d = layout.head_dim;
+        let h = layout.n_kv_heads;
+        let pair = PairHead { k: Merged::new(d, fmt, Axis::PerChannel), v: Merged::new(d, fmt, Axis::PerToken), positions: Vec::new() };
+        MiniCache {
+            layout,
+            start: 0,
+            mode,
+            fmt,
+            roles,
+            alone: vec![QuantHead::new(d, fmt); n_alone * h],
+            pairs: vec![pair; n_pairs * h],
+        }
+        .with_start(start_knob)
+    }
+
+    fn with_start(mut self, start_knob: i64) -> Self {
+        self.start = if start_knob < 0 { usize::MAX } else { start_knob as usize };
+        self
+    }
+
+    /// Layers whose K/V are merged with a partner.
+    pub fn merged_layers(&self) -> usize {
+        self.roles.iter().filter(|r| !matches!(r, Role::Alone(_))).count()
+    }
+
+    /// Tokens retained unmerged so far, summed over (pair, head, K|V).
+    pub fn retained_tokens(&self) -> usize {
+        self.pairs.iter().map(|p| p.k.retained_tokens + p.v.retained_tokens).sum()
+    }
+}
+
+impl CachePolicy for MiniCache {
+    fn name(&self) -> String {
+        let start = if self.start == usize::MAX { "-1".to_string() } else { self.start.to_string() };
+        let base = match self.mode {
+            Mode::Slerp { t, gamma } => format!("minicache:start={start},t={t},gamma={gamma}"),
+            Mode::Mean => format!("mean-merge:start={start}"),
+        };
+        if self.fmt.quantises() { format!("{base}+{}", self.fmt.label()) } else { base }
+    }
+
+    fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        let KvLayout { n_kv_heads: h, head_dim: d, .. } = self.layout;
+        let t = positions.len();
+        for g in 0..h {
+            let (kr, vr) = (head_rows(k, t, h, d, g), head_rows(v, t, h, d, g));
+            match self.roles[layer] {
+                Role::Alone(i) => {
+                    let s = &mut self.alone[i * h + g];
+                    s.k.push(&kr);
+                    s.v.push(&vr);
+                    s.positions.extend_from_slice(positions);
+                    s.k.compact();
+                    s.v.compact();
+                }
+                Role::A(p) => {
+                    let s = &mut self.pairs[p * h + g];
+                    s.k.push_a(&kr, self.mode);
+                    s.v.push_a(&vr, self.mode);
+                    s.positions.extend_from_slice(positions);
+                }
+                Role::B(p) => {
+                    let s = &mut self.pairs[p * h + g];
+                    s.k.merge_b(&kr, self.mode);
+                    s.v.merge_b(&vr, self.mode);
+                }
+            }
+        }
+    }
+
+    fn view<'a>(&'a self, layer: usize, kv_head: usize) -> HeadView<'a> {
+        let h = self.layout.n_kv_heads;
+        let (p, is_a) = match self.roles[layer] {
+            Role::Alone(i) => return self.alone[i * h + kv_head].view(),
+            Role::A(p) => (p, true),
+            Role::B(p) => (p, false),
+        };
+        let s = &self.pairs[p * h + kv_head];
+        let slerp = matches!(self.mode, Mode::Slerp { .. });
+        let side = |m: &'a Merged| -> (Option<Cow<'a, [f32]>>, Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>) {
+            if !slerp {
+                return (None, None);
+            }
+            if is_a { (Some(m.mag_a.as_f32()), m.ret_a.patch()) } else { (Some(m.mag_b.as_f32()), m.ret_b.patch()) }
+        };
+        let (key_scale, key_patch) = side(&s.k);
+        let (value_scale, value_patch) = side(&s.v);
+        HeadView { keys: s.k.dir.rows(), values: s.v.dir.rows(), positions: Cow::Borrowed(&s.positions), key_scale, value_scale, key_patch, value_patch }
+    }
+
+    fn resident_bytes(&self) -> usize {
+        self.alone.iter().map(QuantHead::resident_bytes).sum::<usize>()
+            + self.pairs.iter().map(|p| p.k.bytes() + p.v.bytes() + 4 * p.positions.len()).sum::<usize>()
+    }
+
+    fn reset(&mut self) {
+        let start = if self.start == usize::MAX { -1 } else { self.start as i64 };
+        *self = MiniCache::new(self.layout, start, self.mode, self.fmt);
+    }
+}
+
+/// Builds `minicache` or `mean-merge`, its rows stored in `fmt` (f32 unless composed with kivi).
+pub(crate) fn component(name: &str, knobs: &Knobs<'_>, layout: KvLayout, fmt: RowFormat) -> Component {
+    let start = knobs.f64("start") as i64;
+    let mode = if name == "mean-merge" { Mode::Mean } else { Mode::Slerp { t: knobs.f64("t"), gamma: knobs.f64("gamma") } };
+    Component { cache: Some(Box::new(MiniCache::new(layout, start, mode, fmt))), attention: None }
+}

@@ -116,6 +116,18 @@ enum Command {
     /// writes JSON, Markdown and SVG/PNG plots. Example: frugal probe kv-similarity
     /// --length 2048 --samples 2 --out kv-sim.json
     Probe(ProbeArgs),
+    /// Attention-knockout bench: block language→context (lv), cross-chunk (vt) or within-chunk
+    /// (vs) attention above cut-off layers / in sliding windows of layers, and time the
+    /// early-exit and frame-local policies against dense, on one set of structured samples.
+    ///
+    /// Example: frugal knockout --task chunk-qa --length 1024 --samples 20 --window 4
+    /// --early-exit 6,10,14 --frame-local 0-29 --out knockout.json
+    ///
+    /// --input FILE reads samples from JSON: {"samples": [{"segments": [{"kind": "prefix",
+    /// "text": "…"}, {"kind": "context", "chunk": 0, "text": "…"}, …, {"kind": "question",
+    /// "text": "…"}], "candidates": [" red", " blue"], "gold": 1}]} (or "tokens" + "structure"
+    /// with segments {kind, chunk, len} instead of "segments").
+    Knockout(KnockoutArgs),
     /// Prefill and decode throughput and peak memory on synthetic prompts (same protocol as
     /// scripts/peer/llamacpp_bench.py, for side-by-side comparison).
     Bench {
@@ -188,6 +200,50 @@ struct EvalArgs {
     /// Continue an earlier report: cells already in it are skipped (implies --out FILE).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Use speeches from this directory instead of the fetched corpus.
+    #[arg(long)]
+    corpus_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KnockoutArgs {
+    /// Harness task giving the structured samples (chunk-qa), unless --input is given.
+    #[arg(long, value_parser = parse_task, default_value = "chunk-qa")]
+    task: TaskKind,
+    /// Structured input file (JSON) instead of a task.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Prompt length in tokens for the task.
+    #[arg(long, default_value_t = 1024)]
+    length: usize,
+    #[arg(long, default_value_t = 20)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Knockout types, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "lv,vt,vs")]
+    types: Vec<String>,
+    /// Cut-off layers (knockout in layers i..L), comma-separated; default 0, step, 2·step, …, L.
+    #[arg(long, value_delimiter = ',')]
+    cutoffs: Vec<usize>,
+    /// Step of the default cut-off list.
+    #[arg(long, default_value_t = 2)]
+    cutoff_step: usize,
+    /// Sliding-window width in layers (0: no window sweep).
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Step between window starts (default: half the width).
+    #[arg(long)]
+    window_step: Option<usize>,
+    /// early-exit:layer=i values to time against dense, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    early_exit: Vec<usize>,
+    /// frame-local:layers=a-b ranges to time against dense, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    frame_local: Vec<String>,
+    /// JSON report; the Markdown table (.md) and heat maps (_plots/) are written beside it.
+    #[arg(long, default_value = "knockout.json")]
+    out: PathBuf,
     /// Use speeches from this directory instead of the fetched corpus.
     #[arg(long)]
     corpus_dir: Option<PathBuf>,
@@ -348,6 +404,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} (and .md, .svg, .png beside it)", args.out.display());
             Ok(())
         }
+        Command::Knockout(args) => run_knockout(&cli.global, args, threads),
         Command::Bench { prefill, decode_depth, decode_tokens, repeats, json } => {
             let lm = load_model(&cli.global)?;
             let layout = lm.model.config().kv_layout();
@@ -573,6 +630,102 @@ fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> 
         eprintln!("interrupted: finished cells are saved in {}; continue with --resume {}", out.display(), out.display());
     }
     eprintln!("wrote {}, {} and {} plots in {}", out.display(), md_path.display(), plots.len(), plot_dir.display());
+    Ok(())
+}
+
+fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Result<()> {
+    use frugal_eval::knockout::{load_input, markdown, plots, run_sweeps, KnockoutReport, SweepPlan};
+    if args.samples == 0 {
+        bail!("invalid --samples 0: must be at least 1");
+    }
+    if args.cutoff_step == 0 {
+        bail!("invalid --cutoff-step 0: must be at least 1");
+    }
+    let mut frame_local = Vec::new();
+    for r in &args.frame_local {
+        let parsed = match r.split_once('-') {
+            Some((a, b)) => a.trim().parse::<usize>().ok().zip(b.trim().parse::<usize>().ok()),
+            None => r.trim().parse::<usize>().ok().map(|a| (a, a)),
+        };
+        frame_local.push(parsed.with_context(|| format!("invalid --frame-local `{r}`: expected a layer range a-b"))?);
+    }
+    let lm = load_model(global)?;
+    let n_layers = lm.model.config().n_layers;
+    let cutoffs = if args.cutoffs.is_empty() {
+        let mut c: Vec<usize> = (0..=n_layers).step_by(args.cutoff_step).collect();
+        if c.last() != Some(&n_layers) {
+            c.push(n_layers);
+        }
+        c
+    } else {
+        args.cutoffs.clone()
+    };
+    let plan = SweepPlan {
+        paths: args.types.clone(),
+        cutoffs,
+        window: args.window,
+        window_step: args.window_step.unwrap_or((args.window / 2).max(1)),
+        early_exit: args.early_exit.clone(),
+        frame_local,
+    };
+    let settings = plan.settings(n_layers)?;
+    let (samples, input) = match &args.input {
+        Some(path) => (load_input(&lm, path)?, path.display().to_string()),
+        None => {
+            if args.length > lm.model.config().context_length {
+                bail!("--length {} is over the model's context window of {} tokens", args.length, lm.model.config().context_length);
+            }
+            let corpus_dir = match &args.corpus_dir {
+                Some(d) => d.clone(),
+                None => ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?,
+            };
+            let speeches = load_speeches(&corpus_dir)?;
+            eprintln!("tokenising the corpus …");
+            let text = frugal_eval::load_task_text(&lm, &speeches)?;
+            let s = frugal_eval::tasks::generate_samples(args.task, &lm, &text, args.length, args.samples, args.seed, &[0.5])?;
+            (s, format!("{} at {} tokens", args.task.name(), args.length))
+        }
+    };
+    let run = RunInfo {
+        frugal_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: git_commit(),
+        model: lm.path.display().to_string(),
+        model_sha256: frugal_engine::fetch::sha256_file(&lm.path).unwrap_or_else(|_| "directory".into()),
+        seed: args.seed,
+        samples: samples.len(),
+        machine: machine_name(),
+        threads,
+        date_utc: utc_now(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    eprintln!("{} conditions × {} samples", settings.len(), samples.len());
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed} < {eta}] {msg}").expect("static template"),
+    );
+    let conditions = run_sweeps(
+        &lm,
+        &samples,
+        &settings,
+        &mut |done, total, label| {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(label.to_string());
+        },
+        &|| stop.load(Ordering::SeqCst),
+    )?;
+    bar.finish_and_clear();
+    let report = KnockoutReport { run: RunInfo { samples: conditions[0].samples, ..run }, input, n_layers, plan, conditions };
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let (md_path, plot_dir) = sibling_paths(&args.out);
+    let md = markdown(&report);
+    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    let files = plots(&report, &plot_dir)?;
+    println!("{md}");
+    eprintln!("wrote {}, {} and {} plots in {}", args.out.display(), md_path.display(), files.len(), plot_dir.display());
     Ok(())
 }
 

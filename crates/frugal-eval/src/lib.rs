@@ -4,6 +4,7 @@
 pub mod corpus;
 pub mod harness;
 pub mod kv_similarity;
+pub mod knockout;
 pub mod perplexity;
 pub mod report;
 pub mod speed;

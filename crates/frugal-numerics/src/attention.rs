@@ -215,10 +215,14 @@ fn attend_block(
                 }
             }
             let q_head = g * group + h;
-            for (s, &k_pos) in row.iter_mut().zip(&kv.positions[..n]) {
-                let visible = k_pos <= q_pos && mask.is_none_or(|m| m.allows(q_head, q_pos, k_pos));
-                if !visible {
-                    *s = f32::NEG_INFINITY;
+            // Positions ascend, so causality alone is one cut; a predicate is checked per key.
+            let causal_end = kv.positions[..n].partition_point(|&p| p <= q_pos);
+            row[causal_end..].fill(f32::NEG_INFINITY);
+            if let Some(m) = mask {
+                for (s, &k_pos) in row[..causal_end].iter_mut().zip(&kv.positions[..causal_end]) {
+                    if !m.allows(q_head, q_pos, k_pos) {
+                        *s = f32::NEG_INFINITY;
+                    }
                 }
             }
             softmax_in_place(row);

@@ -308,21 +308,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let threads = setup_threads(cli.global.threads)?;
     match &cli.command {
-        Command::Fetch { print_path, corpus: Some(_) } => {
-            let dir = ensure_corpus(&SOTU, &mut |msg| {
+        Command::Fetch { print_path, corpus } => {
+            let mut progress = |msg: &str| {
                 if !print_path {
                     eprintln!("{msg}")
                 }
-            })?;
-            println!("{}", dir.display());
-            Ok(())
-        }
-        Command::Fetch { print_path, corpus: None } => {
-            let path = ensure_model(&DEFAULT_MODEL, &mut |msg| {
-                if !print_path {
-                    eprintln!("{msg}")
-                }
-            })?;
+            };
+            let path = match corpus {
+                Some(_) => ensure_corpus(&SOTU, &mut progress)?,
+                None => ensure_model(&DEFAULT_MODEL, &mut progress)?,
+            };
             println!("{}", path.display());
             Ok(())
         }

@@ -364,15 +364,7 @@ mod tests {
     use super::*;
     use crate::attention::{naive_causal_attention, AttentionShape, KeyMask, KvSlices};
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_util::values;
 
     /// Independent bidirectional reference: full softmax over all keys in f64.
     fn naive_bidirectional(q: &[f32], k: &[f32], v: &[f32], n: usize, d: usize) -> Vec<f32> {

@@ -247,6 +247,9 @@ struct KnockoutArgs {
     /// Use speeches from this directory instead of the fetched corpus.
     #[arg(long)]
     corpus_dir: Option<PathBuf>,
+    /// Only re-render the Markdown table and heat maps of an existing report (no model run).
+    #[arg(long)]
+    replot: Option<PathBuf>,
 }
 
 fn parse_task(s: &str) -> Result<TaskKind, String> {
@@ -630,6 +633,16 @@ fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> 
 
 fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Result<()> {
     use frugal_eval::knockout::{load_input, markdown, plots, run_sweeps, KnockoutReport, SweepPlan};
+    if let Some(path) = &args.replot {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let report: KnockoutReport =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a knockout report", path.display()))?;
+        let (md_path, plot_dir) = sibling_paths(path);
+        std::fs::write(&md_path, markdown(&report)).with_context(|| format!("cannot write {}", md_path.display()))?;
+        let files = plots(&report, &plot_dir)?;
+        eprintln!("wrote {} and {} plots in {}", md_path.display(), files.len(), plot_dir.display());
+        return Ok(());
+    }
     if args.samples == 0 {
         bail!("invalid --samples 0: must be at least 1");
     }

@@ -214,10 +214,14 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             let hidden = lm.model.forward_hidden(&s.tokens[*score_from..], seq, LogitRows::All)?;
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let n = s.tokens.len() - score_from - 1;
-            let logits = lm.model.logits(&hidden.narrow(0, 0, n)?)?;
             let mut nll = 0.0;
-            for r in 0..n {
-                nll += negative_log_likelihood(&logits.get(r)?, s.tokens[score_from + r + 1])?;
+            // Logits in chunks of 256 rows: a row is 200 KB for a 49k vocabulary.
+            for start in (0..n).step_by(256) {
+                let rows = 256.min(n - start);
+                let logits = lm.model.logits(&hidden.narrow(0, start, rows)?)?;
+                for r in 0..rows {
+                    nll += negative_log_likelihood(&logits.get(r)?, s.tokens[score_from + start + r + 1])?;
+                }
             }
             o.score = nll;
             o.scored_tokens = n;

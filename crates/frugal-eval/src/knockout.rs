@@ -30,6 +30,7 @@ use frugal_engine::structure::{TokenKind, TokenStructure};
 use frugal_methods::knockout::Path;
 use frugal_methods::{build, PolicySpec};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::{Path as FsPath, PathBuf};
@@ -553,17 +554,17 @@ where
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(50)
-        .build_cartesian_2d(0..xs.len(), 0..ys.len())
+        .build_cartesian_2d(0f64..xs.len() as f64, 0f64..ys.len() as f64)
         .map_err(plot_err)?;
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc(xlabel)
         .y_desc("knockout")
-        .x_labels(xs.len() + 1)
-        .y_labels(ys.len() + 1)
-        .x_label_formatter(&|i| xs.get(*i).map_or(String::new(), |l| l.to_string()))
-        .y_label_formatter(&|i| ys.get(*i).map_or(String::new(), |p| format!("{}-K", p.to_uppercase())))
+        .x_labels(xs.len() * 2 + 1)
+        .y_labels(ys.len() * 2 + 1)
+        .x_label_formatter(&|v| label_at(*v, &xs.iter().map(|x| x.to_string()).collect::<Vec<_>>()))
+        .y_label_formatter(&|v| label_at(*v, &ys.iter().map(|p| format!("{}-K", p.to_uppercase())).collect::<Vec<_>>()))
         .draw()
         .map_err(plot_err)?;
     for (p, x, v) in data {
@@ -573,14 +574,24 @@ where
         let good = if ratio { v.clamp(0.0, 1.0) } else { (1.0 + v / 3.0).clamp(0.0, 1.0) };
         let good = if v.is_nan() { 0.5 } else { good };
         let shade = RGBColor((230.0 * (1.0 - good) + 20.0) as u8, (200.0 * good + 30.0) as u8, 60);
-        chart.draw_series(std::iter::once(Rectangle::new([(xi, yi), (xi + 1, yi + 1)], shade.filled()))).map_err(plot_err)?;
-        let label = if ratio { format!("{v:.2}") } else { format!("{v:+.1}") };
-        chart
-            .draw_series(std::iter::once(Text::new(label, (xi, yi), ("sans-serif", 11).into_font().color(&BLACK))))
-            .map_err(plot_err)?;
+        let (x0, y0) = (xi as f64, yi as f64);
+        chart.draw_series(std::iter::once(Rectangle::new([(x0, y0), (x0 + 1.0, y0 + 1.0)], shade.filled()))).map_err(plot_err)?;
+        let label = if ratio { format!("{v:.2}") } else { format!("{v:.1}") };
+        let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
+        chart.draw_series(std::iter::once(Text::new(label, (x0 + 0.5, y0 + 0.5), style))).map_err(plot_err)?;
     }
     area.present().map_err(plot_err)?;
     Ok(())
+}
+
+/// Axis label for a tick at `v`: the name of the cell whose centre is at `v`, else nothing.
+fn label_at(v: f64, names: &[String]) -> String {
+    let i = (v - 0.5).round();
+    if (v - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+        names.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {

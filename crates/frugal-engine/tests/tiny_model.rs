@@ -77,18 +77,12 @@ fn gguf_file_round_trip_loads_the_same_model() {
     let a = logits_rows(&from_file, &mut Sequence::dense(layout), &ids, LogitRows::All);
     let b = logits_rows(&in_memory, &mut Sequence::dense(layout), &ids, LogitRows::All);
     assert_eq!(a, b);
-    // --dtype f32 dequantises the same weights. A long call on Q8 weights also runs on the
-    // dequantised weights (same result); the quantised kernel (Q8 activations) is close to it,
-    // not equal.
+    // --dtype f32 dequantises the same weights: close to, not bit-equal with, the Q8 path.
     let f32_model = model::load(&path, WeightFormat::F32).unwrap();
     let c = logits_rows(&f32_model, &mut Sequence::dense(layout), &ids, LogitRows::All);
-    assert!(max_diff(&a, &c) < 1e-5, "{}", max_diff(&a, &c));
-    let mut kernel = model::load(&path, WeightFormat::Native).unwrap();
-    kernel.model.set_dequant_rows(usize::MAX);
-    let q = logits_rows(&kernel, &mut Sequence::dense(layout), &ids, LogitRows::All);
-    let d = max_diff(&q, &c);
-    let scale = c.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(d > 0.0 && d < 0.05 * scale, "Q8 activations vs f32: {d} (logit scale {scale})");
+    let d = max_diff(&a, &c);
+    let scale = a.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(d > 0.0 && d < 0.05 * scale, "Q8 vs f32: {d} (logit scale {scale})");
 }
 
 #[test]
@@ -201,3 +195,4 @@ fn long_calls_on_quantised_weights_use_the_dequantised_gemm() {
     assert!(max_diff(&h, &e) < 1e-4, "hybrid vs f32: {}", max_diff(&h, &e));
     assert!(max_diff(&q, &e) > 10.0 * max_diff(&h, &e), "the quantised kernel is the noisier one");
 }
+

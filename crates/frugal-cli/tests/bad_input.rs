@@ -157,3 +157,29 @@ fn eval_rejects_bad_plans_before_working() {
     let o = frugal(&["--model", model.to_str().unwrap(), "eval", "--task", "ppl", "--length", "256", "--corpus-dir", "/nonexistent/corpus"]);
     assert_clean_failure(&o, &["/nonexistent/corpus", "does not exist"]);
 }
+
+#[test]
+fn knockout_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(&bad_json, "{\"samples\": [").unwrap();
+    let out = dir.path().join("k.json");
+    let (m, o, b) = (model.to_str().unwrap(), out.to_str().unwrap(), bad_json.to_str().unwrap());
+    for (extra, says) in [
+        (vec!["--frame-local", "3-x"], "invalid --frame-local `3-x`"),
+        (vec!["--types", "lv,xx"], "unknown knockout type `xx`"),
+        (vec!["--cutoffs", "0,99"], "cut-off layer 99 is past the model's"),
+        (vec!["--samples", "0"], "invalid --samples 0"),
+        (vec!["--input", "/nonexistent/in.json"], "cannot read /nonexistent/in.json"),
+        (vec!["--input", b], "is not a knockout input file"),
+        (vec!["--replot", b], "is not a knockout report"),
+    ] {
+        let mut args = vec!["--model", m, "knockout", "--out", o, "--window", "0"];
+        args.extend(extra);
+        assert_clean_failure(&frugal(&args), &[says]);
+        assert!(!out.exists(), "no report is written for rejected input ({says})");
+    }
+    let o = frugal(&["--model", m, "knockout", "--out", o, "--window", "9"]);
+    assert_clean_failure(&o, &["window of 9 layers is wider than the model's 3 layers"]);
+}

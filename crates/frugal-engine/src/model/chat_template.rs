@@ -608,10 +608,9 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs the SmolLM2 GGUF: set FRUGAL_TEST_GGUF"]
+    #[ignore = "needs the real SmolLM2 GGUF (FRUGAL_TEST_GGUF, else fetched on first use)"]
     fn smollm2_gguf_template() {
-        let path = std::path::PathBuf::from(std::env::var("FRUGAL_TEST_GGUF").expect("set FRUGAL_TEST_GGUF"));
-        let content = gguf_file::Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        let (content, path) = crate::model::tokenizer::tests::smollm();
         let t = ChatTemplate::from_gguf(&content, &path)
             .unwrap()
             .expect("SmolLM2 has a template");

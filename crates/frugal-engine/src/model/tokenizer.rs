@@ -614,7 +614,7 @@ pub mod testing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::testing::*;
     use super::*;
     use std::path::PathBuf;
@@ -802,15 +802,19 @@ mod tests {
         assert!(matches!(err, EngineError::MissingTokenizer { .. }));
     }
 
-    /// The real SmolLM2 GGUF, when `FRUGAL_TEST_GGUF` points at it.
+    /// The real SmolLM2 GGUF: `FRUGAL_TEST_GGUF` if set, else the default model (fetched
+    /// into the cache on first use).
     pub(crate) fn smollm() -> (gguf_file::Content, PathBuf) {
-        let path = PathBuf::from(std::env::var("FRUGAL_TEST_GGUF").expect("set FRUGAL_TEST_GGUF"));
+        let path = match std::env::var_os("FRUGAL_TEST_GGUF") {
+            Some(p) => PathBuf::from(p),
+            None => crate::fetch::ensure_model(&crate::fetch::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap(),
+        };
         let mut f = std::fs::File::open(&path).unwrap();
         (gguf_file::Content::read(&mut f).unwrap(), path)
     }
 
     #[test]
-    #[ignore = "needs the SmolLM2 GGUF: set FRUGAL_TEST_GGUF"]
+    #[ignore = "needs the real SmolLM2 GGUF (FRUGAL_TEST_GGUF, else fetched on first use)"]
     fn smollm_gguf_tokenizer() {
         let (content, path) = smollm();
         let t = TextTokenizer::from_gguf(&content, &path).unwrap();

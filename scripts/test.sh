@@ -10,8 +10,14 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
 fi
 
-cargo test --release --workspace -- --include-ignored "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace -- --include-ignored "$@" 2>&1 | tee "$log"
 
 # The HTTP server driven by the official `openai` Python client (issue 7).
 cargo build --release -p frugal-cli
 scripts/server/openai_client_test.sh
+
+# One closing line over every cargo test binary (the per-binary lines end with doc-test
+# binaries that hold no tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -473,13 +473,15 @@ pub fn markdown(report: &KnockoutReport) -> String {
                 c.kv_fraction_of_dense.unwrap_or(0.0)
             );
         }
-        match smallest_safe_early_exit(report, 1.0) {
+        let tried = report.conditions.iter().any(|c| matches!(c.setting, Setting::EarlyExit { .. }));
+        match smallest_safe_early_exit(report, 1.0).filter(|_| tried) {
             Some(c) => {
                 let _ = writeln!(s, "\nSmallest early-exit layer within 1 point of dense accuracy: `{}`.", c.policy);
             }
-            None => {
+            None if tried => {
                 let _ = writeln!(s, "\nNo early-exit layer tried is within 1 point of dense accuracy.");
             }
+            None => {}
         }
     }
     s

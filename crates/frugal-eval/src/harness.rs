@@ -195,7 +195,8 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
                 next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
             }
             o.decode_secs = t1.elapsed().as_secs_f64();
-            o.decode_tokens = generated.len();
+            // Decode speed counts forward steps; the first token comes from the prefill.
+            o.decode_tokens = generated.len().saturating_sub(1);
             let text = lm.tokenizer.decode(&generated, true)?;
             if std::env::var_os("FRUGAL_EVAL_SHOW").is_some() {
                 eprintln!("expected {expected}, generated {text:?}");

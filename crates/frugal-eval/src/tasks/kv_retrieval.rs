@@ -1,7 +1,7 @@
 //! Multi-key retrieval (RULER-style multi-key needle): several "secret number for the
 //! <animal>" facts scattered through the haystack; the question asks for one of them.
 
-use super::{haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
+use super::{ANSWER_TOKENS, haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
 use anyhow::Result;
 use frugal_engine::model::LoadedModel;
 use rand::seq::SliceRandom;
@@ -26,7 +26,7 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, rng: &mut impl r
         .zip(&values)
         .map(|(k, v)| lm.tokenizer.encode(&format!(" The secret number for the {k} is {v}. ")))
         .collect::<Result<_, _>>()?;
-    let hay_len = frame.context_budget(length)?.saturating_sub(needles.iter().map(Vec::len).sum());
+    let hay_len = frame.context_budget(length - ANSWER_TOKENS.min(length))?.saturating_sub(needles.iter().map(Vec::len).sum());
     let hay = haystack_window(text, hay_len, rng)?;
     // Needles at sorted random depths, each at a sentence end.
     let mut cuts: Vec<usize> = (0..PAIRS).map(|_| rng.gen_range(0..=hay_len)).collect();
@@ -44,7 +44,7 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, rng: &mut impl r
     Ok(Sample {
         tokens,
         structure,
-        answer: Answer::Digits { expected: values[asked].to_string(), max_new_tokens: 8 },
+        answer: Answer::Digits { expected: values[asked].to_string(), max_new_tokens: ANSWER_TOKENS },
         depth: None,
     })
 }

@@ -39,6 +39,11 @@ impl TaskKind {
     }
 }
 
+/// Tokens generated for a digits answer: five digits, then a token or two of slack. Prompts
+/// of generating tasks are this much shorter than the length asked for, so prompt and answer
+/// fit in the context window (a task "at 8192" uses the whole 8192-token window).
+pub const ANSWER_TOKENS: usize = 8;
+
 /// How a sample is scored.
 #[derive(Clone, Debug)]
 pub enum Answer {

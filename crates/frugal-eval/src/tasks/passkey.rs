@@ -1,7 +1,7 @@
 //! Passkey retrieval: a 5-digit number hidden at a chosen depth of a haystack of speeches;
 //! the model must repeat it (exact match).
 
-use super::{haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
+use super::{ANSWER_TOKENS, haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
 use anyhow::Result;
 use frugal_engine::model::LoadedModel;
 
@@ -15,7 +15,7 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, depth: f64, rng:
         "The pass key is",
     )?;
     let needle = lm.tokenizer.encode(&format!(" The pass key is {key}. Remember it. {key} is the pass key. "))?;
-    let hay_len = frame.context_budget(length)?.saturating_sub(needle.len());
+    let hay_len = frame.context_budget(length - ANSWER_TOKENS.min(length))?.saturating_sub(needle.len());
     let mut hay = haystack_window(text, hay_len, rng)?;
     let at = sentence_boundary(lm, &hay, (depth * hay_len as f64).round() as usize);
     let tail = hay.split_off(at);
@@ -23,7 +23,7 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, depth: f64, rng:
     Ok(Sample {
         tokens,
         structure,
-        answer: Answer::Digits { expected: key.to_string(), max_new_tokens: 8 },
+        answer: Answer::Digits { expected: key.to_string(), max_new_tokens: ANSWER_TOKENS },
         depth: Some(depth),
     })
 }

@@ -12,16 +12,16 @@ use frugal_engine::sequence::Sequence;
 use frugal_eval::corpus::{ensure_corpus, load_speeches, SOTU};
 use frugal_eval::harness::{run_plan, sibling_paths, EvalPlan, EvalReport, Progress, RunInfo};
 use frugal_eval::perplexity::sliding_window_perplexity;
+use frugal_eval::speed::{run_speed_bench, SpeedConfig};
 use frugal_eval::tasks::TaskKind;
 use frugal_methods::spec::expand_sweep;
 use frugal_methods::PolicySpec;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use frugal_eval::speed::{run_speed_bench, SpeedConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Cheaper transformers: an inference engine for llama-family models with KV-cache
 /// compression and sparse attention, and a harness that measures them.
@@ -253,10 +253,15 @@ struct KnockoutArgs {
 }
 
 fn parse_task(s: &str) -> Result<TaskKind, String> {
-    [TaskKind::Ppl, TaskKind::Passkey, TaskKind::KvRetrieval, TaskKind::ChunkQa]
-        .into_iter()
-        .find(|t| t.name() == s)
-        .ok_or_else(|| format!("unknown task `{s}` (tasks: ppl, passkey, kv-retrieval, chunk-qa)"))
+    [
+        TaskKind::Ppl,
+        TaskKind::Passkey,
+        TaskKind::KvRetrieval,
+        TaskKind::ChunkQa,
+    ]
+    .into_iter()
+    .find(|t| t.name() == s)
+    .ok_or_else(|| format!("unknown task `{s}` (tasks: ppl, passkey, kv-retrieval, chunk-qa)"))
 }
 
 #[derive(Args, Clone)]
@@ -293,7 +298,11 @@ impl SamplingArgs {
         if self.max_tokens == 0 {
             bail!("invalid --max-tokens 0: must be at least 1");
         }
-        Ok(GenerateRequest { sampling, max_tokens: self.max_tokens, stop: self.stop.clone() })
+        Ok(GenerateRequest {
+            sampling,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        })
     }
 }
 
@@ -324,15 +333,26 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Generate { prompt, chat, system, sampling } => {
+        Command::Generate {
+            prompt,
+            chat,
+            system,
+            sampling,
+        } => {
             let req = sampling.request()?;
             let lm = load_model(&cli.global)?;
             let text = if *chat {
                 let mut messages = Vec::new();
                 if let Some(s) = system {
-                    messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+                    messages.push(ChatMessage {
+                        role: "system".into(),
+                        content: s.clone(),
+                    });
                 }
-                messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+                messages.push(ChatMessage {
+                    role: "user".into(),
+                    content: prompt.clone(),
+                });
                 lm.chat_template.render(&messages, true)?
             } else {
                 prompt.clone()
@@ -341,7 +361,9 @@ fn run(cli: Cli) -> Result<()> {
             let mut seq = Sequence::dense(lm.model.config().kv_layout());
             let mut stdout = std::io::stdout();
             let out = generate(&lm, &mut seq, &ids, &req, &mut |piece| {
-                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+                let _ = stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| stdout.flush());
                 true
             })?;
             println!();
@@ -357,7 +379,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(args) => frugal_server::serve(load_model(&cli.global)?, args),
         Command::Chat { system, sampling } => chat_loop(&cli.global, system.as_deref(), sampling),
-        Command::Ppl { file, context, stride, max_tokens } => {
+        Command::Ppl {
+            file,
+            context,
+            stride,
+            max_tokens,
+        } => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read text file {}", file.display()))?;
             let lm = load_model(&cli.global)?;
@@ -368,10 +395,17 @@ fn run(cli: Cli) -> Result<()> {
             let stride = stride.unwrap_or(context / 2).max(1);
             let layout = lm.model.config().kv_layout();
             let bar = progress_bar(0, "windows");
-            let report = sliding_window_perplexity(&lm, &ids, *context, stride, &|| Sequence::dense(layout), &mut |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            })?;
+            let report = sliding_window_perplexity(
+                &lm,
+                &ids,
+                *context,
+                stride,
+                &|| Sequence::dense(layout),
+                &mut |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
             bar.finish_and_clear();
             println!(
                 "perplexity {:.4} over {} tokens ({} windows of {}, stride {}), {:.1} tokens/s on {} threads",
@@ -394,16 +428,29 @@ fn run(cli: Cli) -> Result<()> {
             let speeches = load_speeches(&corpus_dir)?;
             let lm = load_model(&cli.global)?;
             if args.length > lm.model.config().context_length {
-                bail!("--length {} is over the model's context window of {} tokens", args.length, lm.model.config().context_length);
+                bail!(
+                    "--length {} is over the model's context window of {} tokens",
+                    args.length,
+                    lm.model.config().context_length
+                );
             }
             let text = frugal_eval::load_task_text(&lm, &speeches)?;
             let report = frugal_eval::kv_similarity::run(&lm, &text, args.length, args.samples)?;
             frugal_eval::kv_similarity::write(&report, &args.out)?;
-            println!("wrote {} (and .md, .svg, .png beside it)", args.out.display());
+            println!(
+                "wrote {} (and .md, .svg, .png beside it)",
+                args.out.display()
+            );
             Ok(())
         }
         Command::Knockout(args) => run_knockout(&cli.global, args, threads),
-        Command::Bench { prefill, decode_depth, decode_tokens, repeats, json } => {
+        Command::Bench {
+            prefill,
+            decode_depth,
+            decode_tokens,
+            repeats,
+            json,
+        } => {
             let lm = load_model(&cli.global)?;
             let layout = lm.model.config().kv_layout();
             let cfg = SpeedConfig {
@@ -413,15 +460,28 @@ fn run(cli: Cli) -> Result<()> {
                 repeats: *repeats,
             };
             let limit = lm.model.config().context_length;
-            if let Some(&n) = prefill.iter().chain([&(decode_depth + decode_tokens)]).find(|&&n| n > limit) {
+            if let Some(&n) = prefill
+                .iter()
+                .chain([&(decode_depth + decode_tokens)])
+                .find(|&&n| n > limit)
+            {
                 bail!("bench length {n} is over the model's context window of {limit} tokens");
             }
-            let report = run_speed_bench(&lm, &cfg, threads, &|| Sequence::dense(layout), &mut |s| eprintln!("bench: {s}"))?;
+            let report =
+                run_speed_bench(&lm, &cfg, threads, &|| Sequence::dense(layout), &mut |s| {
+                    eprintln!("bench: {s}")
+                })?;
             for (n, v) in &report.prefill_tok_s {
                 println!("prefill {n:>6} tokens: {v:8.1} tok/s");
             }
-            println!("decode @{:>5} depth : {:8.1} tok/s", report.decode_depth, report.decode_tok_s);
-            println!("peak RSS           : {:8.1} MiB", report.peak_rss_bytes as f64 / 1048576.0);
+            println!(
+                "decode @{:>5} depth : {:8.1} tok/s",
+                report.decode_depth, report.decode_tok_s
+            );
+            println!(
+                "peak RSS           : {:8.1} MiB",
+                report.peak_rss_bytes as f64 / 1048576.0
+            );
             if let Some(path) = json {
                 std::fs::write(path, serde_json::to_string_pretty(&report)?)
                     .with_context(|| format!("cannot write {}", path.display()))?;
@@ -446,7 +506,10 @@ fn setup_threads(requested: Option<usize>) -> Result<usize> {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the worker threads")?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("cannot start the worker threads")?;
     Ok(n)
 }
 
@@ -468,8 +531,10 @@ fn load_model(global: &GlobalArgs) -> Result<LoadedModel> {
 fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}]"))
-            .expect("static template"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}]"
+        ))
+        .expect("static template"),
     );
     bar
 }
@@ -481,11 +546,17 @@ fn chat_loop(global: &GlobalArgs, system: Option<&str>, sampling: &SamplingArgs)
     let reset = |h: &mut Vec<ChatMessage>| {
         h.clear();
         if let Some(s) = system {
-            h.push(ChatMessage { role: "system".into(), content: s.into() });
+            h.push(ChatMessage {
+                role: "system".into(),
+                content: s.into(),
+            });
         }
     };
     reset(&mut history);
-    eprintln!("frugal chat ({}) — /reset clears the history, /exit quits", lm.description);
+    eprintln!(
+        "frugal chat ({}) — /reset clears the history, /exit quits",
+        lm.description
+    );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {
@@ -504,14 +575,19 @@ fn chat_loop(global: &GlobalArgs, system: Option<&str>, sampling: &SamplingArgs)
             }
             _ => {}
         }
-        history.push(ChatMessage { role: "user".into(), content: line.trim_end().into() });
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: line.trim_end().into(),
+        });
         let prompt = lm.chat_template.render(&history, true)?;
         let ids = lm.tokenizer.encode(&prompt)?;
         // The whole conversation is re-run each turn: simple and exact; the KV of earlier
         // turns could be kept instead, at the cost of tracking template boundaries.
         let mut seq = Sequence::dense(lm.model.config().kv_layout());
         let out = match generate(&lm, &mut seq, &ids, &req, &mut |piece| {
-            let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+            let _ = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush());
             true
         }) {
             Ok(out) => out,
@@ -522,7 +598,10 @@ fn chat_loop(global: &GlobalArgs, system: Option<&str>, sampling: &SamplingArgs)
             }
         };
         println!();
-        history.push(ChatMessage { role: "assistant".into(), content: out.text });
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: out.text,
+        });
     }
 }
 
@@ -578,26 +657,34 @@ fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> 
         frugal_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: git_commit(),
         model: lm.path.display().to_string(),
-        model_sha256: frugal_engine::fetch::sha256_file(&lm.path).unwrap_or_else(|_| "directory".into()),
+        model_sha256: frugal_engine::fetch::sha256_file(&lm.path)
+            .unwrap_or_else(|_| "directory".into()),
         seed: args.seed,
         samples: args.samples,
         machine: machine_name(),
         threads,
         date_utc: utc_now(),
     };
-    let mut report = match &args.resume {
-        Some(path) => {
-            let r = EvalReport::load(path)?;
-            if r.run.seed != args.seed || r.run.samples != args.samples || r.run.model_sha256 != run.model_sha256 {
-                bail!(
+    let mut report =
+        match &args.resume {
+            Some(path) => {
+                let r = EvalReport::load(path)?;
+                if r.run.seed != args.seed
+                    || r.run.samples != args.samples
+                    || r.run.model_sha256 != run.model_sha256
+                {
+                    bail!(
                     "{} was made with seed {}, {} samples, model {}: resume with the same settings",
                     path.display(), r.run.seed, r.run.samples, r.run.model_sha256
                 );
+                }
+                r
             }
-            r
-        }
-        None => EvalReport { run, cells: Vec::new() },
-    };
+            None => EvalReport {
+                run,
+                cells: Vec::new(),
+            },
+        };
     eprintln!("tokenising the corpus …");
     let text = frugal_eval::load_task_text(&lm, &speeches)?;
     let plan = EvalPlan {
@@ -610,13 +697,17 @@ fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> 
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} samples [{elapsed} < {eta}] {msg}").expect("static template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples [{elapsed} < {eta}] {msg}")
+            .expect("static template"),
     );
     let mut progress = BarProgress(bar);
-    run_plan(&lm, &text, &plan, &mut report, &out, &mut progress, &|| stop.load(Ordering::SeqCst))?;
+    run_plan(&lm, &text, &plan, &mut report, &out, &mut progress, &|| {
+        stop.load(Ordering::SeqCst)
+    })?;
     progress.0.finish_and_clear();
     report.save(&out)?;
     let (md_path, plot_dir) = sibling_paths(&out);
@@ -625,22 +716,41 @@ fn run_eval(global: &GlobalArgs, args: &EvalArgs, threads: usize) -> Result<()> 
     let plots = frugal_eval::report::plots(&report, &plot_dir)?;
     println!("{md}");
     if stop.load(Ordering::SeqCst) {
-        eprintln!("interrupted: finished cells are saved in {}; continue with --resume {}", out.display(), out.display());
+        eprintln!(
+            "interrupted: finished cells are saved in {}; continue with --resume {}",
+            out.display(),
+            out.display()
+        );
     }
-    eprintln!("wrote {}, {} and {} plots in {}", out.display(), md_path.display(), plots.len(), plot_dir.display());
+    eprintln!(
+        "wrote {}, {} and {} plots in {}",
+        out.display(),
+        md_path.display(),
+        plots.len(),
+        plot_dir.display()
+    );
     Ok(())
 }
 
 fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Result<()> {
-    use frugal_eval::knockout::{load_input, markdown, plots, run_sweeps, KnockoutReport, SweepPlan};
+    use frugal_eval::knockout::{
+        load_input, markdown, plots, run_sweeps, KnockoutReport, SweepPlan,
+    };
     if let Some(path) = &args.replot {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let report: KnockoutReport =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a knockout report", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let report: KnockoutReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a knockout report", path.display()))?;
         let (md_path, plot_dir) = sibling_paths(path);
-        std::fs::write(&md_path, markdown(&report)).with_context(|| format!("cannot write {}", md_path.display()))?;
+        std::fs::write(&md_path, markdown(&report))
+            .with_context(|| format!("cannot write {}", md_path.display()))?;
         let files = plots(&report, &plot_dir)?;
-        eprintln!("wrote {} and {} plots in {}", md_path.display(), files.len(), plot_dir.display());
+        eprintln!(
+            "wrote {} and {} plots in {}",
+            md_path.display(),
+            files.len(),
+            plot_dir.display()
+        );
         return Ok(());
     }
     if args.samples == 0 {
@@ -652,10 +762,18 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
     let mut frame_local = Vec::new();
     for r in &args.frame_local {
         let parsed = match r.split_once('-') {
-            Some((a, b)) => a.trim().parse::<usize>().ok().zip(b.trim().parse::<usize>().ok()),
+            Some((a, b)) => a
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .zip(b.trim().parse::<usize>().ok()),
             None => r.trim().parse::<usize>().ok().map(|a| (a, a)),
         };
-        frame_local.push(parsed.with_context(|| format!("invalid --frame-local `{r}`: expected a layer range a-b"))?);
+        frame_local.push(
+            parsed.with_context(|| {
+                format!("invalid --frame-local `{r}`: expected a layer range a-b")
+            })?,
+        );
     }
     let lm = load_model(global)?;
     let n_layers = lm.model.config().n_layers;
@@ -681,7 +799,11 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
         Some(path) => (load_input(&lm, path)?, path.display().to_string()),
         None => {
             if args.length > lm.model.config().context_length {
-                bail!("--length {} is over the model's context window of {} tokens", args.length, lm.model.config().context_length);
+                bail!(
+                    "--length {} is over the model's context window of {} tokens",
+                    args.length,
+                    lm.model.config().context_length
+                );
             }
             let corpus_dir = match &args.corpus_dir {
                 Some(d) => d.clone(),
@@ -690,7 +812,15 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
             let speeches = load_speeches(&corpus_dir)?;
             eprintln!("tokenising the corpus …");
             let text = frugal_eval::load_task_text(&lm, &speeches)?;
-            let s = frugal_eval::tasks::generate_samples(args.task, &lm, &text, args.length, args.samples, args.seed, &[0.5])?;
+            let s = frugal_eval::tasks::generate_samples(
+                args.task,
+                &lm,
+                &text,
+                args.length,
+                args.samples,
+                args.seed,
+                &[0.5],
+            )?;
             (s, format!("{} at {} tokens", args.task.name(), args.length))
         }
     };
@@ -698,7 +828,8 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
         frugal_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: git_commit(),
         model: lm.path.display().to_string(),
-        model_sha256: frugal_engine::fetch::sha256_file(&lm.path).unwrap_or_else(|_| "directory".into()),
+        model_sha256: frugal_engine::fetch::sha256_file(&lm.path)
+            .unwrap_or_else(|_| "directory".into()),
         seed: args.seed,
         samples: samples.len(),
         machine: machine_name(),
@@ -707,11 +838,13 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
     eprintln!("{} conditions × {} samples", settings.len(), samples.len());
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed} < {eta}] {msg}").expect("static template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs [{elapsed} < {eta}] {msg}")
+            .expect("static template"),
     );
     let conditions = run_sweeps(
         &lm,
@@ -725,7 +858,16 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
         &|| stop.load(Ordering::SeqCst),
     )?;
     bar.finish_and_clear();
-    let report = KnockoutReport { run: RunInfo { samples: conditions[0].samples, ..run }, input, n_layers, plan, conditions };
+    let report = KnockoutReport {
+        run: RunInfo {
+            samples: conditions[0].samples,
+            ..run
+        },
+        input,
+        n_layers,
+        plan,
+        conditions,
+    };
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let (md_path, plot_dir) = sibling_paths(&args.out);
@@ -733,7 +875,13 @@ fn run_knockout(global: &GlobalArgs, args: &KnockoutArgs, threads: usize) -> Res
     std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
     let files = plots(&report, &plot_dir)?;
     println!("{md}");
-    eprintln!("wrote {}, {} and {} plots in {}", args.out.display(), md_path.display(), files.len(), plot_dir.display());
+    eprintln!(
+        "wrote {}, {} and {} plots in {}",
+        args.out.display(),
+        md_path.display(),
+        files.len(),
+        plot_dir.display()
+    );
     Ok(())
 }
 
@@ -750,7 +898,11 @@ fn git_commit() -> String {
 fn machine_name() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} logical CPUs")

@@ -18,12 +18,20 @@ fn frugal(args: &[&str]) -> Outcome {
         .env_remove("FRUGAL_MODEL")
         .output()
         .expect("run frugal");
-    Outcome { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    Outcome {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn assert_clean_failure(o: &Outcome, must_contain: &[&str]) {
     assert!(!o.stderr.contains("panicked"), "panicked:\n{}", o.stderr);
-    assert!(matches!(o.code, Some(c) if c != 0), "exit code {:?}\n{}", o.code, o.stderr);
+    assert!(
+        matches!(o.code, Some(c) if c != 0),
+        "exit code {:?}\n{}",
+        o.code,
+        o.stderr
+    );
     for s in must_contain {
         assert!(o.stderr.contains(s), "stderr lacks {s:?}:\n{}", o.stderr);
     }
@@ -68,7 +76,10 @@ fn corrupt_gguf_bytes() {
 #[test]
 fn unsupported_architecture() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = TinyGgufOptions { architecture: Some("mamba"), ..Default::default() };
+    let opts = TinyGgufOptions {
+        architecture: Some("mamba"),
+        ..Default::default()
+    };
     let path = tiny_gguf(dir.path(), "mamba.gguf", opts);
     let o = frugal(&["--model", path.to_str().unwrap(), "generate", "hi"]);
     assert_clean_failure(&o, &["unsupported architecture `mamba`", "llama"]);
@@ -77,7 +88,10 @@ fn unsupported_architecture() {
 #[test]
 fn gguf_without_tokenizer_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = TinyGgufOptions { without_tokenizer: true, ..Default::default() };
+    let opts = TinyGgufOptions {
+        without_tokenizer: true,
+        ..Default::default()
+    };
     let path = tiny_gguf(dir.path(), "notok.gguf", opts);
     let o = frugal(&["--model", path.to_str().unwrap(), "generate", "hi"]);
     assert_clean_failure(&o, &["notok.gguf", "tokenizer"]);
@@ -117,10 +131,23 @@ fn a_valid_tiny_model_generates() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
     let out = Command::new(env!("CARGO_BIN_EXE_frugal"))
-        .args(["--threads", "1", "--model", path.to_str().unwrap(), "generate", "Hello", "--max-tokens", "5"])
+        .args([
+            "--threads",
+            "1",
+            "--model",
+            path.to_str().unwrap(),
+            "generate",
+            "Hello",
+            "--max-tokens",
+            "5",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("prompt tokens"));
 }
 
@@ -131,30 +158,87 @@ fn eval_rejects_bad_plans_before_working() {
     let model = tiny_gguf(dir.path(), "tiny.gguf", TinyGgufOptions::default());
     let corpus = dir.path().join("corpus");
     std::fs::create_dir(&corpus).unwrap();
-    std::fs::write(corpus.join("1900_someone_x.txt"), "Words of a speech. ".repeat(50)).unwrap();
+    std::fs::write(
+        corpus.join("1900_someone_x.txt"),
+        "Words of a speech. ".repeat(50),
+    )
+    .unwrap();
     let out = dir.path().join("r.json");
     let base = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["--model", model.to_str().unwrap(), "eval", "--corpus-dir", corpus.to_str().unwrap(), "--out", out.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            "--model",
+            model.to_str().unwrap(),
+            "eval",
+            "--corpus-dir",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
     for (extra, says) in [
-        (vec!["--task", "nosuch", "--length", "256"], "unknown task `nosuch`"),
-        (vec!["--task", "passkey", "--length", "256", "--policy", "nosuch"], "unknown policy `nosuch`"),
-        (vec!["--task", "passkey", "--length", "256", "--policy", "streaming:foo=1"], "unknown knob `foo`"),
-        (vec!["--task", "passkey", "--length", "256", "--policy", "streaming:window=0"], "streaming:window"),
-        (vec!["--task", "passkey", "--length", "100000"], "context window of 512"),
-        (vec!["--task", "passkey", "--length", "256", "--depths", "1.5"], "depth 1.5"),
+        (
+            vec!["--task", "nosuch", "--length", "256"],
+            "unknown task `nosuch`",
+        ),
+        (
+            vec!["--task", "passkey", "--length", "256", "--policy", "nosuch"],
+            "unknown policy `nosuch`",
+        ),
+        (
+            vec![
+                "--task",
+                "passkey",
+                "--length",
+                "256",
+                "--policy",
+                "streaming:foo=1",
+            ],
+            "unknown knob `foo`",
+        ),
+        (
+            vec![
+                "--task",
+                "passkey",
+                "--length",
+                "256",
+                "--policy",
+                "streaming:window=0",
+            ],
+            "streaming:window",
+        ),
+        (
+            vec!["--task", "passkey", "--length", "100000"],
+            "context window of 512",
+        ),
+        (
+            vec!["--task", "passkey", "--length", "256", "--depths", "1.5"],
+            "depth 1.5",
+        ),
     ] {
         let args = base(&extra.iter().map(|s| *s).collect::<Vec<_>>());
         let o = frugal(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_clean_failure(&o, &[says]);
-        assert!(!out.exists(), "no report is written for a rejected plan ({says})");
+        assert!(
+            !out.exists(),
+            "no report is written for a rejected plan ({says})"
+        );
     }
-    let o = frugal(&["--model", model.to_str().unwrap(), "eval", "--task", "ppl", "--length", "256", "--corpus-dir", "/nonexistent/corpus"]);
+    let o = frugal(&[
+        "--model",
+        model.to_str().unwrap(),
+        "eval",
+        "--task",
+        "ppl",
+        "--length",
+        "256",
+        "--corpus-dir",
+        "/nonexistent/corpus",
+    ]);
     assert_clean_failure(&o, &["/nonexistent/corpus", "does not exist"]);
 }
 
@@ -165,21 +249,37 @@ fn knockout_rejects_bad_input() {
     let bad_json = dir.path().join("bad.json");
     std::fs::write(&bad_json, "{\"samples\": [").unwrap();
     let out = dir.path().join("k.json");
-    let (m, o, b) = (model.to_str().unwrap(), out.to_str().unwrap(), bad_json.to_str().unwrap());
+    let (m, o, b) = (
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        bad_json.to_str().unwrap(),
+    );
     for (extra, says) in [
         (vec!["--frame-local", "3-x"], "invalid --frame-local `3-x`"),
         (vec!["--types", "lv,xx"], "unknown knockout type `xx`"),
-        (vec!["--cutoffs", "0,99"], "cut-off layer 99 is past the model's"),
+        (
+            vec!["--cutoffs", "0,99"],
+            "cut-off layer 99 is past the model's",
+        ),
         (vec!["--samples", "0"], "invalid --samples 0"),
-        (vec!["--input", "/nonexistent/in.json"], "cannot read /nonexistent/in.json"),
+        (
+            vec!["--input", "/nonexistent/in.json"],
+            "cannot read /nonexistent/in.json",
+        ),
         (vec!["--input", b], "is not a knockout input file"),
         (vec!["--replot", b], "is not a knockout report"),
     ] {
         let mut args = vec!["--model", m, "knockout", "--out", o, "--window", "0"];
         args.extend(extra);
         assert_clean_failure(&frugal(&args), &[says]);
-        assert!(!out.exists(), "no report is written for rejected input ({says})");
+        assert!(
+            !out.exists(),
+            "no report is written for rejected input ({says})"
+        );
     }
     let o = frugal(&["--model", m, "knockout", "--out", o, "--window", "9"]);
-    assert_clean_failure(&o, &["window of 9 layers is wider than the model's 3 layers"]);
+    assert_clean_failure(
+        &o,
+        &["window of 9 layers is wider than the model's 3 layers"],
+    );
 }

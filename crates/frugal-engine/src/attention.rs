@@ -86,8 +86,11 @@ pub struct StepTimes {
     steps: AtomicU64,
 }
 
-pub static STEP_TIMES: StepTimes =
-    StepTimes { plan_ns: AtomicU64::new(0), kernel_ns: AtomicU64::new(0), steps: AtomicU64::new(0) };
+pub static STEP_TIMES: StepTimes = StepTimes {
+    plan_ns: AtomicU64::new(0),
+    kernel_ns: AtomicU64::new(0),
+    steps: AtomicU64::new(0),
+};
 
 impl StepTimes {
     pub fn reset(&self) {
@@ -114,18 +117,26 @@ pub fn attention_step(
     cache: &dyn CachePolicy,
     policy: &dyn AttentionPolicy,
 ) -> Vec<f32> {
-    let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads).map(|g| cache.view(ctx.layer, g)).collect();
+    let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads)
+        .map(|g| cache.view(ctx.layer, g))
+        .collect();
     let slices: Vec<KvSlices<'_>> = views.iter().map(HeadView::slices).collect();
     let t0 = Instant::now();
     let plan = policy.plan(ctx, q, positions, shape, &slices);
     let t1 = Instant::now();
     let out = match &plan {
-        AttentionPlan::Mask(mask) => causal_attention(q, positions, &slices, shape, mask.as_deref()),
+        AttentionPlan::Mask(mask) => {
+            causal_attention(q, positions, &slices, shape, mask.as_deref())
+        }
         AttentionPlan::Sparse(sparse) => sparse_attention(q, positions, &slices, shape, sparse),
     };
     let t2 = Instant::now();
-    STEP_TIMES.plan_ns.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
-    STEP_TIMES.kernel_ns.fetch_add((t2 - t1).as_nanos() as u64, Ordering::Relaxed);
+    STEP_TIMES
+        .plan_ns
+        .fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+    STEP_TIMES
+        .kernel_ns
+        .fetch_add((t2 - t1).as_nanos() as u64, Ordering::Relaxed);
     STEP_TIMES.steps.fetch_add(1, Ordering::Relaxed);
     out
 }

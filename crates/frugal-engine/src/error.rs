@@ -10,7 +10,11 @@ pub enum EngineError {
     #[error("cannot read model file {path}: {reason}")]
     CorruptModel { path: PathBuf, reason: String },
     #[error("unsupported architecture `{arch}` in {path} (supported: {supported})")]
-    UnsupportedArchitecture { arch: String, path: PathBuf, supported: String },
+    UnsupportedArchitecture {
+        arch: String,
+        path: PathBuf,
+        supported: String,
+    },
     #[error("model metadata field `{field}` is missing or invalid in {path}")]
     MissingMetadata { field: String, path: PathBuf },
     #[error("{path} has no tokenizer: {reason}")]
@@ -18,7 +22,11 @@ pub enum EngineError {
     #[error("prompt has {tokens} tokens, over the context window of {limit} tokens")]
     ContextOverflow { tokens: usize, limit: usize },
     #[error("invalid sampling parameter `{name}` = {value}: {expected}")]
-    InvalidSampling { name: &'static str, value: String, expected: &'static str },
+    InvalidSampling {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

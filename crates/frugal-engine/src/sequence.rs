@@ -17,14 +17,30 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn new(cache: Box<dyn CachePolicy>, attention: Box<dyn AttentionPolicy>) -> Self {
-        Sequence { cache, attention, structure: None, len: 0, peak_kv_bytes: 0 }
+        Sequence {
+            cache,
+            attention,
+            structure: None,
+            len: 0,
+            peak_kv_bytes: 0,
+        }
     }
 
     /// Continues after `len` tokens whose K/V `cache` already holds (e.g. a shared prefix
     /// computed once and cloned), with its own attention policy.
-    pub fn resume(cache: Box<dyn CachePolicy>, attention: Box<dyn AttentionPolicy>, len: usize) -> Self {
+    pub fn resume(
+        cache: Box<dyn CachePolicy>,
+        attention: Box<dyn AttentionPolicy>,
+        len: usize,
+    ) -> Self {
         let peak_kv_bytes = cache.resident_bytes();
-        Sequence { cache, attention, structure: None, len, peak_kv_bytes }
+        Sequence {
+            cache,
+            attention,
+            structure: None,
+            len,
+            peak_kv_bytes,
+        }
     }
 
     /// Full KV store and dense attention: the reference configuration.

@@ -49,6 +49,9 @@ impl TokenStructure {
 
     /// Kind and chunk of every position, expanded (for policies that look up many positions).
     pub fn per_token(&self) -> Vec<(TokenKind, u32)> {
-        self.segments.iter().flat_map(|s| std::iter::repeat_n((s.kind, s.chunk), s.len)).collect()
+        self.segments
+            .iter()
+            .flat_map(|s| std::iter::repeat_n((s.kind, s.chunk), s.len))
+            .collect()
     }
 }

@@ -51,15 +51,29 @@ impl TensorSource for RandomWeights {
 fn random_weights(cfg: &LlamaConfig, dtype: GgmlDType, seed: u64) -> Result<RandomWeights> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tensors = HashMap::new();
-    let mut add = |name: String, shape: &[usize], scale: f32, offset: f32, dtype: GgmlDType| -> Result<()> {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0)).collect();
-        let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
-        tensors.insert(name, QTensor::quantize(&t, dtype)?);
-        Ok(())
-    };
-    let (d, q, kv, f) = (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim);
-    add("token_embd.weight".into(), &[cfg.vocab_size, d], 1.0, 0.0, dtype)?;
+    let mut add =
+        |name: String, shape: &[usize], scale: f32, offset: f32, dtype: GgmlDType| -> Result<()> {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0))
+                .collect();
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
+            tensors.insert(name, QTensor::quantize(&t, dtype)?);
+            Ok(())
+        };
+    let (d, q, kv, f) = (
+        cfg.d_model,
+        cfg.n_heads * cfg.head_dim,
+        cfg.n_kv_heads * cfg.head_dim,
+        cfg.ffn_dim,
+    );
+    add(
+        "token_embd.weight".into(),
+        &[cfg.vocab_size, d],
+        1.0,
+        0.0,
+        dtype,
+    )?;
     add("output_norm.weight".into(), &[d], 0.1, 1.0, GgmlDType::F32)?;
     for i in 0..cfg.n_layers {
         let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -74,7 +88,10 @@ fn random_weights(cfg: &LlamaConfig, dtype: GgmlDType, seed: u64) -> Result<Rand
         add(p("ffn_up"), &[f, d], 0.2, 0.0, dtype)?;
         add(p("ffn_down"), &[d, f], 0.15, 0.0, dtype)?;
     }
-    Ok(RandomWeights { tensors, origin: PathBuf::from("<tiny random llama>") })
+    Ok(RandomWeights {
+        tensors,
+        origin: PathBuf::from("<tiny random llama>"),
+    })
 }
 
 /// The tiny model with weights stored as `dtype`, its byte-level tokenizer and a ChatML
@@ -113,8 +130,17 @@ pub struct TinyGgufOptions {
 
 /// Writes the tiny model (weights as `dtype`, same seed → same weights as [`tiny_model`]) as a
 /// GGUF file, so the real loading path can be tested without a download.
-pub fn write_tiny_gguf(path: &Path, dtype: GgmlDType, seed: u64, opts: TinyGgufOptions) -> Result<()> {
-    let mut metadata = if opts.without_tokenizer { HashMap::new() } else { tiny_test_metadata() };
+pub fn write_tiny_gguf(
+    path: &Path,
+    dtype: GgmlDType,
+    seed: u64,
+    opts: TinyGgufOptions,
+) -> Result<()> {
+    let mut metadata = if opts.without_tokenizer {
+        HashMap::new()
+    } else {
+        tiny_test_metadata()
+    };
     let vocab = crate::model::tokenizer::testing::TINY_VOCAB_SIZE.div_ceil(32) * 32;
     let cfg = tiny_config(vocab);
     let arch = opts.architecture.unwrap_or("llama");
@@ -129,14 +155,20 @@ pub fn write_tiny_gguf(path: &Path, dtype: GgmlDType, seed: u64, opts: TinyGgufO
         ("rope.dimension_count", u(cfg.head_dim)),
         ("context_length", u(cfg.context_length)),
         ("rope.freq_base", Value::F32(cfg.rope_theta as f32)),
-        ("attention.layer_norm_rms_epsilon", Value::F32(cfg.rms_eps as f32)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_eps as f32),
+        ),
     ] {
         metadata.insert(format!("{arch}.{k}"), v);
     }
     let weights = random_weights(&cfg, dtype, seed)?;
     let mut names: Vec<&String> = weights.tensors.keys().collect();
     names.sort();
-    let tensors: Vec<(&str, &QTensor)> = names.iter().map(|n| (n.as_str(), &weights.tensors[*n])).collect();
+    let tensors: Vec<(&str, &QTensor)> = names
+        .iter()
+        .map(|n| (n.as_str(), &weights.tensors[*n]))
+        .collect();
     let mut keys: Vec<&String> = metadata.keys().collect();
     keys.sort();
     let md: Vec<(&str, &Value)> = keys.iter().map(|k| (k.as_str(), &metadata[*k])).collect();
@@ -150,7 +182,10 @@ pub fn write_tiny_gguf(path: &Path, dtype: GgmlDType, seed: u64, opts: TinyGgufO
 fn gguf_rows_to_hf(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let d = rows / n_heads;
-    Ok(w.reshape((n_heads, d / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((n_heads, d / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// Writes the tiny model (F32 weights, same seed → same weights as [`tiny_model`]) as a
@@ -211,7 +246,10 @@ pub fn write_tiny_safetensors_dir(dir: &Path, seed: u64) -> Result<()> {
         "bos_token_id": 1,
         "eos_token_id": 2
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).expect("json"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).expect("json"),
+    )?;
     lm.tokenizer
         .inner()
         .save(dir.join("tokenizer.json"), false)
@@ -222,6 +260,9 @@ pub fn write_tiny_safetensors_dir(dir: &Path, seed: u64) -> Result<()> {
         "add_bos_token": false,
         "chat_template": crate::model::tokenizer::testing::TINY_CHAT_TEMPLATE
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tcfg).expect("json"))?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tcfg).expect("json"),
+    )?;
     Ok(())
 }

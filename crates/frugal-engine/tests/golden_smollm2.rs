@@ -23,7 +23,8 @@ const CASES: [&str; 4] = ["short", "medium", "long", "chat"];
 fn model_path() -> PathBuf {
     match std::env::var_os("FRUGAL_TEST_GGUF") {
         Some(p) => PathBuf::from(p),
-        None => ensure_model(&DEFAULT_MODEL, &mut |m| eprintln!("{m}")).expect("fetch the default model"),
+        None => ensure_model(&DEFAULT_MODEL, &mut |m| eprintln!("{m}"))
+            .expect("fetch the default model"),
     }
 }
 
@@ -35,36 +36,64 @@ struct Fixture {
 impl Fixture {
     fn load() -> Fixture {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let tensors = candle_core::safetensors::load(dir.join("smollm2_golden.safetensors"), &Device::Cpu).unwrap();
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("smollm2_golden.json")).unwrap()).unwrap();
-        Fixture { tensors, prompts: json["prompts"].clone() }
+        let tensors =
+            candle_core::safetensors::load(dir.join("smollm2_golden.safetensors"), &Device::Cpu)
+                .unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("smollm2_golden.json")).unwrap(),
+        )
+        .unwrap();
+        Fixture {
+            tensors,
+            prompts: json["prompts"].clone(),
+        }
     }
     fn ids(&self, key: &str) -> Vec<u32> {
-        self.tensors[key].to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+        self.tensors[key]
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect()
     }
     fn logits(&self, case: &str) -> Vec<Vec<f32>> {
-        self.tensors[&format!("{case}.logits")].to_vec2::<f32>().unwrap()
+        self.tensors[&format!("{case}.logits")]
+            .to_vec2::<f32>()
+            .unwrap()
     }
 }
 
 /// Our logits at `positions` after one forward pass over `ids` with the dense reference.
 fn our_logits(lm: &LoadedModel, ids: &[u32], positions: &[u32]) -> Vec<Vec<f32>> {
     let mut seq = Sequence::dense(lm.model.config().kv_layout());
-    let hidden = lm.model.forward_hidden(ids, &mut seq, LogitRows::All).unwrap();
+    let hidden = lm
+        .model
+        .forward_hidden(ids, &mut seq, LogitRows::All)
+        .unwrap();
     let rows = Tensor::new(positions, &Device::Cpu).unwrap();
-    let logits = lm.model.logits(&hidden.index_select(&rows, 0).unwrap()).unwrap();
+    let logits = lm
+        .model
+        .logits(&hidden.index_select(&rows, 0).unwrap())
+        .unwrap();
     logits.to_vec2::<f32>().unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Gap between the reference's best and second-best logit.
 fn top2_margin(row: &[f32]) -> f32 {
     let best = argmax(row) as usize;
-    let second = row.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, v)| *v).fold(f32::MIN, f32::max);
+    let second = row
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != best)
+        .map(|(_, v)| *v)
+        .fold(f32::MIN, f32::max);
     row[best] - second
 }
 
@@ -75,7 +104,10 @@ fn greedy(lm: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
     for _ in 0..n {
         let next = argmax(&logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
         out.push(next);
-        logits = lm.model.forward(&[next], &mut seq, LogitRows::Last).unwrap();
+        logits = lm
+            .model
+            .forward(&[next], &mut seq, LogitRows::Last)
+            .unwrap();
     }
     out
 }
@@ -87,7 +119,11 @@ fn tokenizer_matches_transformers_on_every_prompt() {
     let lm = model::load(&model_path(), WeightFormat::Native).unwrap();
     for case in CASES {
         let text = fx.prompts[case].as_str().unwrap();
-        assert_eq!(lm.tokenizer.encode(text).unwrap(), fx.ids(&format!("{case}.ids")), "case {case}");
+        assert_eq!(
+            lm.tokenizer.encode(text).unwrap(),
+            fx.ids(&format!("{case}.ids")),
+            "case {case}"
+        );
     }
 }
 
@@ -109,7 +145,11 @@ fn f32_logits_match_transformers() {
         let positions = fx.ids(&format!("{case}.positions"));
         let ours = our_logits(&lm, &fx.ids(&format!("{case}.ids")), &positions);
         for ((reference, mine), pos) in fx.logits(case).iter().zip(&ours).zip(&positions) {
-            assert_eq!(argmax(mine), argmax(reference), "top-1 differs: case {case}, position {pos}");
+            assert_eq!(
+                argmax(mine),
+                argmax(reference),
+                "top-1 differs: case {case}, position {pos}"
+            );
             let d = max_abs_diff(reference, mine);
             assert!(d < BOUND, "case {case} position {pos}: max |Δlogit| = {d}");
             worst = worst.max(d);
@@ -117,7 +157,10 @@ fn f32_logits_match_transformers() {
     }
     eprintln!("f32 path: worst max |Δlogit| = {worst:e}");
     let greedy_ref = fx.ids("chat.greedy");
-    assert_eq!(greedy(&lm, &fx.ids("chat.ids"), greedy_ref.len()), greedy_ref);
+    assert_eq!(
+        greedy(&lm, &fx.ids("chat.ids"), greedy_ref.len()),
+        greedy_ref
+    );
 }
 
 /// Quantised path (Q4_1 weights, activations quantised to Q8 inside candle's integer dot
@@ -134,7 +177,10 @@ fn f32_logits_match_transformers() {
 fn quantised_logits_match_transformers_within_quantisation_noise() {
     // Both ways the quantised weights run: the default (long calls dequantise to an f32 GEMM,
     // single tokens use the quantised kernel) and the quantised kernel everywhere.
-    for dequant_rows in [frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS, usize::MAX] {
+    for dequant_rows in [
+        frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS,
+        usize::MAX,
+    ] {
         let mut lm = model::load(&model_path(), WeightFormat::Native).unwrap();
         lm.model.set_dequant_rows(dequant_rows);
         check_quantised(&lm);
@@ -152,7 +198,11 @@ fn check_quantised(lm: &LoadedModel) {
             let d = max_abs_diff(reference, mine);
             assert!(d < BOUND, "case {case} position {pos}: max |Δlogit| = {d}");
             if top2_margin(reference) > BOUND {
-                assert_eq!(argmax(mine), argmax(reference), "top-1 differs: case {case}, position {pos}");
+                assert_eq!(
+                    argmax(mine),
+                    argmax(reference),
+                    "top-1 differs: case {case}, position {pos}"
+                );
             }
             worst = worst.max(d);
         }
@@ -162,11 +212,15 @@ fn check_quantised(lm: &LoadedModel) {
     // reference's token wherever the reference's margin exceeds the bound (the reference
     // margins along the path are in the fixture's JSON).
     let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_golden.json")).unwrap(),
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_golden.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    let margins: Vec<f32> = serde_json::from_value(json["cases"]["chat"]["greedy_top1_top2_margins"].clone())
-        .expect("fixture JSON lists greedy_top1_top2_margins");
+    let margins: Vec<f32> =
+        serde_json::from_value(json["cases"]["chat"]["greedy_top1_top2_margins"].clone())
+            .expect("fixture JSON lists greedy_top1_top2_margins");
     let (prompt, greedy_ref) = (fx.ids("chat.ids"), fx.ids("chat.greedy"));
     let mut ids = prompt.clone();
     ids.extend_from_slice(&greedy_ref[..greedy_ref.len() - 1]);
@@ -175,10 +229,17 @@ fn check_quantised(lm: &LoadedModel) {
     let mut checked = 0;
     for (step, ((row, &want), &margin)) in ours.iter().zip(&greedy_ref).zip(&margins).enumerate() {
         if margin > BOUND {
-            assert_eq!(argmax(row), want, "greedy step {step}: reference margin {margin}");
+            assert_eq!(
+                argmax(row),
+                want,
+                "greedy step {step}: reference margin {margin}"
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 8, "only {checked} greedy steps had a clear reference margin");
+    assert!(
+        checked >= 8,
+        "only {checked} greedy steps had a clear reference margin"
+    );
     eprintln!("quantised path: top-1 equal at all {checked} clear-margin greedy steps of 64");
 }

@@ -6,19 +6,36 @@ use frugal_engine::generate::{generate, FinishReason, GenerateRequest, SamplingP
 use frugal_engine::model::llama::{LogitRows, WeightFormat};
 use frugal_engine::model::{self, LoadedModel};
 use frugal_engine::sequence::Sequence;
-use frugal_engine::testing::{tiny_model, write_tiny_gguf, write_tiny_safetensors_dir, TinyGgufOptions};
+use frugal_engine::testing::{
+    tiny_model, write_tiny_gguf, write_tiny_safetensors_dir, TinyGgufOptions,
+};
 use frugal_engine::EngineError;
 
-fn logits_rows(lm: &LoadedModel, seq: &mut Sequence, ids: &[u32], rows: LogitRows) -> Vec<Vec<f32>> {
-    lm.model.forward(ids, seq, rows).unwrap().to_vec2::<f32>().unwrap()
+fn logits_rows(
+    lm: &LoadedModel,
+    seq: &mut Sequence,
+    ids: &[u32],
+    rows: LogitRows,
+) -> Vec<Vec<f32>> {
+    lm.model
+        .forward(ids, seq, rows)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn prompt(lm: &LoadedModel) -> Vec<u32> {
-    lm.tokenizer.encode("Hello world, the tiny model says hello to the world again and again.").unwrap()
+    lm.tokenizer
+        .encode("Hello world, the tiny model says hello to the world again and again.")
+        .unwrap()
 }
 
 #[test]
@@ -32,16 +49,29 @@ fn decoding_token_by_token_equals_one_prefill() {
         let layout = lm.model.config().kv_layout();
         let all = logits_rows(&lm, &mut Sequence::dense(layout), &ids, LogitRows::All);
         let mut seq = Sequence::dense(layout);
-        let stepwise: Vec<Vec<f32>> =
-            ids.iter().map(|&id| logits_rows(&lm, &mut seq, &[id], LogitRows::Last).remove(0)).collect();
+        let stepwise: Vec<Vec<f32>> = ids
+            .iter()
+            .map(|&id| logits_rows(&lm, &mut seq, &[id], LogitRows::Last).remove(0))
+            .collect();
         let mut chunked = logits_rows(&lm, &mut Sequence::dense(layout), &ids[..7], LogitRows::All);
         let mut seq = Sequence::dense(layout);
         logits_rows(&lm, &mut seq, &ids[..7], LogitRows::Last);
-        chunked = chunked.into_iter().chain(logits_rows(&lm, &mut seq, &ids[7..], LogitRows::All)).collect();
+        chunked = chunked
+            .into_iter()
+            .chain(logits_rows(&lm, &mut seq, &ids[7..], LogitRows::All))
+            .collect();
         // Same math in a different order (GEMM over 1 vs n rows; Q8 activation blocks are per
         // row, so quantised paths agree as closely): f32 rounding only.
-        assert!(max_diff(&all, &stepwise) < 1e-4, "{dtype:?}: {}", max_diff(&all, &stepwise));
-        assert!(max_diff(&all, &chunked) < 1e-4, "{dtype:?}: {}", max_diff(&all, &chunked));
+        assert!(
+            max_diff(&all, &stepwise) < 1e-4,
+            "{dtype:?}: {}",
+            max_diff(&all, &stepwise)
+        );
+        assert!(
+            max_diff(&all, &chunked) < 1e-4,
+            "{dtype:?}: {}",
+            max_diff(&all, &chunked)
+        );
         assert!(all.iter().flatten().all(|x| x.is_finite()));
     }
 }
@@ -72,17 +102,38 @@ fn gguf_file_round_trip_loads_the_same_model() {
     let in_memory = tiny_model(GgmlDType::Q8_0, 3).unwrap();
     assert_eq!(from_file.model.config(), in_memory.model.config());
     let ids = prompt(&in_memory);
-    assert_eq!(from_file.tokenizer.encode("Hello world").unwrap(), in_memory.tokenizer.encode("Hello world").unwrap());
+    assert_eq!(
+        from_file.tokenizer.encode("Hello world").unwrap(),
+        in_memory.tokenizer.encode("Hello world").unwrap()
+    );
     let layout = in_memory.model.config().kv_layout();
-    let a = logits_rows(&from_file, &mut Sequence::dense(layout), &ids, LogitRows::All);
-    let b = logits_rows(&in_memory, &mut Sequence::dense(layout), &ids, LogitRows::All);
+    let a = logits_rows(
+        &from_file,
+        &mut Sequence::dense(layout),
+        &ids,
+        LogitRows::All,
+    );
+    let b = logits_rows(
+        &in_memory,
+        &mut Sequence::dense(layout),
+        &ids,
+        LogitRows::All,
+    );
     assert_eq!(a, b);
     // --dtype f32 dequantises the same weights: close to, not bit-equal with, the Q8 path.
     let f32_model = model::load(&path, WeightFormat::F32).unwrap();
-    let c = logits_rows(&f32_model, &mut Sequence::dense(layout), &ids, LogitRows::All);
+    let c = logits_rows(
+        &f32_model,
+        &mut Sequence::dense(layout),
+        &ids,
+        LogitRows::All,
+    );
     let d = max_diff(&a, &c);
     let scale = a.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(d > 0.0 && d < 0.05 * scale, "Q8 vs f32: {d} (logit scale {scale})");
+    assert!(
+        d > 0.0 && d < 0.05 * scale,
+        "Q8 vs f32: {d} (logit scale {scale})"
+    );
 }
 
 #[test]
@@ -90,7 +141,10 @@ fn generation_streams_exactly_its_text_and_honours_stop_conditions() {
     let lm = tiny_model(GgmlDType::F32, 1).unwrap();
     let ids = prompt(&lm);
     let layout = lm.model.config().kv_layout();
-    let req = GenerateRequest { max_tokens: 20, ..Default::default() };
+    let req = GenerateRequest {
+        max_tokens: 20,
+        ..Default::default()
+    };
     let mut streamed = String::new();
     let out = generate(&lm, &mut Sequence::dense(layout), &ids, &req, &mut |p| {
         streamed.push_str(p);
@@ -98,7 +152,10 @@ fn generation_streams_exactly_its_text_and_honours_stop_conditions() {
     })
     .unwrap();
     assert_eq!(streamed, out.text);
-    assert!(out.finish == FinishReason::Length && out.tokens.len() == 20 || out.finish == FinishReason::Eos);
+    assert!(
+        out.finish == FinishReason::Length && out.tokens.len() == 20
+            || out.finish == FinishReason::Eos
+    );
     // Greedy is deterministic.
     let again = generate(&lm, &mut Sequence::dense(layout), &ids, &req, &mut |_| true).unwrap();
     assert_eq!(again.tokens, out.tokens);
@@ -106,7 +163,10 @@ fn generation_streams_exactly_its_text_and_honours_stop_conditions() {
     if out.text.chars().count() > 6 {
         let stop: String = out.text.chars().skip(3).take(2).collect();
         let cut = out.text.find(&stop).unwrap();
-        let req = GenerateRequest { stop: vec![stop], ..req.clone() };
+        let req = GenerateRequest {
+            stop: vec![stop],
+            ..req.clone()
+        };
         let mut streamed = String::new();
         let s = generate(&lm, &mut Sequence::dense(layout), &ids, &req, &mut |p| {
             streamed.push_str(p);
@@ -115,15 +175,37 @@ fn generation_streams_exactly_its_text_and_honours_stop_conditions() {
         .unwrap();
         assert_eq!(s.finish, FinishReason::Stop);
         assert_eq!(s.text, out.text[..cut]);
-        assert_eq!(streamed, s.text, "text beyond the stop string must never be streamed");
+        assert_eq!(
+            streamed, s.text,
+            "text beyond the stop string must never be streamed"
+        );
     }
     // Sampling with a seed is reproducible.
     let sampled = GenerateRequest {
-        sampling: SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 11 },
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 11,
+        },
         ..req.clone()
     };
-    let s1 = generate(&lm, &mut Sequence::dense(layout), &ids, &sampled, &mut |_| true).unwrap();
-    let s2 = generate(&lm, &mut Sequence::dense(layout), &ids, &sampled, &mut |_| true).unwrap();
+    let s1 = generate(
+        &lm,
+        &mut Sequence::dense(layout),
+        &ids,
+        &sampled,
+        &mut |_| true,
+    )
+    .unwrap();
+    let s2 = generate(
+        &lm,
+        &mut Sequence::dense(layout),
+        &ids,
+        &sampled,
+        &mut |_| true,
+    )
+    .unwrap();
     assert_eq!(s1.tokens, s2.tokens);
 }
 
@@ -132,10 +214,25 @@ fn prompt_longer_than_the_context_is_an_error() {
     let lm = tiny_model(GgmlDType::F32, 1).unwrap();
     let limit = lm.model.config().context_length;
     let ids = vec![5u32; limit + 1];
-    let err = lm.model.forward(&ids, &mut Sequence::dense(lm.model.config().kv_layout()), LogitRows::Last).unwrap_err();
-    assert!(matches!(err, EngineError::ContextOverflow { tokens, limit: l } if tokens == limit + 1 && l == limit));
-    let err = generate(&lm, &mut Sequence::dense(lm.model.config().kv_layout()), &ids, &GenerateRequest::default(), &mut |_| true)
+    let err = lm
+        .model
+        .forward(
+            &ids,
+            &mut Sequence::dense(lm.model.config().kv_layout()),
+            LogitRows::Last,
+        )
         .unwrap_err();
+    assert!(
+        matches!(err, EngineError::ContextOverflow { tokens, limit: l } if tokens == limit + 1 && l == limit)
+    );
+    let err = generate(
+        &lm,
+        &mut Sequence::dense(lm.model.config().kv_layout()),
+        &ids,
+        &GenerateRequest::default(),
+        &mut |_| true,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("context window"), "{err}");
 }
 
@@ -163,14 +260,31 @@ fn safetensors_directory_loads_the_same_model_as_gguf() {
     let hf = model::load(dir.path(), WeightFormat::Native).unwrap();
     let reference = tiny_model(GgmlDType::F32, 4).unwrap();
     let ids = prompt(&reference);
-    assert_eq!(hf.tokenizer.encode("Hello world").unwrap(), reference.tokenizer.encode("Hello world").unwrap());
+    assert_eq!(
+        hf.tokenizer.encode("Hello world").unwrap(),
+        reference.tokenizer.encode("Hello world").unwrap()
+    );
     assert_eq!(hf.tokenizer.eos_token_id(), Some(2));
     let layout = reference.model.config().kv_layout();
     let a = logits_rows(&hf, &mut Sequence::dense(layout), &ids, LogitRows::All);
-    let b = logits_rows(&reference, &mut Sequence::dense(layout), &ids, LogitRows::All);
+    let b = logits_rows(
+        &reference,
+        &mut Sequence::dense(layout),
+        &ids,
+        LogitRows::All,
+    );
     assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
-    let chat = hf.chat_template.render(&[frugal_engine::model::chat_template::ChatMessage::user("hi")], true).unwrap();
-    assert_eq!(chat, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    let chat = hf
+        .chat_template
+        .render(
+            &[frugal_engine::model::chat_template::ChatMessage::user("hi")],
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        chat,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
@@ -189,10 +303,20 @@ fn long_calls_on_quantised_weights_use_the_dequantised_gemm() {
     assert!(ids.len() >= frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS);
     let layout = exact.model.config().kv_layout();
     let hidden = |lm: &LoadedModel| {
-        lm.model.forward_hidden(&ids, &mut Sequence::dense(layout), LogitRows::All).unwrap().to_vec2::<f32>().unwrap()
+        lm.model
+            .forward_hidden(&ids, &mut Sequence::dense(layout), LogitRows::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
     };
     let (h, q, e) = (hidden(&hybrid), hidden(&quantised), hidden(&exact));
-    assert!(max_diff(&h, &e) < 1e-4, "hybrid vs f32: {}", max_diff(&h, &e));
-    assert!(max_diff(&q, &e) > 10.0 * max_diff(&h, &e), "the quantised kernel is the noisier one");
+    assert!(
+        max_diff(&h, &e) < 1e-4,
+        "hybrid vs f32: {}",
+        max_diff(&h, &e)
+    );
+    assert!(
+        max_diff(&q, &e) > 10.0 * max_diff(&h, &e),
+        "the quantised kernel is the noisier one"
+    );
 }
-

@@ -82,20 +82,25 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a frugal eval report", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a frugal eval report", path.display()))
     }
 
     /// Writes atomically (temp file + rename), so an interrupt never leaves half a file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.partial");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 
     pub fn has(&self, policy: &str, task: TaskKind, length: usize) -> bool {
-        self.cells.iter().any(|c| c.policy == policy && c.task == task && c.length == length)
+        self.cells
+            .iter()
+            .any(|c| c.policy == policy && c.task == task && c.length == length)
     }
 }
 
@@ -121,14 +126,25 @@ pub fn run_plan(
     let layout = lm.model.config().kv_layout();
     for &task in &plan.tasks {
         for &length in &plan.lengths {
-            let todo: Vec<&PolicySpec> =
-                plan.policies.iter().filter(|p| !report.has(&p.to_string(), task, length)).collect();
+            let todo: Vec<&PolicySpec> = plan
+                .policies
+                .iter()
+                .filter(|p| !report.has(&p.to_string(), task, length))
+                .collect();
             progress.skip(((plan.policies.len() - todo.len()) * plan.samples) as u64);
             if todo.is_empty() {
                 continue;
             }
-            let samples = generate_samples(task, lm, text, length, plan.samples, plan.seed, &plan.depths)
-                .with_context(|| format!("generating {} samples at length {length}", task.name()))?;
+            let samples = generate_samples(
+                task,
+                lm,
+                text,
+                length,
+                plan.samples,
+                plan.seed,
+                &plan.depths,
+            )
+            .with_context(|| format!("generating {} samples at length {length}", task.name()))?;
             for spec in todo {
                 let label = format!("{} {} @{length}", spec, task.name());
                 let t0 = Instant::now();
@@ -142,7 +158,15 @@ pub fn run_plan(
                     outcomes.push(run_sample(lm, &mut seq, s)?);
                     progress.sample_done(&label);
                 }
-                let cell = summarise(spec.to_string(), task, length, &samples, &outcomes, lm, t0.elapsed().as_secs_f64());
+                let cell = summarise(
+                    spec.to_string(),
+                    task,
+                    length,
+                    &samples,
+                    &outcomes,
+                    lm,
+                    t0.elapsed().as_secs_f64(),
+                );
                 report.cells.push(cell);
                 report.save(out)?;
             }
@@ -180,7 +204,10 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
         context_tokens: 0,
     };
     match &s.answer {
-        Answer::Digits { expected, max_new_tokens } => {
+        Answer::Digits {
+            expected,
+            max_new_tokens,
+        } => {
             let logits = lm.model.forward(&s.tokens, seq, LogitRows::Last)?;
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
@@ -204,15 +231,22 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             o.score = (first_digit_run(&text) == Some(expected.as_str())) as u8 as f64;
         }
         Answer::Choice { candidates, gold } => {
-            let logits = lm.model.forward(&s.tokens, seq, LogitRows::Last)?.squeeze(0)?.to_vec1::<f32>()?;
+            let logits = lm
+                .model
+                .forward(&s.tokens, seq, LogitRows::Last)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let cand: Vec<f32> = candidates.iter().map(|&c| logits[c as usize]).collect();
             o.score = (argmax(&cand) as usize == *gold) as u8 as f64;
         }
         Answer::Perplexity { score_from } => {
             // Context first (the policy compresses it), then the scored quarter in one call.
-            lm.model.forward(&s.tokens[..*score_from], seq, LogitRows::Last)?;
-            let hidden = lm.model.forward_hidden(&s.tokens[*score_from..], seq, LogitRows::All)?;
+            lm.model
+                .forward(&s.tokens[..*score_from], seq, LogitRows::Last)?;
+            let hidden = lm
+                .model
+                .forward_hidden(&s.tokens[*score_from..], seq, LogitRows::All)?;
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let n = s.tokens.len() - score_from - 1;
             let mut nll = 0.0;
@@ -221,7 +255,10 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
                 let rows = 256.min(n - start);
                 let logits = lm.model.logits(&hidden.narrow(0, start, rows)?)?;
                 for r in 0..rows {
-                    nll += negative_log_likelihood(&logits.get(r)?, s.tokens[score_from + start + r + 1])?;
+                    nll += negative_log_likelihood(
+                        &logits.get(r)?,
+                        s.tokens[score_from + start + r + 1],
+                    )?;
                 }
             }
             o.score = nll;
@@ -237,7 +274,9 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
 /// The first maximal run of ASCII digits in `text`.
 pub fn first_digit_run(text: &str) -> Option<&str> {
     let start = text.find(|c: char| c.is_ascii_digit())?;
-    let len = text[start..].find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len() - start);
+    let len = text[start..]
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len() - start);
     Some(&text[start..start + len])
 }
 
@@ -267,9 +306,13 @@ fn summarise(
         TaskKind::Ppl => {
             let tokens: usize = outcomes.iter().map(|o| o.scored_tokens).sum();
             let mean = outcomes.iter().map(|o| o.score).sum::<f64>() / tokens as f64;
-            let per: Vec<f64> = outcomes.iter().map(|o| o.score / o.scored_tokens as f64).collect();
+            let per: Vec<f64> = outcomes
+                .iter()
+                .map(|o| o.score / o.scored_tokens as f64)
+                .collect();
             let m = per.iter().sum::<f64>() / n as f64;
-            let sd = (per.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
+            let sd =
+                (per.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
             let half = t_quantile_975(n.saturating_sub(1)) * sd / (n as f64).sqrt();
             (mean.exp(), (mean - half).exp(), (mean + half).exp())
         }
@@ -280,7 +323,8 @@ fn summarise(
         }
     };
     let cfg = lm.model.config();
-    let f16_bytes = |tokens: usize| (tokens * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2 * 2) as f64;
+    let f16_bytes =
+        |tokens: usize| (tokens * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2 * 2) as f64;
     let kv_end_total: usize = outcomes.iter().map(|o| o.kv_end).sum();
     let f16_total: f64 = outcomes.iter().map(|o| f16_bytes(o.context_tokens)).sum();
     let sum = |f: fn(&Outcome) -> f64| outcomes.iter().map(f).sum::<f64>();
@@ -293,7 +337,11 @@ fn summarise(
                     r.total += 1;
                     r.correct += (o.score > 0.5) as usize;
                 }
-                None => by_depth.push(DepthResult { depth: d, correct: (o.score > 0.5) as usize, total: 1 }),
+                None => by_depth.push(DepthResult {
+                    depth: d,
+                    correct: (o.score > 0.5) as usize,
+                    total: 1,
+                }),
             }
         }
     }
@@ -320,8 +368,9 @@ fn summarise(
 /// Two-sided 95% Student-t quantile for `df` degrees of freedom (table up to 30, then normal).
 fn t_quantile_975(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::INFINITY,
@@ -332,9 +381,15 @@ fn t_quantile_975(df: usize) -> f64 {
 
 /// Default output paths next to the JSON: `<stem>.md` and `<stem>_plots/`.
 pub fn sibling_paths(out: &Path) -> (PathBuf, PathBuf) {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "results".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "results".into());
     let dir = out.parent().unwrap_or(Path::new("."));
-    (dir.join(format!("{stem}.md")), dir.join(format!("{stem}_plots")))
+    (
+        dir.join(format!("{stem}.md")),
+        dir.join(format!("{stem}_plots")),
+    )
 }
 
 #[cfg(test)]

@@ -59,10 +59,22 @@ pub struct SweepPlan {
 #[serde(rename_all = "kebab-case", tag = "sweep")]
 pub enum Setting {
     Dense,
-    Cutoff { path: String, from: usize },
-    Window { path: String, from: usize, width: usize },
-    EarlyExit { layer: usize },
-    FrameLocal { first: usize, last: usize },
+    Cutoff {
+        path: String,
+        from: usize,
+    },
+    Window {
+        path: String,
+        from: usize,
+        width: usize,
+    },
+    EarlyExit {
+        layer: usize,
+    },
+    FrameLocal {
+        first: usize,
+        last: usize,
+    },
 }
 
 impl Setting {
@@ -70,7 +82,9 @@ impl Setting {
         match self {
             Setting::Dense => "full".into(),
             Setting::Cutoff { path, from } => format!("knockout:type={path},from={from}"),
-            Setting::Window { path, from, width } => format!("knockout:type={path},from={from},width={width}"),
+            Setting::Window { path, from, width } => {
+                format!("knockout:type={path},from={from},width={width}")
+            }
             Setting::EarlyExit { layer } => format!("early-exit:layer={layer}"),
             Setting::FrameLocal { first, last } => format!("frame-local:layers={first}-{last}"),
         }
@@ -78,7 +92,10 @@ impl Setting {
 
     /// Timed conditions run a full prefill, never the LV shortcut.
     fn timed(&self) -> bool {
-        matches!(self, Setting::Dense | Setting::EarlyExit { .. } | Setting::FrameLocal { .. })
+        matches!(
+            self,
+            Setting::Dense | Setting::EarlyExit { .. } | Setting::FrameLocal { .. }
+        )
     }
 
     fn lv_shortcut(&self) -> bool {
@@ -99,17 +116,27 @@ impl SweepPlan {
             bail!("cut-off layer {i} is past the model's {n_layers} layers");
         }
         if self.window > n_layers {
-            bail!("window of {} layers is wider than the model's {n_layers} layers", self.window);
+            bail!(
+                "window of {} layers is wider than the model's {n_layers} layers",
+                self.window
+            );
         }
         for p in &self.paths {
             for &from in &self.cutoffs {
-                out.push(Setting::Cutoff { path: p.clone(), from });
+                out.push(Setting::Cutoff {
+                    path: p.clone(),
+                    from,
+                });
             }
             if self.window > 0 {
                 let step = self.window_step.max(1);
                 let mut from = 0;
                 while from + self.window <= n_layers {
-                    out.push(Setting::Window { path: p.clone(), from, width: self.window });
+                    out.push(Setting::Window {
+                        path: p.clone(),
+                        from,
+                        width: self.window,
+                    });
                     from += step;
                 }
             }
@@ -198,9 +225,14 @@ pub struct TextSegment {
 
 /// Reads and checks a structured input file into samples.
 pub fn load_input(lm: &LoadedModel, path: &FsPath) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file: InputFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a knockout input file (see `frugal knockout --help`)", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: InputFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a knockout input file (see `frugal knockout --help`)",
+            path.display()
+        )
+    })?;
     if file.samples.is_empty() {
         bail!("{} has no samples", path.display());
     }
@@ -266,15 +298,25 @@ struct Obs {
 }
 
 fn score(logits: &[f32], candidates: &[u32], gold: usize) -> (bool, usize, f64) {
-    let c: Vec<f64> = candidates.iter().map(|&i| logits[i as usize] as f64).collect();
+    let c: Vec<f64> = candidates
+        .iter()
+        .map(|&i| logits[i as usize] as f64)
+        .collect();
     let max = c.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let lse = max + c.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
-    let top = c.iter().enumerate().fold(0, |b, (i, x)| if *x > c[b] { i } else { b });
+    let top = c
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, x)| if *x > c[b] { i } else { b });
     (top == gold, top, c[gold] - lse)
 }
 
 fn last_logits(lm: &LoadedModel, tokens: &[u32], seq: &mut Sequence) -> Result<Vec<f32>> {
-    Ok(lm.model.forward(tokens, seq, LogitRows::Last)?.squeeze(0)?.to_vec1::<f32>()?)
+    Ok(lm
+        .model
+        .forward(tokens, seq, LogitRows::Last)?
+        .squeeze(0)?
+        .to_vec1::<f32>()?)
 }
 
 /// A full copy of what a cache holds, as a [`FullCache`] (for the LV shortcut).
@@ -282,12 +324,21 @@ fn snapshot(cache: &dyn CachePolicy, layout: KvLayout) -> FullCache {
     let mut out = FullCache::new(layout);
     let d = layout.head_dim;
     for layer in 0..layout.n_layers {
-        let views: Vec<_> = (0..layout.n_kv_heads).map(|g| cache.view(layer, g)).collect();
+        let views: Vec<_> = (0..layout.n_kv_heads)
+            .map(|g| cache.view(layer, g))
+            .collect();
         let positions = views[0].positions.to_vec();
         let t = positions.len();
-        let (mut k, mut v) = (vec![0f32; t * layout.n_kv_heads * d], vec![0f32; t * layout.n_kv_heads * d]);
+        let (mut k, mut v) = (
+            vec![0f32; t * layout.n_kv_heads * d],
+            vec![0f32; t * layout.n_kv_heads * d],
+        );
         for (g, view) in views.iter().enumerate() {
-            assert_eq!(view.positions.as_ref(), positions.as_slice(), "dense store: every head holds every token");
+            assert_eq!(
+                view.positions.as_ref(),
+                positions.as_slice(),
+                "dense store: every head holds every token"
+            );
             for tok in 0..t {
                 let dst = (tok * layout.n_kv_heads + g) * d;
                 k[dst..dst + d].copy_from_slice(&view.keys[tok * d..(tok + 1) * d]);
@@ -326,13 +377,18 @@ pub fn run_sweeps(
             bail!("knockout scores candidate answers; this task's samples have none (use chunk-qa or kv-like choice tasks)");
         };
         let structure = Arc::new(s.structure.clone());
-        let q_start = structure.per_token().iter().position(|k| k.0 == TokenKind::Question).unwrap_or(s.tokens.len());
+        let q_start = structure
+            .per_token()
+            .iter()
+            .position(|k| k.0 == TokenKind::Question)
+            .unwrap_or(s.tokens.len());
         // Dense prefix for the LV shortcut (only when there is something before the question).
         let mut base: Option<FullCache> = None;
         if q_start > 0 && settings.iter().any(Setting::lv_shortcut) {
             let mut seq = Sequence::new(Box::new(FullCache::new(layout)), Box::new(Dense));
             seq.structure = Some(structure.clone());
-            lm.model.forward(&s.tokens[..q_start], &mut seq, LogitRows::Last)?;
+            lm.model
+                .forward(&s.tokens[..q_start], &mut seq, LogitRows::Last)?;
             base = Some(snapshot(&*seq.cache, layout));
         }
         for (ci, setting) in settings.iter().enumerate() {
@@ -340,7 +396,8 @@ pub fn run_sweeps(
             let mut o = Obs::default();
             let logits = match (&base, setting.lv_shortcut()) {
                 (Some(b), true) => {
-                    let attention: Box<dyn AttentionPolicy> = build(&spec.parse()?, layout)?.attention;
+                    let attention: Box<dyn AttentionPolicy> =
+                        build(&spec.parse()?, layout)?.attention;
                     let mut seq = Sequence::resume(Box::new(b.clone()), attention, q_start);
                     seq.structure = Some(structure.clone());
                     last_logits(lm, &s.tokens[q_start..], &mut seq)?
@@ -360,7 +417,11 @@ pub fn run_sweeps(
             o.gold_logprob = lp;
             obs[ci].push(o);
             done += 1;
-            progress(done, total, &format!("sample {}/{} {spec}", si + 1, samples.len()));
+            progress(
+                done,
+                total,
+                &format!("sample {}/{} {spec}", si + 1, samples.len()),
+            );
         }
     }
     let n = obs[0].len();
@@ -390,9 +451,15 @@ pub fn run_sweeps(
                 accuracy: acc,
                 ci_low: lo,
                 ci_high: hi,
-                relative_accuracy: if dense_acc > 0.0 { acc / dense_acc } else { f64::NAN },
+                relative_accuracy: if dense_acc > 0.0 {
+                    acc / dense_acc
+                } else {
+                    f64::NAN
+                },
                 gold_logprob: mean(v, |o| o.gold_logprob),
-                agreement_with_dense: v.iter().zip(dense).filter(|(a, b)| a.top == b.top).count() as f64 / n as f64,
+                agreement_with_dense: v.iter().zip(dense).filter(|(a, b)| a.top == b.top).count()
+                    as f64
+                    / n as f64,
                 prefill_secs: timed.then_some(secs),
                 prefill_speedup_vs_dense: timed.then_some(dense_secs / secs),
                 kv_bytes: timed.then_some(kv),
@@ -404,11 +471,18 @@ pub fn run_sweeps(
 
 /// The smallest early-exit layer whose accuracy is within `points` percentage points of dense.
 pub fn smallest_safe_early_exit(report: &KnockoutReport, points: f64) -> Option<&ConditionResult> {
-    let dense = report.conditions.iter().find(|c| c.setting == Setting::Dense)?.accuracy;
+    let dense = report
+        .conditions
+        .iter()
+        .find(|c| c.setting == Setting::Dense)?
+        .accuracy;
     report
         .conditions
         .iter()
-        .filter(|c| matches!(c.setting, Setting::EarlyExit { .. }) && c.accuracy >= dense - points / 100.0 - 1e-12)
+        .filter(|c| {
+            matches!(c.setting, Setting::EarlyExit { .. })
+                && c.accuracy >= dense - points / 100.0 - 1e-12
+        })
         .min_by_key(|c| match c.setting {
             Setting::EarlyExit { layer } => layer,
             _ => usize::MAX,
@@ -436,23 +510,43 @@ pub fn markdown(report: &KnockoutReport) -> String {
         let _ = writeln!(
             s,
             "| `{}` | {:.3} | [{:.3}, {:.3}] | {:.3} | {:.3} | {:.2} |",
-            c.policy, c.accuracy, c.ci_low, c.ci_high, c.relative_accuracy, c.gold_logprob, c.agreement_with_dense
+            c.policy,
+            c.accuracy,
+            c.ci_low,
+            c.ci_high,
+            c.relative_accuracy,
+            c.gold_logprob,
+            c.agreement_with_dense
         );
     };
     let head = "| condition | accuracy | 95% CI | relative to dense | gold log-prob | agrees with dense |\n|---|---:|---|---:|---:|---:|";
     for (title, pick) in [
-        ("Baseline", (|c: &Setting| matches!(c, Setting::Dense)) as fn(&Setting) -> bool),
-        ("Cut-off sweep: knockout in layers i..L (i = 0: all layers)", |c| matches!(c, Setting::Cutoff { .. })),
+        (
+            "Baseline",
+            (|c: &Setting| matches!(c, Setting::Dense)) as fn(&Setting) -> bool,
+        ),
+        (
+            "Cut-off sweep: knockout in layers i..L (i = 0: all layers)",
+            |c| matches!(c, Setting::Cutoff { .. }),
+        ),
         ("Sliding windows", |c| matches!(c, Setting::Window { .. })),
     ] {
-        let cells: Vec<&ConditionResult> = report.conditions.iter().filter(|c| pick(&c.setting)).collect();
+        let cells: Vec<&ConditionResult> = report
+            .conditions
+            .iter()
+            .filter(|c| pick(&c.setting))
+            .collect();
         if cells.is_empty() {
             continue;
         }
         let _ = writeln!(s, "\n### {title}\n\n{head}");
         cells.into_iter().for_each(|c| row(&mut s, c));
     }
-    let timed: Vec<&ConditionResult> = report.conditions.iter().filter(|c| c.prefill_secs.is_some()).collect();
+    let timed: Vec<&ConditionResult> = report
+        .conditions
+        .iter()
+        .filter(|c| c.prefill_secs.is_some())
+        .collect();
     if timed.len() > 1 {
         let _ = writeln!(
             s,
@@ -473,13 +567,23 @@ pub fn markdown(report: &KnockoutReport) -> String {
                 c.kv_fraction_of_dense.unwrap_or(0.0)
             );
         }
-        let tried = report.conditions.iter().any(|c| matches!(c.setting, Setting::EarlyExit { .. }));
+        let tried = report
+            .conditions
+            .iter()
+            .any(|c| matches!(c.setting, Setting::EarlyExit { .. }));
         match smallest_safe_early_exit(report, 1.0).filter(|_| tried) {
             Some(c) => {
-                let _ = writeln!(s, "\nSmallest early-exit layer within 1 point of dense accuracy: `{}`.", c.policy);
+                let _ = writeln!(
+                    s,
+                    "\nSmallest early-exit layer within 1 point of dense accuracy: `{}`.",
+                    c.policy
+                );
             }
             None if tried => {
-                let _ = writeln!(s, "\nNo early-exit layer tried is within 1 point of dense accuracy.");
+                let _ = writeln!(
+                    s,
+                    "\nNo early-exit layer tried is within 1 point of dense accuracy."
+                );
             }
             None => {}
         }
@@ -492,15 +596,26 @@ pub fn markdown(report: &KnockoutReport) -> String {
 pub fn plots(report: &KnockoutReport, dir: &FsPath) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    let dense_lp = report.conditions.iter().find(|c| c.setting == Setting::Dense).map_or(0.0, |c| c.gold_logprob);
+    let dense_lp = report
+        .conditions
+        .iter()
+        .find(|c| c.setting == Setting::Dense)
+        .map_or(0.0, |c| c.gold_logprob);
     let mut written = Vec::new();
-    for (kind, xlabel) in [("cutoff", "cut-off layer i (knockout in layers i..L)"), ("window", "window start layer")] {
+    for (kind, xlabel) in [
+        ("cutoff", "cut-off layer i (knockout in layers i..L)"),
+        ("window", "window start layer"),
+    ] {
         let cells: Vec<(String, usize, &ConditionResult)> = report
             .conditions
             .iter()
             .filter_map(|c| match &c.setting {
-                Setting::Cutoff { path, from } if kind == "cutoff" => Some((path.clone(), *from, c)),
-                Setting::Window { path, from, .. } if kind == "window" => Some((path.clone(), *from, c)),
+                Setting::Cutoff { path, from } if kind == "cutoff" => {
+                    Some((path.clone(), *from, c))
+                }
+                Setting::Window { path, from, .. } if kind == "window" => {
+                    Some((path.clone(), *from, c))
+                }
                 _ => None,
             })
             .collect();
@@ -508,7 +623,11 @@ pub fn plots(report: &KnockoutReport, dir: &FsPath) -> Result<Vec<PathBuf>> {
             continue;
         }
         for (metric, value) in [
-            ("relacc", (|c: &ConditionResult, _d: f64| c.relative_accuracy) as fn(&ConditionResult, f64) -> f64),
+            (
+                "relacc",
+                (|c: &ConditionResult, _d: f64| c.relative_accuracy)
+                    as fn(&ConditionResult, f64) -> f64,
+            ),
             ("dlogprob", |c, d| c.gold_logprob - d),
         ] {
             let name = format!("knockout_{kind}_{metric}");
@@ -518,11 +637,26 @@ pub fn plots(report: &KnockoutReport, dir: &FsPath) -> Result<Vec<PathBuf>> {
             };
             for ext in ["png", "svg"] {
                 let path = dir.join(format!("{name}.{ext}"));
-                let data: Vec<(String, usize, f64)> = cells.iter().map(|(p, x, c)| (p.clone(), *x, value(c, dense_lp))).collect();
+                let data: Vec<(String, usize, f64)> = cells
+                    .iter()
+                    .map(|(p, x, c)| (p.clone(), *x, value(c, dense_lp)))
+                    .collect();
                 if ext == "png" {
-                    heatmap(BitMapBackend::new(&path, (900, 300)).into_drawing_area(), &title, xlabel, &data, metric == "relacc")?;
+                    heatmap(
+                        BitMapBackend::new(&path, (900, 300)).into_drawing_area(),
+                        &title,
+                        xlabel,
+                        &data,
+                        metric == "relacc",
+                    )?;
                 } else {
-                    heatmap(SVGBackend::new(&path, (900, 300)).into_drawing_area(), &title, xlabel, &data, metric == "relacc")?;
+                    heatmap(
+                        SVGBackend::new(&path, (900, 300)).into_drawing_area(),
+                        &title,
+                        xlabel,
+                        &data,
+                        metric == "relacc",
+                    )?;
                 }
                 written.push(path);
             }
@@ -566,21 +700,54 @@ where
         .x_labels(xs.len() * 2 + 1)
         .y_labels(ys.len() * 2 + 1)
         .x_label_formatter(&|v| label_at(*v, &xs.iter().map(|x| x.to_string()).collect::<Vec<_>>()))
-        .y_label_formatter(&|v| label_at(*v, &ys.iter().map(|p| format!("{}-K", p.to_uppercase())).collect::<Vec<_>>()))
+        .y_label_formatter(&|v| {
+            label_at(
+                *v,
+                &ys.iter()
+                    .map(|p| format!("{}-K", p.to_uppercase()))
+                    .collect::<Vec<_>>(),
+            )
+        })
         .draw()
         .map_err(plot_err)?;
     for (p, x, v) in data {
         let xi = xs.iter().position(|a| a == x).unwrap();
         let yi = ys.iter().position(|a| a == p).unwrap();
         // Green = as good as dense, red = worse: ratio 1 → green, 0 → red; Δlogprob 0 → green, -3 → red.
-        let good = if ratio { v.clamp(0.0, 1.0) } else { (1.0 + v / 3.0).clamp(0.0, 1.0) };
+        let good = if ratio {
+            v.clamp(0.0, 1.0)
+        } else {
+            (1.0 + v / 3.0).clamp(0.0, 1.0)
+        };
         let good = if v.is_nan() { 0.5 } else { good };
-        let shade = RGBColor((230.0 * (1.0 - good) + 20.0) as u8, (200.0 * good + 30.0) as u8, 60);
+        let shade = RGBColor(
+            (230.0 * (1.0 - good) + 20.0) as u8,
+            (200.0 * good + 30.0) as u8,
+            60,
+        );
         let (x0, y0) = (xi as f64, yi as f64);
-        chart.draw_series(std::iter::once(Rectangle::new([(x0, y0), (x0 + 1.0, y0 + 1.0)], shade.filled()))).map_err(plot_err)?;
-        let label = if ratio { format!("{v:.2}") } else { format!("{v:.1}") };
-        let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center));
-        chart.draw_series(std::iter::once(Text::new(label, (x0 + 0.5, y0 + 0.5), style))).map_err(plot_err)?;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x0, y0), (x0 + 1.0, y0 + 1.0)],
+                shade.filled(),
+            )))
+            .map_err(plot_err)?;
+        let label = if ratio {
+            format!("{v:.2}")
+        } else {
+            format!("{v:.1}")
+        };
+        let style = ("sans-serif", 13)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Center));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (x0 + 0.5, y0 + 0.5),
+                style,
+            )))
+            .map_err(plot_err)?;
     }
     area.present().map_err(plot_err)?;
     Ok(())
@@ -596,7 +763,9 @@ fn label_at(v: f64, names: &[String]) -> String {
     }
 }
 
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(
+    e: DrawingAreaErrorKind<E>,
+) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e}")
 }
 
@@ -618,14 +787,26 @@ mod tests {
         // dense + 2 × (3 cut-offs + 7 windows) + 1 + 1
         assert_eq!(s.len(), 1 + 2 * (3 + 7) + 2);
         assert_eq!(s[0].spec(), "full");
-        assert!(s.contains(&Setting::Window { path: "vt".into(), from: 24, width: 4 }));
+        assert!(s.contains(&Setting::Window {
+            path: "vt".into(),
+            from: 24,
+            width: 4
+        }));
         assert!(s[1].lv_shortcut() && !s[1].timed());
         let mut bad = plan.clone();
         bad.cutoffs = vec![31];
-        assert!(bad.settings(30).unwrap_err().to_string().contains("past the model's 30 layers"));
+        assert!(bad
+            .settings(30)
+            .unwrap_err()
+            .to_string()
+            .contains("past the model's 30 layers"));
         bad = plan.clone();
         bad.paths = vec!["xx".into()];
-        assert!(bad.settings(30).unwrap_err().to_string().contains("unknown knockout type"));
+        assert!(bad
+            .settings(30)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown knockout type"));
     }
 
     #[test]

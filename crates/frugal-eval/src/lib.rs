@@ -3,8 +3,8 @@
 
 pub mod corpus;
 pub mod harness;
-pub mod kv_similarity;
 pub mod knockout;
+pub mod kv_similarity;
 pub mod perplexity;
 pub mod report;
 pub mod speed;
@@ -31,5 +31,8 @@ pub fn load_task_text(lm: &LoadedModel, speeches: &[corpus::Speech]) -> Result<T
     for s in held_out {
         held.extend(lm.tokenizer.encode(&format!("{} ", s.text))?);
     }
-    Ok(TaskText { haystack, held_out: held })
+    Ok(TaskText {
+        haystack,
+        held_out: held,
+    })
 }

@@ -47,13 +47,20 @@ pub fn sliding_window_perplexity(
 ) -> Result<PerplexityReport> {
     let limit = lm.model.config().context_length;
     if context < 2 || context > limit {
-        return Err(EngineError::ContextOverflow { tokens: context, limit });
+        return Err(EngineError::ContextOverflow {
+            tokens: context,
+            limit,
+        });
     }
     if stride == 0 || stride > context {
-        return Err(EngineError::Tokenizer(format!("stride {stride} must be in 1..={context}")));
+        return Err(EngineError::Tokenizer(format!(
+            "stride {stride} must be in 1..={context}"
+        )));
     }
     if tokens.len() < 2 {
-        return Err(EngineError::Tokenizer("perplexity needs at least 2 tokens of text".into()));
+        return Err(EngineError::Tokenizer(
+            "perplexity needs at least 2 tokens of text".into(),
+        ));
     }
     let starts: Vec<usize> = {
         let mut v = vec![0];
@@ -70,7 +77,9 @@ pub fn sliding_window_perplexity(
         // Row i of the window predicts token start + i + 1; score targets from `scored_until`.
         let first_row = scored_until - 1 - start;
         let mut seq = new_sequence();
-        let hidden = lm.model.forward_hidden(window, &mut seq, LogitRows::From(first_row))?;
+        let hidden = lm
+            .model
+            .forward_hidden(window, &mut seq, LogitRows::From(first_row))?;
         let rows = hidden.dim(0)?;
         for chunk_start in (0..rows).step_by(LOGIT_CHUNK) {
             let n = LOGIT_CHUNK.min(rows - chunk_start);

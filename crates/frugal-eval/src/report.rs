@@ -63,8 +63,13 @@ pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let policies: BTreeSet<&str> = report.cells.iter().map(|c| c.policy.as_str()).collect();
     for policy in &policies {
-        let cells: Vec<&CellResult> =
-            report.cells.iter().filter(|c| c.policy == *policy && c.task == TaskKind::Passkey && !c.by_depth.is_empty()).collect();
+        let cells: Vec<&CellResult> = report
+            .cells
+            .iter()
+            .filter(|c| {
+                c.policy == *policy && c.task == TaskKind::Passkey && !c.by_depth.is_empty()
+            })
+            .collect();
         if cells.is_empty() {
             continue;
         }
@@ -73,9 +78,17 @@ pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
             let path = dir.join(format!("{name}.{ext}"));
             let title = format!("passkey accuracy, {policy}");
             if ext == "png" {
-                heatmap(BitMapBackend::new(&path, (640, 420)).into_drawing_area(), &title, &cells)?;
+                heatmap(
+                    BitMapBackend::new(&path, (640, 420)).into_drawing_area(),
+                    &title,
+                    &cells,
+                )?;
             } else {
-                heatmap(SVGBackend::new(&path, (640, 420)).into_drawing_area(), &title, &cells)?;
+                heatmap(
+                    SVGBackend::new(&path, (640, 420)).into_drawing_area(),
+                    &title,
+                    &cells,
+                )?;
             }
             written.push(path);
         }
@@ -88,9 +101,17 @@ pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
             for ext in ["png", "svg"] {
                 let path = dir.join(format!("{name}.{ext}"));
                 if ext == "png" {
-                    tradeoff(BitMapBackend::new(&path, (640, 420)).into_drawing_area(), task, &cells)?;
+                    tradeoff(
+                        BitMapBackend::new(&path, (640, 420)).into_drawing_area(),
+                        task,
+                        &cells,
+                    )?;
                 } else {
-                    tradeoff(SVGBackend::new(&path, (640, 420)).into_drawing_area(), task, &cells)?;
+                    tradeoff(
+                        SVGBackend::new(&path, (640, 420)).into_drawing_area(),
+                        task,
+                        &cells,
+                    )?;
                 }
                 written.push(path);
             }
@@ -100,11 +121,23 @@ pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn file_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Accuracy over (context length × needle depth), one cell per pair, darker = more correct.
-fn heatmap<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, title: &str, cells: &[&CellResult]) -> Result<()>
+fn heatmap<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    cells: &[&CellResult],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -112,7 +145,10 @@ where
     let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
     lengths.sort_unstable();
     lengths.dedup();
-    let mut depths: Vec<f64> = cells.iter().flat_map(|c| c.by_depth.iter().map(|d| d.depth)).collect();
+    let mut depths: Vec<f64> = cells
+        .iter()
+        .flat_map(|c| c.by_depth.iter().map(|d| d.depth))
+        .collect();
     depths.sort_by(f64::total_cmp);
     depths.dedup();
     let mut chart = ChartBuilder::on(&area)
@@ -138,9 +174,16 @@ where
         for d in &c.by_depth {
             let yi = depths.iter().position(|x| *x == d.depth).unwrap();
             let acc = d.correct as f64 / d.total.max(1) as f64;
-            let shade = RGBColor((255.0 * (1.0 - acc)) as u8, (120.0 + 100.0 * acc) as u8, (255.0 * (1.0 - acc)) as u8);
+            let shade = RGBColor(
+                (255.0 * (1.0 - acc)) as u8,
+                (120.0 + 100.0 * acc) as u8,
+                (255.0 * (1.0 - acc)) as u8,
+            );
             chart
-                .draw_series(std::iter::once(Rectangle::new([(xi, yi), (xi + 1, yi + 1)], shade.filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(xi, yi), (xi + 1, yi + 1)],
+                    shade.filled(),
+                )))
                 .map_err(plot_err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
@@ -156,16 +199,29 @@ where
 }
 
 /// The task metric against compression ratio, one series per length, points labelled by policy.
-fn tradeoff<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, task: TaskKind, cells: &[&CellResult]) -> Result<()>
+fn tradeoff<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    task: TaskKind,
+    cells: &[&CellResult],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     area.fill(&WHITE).map_err(plot_err)?;
-    let xmax = cells.iter().map(|c| c.compression_vs_f16).fold(1.0, f64::max) * 1.15;
-    let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(c.ci_low), hi.max(c.ci_high)));
+    let xmax = cells
+        .iter()
+        .map(|c| c.compression_vs_f16)
+        .fold(1.0, f64::max)
+        * 1.15;
+    let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| {
+        (lo.min(c.ci_low), hi.max(c.ci_high))
+    });
     let pad = ((ymax - ymin) * 0.1).max(1e-3);
     let mut chart = ChartBuilder::on(&area)
-        .caption(format!("{} vs KV compression", task.name()), ("sans-serif", 20))
+        .caption(
+            format!("{} vs KV compression", task.name()),
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -184,26 +240,46 @@ where
         let colour = Palette99::pick(i).to_rgba();
         let pts: Vec<&&CellResult> = cells.iter().filter(|c| c.length == *len).collect();
         chart
-            .draw_series(pts.iter().map(|c| Circle::new((c.compression_vs_f16, c.value), 5, colour.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|c| Circle::new((c.compression_vs_f16, c.value), 5, colour.filled())),
+            )
             .map_err(plot_err)?
             .label(format!("{len} tokens"))
             .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
         chart
             .draw_series(pts.iter().map(|c| {
-                PathElement::new(vec![(c.compression_vs_f16, c.ci_low), (c.compression_vs_f16, c.ci_high)], colour)
+                PathElement::new(
+                    vec![
+                        (c.compression_vs_f16, c.ci_low),
+                        (c.compression_vs_f16, c.ci_high),
+                    ],
+                    colour,
+                )
             }))
             .map_err(plot_err)?;
         chart
             .draw_series(pts.iter().map(|c| {
-                Text::new(c.policy.clone(), (c.compression_vs_f16, c.value), ("sans-serif", 11).into_font())
+                Text::new(
+                    c.policy.clone(),
+                    (c.compression_vs_f16, c.value),
+                    ("sans-serif", 11).into_font(),
+                )
             }))
             .map_err(plot_err)?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(plot_err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
     area.present().map_err(plot_err)?;
     Ok(())
 }
 
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(
+    e: DrawingAreaErrorKind<E>,
+) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e}")
 }

@@ -43,7 +43,9 @@ pub struct SpeedReport {
 
 /// The synthetic prompt shared with the llama.cpp peer script.
 pub fn synthetic_prompt(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((1000 + (i * 7919) % 40000) % vocab) as u32).collect()
+    (0..n)
+        .map(|i| ((1000 + (i * 7919) % 40000) % vocab) as u32)
+        .collect()
 }
 
 /// Runs the protocol on a loaded model; `threads` is recorded as given (the caller sets up
@@ -79,7 +81,10 @@ pub fn run_speed_bench(
         tok_s.insert(n.to_string(), n as f64 / best);
         runs.insert(n.to_string(), times);
     }
-    on_step(&format!("decode {} tokens after {}", cfg.decode_tokens, cfg.decode_depth));
+    on_step(&format!(
+        "decode {} tokens after {}",
+        cfg.decode_tokens, cfg.decode_depth
+    ));
     let mut seq = new_sequence();
     let ids = synthetic_prompt(cfg.decode_depth.max(1), vocab);
     let logits = lm.model.forward(&ids, &mut seq, LogitRows::Last)?;

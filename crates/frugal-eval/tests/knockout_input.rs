@@ -29,7 +29,15 @@ fn a_valid_file_becomes_structured_samples() {
     let s = &samples[0];
     assert_eq!(s.structure.len(), s.tokens.len());
     let kinds: Vec<TokenKind> = s.structure.segments.iter().map(|g| g.kind).collect();
-    assert_eq!(kinds, [TokenKind::Prefix, TokenKind::Context, TokenKind::Context, TokenKind::Question]);
+    assert_eq!(
+        kinds,
+        [
+            TokenKind::Prefix,
+            TokenKind::Context,
+            TokenKind::Context,
+            TokenKind::Question
+        ]
+    );
     assert_eq!(s.structure.segments[2].chunk, 1);
 }
 
@@ -37,7 +45,12 @@ fn a_valid_file_becomes_structured_samples() {
 fn malformed_files_are_named() {
     let lm = tiny_model(GgmlDType::F32, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = |text: &str| load_input(&lm, &write(&dir, text)).map(|_| ()).unwrap_err().to_string();
+    let err = |text: &str| {
+        load_input(&lm, &write(&dir, text))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
     assert!(err("{").contains("is not a knockout input file"));
     assert!(err(r#"{"samples": []}"#).contains("has no samples"));
     let no_question = GOOD.replace(r#""kind": "question""#, r#""kind": "context""#);
@@ -66,13 +79,30 @@ fn a_small_sweep_runs_end_to_end() {
     };
     let settings = plan.settings(n_layers).unwrap();
     let mut calls = 0;
-    let results = run_sweeps(&lm, &samples, &settings, &mut |_, _, _| calls += 1, &|| false).unwrap();
+    let results = run_sweeps(&lm, &samples, &settings, &mut |_, _, _| calls += 1, &|| {
+        false
+    })
+    .unwrap();
     assert_eq!(calls, settings.len());
-    assert!(results.iter().all(|r| r.gold_logprob.is_finite() && r.samples == 1));
+    assert!(results
+        .iter()
+        .all(|r| r.gold_logprob.is_finite() && r.samples == 1));
     let by = |s: &Setting| results.iter().find(|r| &r.setting == s).unwrap();
     // No knockout (cut-off at the last layer) picks dense's answer; early exit holds less KV.
-    assert_eq!(by(&Setting::Cutoff { path: "vt".into(), from: n_layers }).agreement_with_dense, 1.0);
-    assert!(by(&Setting::EarlyExit { layer: 1 }).kv_fraction_of_dense.unwrap() < 1.0);
+    assert_eq!(
+        by(&Setting::Cutoff {
+            path: "vt".into(),
+            from: n_layers
+        })
+        .agreement_with_dense,
+        1.0
+    );
+    assert!(
+        by(&Setting::EarlyExit { layer: 1 })
+            .kv_fraction_of_dense
+            .unwrap()
+            < 1.0
+    );
     assert_eq!(by(&Setting::Dense).kv_fraction_of_dense, Some(1.0));
 }
 
@@ -86,7 +116,15 @@ fn plan_rejects_bad_settings() {
         early_exit: vec![],
         frame_local: fl,
     };
-    assert!(plan(vec![4], vec![]).settings(3).unwrap_err().to_string().contains("past the model's 3 layers"));
-    assert!(plan(vec![0], vec![(2, 1)]).settings(3).unwrap_err().to_string().contains("is empty"));
+    assert!(plan(vec![4], vec![])
+        .settings(3)
+        .unwrap_err()
+        .to_string()
+        .contains("past the model's 3 layers"));
+    assert!(plan(vec![0], vec![(2, 1)])
+        .settings(3)
+        .unwrap_err()
+        .to_string()
+        .contains("is empty"));
     let _ = markdown; // the Markdown writer is exercised by the CLI runs in docs/results
 }

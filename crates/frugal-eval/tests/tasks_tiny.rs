@@ -19,7 +19,10 @@ fn text(lm: &LoadedModel) -> TaskText {
     let prose = "The world is wide. Hello there, the tiny model reads on. A sentence ends here. ";
     TaskText {
         haystack: lm.tokenizer.encode(&prose.repeat(120)).unwrap(),
-        held_out: lm.tokenizer.encode(&"Hello world and the rest. ".repeat(200)).unwrap(),
+        held_out: lm
+            .tokenizer
+            .encode(&"Hello world and the rest. ".repeat(200))
+            .unwrap(),
     }
 }
 
@@ -29,7 +32,12 @@ const LEN: usize = 400;
 fn every_generator_makes_exact_length_structured_deterministic_samples() {
     let lm = tiny();
     let t = text(&lm);
-    for task in [TaskKind::Ppl, TaskKind::Passkey, TaskKind::KvRetrieval, TaskKind::ChunkQa] {
+    for task in [
+        TaskKind::Ppl,
+        TaskKind::Passkey,
+        TaskKind::KvRetrieval,
+        TaskKind::ChunkQa,
+    ] {
         let a = generate_samples(task, &lm, &t, LEN, 4, 7, &[0.0, 0.5, 1.0]).unwrap();
         let b = generate_samples(task, &lm, &t, LEN, 4, 7, &[0.0, 0.5, 1.0]).unwrap();
         let c = generate_samples(task, &lm, &t, LEN, 4, 8, &[0.0, 0.5, 1.0]).unwrap();
@@ -37,16 +45,35 @@ fn every_generator_makes_exact_length_structured_deterministic_samples() {
             assert_eq!(x.tokens, y.tokens, "{task:?}: same seed, same inputs");
         }
         if task != TaskKind::Ppl {
-            assert!(a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens), "{task:?}: the seed matters");
+            assert!(
+                a.iter().zip(&c).any(|(x, y)| x.tokens != y.tokens),
+                "{task:?}: the seed matters"
+            );
         }
         for s in &a {
             // Needles and frames are whole sentences, so lengths may fall a few tokens short of
             // the target (boundary search), never over it.
             // Generating tasks leave room for their answer inside the length.
-            let room = if matches!(s.answer, Answer::Digits { .. }) { frugal_eval::tasks::ANSWER_TOKENS } else { 0 };
-            assert!(s.tokens.len() + room <= LEN && s.tokens.len() + room + 8 >= LEN, "{task:?}: {} tokens", s.tokens.len());
-            assert_eq!(s.structure.len(), s.tokens.len(), "{task:?}: every token has a kind");
-            assert!(s.structure.per_token().iter().any(|(k, _)| *k == TokenKind::Context));
+            let room = if matches!(s.answer, Answer::Digits { .. }) {
+                frugal_eval::tasks::ANSWER_TOKENS
+            } else {
+                0
+            };
+            assert!(
+                s.tokens.len() + room <= LEN && s.tokens.len() + room + 8 >= LEN,
+                "{task:?}: {} tokens",
+                s.tokens.len()
+            );
+            assert_eq!(
+                s.structure.len(),
+                s.tokens.len(),
+                "{task:?}: every token has a kind"
+            );
+            assert!(s
+                .structure
+                .per_token()
+                .iter()
+                .any(|(k, _)| *k == TokenKind::Context));
         }
     }
 }
@@ -57,22 +84,39 @@ fn the_needle_is_in_the_prompt_at_its_depth() {
     let t = text(&lm);
     for depth in [0.0, 0.5, 1.0] {
         let s = &generate_samples(TaskKind::Passkey, &lm, &t, LEN, 1, 3, &[depth]).unwrap()[0];
-        let Answer::Digits { expected, .. } = &s.answer else { panic!("passkey scores digits") };
+        let Answer::Digits { expected, .. } = &s.answer else {
+            panic!("passkey scores digits")
+        };
         let text = lm.tokenizer.decode(&s.tokens, false).unwrap();
-        let at = text.find(&format!("The pass key is {expected}")).expect("needle present");
+        let at = text
+            .find(&format!("The pass key is {expected}"))
+            .expect("needle present");
         // Position within the haystack: between the instruction and the question.
         let intro = "find the pass key.";
         let start = text.find(intro).expect("instruction") + intro.len();
         let end = text.find("What is the pass key?").expect("question");
-        let needle = format!(" The pass key is {expected}. Remember it. {expected} is the pass key. ").len();
+        let needle =
+            format!(" The pass key is {expected}. Remember it. {expected} is the pass key. ").len();
         let frac = (at - start) as f64 / (end - start - needle) as f64;
-        assert!((frac - depth).abs() < 0.15, "depth {depth}: needle at {frac:.2} of the haystack");
-        assert!(text.ends_with("The pass key is"), "the reply's opening is forced");
+        assert!(
+            (frac - depth).abs() < 0.15,
+            "depth {depth}: needle at {frac:.2} of the haystack"
+        );
+        assert!(
+            text.ends_with("The pass key is"),
+            "the reply's opening is forced"
+        );
     }
     let s = &generate_samples(TaskKind::KvRetrieval, &lm, &t, LEN, 1, 3, &[0.5]).unwrap()[0];
-    let Answer::Digits { expected, .. } = &s.answer else { panic!() };
+    let Answer::Digits { expected, .. } = &s.answer else {
+        panic!()
+    };
     let text = lm.tokenizer.decode(&s.tokens, false).unwrap();
-    assert_eq!(text.matches("The secret number for the").count(), 2 + 1, "two facts + the forced reply");
+    assert_eq!(
+        text.matches("The secret number for the").count(),
+        2 + 1,
+        "two facts + the forced reply"
+    );
     assert!(text.contains(&format!("is {expected}.")));
 }
 
@@ -81,15 +125,30 @@ fn chunk_qa_labels_every_frame_and_scores_by_candidate_rank() {
     let lm = tiny();
     let t = text(&lm);
     let s = &generate_samples(TaskKind::ChunkQa, &lm, &t, LEN, 1, 4, &[0.5]).unwrap()[0];
-    let chunks: std::collections::BTreeSet<u32> =
-        s.structure.per_token().iter().filter(|(k, _)| *k == TokenKind::Context).map(|(_, c)| *c).collect();
+    let chunks: std::collections::BTreeSet<u32> = s
+        .structure
+        .per_token()
+        .iter()
+        .filter(|(k, _)| *k == TokenKind::Context)
+        .map(|(_, c)| *c)
+        .collect();
     assert_eq!(chunks.len(), 8, "eight frames");
-    let Answer::Choice { candidates, gold } = &s.answer else { panic!() };
+    let Answer::Choice { candidates, gold } = &s.answer else {
+        panic!()
+    };
     // The scorer's verdict equals the rank computed here from a dense forward pass.
     let layout = lm.model.config().kv_layout();
-    let logits = lm.model.forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::Last).unwrap();
+    let logits = lm
+        .model
+        .forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::Last)
+        .unwrap();
     let logits = logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
-    let best = candidates.iter().enumerate().max_by(|a, b| logits[*a.1 as usize].total_cmp(&logits[*b.1 as usize])).unwrap().0;
+    let best = candidates
+        .iter()
+        .enumerate()
+        .max_by(|a, b| logits[*a.1 as usize].total_cmp(&logits[*b.1 as usize]))
+        .unwrap()
+        .0;
     let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
     assert_eq!(o.score, (best == *gold) as u8 as f64);
 }
@@ -99,10 +158,15 @@ fn perplexity_scorer_equals_the_nll_of_one_full_pass() {
     let lm = tiny();
     let t = text(&lm);
     let s = &generate_samples(TaskKind::Ppl, &lm, &t, LEN, 1, 0, &[0.5]).unwrap()[0];
-    let Answer::Perplexity { score_from } = s.answer else { panic!() };
+    let Answer::Perplexity { score_from } = s.answer else {
+        panic!()
+    };
     let layout = lm.model.config().kv_layout();
     let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
-    let logits = lm.model.forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::All).unwrap();
+    let logits = lm
+        .model
+        .forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::All)
+        .unwrap();
     let mut nll = 0.0;
     for r in score_from..s.tokens.len() - 1 {
         nll += negative_log_likelihood(&logits.get(r).unwrap(), s.tokens[r + 1]).unwrap();
@@ -145,38 +209,78 @@ fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
     let out = dir.path().join("r.json");
     let plan = EvalPlan {
         tasks: vec![TaskKind::Passkey, TaskKind::Ppl],
-        policies: vec!["full".parse().unwrap(), "streaming:sink=4,window=64".parse().unwrap()],
+        policies: vec![
+            "full".parse().unwrap(),
+            "streaming:sink=4,window=64".parse().unwrap(),
+        ],
         lengths: vec![LEN],
         samples: 3,
         seed: 1,
         depths: vec![0.0, 0.5, 1.0],
     };
-    let mut report = EvalReport { run: run_info(), cells: vec![] };
-    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut report, &out, &mut Quiet(0), &|| false).unwrap();
+    let mut report = EvalReport {
+        run: run_info(),
+        cells: vec![],
+    };
+    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut report, &out, &mut Quiet(0), &|| false)
+        .unwrap();
     assert_eq!(report.cells.len(), 4);
     let saved = EvalReport::load(&out).unwrap();
     assert_eq!(saved.cells.len(), 4);
-    let full = report.cells.iter().find(|c| c.policy == "full" && c.task == TaskKind::Ppl).unwrap();
-    let stream = report.cells.iter().find(|c| c.policy != "full" && c.task == TaskKind::Ppl).unwrap();
-    assert!(stream.kv_end_bytes < full.kv_end_bytes, "streaming holds less at the end");
-    assert!((full.compression_vs_f16 - 0.5).abs() < 0.02, "full holds f32: {}", full.compression_vs_f16);
+    let full = report
+        .cells
+        .iter()
+        .find(|c| c.policy == "full" && c.task == TaskKind::Ppl)
+        .unwrap();
+    let stream = report
+        .cells
+        .iter()
+        .find(|c| c.policy != "full" && c.task == TaskKind::Ppl)
+        .unwrap();
+    assert!(
+        stream.kv_end_bytes < full.kv_end_bytes,
+        "streaming holds less at the end"
+    );
+    assert!(
+        (full.compression_vs_f16 - 0.5).abs() < 0.02,
+        "full holds f32: {}",
+        full.compression_vs_f16
+    );
     assert!(full.ci_low <= full.value && full.value <= full.ci_high);
-    let pk = report.cells.iter().find(|c| c.task == TaskKind::Passkey).unwrap();
+    let pk = report
+        .cells
+        .iter()
+        .find(|c| c.task == TaskKind::Passkey)
+        .unwrap();
     assert_eq!(pk.by_depth.iter().map(|d| d.total).sum::<usize>(), 3);
     // Resume: nothing left to do, no sample runs again; interrupted runs keep finished cells.
     let mut again = EvalReport::load(&out).unwrap();
     let mut counter = Quiet(0);
-    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut again, &out, &mut counter, &|| panic!("no sample should run")).unwrap();
+    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut again, &out, &mut counter, &|| {
+        panic!("no sample should run")
+    })
+    .unwrap();
     assert_eq!(again.cells.len(), 4);
-    let mut fresh = EvalReport { run: run_info(), cells: vec![] };
-    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut fresh, &out, &mut Quiet(0), &|| true).unwrap();
-    assert!(fresh.cells.is_empty(), "an interrupt before any sample finishes records nothing half-done");
+    let mut fresh = EvalReport {
+        run: run_info(),
+        cells: vec![],
+    };
+    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut fresh, &out, &mut Quiet(0), &|| true)
+        .unwrap();
+    assert!(
+        fresh.cells.is_empty(),
+        "an interrupt before any sample finishes records nothing half-done"
+    );
     // Reports render.
     let md = frugal_eval::report::markdown(&report);
     assert!(md.contains("| passkey | 400 | `streaming:sink=4,window=64` |"));
     let plots = frugal_eval::report::plots(&report, &dir.path().join("plots")).unwrap();
-    assert!(plots.iter().any(|p| p.to_string_lossy().ends_with("passkey_heatmap_full.png")));
-    assert!(plots.iter().all(|p| std::fs::metadata(p).unwrap().len() > 1000));
+    assert!(plots
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with("passkey_heatmap_full.png")));
+    assert!(plots
+        .iter()
+        .all(|p| std::fs::metadata(p).unwrap().len() > 1000));
 }
 
 #[test]
@@ -186,13 +290,34 @@ fn full_attention_passes_passkey_at_1k_on_the_real_model() {
     use frugal_engine::model::{self, llama::WeightFormat};
     let path = ensure_model(&DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let lm = model::load(&path, WeightFormat::Native).unwrap();
-    let dir = frugal_eval::corpus::ensure_corpus(&frugal_eval::corpus::SOTU, &mut |m| eprintln!("{m}")).unwrap();
+    let dir =
+        frugal_eval::corpus::ensure_corpus(&frugal_eval::corpus::SOTU, &mut |m| eprintln!("{m}"))
+            .unwrap();
     let speeches = frugal_eval::corpus::load_speeches(&dir).unwrap();
     let t = frugal_eval::load_task_text(&lm, &speeches).unwrap();
-    let samples = generate_samples(TaskKind::Passkey, &lm, &t, 1024, 4, 0, &[0.1, 0.4, 0.6, 0.9]).unwrap();
+    let samples = generate_samples(
+        TaskKind::Passkey,
+        &lm,
+        &t,
+        1024,
+        4,
+        0,
+        &[0.1, 0.4, 0.6, 0.9],
+    )
+    .unwrap();
     let layout = lm.model.config().kv_layout();
-    let correct: f64 = samples.iter().map(|s| run_sample(&lm, &mut Sequence::dense(layout), s).unwrap().score).sum();
+    let correct: f64 = samples
+        .iter()
+        .map(|s| {
+            run_sample(&lm, &mut Sequence::dense(layout), s)
+                .unwrap()
+                .score
+        })
+        .sum();
     // Measured 100% on 50 samples at 1k (docs/results/baseline.md); 3 of 4 leaves room for an
     // unlucky sample while still failing a broken engine (chance ≈ 0 for a 5-digit key).
-    assert!(correct >= 3.0, "full attention got {correct} of 4 passkeys at 1k");
+    assert!(
+        correct >= 3.0,
+        "full attention got {correct} of 4 passkeys at 1k"
+    );
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use frugal_numerics::block_sparse::BlockMap;
 
@@ -23,7 +25,7 @@ pub const BN: usize = 64;
 const THREADS: u32 = 256;
 const SMEM_BF16: u32 = (BM * 256 + 2 * 2 * BN * 256) as u32; // 96 KB
 const SMEM_FP8: u32 = (BM * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32; // 48 KB
-// wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
+                                                                          // wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
 const SMEM_FP8_WG: u32 = SMEM_FP8 + 1024;
 const SMEM_FP8_1WG: u32 = (64 * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32 + 1024; // 41 KB
 const SMEM_BF16_WG: u32 = (BM * 256 + 2 * (BN * 256 + HEAD_DIM * BN * 2)) as u32 + 1024; // 97 KB
@@ -91,26 +93,57 @@ impl Fps {
     pub fn new(ordinal: usize) -> Result<Self> {
         // cudarc panics when libcuda is missing; turn that into an error that names the problem.
         ensure!(unsafe { cudarc::driver::sys::is_culib_present() }, "no NVIDIA driver library (libcuda.so.1) found: this needs a machine with an NVIDIA GPU and driver >= 13.0");
-        let ctx = CudaContext::new(ordinal).context("CUDA context (is an NVIDIA driver present?)")?;
+        let ctx =
+            CudaContext::new(ordinal).context("CUDA context (is an NVIDIA driver present?)")?;
         let stream = ctx.default_stream();
-        let module = ctx.load_module(Ptx::from_binary(CUBIN.to_vec())).context("loading the sm_90a cubin (needs a Hopper GPU)")?;
-        let f = |name: &str| module.load_function(name).with_context(|| format!("kernel {name}"));
+        let module = ctx
+            .load_module(Ptx::from_binary(CUBIN.to_vec()))
+            .context("loading the sm_90a cubin (needs a Hopper GPU)")?;
+        let f = |name: &str| {
+            module
+                .load_function(name)
+                .with_context(|| format!("kernel {name}"))
+        };
         let bf16 = f("fps_attn_bf16")?;
         let fp8 = f("fps_attn_fp8")?;
-        bf16.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16 as i32)?;
-        fp8.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8 as i32)?;
+        bf16.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_BF16 as i32,
+        )?;
+        fp8.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_FP8 as i32,
+        )?;
         let bf16_wg = f("fps_attn_bf16_wgmma")?;
         let fp8_wg = f("fps_attn_fp8_wgmma")?;
-        bf16_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
-        fp8_wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        bf16_wg.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_BF16_WG as i32,
+        )?;
+        fp8_wg.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_FP8_WG as i32,
+        )?;
         let bf16_wg2 = f("fps_attn_bf16_wgmma_2cta")?;
         let fp8_wg2 = f("fps_attn_fp8_wgmma_2cta")?;
-        bf16_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BF16_WG as i32)?;
-        fp8_wg2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        bf16_wg2.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_BF16_WG as i32,
+        )?;
+        fp8_wg2.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_FP8_WG as i32,
+        )?;
         let fp8_pipe2 = f("fps_attn_fp8_wgmma_pipe_2cta")?;
-        fp8_pipe2.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_WG as i32)?;
+        fp8_pipe2.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_FP8_WG as i32,
+        )?;
         let fp8_1wg = f("fps_attn_fp8_wgmma_1wg")?;
-        fp8_1wg.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_FP8_1WG as i32)?;
+        fp8_1wg.set_attribute(
+            Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            SMEM_FP8_1WG as i32,
+        )?;
         Ok(Fps {
             quant_rows: f("quant_rows_e4m3")?,
             v_amax: f("v_channel_amax")?,
@@ -130,7 +163,10 @@ impl Fps {
     }
 
     pub fn upload_map(&self, map: &BlockMap) -> Result<DevMap> {
-        ensure!(map.bm == BM && map.bn == BN, "kernel needs blocks of {BM}x{BN}");
+        ensure!(
+            map.bm == BM && map.bn == BN,
+            "kernel needs blocks of {BM}x{BN}"
+        );
         let (counts, idx) = map.to_padded();
         Ok(DevMap {
             counts: self.stream.clone_htod(&counts)?,
@@ -144,7 +180,11 @@ impl Fps {
     }
 
     fn grid(map: &DevMap, smem: u32) -> LaunchConfig {
-        LaunchConfig { grid_dim: (map.n_qb as u32, map.heads as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem }
+        LaunchConfig {
+            grid_dim: (map.n_qb as u32, map.heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        }
     }
 
     fn scale_log2() -> f32 {
@@ -152,13 +192,44 @@ impl Fps {
     }
 
     /// BF16 attention: `o = attention(q, k, v)` under `map`.
-    pub fn attn_bf16(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+    pub fn attn_bf16(
+        &self,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        o: &mut CudaSlice<u16>,
+        map: &DevMap,
+        dummy: &CudaSlice<f32>,
+    ) -> Result<()> {
         let len = map.heads * map.n * HEAD_DIM;
-        ensure!(q.len() == len && k.len() == len && v.len() == len && o.len() == len, "tensor sizes");
-        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, map.n as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
+        ensure!(
+            q.len() == len && k.len() == len && v.len() == len && o.len() == len,
+            "tensor sizes"
+        );
+        let (n, npad, nqb, nkb, causal, sl) = (
+            map.n as i32,
+            map.n as i32,
+            map.n_qb as i32,
+            map.n_kb as i32,
+            map.causal as i32,
+            Self::scale_log2(),
+        );
         let mut b = self.stream.launch_builder(&self.bf16);
-        b.arg(q).arg(k).arg(v).arg(o).arg(&map.counts).arg(&map.idx).arg(dummy).arg(dummy).arg(dummy);
-        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(o)
+            .arg(&map.counts)
+            .arg(&map.idx)
+            .arg(dummy)
+            .arg(dummy)
+            .arg(dummy);
+        b.arg(&n)
+            .arg(&npad)
+            .arg(&nqb)
+            .arg(&nkb)
+            .arg(&causal)
+            .arg(&sl);
         unsafe { b.launch(Self::grid(map, SMEM_BF16)) }?;
         Ok(())
     }
@@ -181,12 +252,22 @@ impl Fps {
     }
 
     /// Quantise bf16 Q, K, V into `buf` (per-tile Q/K scales, per-channel V scales).
-    pub fn quantize(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, buf: &mut Fp8Buffers) -> Result<()> {
+    pub fn quantize(
+        &self,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        buf: &mut Fp8Buffers,
+    ) -> Result<()> {
         let (h, n) = (buf.heads, buf.n);
         let n_i = n as i32;
         let npad_i = buf.npad as i32;
         let tiles = n.div_ceil(64) as u32;
-        let cfg_rows = LaunchConfig { grid_dim: (tiles, h as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg_rows = LaunchConfig {
+            grid_dim: (tiles, h as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         for (x, y, s) in [(q, &mut buf.q8, &mut buf.sq), (k, &mut buf.k8, &mut buf.sk)] {
             let mut b = self.stream.launch_builder(&self.quant_rows);
             b.arg(x).arg(y).arg(s).arg(&n_i);
@@ -195,10 +276,27 @@ impl Fps {
         self.stream.memset_zeros(&mut buf.amax)?;
         let mut b = self.stream.launch_builder(&self.v_amax);
         b.arg(v).arg(&mut buf.amax).arg(&n_i);
-        unsafe { b.launch(LaunchConfig { grid_dim: (n.div_ceil(256) as u32, h as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (n.div_ceil(256) as u32, h as u32, 1),
+                block_dim: (HEAD_DIM as u32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }?;
         let mut b = self.stream.launch_builder(&self.quant_vt);
-        b.arg(v).arg(&buf.amax).arg(&mut buf.sv).arg(&mut buf.vt8).arg(&n_i).arg(&npad_i);
-        unsafe { b.launch(LaunchConfig { grid_dim: ((buf.npad / 16) as u32, h as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        b.arg(v)
+            .arg(&buf.amax)
+            .arg(&mut buf.sv)
+            .arg(&mut buf.vt8)
+            .arg(&n_i)
+            .arg(&npad_i);
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: ((buf.npad / 16) as u32, h as u32, 1),
+                block_dim: (HEAD_DIM as u32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }?;
         Ok(())
     }
 
@@ -208,10 +306,26 @@ impl Fps {
     }
 
     /// FP8 attention with the chosen MMA path.
-    pub fn attn_fp8_with(&self, mma: Mma, buf: &Fp8Buffers, o: &mut CudaSlice<u16>, map: &DevMap) -> Result<()> {
-        ensure!(buf.heads == map.heads && buf.n == map.n, "fp8 buffers do not match the map");
+    pub fn attn_fp8_with(
+        &self,
+        mma: Mma,
+        buf: &Fp8Buffers,
+        o: &mut CudaSlice<u16>,
+        map: &DevMap,
+    ) -> Result<()> {
+        ensure!(
+            buf.heads == map.heads && buf.n == map.n,
+            "fp8 buffers do not match the map"
+        );
         ensure!(o.len() == map.heads * map.n * HEAD_DIM, "output size");
-        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, buf.npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
+        let (n, npad, nqb, nkb, causal, sl) = (
+            map.n as i32,
+            buf.npad as i32,
+            map.n_qb as i32,
+            map.n_kb as i32,
+            map.causal as i32,
+            Self::scale_log2(),
+        );
         let (func, smem) = match mma {
             Mma::Sync => (&self.fp8, SMEM_FP8),
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
@@ -220,42 +334,118 @@ impl Fps {
             Mma::Wgmma1Wg => (&self.fp8_1wg, SMEM_FP8_1WG),
         };
         let cfg = if mma == Mma::Wgmma1Wg {
-            LaunchConfig { grid_dim: (2 * map.n_qb as u32, map.heads as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem }
+            LaunchConfig {
+                grid_dim: (2 * map.n_qb as u32, map.heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: smem,
+            }
         } else {
             Self::grid(map, smem)
         };
         let mut b = self.stream.launch_builder(func);
-        b.arg(&buf.q8).arg(&buf.k8).arg(&buf.vt8).arg(o).arg(&map.counts).arg(&map.idx).arg(&buf.sq).arg(&buf.sk).arg(&buf.sv);
-        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        b.arg(&buf.q8)
+            .arg(&buf.k8)
+            .arg(&buf.vt8)
+            .arg(o)
+            .arg(&map.counts)
+            .arg(&map.idx)
+            .arg(&buf.sq)
+            .arg(&buf.sk)
+            .arg(&buf.sv);
+        b.arg(&n)
+            .arg(&npad)
+            .arg(&nqb)
+            .arg(&nkb)
+            .arg(&causal)
+            .arg(&sl);
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
 
     /// V `[heads][n][128]` → V^T `[heads][128][npad]` (bf16, zero past n) for the BF16 wgmma kernel.
-    pub fn transpose_v(&self, v: &CudaSlice<u16>, vt: &mut CudaSlice<u16>, heads: usize, n: usize) -> Result<()> {
+    pub fn transpose_v(
+        &self,
+        v: &CudaSlice<u16>,
+        vt: &mut CudaSlice<u16>,
+        heads: usize,
+        n: usize,
+    ) -> Result<()> {
         let npad = n.div_ceil(BN) * BN;
-        ensure!(v.len() == heads * n * HEAD_DIM && vt.len() == heads * HEAD_DIM * npad, "transpose sizes");
+        ensure!(
+            v.len() == heads * n * HEAD_DIM && vt.len() == heads * HEAD_DIM * npad,
+            "transpose sizes"
+        );
         let (n_i, npad_i) = (n as i32, npad as i32);
         let mut b = self.stream.launch_builder(&self.transpose_v);
         b.arg(v).arg(vt).arg(&n_i).arg(&npad_i);
-        unsafe { b.launch(LaunchConfig { grid_dim: ((npad / BN) as u32, heads as u32, 1), block_dim: (HEAD_DIM as u32, 1, 1), shared_mem_bytes: 0 }) }?;
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: ((npad / BN) as u32, heads as u32, 1),
+                block_dim: (HEAD_DIM as u32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }?;
         Ok(())
     }
 
     /// BF16 attention through wgmma; `vt` from [`Fps::transpose_v`].
-    pub fn attn_bf16_wgmma(&self, q: &CudaSlice<u16>, k: &CudaSlice<u16>, vt: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+    pub fn attn_bf16_wgmma(
+        &self,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        vt: &CudaSlice<u16>,
+        o: &mut CudaSlice<u16>,
+        map: &DevMap,
+        dummy: &CudaSlice<f32>,
+    ) -> Result<()> {
         self.attn_bf16_wgmma_with(false, q, k, vt, o, map, dummy)
     }
 
     /// As [`Fps::attn_bf16_wgmma`]; `two_ctas` picks the build for two CTAs per SM.
     #[allow(clippy::too_many_arguments)]
-    pub fn attn_bf16_wgmma_with(&self, two_ctas: bool, q: &CudaSlice<u16>, k: &CudaSlice<u16>, vt: &CudaSlice<u16>, o: &mut CudaSlice<u16>, map: &DevMap, dummy: &CudaSlice<f32>) -> Result<()> {
+    pub fn attn_bf16_wgmma_with(
+        &self,
+        two_ctas: bool,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        vt: &CudaSlice<u16>,
+        o: &mut CudaSlice<u16>,
+        map: &DevMap,
+        dummy: &CudaSlice<f32>,
+    ) -> Result<()> {
         let npad = map.n.div_ceil(BN) * BN;
-        ensure!(vt.len() == map.heads * HEAD_DIM * npad && o.len() == map.heads * map.n * HEAD_DIM, "tensor sizes");
-        let (n, npad, nqb, nkb, causal, sl) = (map.n as i32, npad as i32, map.n_qb as i32, map.n_kb as i32, map.causal as i32, Self::scale_log2());
-        let mut b = self.stream.launch_builder(if two_ctas { &self.bf16_wg2 } else { &self.bf16_wg });
-        b.arg(q).arg(k).arg(vt).arg(o).arg(&map.counts).arg(&map.idx).arg(dummy).arg(dummy).arg(dummy);
-        b.arg(&n).arg(&npad).arg(&nqb).arg(&nkb).arg(&causal).arg(&sl);
+        ensure!(
+            vt.len() == map.heads * HEAD_DIM * npad && o.len() == map.heads * map.n * HEAD_DIM,
+            "tensor sizes"
+        );
+        let (n, npad, nqb, nkb, causal, sl) = (
+            map.n as i32,
+            npad as i32,
+            map.n_qb as i32,
+            map.n_kb as i32,
+            map.causal as i32,
+            Self::scale_log2(),
+        );
+        let mut b = self.stream.launch_builder(if two_ctas {
+            &self.bf16_wg2
+        } else {
+            &self.bf16_wg
+        });
+        b.arg(q)
+            .arg(k)
+            .arg(vt)
+            .arg(o)
+            .arg(&map.counts)
+            .arg(&map.idx)
+            .arg(dummy)
+            .arg(dummy)
+            .arg(dummy);
+        b.arg(&n)
+            .arg(&npad)
+            .arg(&nqb)
+            .arg(&nkb)
+            .arg(&causal)
+            .arg(&sl);
         unsafe { b.launch(Self::grid(map, SMEM_BF16_WG)) }?;
         Ok(())
     }

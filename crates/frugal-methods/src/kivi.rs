@@ -17,7 +17,9 @@
 use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
 use crate::spec::SpecError;
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout};
-use frugal_numerics::kivi::{code_at, group_params, packed_len, quantize_strided, range_strided, supported_bits, GroupParams};
+use frugal_numerics::kivi::{
+    code_at, group_params, packed_len, quantize_strided, range_strided, supported_bits, GroupParams,
+};
 use std::borrow::Cow;
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -40,14 +42,21 @@ pub struct RowFormat {
 }
 
 impl RowFormat {
-    pub const F32: RowFormat = RowFormat { bits: 32, group: 1, residual: usize::MAX };
+    pub const F32: RowFormat = RowFormat {
+        bits: 32,
+        group: 1,
+        residual: usize::MAX,
+    };
 
     pub fn quantises(&self) -> bool {
         self.bits < 32 && self.residual < usize::MAX / 2
     }
 
     pub fn label(&self) -> String {
-        format!("kivi:bits={},group={},residual={}", self.bits, self.group, self.residual)
+        format!(
+            "kivi:bits={},group={},residual={}",
+            self.bits, self.group, self.residual
+        )
     }
 }
 
@@ -55,9 +64,18 @@ impl RowFormat {
 pub fn format(knobs: &Knobs<'_>) -> Result<RowFormat, SpecError> {
     let bits = knobs.usize("bits") as u32;
     if !supported_bits(bits) {
-        return Err(SpecError::BadValue { policy: "kivi".into(), knob: "bits".into(), value: bits.to_string(), expected: "1, 2, 4 or 8".into() });
+        return Err(SpecError::BadValue {
+            policy: "kivi".into(),
+            knob: "bits".into(),
+            value: bits.to_string(),
+            expected: "1, 2, 4 or 8".into(),
+        });
     }
-    Ok(RowFormat { bits, group: knobs.usize("group"), residual: knobs.usize("residual") })
+    Ok(RowFormat {
+        bits,
+        group: knobs.usize("group"),
+        residual: knobs.usize("residual"),
+    })
 }
 
 /// Which KIVI grouping a stream uses.
@@ -87,7 +105,13 @@ pub struct QuantRows {
 
 impl QuantRows {
     pub fn new(d: usize, fmt: RowFormat, axis: Axis) -> Self {
-        QuantRows { d, fmt, axis, blocks: Vec::new(), tail: Vec::new() }
+        QuantRows {
+            d,
+            fmt,
+            axis,
+            blocks: Vec::new(),
+            tail: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,7 +124,11 @@ impl QuantRows {
 
     /// Rows quantised so far (the first rows of the stream).
     pub fn quantised_rows(&self) -> usize {
-        if self.fmt.quantises() { self.blocks.len() * self.fmt.group } else { 0 }
+        if self.fmt.quantises() {
+            self.blocks.len() * self.fmt.group
+        } else {
+            0
+        }
     }
 
     pub fn push(&mut self, rows: &[f32]) {
@@ -168,7 +196,9 @@ impl QuantRows {
                     Axis::PerChannel => b.params[c],
                     Axis::PerToken => b.params[r * groups_per_row + c / g],
                 };
-                out.push(p.min.to_f32() + p.scale.to_f32() * code_at(&b.codes, r * d + c, bits) as f32);
+                out.push(
+                    p.min.to_f32() + p.scale.to_f32() * code_at(&b.codes, r * d + c, bits) as f32,
+                );
             }
         }
     }
@@ -188,7 +218,11 @@ impl QuantRows {
 
     /// Bytes held: packed codes, 2 + 2 bytes per (scale, min), 4 per full-precision float.
     pub fn resident_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.codes.len() + 4 * b.params.len()).sum::<usize>() + 4 * self.tail.len()
+        self.blocks
+            .iter()
+            .map(|b| b.codes.len() + 4 * b.params.len())
+            .sum::<usize>()
+            + 4 * self.tail.len()
     }
 }
 
@@ -202,7 +236,11 @@ pub struct QuantHead {
 
 impl QuantHead {
     pub fn new(d: usize, fmt: RowFormat) -> Self {
-        QuantHead { k: QuantRows::new(d, fmt, Axis::PerChannel), v: QuantRows::new(d, fmt, Axis::PerToken), positions: Vec::new() }
+        QuantHead {
+            k: QuantRows::new(d, fmt, Axis::PerChannel),
+            v: QuantRows::new(d, fmt, Axis::PerToken),
+            positions: Vec::new(),
+        }
     }
 
     pub fn view(&self) -> HeadView<'_> {
@@ -241,7 +279,11 @@ pub struct KiviCache {
 
 impl KiviCache {
     pub fn new(layout: KvLayout, fmt: RowFormat) -> Self {
-        KiviCache { layout, fmt, heads: vec![QuantHead::new(layout.head_dim, fmt); layout.n_layers * layout.n_kv_heads] }
+        KiviCache {
+            layout,
+            fmt,
+            heads: vec![QuantHead::new(layout.head_dim, fmt); layout.n_layers * layout.n_kv_heads],
+        }
     }
 }
 
@@ -251,7 +293,11 @@ impl CachePolicy for KiviCache {
     }
 
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
-        let KvLayout { n_kv_heads, head_dim: d, .. } = self.layout;
+        let KvLayout {
+            n_kv_heads,
+            head_dim: d,
+            ..
+        } = self.layout;
         for g in 0..n_kv_heads {
             let h = &mut self.heads[layer * n_kv_heads + g];
             h.k.push(&head_rows(k, positions.len(), n_kv_heads, d, g));
@@ -276,7 +322,10 @@ impl CachePolicy for KiviCache {
 }
 
 pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout) -> Result<Component, SpecError> {
-    Ok(Component { cache: Some(Box::new(KiviCache::new(layout, format(knobs)?))), attention: None })
+    Ok(Component {
+        cache: Some(Box::new(KiviCache::new(layout, format(knobs)?))),
+        attention: None,
+    })
 }
 
 #[cfg(test)]
@@ -284,14 +333,20 @@ mod tests {
     use super::*;
 
     fn rows(n: usize, d: usize) -> Vec<f32> {
-        (0..n * d).map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * (1.0 + (i % d) as f32)).collect()
+        (0..n * d)
+            .map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * (1.0 + (i % d) as f32))
+            .collect()
     }
 
     #[test]
     fn stream_keeps_recent_rows_exact_and_bounds_error() {
         let d = 8;
         for axis in [Axis::PerChannel, Axis::PerToken] {
-            let fmt = RowFormat { bits: 4, group: 4, residual: 6 };
+            let fmt = RowFormat {
+                bits: 4,
+                group: 4,
+                residual: 6,
+            };
             let mut s = QuantRows::new(d, fmt, axis);
             let x = rows(23, d);
             s.push(&x[..10 * d]);
@@ -303,10 +358,17 @@ mod tests {
             assert_eq!(s.quantised_rows(), 16);
             let back = s.rows();
             assert_eq!(&back[16 * d..], &x[16 * d..], "recent rows are exact");
-            let err = back.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = back
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(err > 0.0 && err < 0.6, "{axis:?}: max error {err}");
             // 4 blocks × (packed 4-bit codes of 32 values + params) + 7 f32 rows.
-            let params = match axis { Axis::PerChannel => d, Axis::PerToken => 4 * 2 };
+            let params = match axis {
+                Axis::PerChannel => d,
+                Axis::PerToken => 4 * 2,
+            };
             assert_eq!(s.resident_bytes(), 4 * (16 + 4 * params) + 7 * d * 4);
         }
     }

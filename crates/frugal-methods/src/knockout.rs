@@ -63,7 +63,10 @@ pub const FRAME_LOCAL_INFO: PolicyInfo = PolicyInfo {
     doc: "context attention block-diagonal by chunk in layers a-b (question tokens see everything)",
     knobs: &[KnobInfo {
         name: "layers",
-        kind: KnobKind::Range { min: 0, max: 1 << 16 },
+        kind: KnobKind::Range {
+            min: 0,
+            max: 1 << 16,
+        },
         default: "0-65536",
         doc: "inclusive layer range a-b (0-based)",
     }],
@@ -118,15 +121,25 @@ impl KnockoutMask {
     /// Builds the predicate and asserts that every position keeps at least one visible key
     /// (itself), so no attention row is ever fully masked.
     pub fn new(path: Path, structure: &TokenStructure) -> Self {
-        let mask = KnockoutMask { path, kinds: structure.per_token() };
+        let mask = KnockoutMask {
+            path,
+            kinds: structure.per_token(),
+        };
         for p in 0..mask.kinds.len() as u32 {
-            assert!(mask.allows(0, p, p), "knockout {} would mask every key of position {p}", path.name());
+            assert!(
+                mask.allows(0, p, p),
+                "knockout {} would mask every key of position {p}",
+                path.name()
+            );
         }
         mask
     }
 
     fn kind(&self, pos: u32) -> (TokenKind, u32) {
-        self.kinds.get(pos as usize).copied().unwrap_or((TokenKind::Question, 0))
+        self.kinds
+            .get(pos as usize)
+            .copied()
+            .unwrap_or((TokenKind::Question, 0))
     }
 }
 
@@ -156,7 +169,12 @@ impl Knockout {
 
 impl AttentionPolicy for Knockout {
     fn name(&self) -> String {
-        format!("knockout:type={},from={},width={}", self.path.name(), self.from, self.width)
+        format!(
+            "knockout:type={},from={},width={}",
+            self.path.name(),
+            self.from,
+            self.width
+        )
     }
     fn mask<'a>(&'a self, ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
         let s = ctx.structure.filter(|_| self.applies(ctx.layer))?;
@@ -181,7 +199,16 @@ impl AttentionPolicy for EarlyExit {
     fn computed_rows(&self, ctx: &StepContext<'_>, positions: &[u32]) -> Option<Vec<bool>> {
         let s = ctx.structure.filter(|_| ctx.layer >= self.layer)?;
         let kinds = s.per_token();
-        Some(positions.iter().map(|&p| kinds.get(p as usize).is_none_or(|k| k.0 != TokenKind::Context)).collect())
+        Some(
+            positions
+                .iter()
+                .map(|&p| {
+                    kinds
+                        .get(p as usize)
+                        .is_none_or(|k| k.0 != TokenKind::Context)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -197,24 +224,41 @@ impl AttentionPolicy for FrameLocal {
         format!("frame-local:layers={}-{}", self.first, self.last)
     }
     fn mask<'a>(&'a self, ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
-        let s = ctx.structure.filter(|_| (self.first..=self.last).contains(&ctx.layer))?;
+        let s = ctx
+            .structure
+            .filter(|_| (self.first..=self.last).contains(&ctx.layer))?;
         Some(Box::new(KnockoutMask::new(Path::Vt, s)))
     }
 }
 
 pub(crate) fn component(knobs: &Knobs<'_>) -> Component {
     let path = Path::parse(knobs.choice("type")).expect("validated choice");
-    let k = Knockout { path, from: knobs.usize("from"), width: knobs.usize("width") };
-    Component { cache: None, attention: Some(Box::new(k)) }
+    let k = Knockout {
+        path,
+        from: knobs.usize("from"),
+        width: knobs.usize("width"),
+    };
+    Component {
+        cache: None,
+        attention: Some(Box::new(k)),
+    }
 }
 
 pub(crate) fn early_exit_component(knobs: &Knobs<'_>) -> Component {
-    Component { cache: None, attention: Some(Box::new(EarlyExit { layer: knobs.usize("layer") })) }
+    Component {
+        cache: None,
+        attention: Some(Box::new(EarlyExit {
+            layer: knobs.usize("layer"),
+        })),
+    }
 }
 
 pub(crate) fn frame_local_component(knobs: &Knobs<'_>) -> Component {
     let (first, last) = knobs.range("layers");
-    Component { cache: None, attention: Some(Box::new(FrameLocal { first, last })) }
+    Component {
+        cache: None,
+        attention: Some(Box::new(FrameLocal { first, last })),
+    }
 }
 
 #[cfg(test)]
@@ -244,27 +288,50 @@ mod tests {
             }
         }
         let lv = KnockoutMask::new(Path::Lv, &s);
-        assert!(!lv.allows(0, 8, 3) && !lv.allows(0, 9, 7) && lv.allows(0, 9, 8) && lv.allows(0, 6, 3));
+        assert!(
+            !lv.allows(0, 8, 3) && !lv.allows(0, 9, 7) && lv.allows(0, 9, 8) && lv.allows(0, 6, 3)
+        );
         let vt = KnockoutMask::new(Path::Vt, &s);
-        assert!(!vt.allows(0, 5, 2) && vt.allows(0, 6, 5) && vt.allows(0, 8, 3) && vt.allows(0, 9, 2));
+        assert!(
+            !vt.allows(0, 5, 2) && vt.allows(0, 6, 5) && vt.allows(0, 8, 3) && vt.allows(0, 9, 2)
+        );
         let vs = KnockoutMask::new(Path::Vs, &s);
-        assert!(!vs.allows(0, 6, 5) && vs.allows(0, 5, 2) && vs.allows(0, 5, 5) && vs.allows(0, 8, 6));
+        assert!(
+            !vs.allows(0, 6, 5) && vs.allows(0, 5, 2) && vs.allows(0, 5, 5) && vs.allows(0, 8, 6)
+        );
         // Generated tokens past the structure are question tokens.
         assert!(!lv.allows(0, 12, 3));
     }
 
     #[test]
     fn layers_of_cut_off_and_window() {
-        let k = Knockout { path: Path::Lv, from: 4, width: 1 << 16 };
+        let k = Knockout {
+            path: Path::Lv,
+            from: 4,
+            width: 1 << 16,
+        };
         assert!(!k.applies(3) && k.applies(4) && k.applies(29));
-        let w = Knockout { path: Path::Vt, from: 4, width: 3 };
+        let w = Knockout {
+            path: Path::Vt,
+            from: 4,
+            width: 3,
+        };
         assert!(!w.applies(3) && w.applies(4) && w.applies(6) && !w.applies(7));
-        assert!(!Knockout { path: Path::Vs, from: 0, width: 0 }.applies(0));
+        assert!(!Knockout {
+            path: Path::Vs,
+            from: 0,
+            width: 0
+        }
+        .applies(0));
     }
 
     #[test]
     fn specs_parse_and_bad_knobs_are_named() {
-        let err = |s: &str| crate::validate(&s.parse().unwrap()).unwrap_err().to_string();
+        let err = |s: &str| {
+            crate::validate(&s.parse().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(crate::validate(&"knockout:type=vs,from=3,width=4".parse().unwrap()).is_ok());
         assert!(crate::validate(&"frame-local:layers=2-9".parse().unwrap()).is_ok());
         assert!(crate::validate(&"early-exit:layer=12".parse().unwrap()).is_ok());

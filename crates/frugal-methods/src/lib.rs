@@ -2,13 +2,13 @@
 //! policy with its paper's defaults, all named by one spec syntax (`spec`) and built by one
 //! registry (`registry`).
 
+pub mod kivi;
 pub mod knockout;
+pub mod minicache;
 pub mod omnisparse;
 pub mod registry;
 pub mod spec;
 pub mod streaming;
-pub mod kivi;
-pub mod minicache;
 
 pub use registry::{build, validate, POLICIES};
 pub use spec::{PolicySpec, SpecError};

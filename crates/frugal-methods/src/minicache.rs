@@ -104,7 +104,8 @@ struct Retained {
 
 impl Retained {
     fn patch(&self) -> Option<(Cow<'_, [u32]>, Cow<'_, [f32]>)> {
-        (!self.rows.is_empty()).then(|| (Cow::Borrowed(&self.rows[..]), Cow::Borrowed(&self.data[..])))
+        (!self.rows.is_empty())
+            .then(|| (Cow::Borrowed(&self.rows[..]), Cow::Borrowed(&self.data[..])))
     }
     fn bytes(&self) -> usize {
         4 * (self.rows.len() + self.data.len())
@@ -131,7 +132,13 @@ struct Merged {
 
 impl Merged {
     fn new(d: usize, fmt: RowFormat, axis: Axis) -> Self {
-        let mags = || if fmt.quantises() { Mags::F16(Vec::new()) } else { Mags::F32(Vec::new()) };
+        let mags = || {
+            if fmt.quantises() {
+                Mags::F16(Vec::new())
+            } else {
+                Mags::F32(Vec::new())
+            }
+        };
         Merged {
             dir: QuantRows::new(d, fmt, axis),
             mag_a: mags(),
@@ -168,13 +175,19 @@ impl Merged {
         let n_new = rows_b.len() / d;
         let q = self.dir.quantised_rows();
         let first = self.merged;
-        assert_eq!(self.dir.len(), first + n_new, "layer b's tokens must match layer a's pending tokens");
+        assert_eq!(
+            self.dir.len(),
+            first + n_new,
+            "layer b's tokens must match layer a's pending tokens"
+        );
         match mode {
             Mode::Mean => {
                 let tail = self.dir.tail_mut();
                 for i in 0..n_new {
                     let r = &mut tail[(first + i - q) * d..(first + i - q + 1) * d];
-                    r.iter_mut().zip(&rows_b[i * d..(i + 1) * d]).for_each(|(x, y)| *x = 0.5 * (*x + *y));
+                    r.iter_mut()
+                        .zip(&rows_b[i * d..(i + 1) * d])
+                        .for_each(|(x, y)| *x = 0.5 * (*x + *y));
                 }
             }
             Mode::Slerp { t, gamma } => {
@@ -201,13 +214,16 @@ impl Merged {
                     let row = first + i;
                     let retain = !m.mergeable
                         || gamma >= 1.0
-                        || normalised_distance(m.omega, self.d_min, self.d_max).is_some_and(|x| x >= 1.0 - gamma);
+                        || normalised_distance(m.omega, self.d_min, self.d_max)
+                            .is_some_and(|x| x >= 1.0 - gamma);
                     let slot = &mut tail[(row - q) * d..(row - q + 1) * d];
                     if retain {
                         self.ret_a.rows.push(row as u32);
                         self.ret_a.data.extend_from_slice(slot);
                         self.ret_b.rows.push(row as u32);
-                        self.ret_b.data.extend_from_slice(&rows_b[i * d..(i + 1) * d]);
+                        self.ret_b
+                            .data
+                            .extend_from_slice(&rows_b[i * d..(i + 1) * d]);
                         self.retained_tokens += 1;
                     }
                     slot.copy_from_slice(&dirs[i * d..(i + 1) * d]);
@@ -221,7 +237,11 @@ impl Merged {
     }
 
     fn bytes(&self) -> usize {
-        self.dir.resident_bytes() + self.mag_a.bytes() + self.mag_b.bytes() + self.ret_a.bytes() + self.ret_b.bytes()
+        self.dir.resident_bytes()
+            + self.mag_a.bytes()
+            + self.mag_b.bytes()
+            + self.ret_a.bytes()
+            + self.ret_b.bytes()
     }
 }
 
@@ -254,7 +274,11 @@ pub struct MiniCache {
 
 impl MiniCache {
     fn new(layout: KvLayout, start_knob: i64, mode: Mode, fmt: RowFormat) -> Self {
-        let start = if start_knob < 0 { layout.n_layers / 2 } else { start_knob as usize };
+        let start = if start_knob < 0 {
+            layout.n_layers / 2
+        } else {
+            start_knob as usize
+        };
         let (mut roles, mut n_alone, mut n_pairs) = (Vec::new(), 0, 0);
         let mut l = 0;
         while l < layout.n_layers {
@@ -271,7 +295,11 @@ impl MiniCache {
         }
         let d = layout.head_dim;
         let h = layout.n_kv_heads;
-        let pair = PairHead { k: Merged::new(d, fmt, Axis::PerChannel), v: Merged::new(d, fmt, Axis::PerToken), positions: Vec::new() };
+        let pair = PairHead {
+            k: Merged::new(d, fmt, Axis::PerChannel),
+            v: Merged::new(d, fmt, Axis::PerToken),
+            positions: Vec::new(),
+        };
         MiniCache {
             layout,
             start: 0,
@@ -285,33 +313,55 @@ impl MiniCache {
     }
 
     fn with_start(mut self, start_knob: i64) -> Self {
-        self.start = if start_knob < 0 { usize::MAX } else { start_knob as usize };
+        self.start = if start_knob < 0 {
+            usize::MAX
+        } else {
+            start_knob as usize
+        };
         self
     }
 
     /// Layers whose K/V are merged with a partner.
     pub fn merged_layers(&self) -> usize {
-        self.roles.iter().filter(|r| !matches!(r, Role::Alone(_))).count()
+        self.roles
+            .iter()
+            .filter(|r| !matches!(r, Role::Alone(_)))
+            .count()
     }
 
     /// Tokens retained unmerged so far, summed over (pair, head, K|V).
     pub fn retained_tokens(&self) -> usize {
-        self.pairs.iter().map(|p| p.k.retained_tokens + p.v.retained_tokens).sum()
+        self.pairs
+            .iter()
+            .map(|p| p.k.retained_tokens + p.v.retained_tokens)
+            .sum()
     }
 }
 
 impl CachePolicy for MiniCache {
     fn name(&self) -> String {
-        let start = if self.start == usize::MAX { "-1".to_string() } else { self.start.to_string() };
+        let start = if self.start == usize::MAX {
+            "-1".to_string()
+        } else {
+            self.start.to_string()
+        };
         let base = match self.mode {
             Mode::Slerp { t, gamma } => format!("minicache:start={start},t={t},gamma={gamma}"),
             Mode::Mean => format!("mean-merge:start={start}"),
         };
-        if self.fmt.quantises() { format!("{base}+{}", self.fmt.label()) } else { base }
+        if self.fmt.quantises() {
+            format!("{base}+{}", self.fmt.label())
+        } else {
+            base
+        }
     }
 
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
-        let KvLayout { n_kv_heads: h, head_dim: d, .. } = self.layout;
+        let KvLayout {
+            n_kv_heads: h,
+            head_dim: d,
+            ..
+        } = self.layout;
         let t = positions.len();
         for g in 0..h {
             let (kr, vr) = (head_rows(k, t, h, d, g), head_rows(v, t, h, d, g));
@@ -348,31 +398,72 @@ impl CachePolicy for MiniCache {
         };
         let s = &self.pairs[p * h + kv_head];
         let slerp = matches!(self.mode, Mode::Slerp { .. });
-        let side = |m: &'a Merged| -> (Option<Cow<'a, [f32]>>, Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>) {
+        let side = |m: &'a Merged| -> (
+            Option<Cow<'a, [f32]>>,
+            Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
+        ) {
             if !slerp {
                 return (None, None);
             }
-            if is_a { (Some(m.mag_a.as_f32()), m.ret_a.patch()) } else { (Some(m.mag_b.as_f32()), m.ret_b.patch()) }
+            if is_a {
+                (Some(m.mag_a.as_f32()), m.ret_a.patch())
+            } else {
+                (Some(m.mag_b.as_f32()), m.ret_b.patch())
+            }
         };
         let (key_scale, key_patch) = side(&s.k);
         let (value_scale, value_patch) = side(&s.v);
-        HeadView { keys: s.k.dir.rows(), values: s.v.dir.rows(), positions: Cow::Borrowed(&s.positions), key_scale, value_scale, key_patch, value_patch }
+        HeadView {
+            keys: s.k.dir.rows(),
+            values: s.v.dir.rows(),
+            positions: Cow::Borrowed(&s.positions),
+            key_scale,
+            value_scale,
+            key_patch,
+            value_patch,
+        }
     }
 
     fn resident_bytes(&self) -> usize {
-        self.alone.iter().map(QuantHead::resident_bytes).sum::<usize>()
-            + self.pairs.iter().map(|p| p.k.bytes() + p.v.bytes() + 4 * p.positions.len()).sum::<usize>()
+        self.alone
+            .iter()
+            .map(QuantHead::resident_bytes)
+            .sum::<usize>()
+            + self
+                .pairs
+                .iter()
+                .map(|p| p.k.bytes() + p.v.bytes() + 4 * p.positions.len())
+                .sum::<usize>()
     }
 
     fn reset(&mut self) {
-        let start = if self.start == usize::MAX { -1 } else { self.start as i64 };
+        let start = if self.start == usize::MAX {
+            -1
+        } else {
+            self.start as i64
+        };
         *self = MiniCache::new(self.layout, start, self.mode, self.fmt);
     }
 }
 
 /// Builds `minicache` or `mean-merge`, its rows stored in `fmt` (f32 unless composed with kivi).
-pub(crate) fn component(name: &str, knobs: &Knobs<'_>, layout: KvLayout, fmt: RowFormat) -> Component {
+pub(crate) fn component(
+    name: &str,
+    knobs: &Knobs<'_>,
+    layout: KvLayout,
+    fmt: RowFormat,
+) -> Component {
     let start = knobs.f64("start") as i64;
-    let mode = if name == "mean-merge" { Mode::Mean } else { Mode::Slerp { t: knobs.f64("t"), gamma: knobs.f64("gamma") } };
-    Component { cache: Some(Box::new(MiniCache::new(layout, start, mode, fmt))), attention: None }
+    let mode = if name == "mean-merge" {
+        Mode::Mean
+    } else {
+        Mode::Slerp {
+            t: knobs.f64("t"),
+            gamma: knobs.f64("gamma"),
+        }
+    };
+    Component {
+        cache: Some(Box::new(MiniCache::new(layout, start, mode, fmt))),
+        attention: None,
+    }
 }

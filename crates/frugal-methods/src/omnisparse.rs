@@ -45,8 +45,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, probe_probabilities, recall_budget, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill,
-    SparsePlan,
+    column_importance, probe_probabilities, recall_budget, select_rows, BlockPlan, GroupAgg,
+    KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -55,10 +55,38 @@ use std::sync::{Arc, Mutex};
 const BLOCK: usize = 64;
 
 const COMMON_KNOBS: [KnobInfo; 4] = [
-    KnobInfo { name: "probe", kind: KnobKind::Int { min: 1, max: 64 }, default: "8", doc: "probe queries per 64-query block (the last one + a stride) [ours]" },
-    KnobInfo { name: "agg", kind: KnobKind::Choice { options: &["sum", "max"] }, default: "sum", doc: "how a GQA group's query heads combine into column importance (paper unknown)" },
-    KnobInfo { name: "sink", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "4", doc: "first tokens always kept [ours]" },
-    KnobInfo { name: "window", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "keys before each query block always kept, besides the block itself [ours]" },
+    KnobInfo {
+        name: "probe",
+        kind: KnobKind::Int { min: 1, max: 64 },
+        default: "8",
+        doc: "probe queries per 64-query block (the last one + a stride) [ours]",
+    },
+    KnobInfo {
+        name: "agg",
+        kind: KnobKind::Choice {
+            options: &["sum", "max"],
+        },
+        default: "sum",
+        doc: "how a GQA group's query heads combine into column importance (paper unknown)",
+    },
+    KnobInfo {
+        name: "sink",
+        kind: KnobKind::Int {
+            min: 0,
+            max: 1 << 20,
+        },
+        default: "4",
+        doc: "first tokens always kept [ours]",
+    },
+    KnobInfo {
+        name: "window",
+        kind: KnobKind::Int {
+            min: 0,
+            max: 1 << 20,
+        },
+        default: "64",
+        doc: "keys before each query block always kept, besides the block itself [ours]",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -208,7 +236,9 @@ impl CachePolicy for OmniCache {
                     let i = layer * n_kv + g;
                     if !sh.slimmed[i] && sh.mass[i].is_some_and(|m| m < self.cfg.eps) {
                         let span = &sh.span;
-                        self.store.head_mut(layer, g).retain(|p| !span.get(p as usize).copied().unwrap_or(false));
+                        self.store
+                            .head_mut(layer, g)
+                            .retain(|p| !span.get(p as usize).copied().unwrap_or(false));
                         sh.slimmed[i] = true;
                     }
                     sh.mass[i] = None;
@@ -263,7 +293,14 @@ impl OmniAttention {
     }
 
     /// Span mass of the call's last token per KV head (max over the group's query heads).
-    fn measure_span(&self, ctx: &StepContext<'_>, q: &[f32], positions: &[u32], shape: AttentionShape, kv: &[KvSlices<'_>]) {
+    fn measure_span(
+        &self,
+        ctx: &StepContext<'_>,
+        q: &[f32],
+        positions: &[u32],
+        shape: AttentionShape,
+        kv: &[KvSlices<'_>],
+    ) {
         let last = positions.len() - 1;
         let group = shape.group();
         let mut sh = self.shared.lock().unwrap();
@@ -291,8 +328,14 @@ impl OmniAttention {
     fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
         let end = *positions.last().unwrap() as usize + 1;
         let span: Vec<bool> = match ctx.structure {
-            Some(s) if s.len() >= end => s.per_token().iter().map(|(k, _)| *k == TokenKind::Context).collect(),
-            _ => (0..end).map(|p| p >= self.cfg.sink as usize && p + (self.cfg.window as usize) < end).collect(),
+            Some(s) if s.len() >= end => s
+                .per_token()
+                .iter()
+                .map(|(k, _)| *k == TokenKind::Context)
+                .collect(),
+            _ => (0..end)
+                .map(|p| p >= self.cfg.sink as usize && p + (self.cfg.window as usize) < end)
+                .collect(),
         };
         self.shared.lock().unwrap().span = span;
     }
@@ -334,15 +377,32 @@ impl AttentionPolicy for OmniAttention {
                 let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(t));
                 let computed = self.computed(q, t0, t1, t, row);
                 let (first, last) = (positions[t0], positions[t1 - 1]);
-                let visible: Vec<usize> = kv.iter().map(|h| h.positions.partition_point(|&p| p <= last)).collect();
+                let visible: Vec<usize> = kv
+                    .iter()
+                    .map(|h| h.positions.partition_point(|&p| p <= last))
+                    .collect();
                 let forced: Vec<Vec<bool>> = kv
                     .iter()
                     .zip(&visible)
-                    .map(|(h, &n)| h.positions[..n].iter().map(|&p| p < cfg.sink || p + cfg.window >= first).collect())
+                    .map(|(h, &n)| {
+                        h.positions[..n]
+                            .iter()
+                            .map(|&p| p < cfg.sink || p + cfg.window >= first)
+                            .collect()
+                    })
                     .collect();
-                let n_cand: Vec<usize> = forced.iter().map(|f| f.iter().filter(|x| !**x).count()).collect();
+                let n_cand: Vec<usize> = forced
+                    .iter()
+                    .map(|f| f.iter().filter(|x| !**x).count())
+                    .collect();
                 if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
-                    return (BlockPlan { keys: vec![KeySet::All; kv.len()], computed }, None);
+                    return (
+                        BlockPlan {
+                            keys: vec![KeySet::All; kv.len()],
+                            computed,
+                        },
+                        None,
+                    );
                 }
                 // Probe: the block's last query and a stride through it.
                 let stride = ((t1 - t0) / cfg.probe).max(1);
@@ -351,16 +411,20 @@ impl AttentionPolicy for OmniAttention {
                     .iter()
                     .enumerate()
                     .map(|(g, h)| {
-                        let probs = probe_probabilities(q, positions, &probes, g, h, visible[g], shape);
+                        let probs =
+                            probe_probabilities(q, positions, &probes, g, h, visible[g], shape);
                         column_importance(&probs, visible[g], shape.group(), cfg.agg)
                     })
                     .collect();
                 let budget = match cfg.budget {
-                    Budget::Flattest { tau } => {
-                        (0..kv.len()).map(|g| recall_budget(&imp[g], &forced[g], tau)).max().unwrap_or(0)
-                    }
+                    Budget::Flattest { tau } => (0..kv.len())
+                        .map(|g| recall_budget(&imp[g], &forced[g], tau))
+                        .max()
+                        .unwrap_or(0),
                     Budget::Uniform { keys } => keys,
-                    Budget::Ratio { ratio } => (ratio * *n_cand.iter().max().unwrap() as f64).ceil() as usize,
+                    Budget::Ratio { ratio } => {
+                        (ratio * *n_cand.iter().max().unwrap() as f64).ceil() as usize
+                    }
                 };
                 let mut selected = 0;
                 let keys = (0..kv.len())
@@ -374,7 +438,10 @@ impl AttentionPolicy for OmniAttention {
                         }
                     })
                     .collect();
-                (BlockPlan { keys, computed }, Some((budget, selected, visible.iter().sum())))
+                (
+                    BlockPlan { keys, computed },
+                    Some((budget, selected, visible.iter().sum())),
+                )
             })
             .collect();
 
@@ -391,14 +458,21 @@ impl AttentionPolicy for OmniAttention {
             }
             let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
             sh.queries += len;
-            sh.computed += bp.computed.as_ref().map_or(len, |c| c.iter().filter(|&&x| x).count());
+            sh.computed += bp
+                .computed
+                .as_ref()
+                .map_or(len, |c| c.iter().filter(|&&x| x).count());
             dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
             plan_blocks.push(bp);
         }
         if dense {
             return AttentionPlan::Mask(None);
         }
-        AttentionPlan::Sparse(SparsePlan { block: BLOCK, blocks: plan_blocks, fill: cfg.fill })
+        AttentionPlan::Sparse(SparsePlan {
+            block: BLOCK,
+            blocks: plan_blocks,
+            fill: cfg.fill,
+        })
     }
 
     fn report(&self) -> Option<String> {
@@ -419,7 +493,10 @@ impl AttentionPolicy for OmniAttention {
                 )
             })
             .collect();
-        let (sel, vis): (usize, usize) = sh.layers.iter().fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
+        let (sel, vis): (usize, usize) = sh
+            .layers
+            .iter()
+            .fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
         Some(format!(
             "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"layers\":[{}]}}",
             self.name,
@@ -436,7 +513,11 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
     Config {
         budget,
         probe: knobs.usize("probe"),
-        agg: if knobs.choice("agg") == "max" { GroupAgg::Max } else { GroupAgg::Sum },
+        agg: if knobs.choice("agg") == "max" {
+            GroupAgg::Max
+        } else {
+            GroupAgg::Sum
+        },
         sink: knobs.usize("sink") as u32,
         window: knobs.usize("window") as u32,
         lazy_theta: None,
@@ -450,25 +531,57 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
 fn build(name: String, cfg: Config, layout: KvLayout) -> Component {
     let shared = Arc::new(Mutex::new(Shared::new(layout)));
     Component {
-        cache: Some(Box::new(OmniCache { name: name.clone(), store: KvStore::new(layout), cfg: cfg.clone(), shared: shared.clone() })),
+        cache: Some(Box::new(OmniCache {
+            name: name.clone(),
+            store: KvStore::new(layout),
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+        })),
         attention: Some(Box::new(OmniAttention { name, cfg, shared })),
     }
 }
 
 pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    let mut cfg = common(knobs, Budget::Flattest { tau: knobs.f64("tau") });
+    let mut cfg = common(
+        knobs,
+        Budget::Flattest {
+            tau: knobs.f64("tau"),
+        },
+    );
     cfg.lazy_theta = (knobs.choice("lazy") == "cos").then(|| knobs.f64("theta") as f32);
     cfg.keep_every = knobs.usize("keep_every");
-    cfg.fill = if knobs.choice("fill") == "residual" { LazyFill::Residual } else { LazyFill::Copy };
+    cfg.fill = if knobs.choice("fill") == "residual" {
+        LazyFill::Residual
+    } else {
+        LazyFill::Copy
+    };
     cfg.eps = knobs.f64("eps") as f32;
     cfg.recheck = knobs.usize("recheck");
     build(spec, cfg, layout)
 }
 
 pub(crate) fn uniform_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    build(spec, common(knobs, Budget::Uniform { keys: knobs.usize("keys") }), layout)
+    build(
+        spec,
+        common(
+            knobs,
+            Budget::Uniform {
+                keys: knobs.usize("keys"),
+            },
+        ),
+        layout,
+    )
 }
 
 pub(crate) fn topk_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    build(spec, common(knobs, Budget::Ratio { ratio: knobs.f64("ratio") }), layout)
+    build(
+        spec,
+        common(
+            knobs,
+            Budget::Ratio {
+                ratio: knobs.f64("ratio"),
+            },
+        ),
+        layout,
+    )
 }

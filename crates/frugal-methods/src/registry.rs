@@ -8,12 +8,12 @@
 //! e.g. `kivi`) written beside a store owner that takes a format ([`FORMAT_TAKERS`], e.g.
 //! `minicache`) encodes that owner's rows instead of owning a store itself.
 
-use crate::spec::{PartSpec, PolicySpec, SpecError};
-use crate::knockout;
-use crate::omnisparse;
-use crate::streaming;
 use crate::kivi::{self, RowFormat};
+use crate::knockout;
 use crate::minicache;
+use crate::omnisparse;
+use crate::spec::{PartSpec, PolicySpec, SpecError};
+use crate::streaming;
 use frugal_engine::attention::{AttentionPolicy, Dense};
 use frugal_engine::cache::{CachePolicy, FullCache, KvLayout};
 use frugal_engine::sequence::Sequence;
@@ -21,12 +21,23 @@ use frugal_engine::sequence::Sequence;
 /// The accepted values of a knob.
 #[derive(Clone, Copy, Debug)]
 pub enum KnobKind {
-    Int { min: i64, max: i64 },
-    Float { min: f64, max: f64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     /// One of these words.
-    Choice { options: &'static [&'static str] },
+    Choice {
+        options: &'static [&'static str],
+    },
     /// An inclusive integer range `a-b` (or a single `a`) inside `min..=max`.
-    Range { min: i64, max: i64 },
+    Range {
+        min: i64,
+        max: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +60,12 @@ pub struct PolicyInfo {
 
 /// All registered policies.
 pub const POLICIES: &[PolicyInfo] = &[
-    PolicyInfo { name: "full", doc: "every token of every head kept; dense attention (the reference)", knobs: &[], keep_everything: "full" },
+    PolicyInfo {
+        name: "full",
+        doc: "every token of every head kept; dense attention (the reference)",
+        knobs: &[],
+        keep_everything: "full",
+    },
     streaming::INFO,
     kivi::INFO,
     minicache::INFO,
@@ -78,7 +94,11 @@ impl<'a> Knobs<'a> {
                 return Err(SpecError::UnknownKnob {
                     policy: part.name.clone(),
                     knob: k.clone(),
-                    known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                    known: if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    },
                 });
             };
             knobs.number(knob)?;
@@ -87,7 +107,11 @@ impl<'a> Knobs<'a> {
     }
 
     fn raw(&self, knob: &KnobInfo) -> &str {
-        self.part.knobs.iter().find(|(k, _)| k == knob.name).map_or(knob.default, |(_, v)| v.as_str())
+        self.part
+            .knobs
+            .iter()
+            .find(|(k, _)| k == knob.name)
+            .map_or(knob.default, |(_, v)| v.as_str())
     }
 
     fn number(&self, knob: &KnobInfo) -> Result<f64, SpecError> {
@@ -100,14 +124,18 @@ impl<'a> Knobs<'a> {
         };
         match knob.kind {
             KnobKind::Int { min, max } => {
-                let v: i64 = value.parse().map_err(|_| bad(format!("an integer in {min}..={max}")))?;
+                let v: i64 = value
+                    .parse()
+                    .map_err(|_| bad(format!("an integer in {min}..={max}")))?;
                 if v < min || v > max {
                     return Err(bad(format!("an integer in {min}..={max}")));
                 }
                 Ok(v as f64)
             }
             KnobKind::Float { min, max } => {
-                let v: f64 = value.parse().map_err(|_| bad(format!("a number in [{min}, {max}]")))?;
+                let v: f64 = value
+                    .parse()
+                    .map_err(|_| bad(format!("a number in [{min}, {max}]")))?;
                 if !(v >= min && v <= max) {
                     return Err(bad(format!("a number in [{min}, {max}]")));
                 }
@@ -119,7 +147,11 @@ impl<'a> Knobs<'a> {
                 .map(|i| i as f64)
                 .ok_or_else(|| bad(format!("one of {}", options.join(", ")))),
             KnobKind::Range { min, max } => {
-                let expected = || bad(format!("a layer range a-b (or one layer a) with {min} <= a <= b <= {max}"));
+                let expected = || {
+                    bad(format!(
+                        "a layer range a-b (or one layer a) with {min} <= a <= b <= {max}"
+                    ))
+                };
                 let (a, b) = parse_range(value).ok_or_else(expected)?;
                 if a < min || b > max || a > b {
                     return Err(expected());
@@ -131,27 +163,35 @@ impl<'a> Knobs<'a> {
 
     /// The word given for a [`KnobKind::Choice`] knob (or its default).
     pub fn choice(&self, name: &str) -> &str {
-        self.number(self.info(name)).expect("validated in Knobs::new");
+        self.number(self.info(name))
+            .expect("validated in Knobs::new");
         self.raw(self.info(name))
     }
 
     /// The inclusive bounds given for a [`KnobKind::Range`] knob (or its default).
     pub fn range(&self, name: &str) -> (usize, usize) {
-        self.number(self.info(name)).expect("validated in Knobs::new");
+        self.number(self.info(name))
+            .expect("validated in Knobs::new");
         let (a, b) = parse_range(self.raw(self.info(name))).expect("validated in Knobs::new");
         (a as usize, b as usize)
     }
 
     fn info(&self, name: &str) -> &'static KnobInfo {
-        self.info.knobs.iter().find(|k| k.name == name).unwrap_or_else(|| panic!("policy {} has no knob {name}", self.info.name))
+        self.info
+            .knobs
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("policy {} has no knob {name}", self.info.name))
     }
 
     pub fn usize(&self, name: &str) -> usize {
-        self.number(self.info(name)).expect("validated in Knobs::new") as usize
+        self.number(self.info(name))
+            .expect("validated in Knobs::new") as usize
     }
 
     pub fn f64(&self, name: &str) -> f64 {
-        self.number(self.info(name)).expect("validated in Knobs::new")
+        self.number(self.info(name))
+            .expect("validated in Knobs::new")
     }
 }
 
@@ -178,19 +218,31 @@ pub struct Component {
 }
 
 fn info(name: &str) -> Result<&'static PolicyInfo, SpecError> {
-    POLICIES.iter().find(|p| p.name == name).ok_or_else(|| SpecError::UnknownPolicy {
-        name: name.into(),
-        known: POLICIES.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-    })
+    POLICIES
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| SpecError::UnknownPolicy {
+            name: name.into(),
+            known: POLICIES
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> {
     let knobs = Knobs::new(part, info(&part.name)?)?;
     Ok(match part.name.as_str() {
-        "full" => Component { cache: Some(Box::new(FullCache::new(layout))), attention: Some(Box::new(Dense)) },
+        "full" => Component {
+            cache: Some(Box::new(FullCache::new(layout))),
+            attention: Some(Box::new(Dense)),
+        },
         "streaming" => streaming::component(&knobs, layout),
         "kivi" => kivi::component(&knobs, layout)?,
-        "minicache" | "mean-merge" => minicache::component(&part.name, &knobs, layout, RowFormat::F32),
+        "minicache" | "mean-merge" => {
+            minicache::component(&part.name, &knobs, layout, RowFormat::F32)
+        }
         "omnisparse" => omnisparse::component(&knobs, layout, part.to_string()),
         "uniform-budget" => omnisparse::uniform_component(&knobs, layout, part.to_string()),
         "topk" => omnisparse::topk_component(&knobs, layout, part.to_string()),
@@ -203,7 +255,15 @@ fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> 
 
 /// Checks a spec (names, knobs, ranges, composition) without needing a model.
 pub fn validate(spec: &PolicySpec) -> Result<(), SpecError> {
-    build(spec, KvLayout { n_layers: 1, n_kv_heads: 1, head_dim: 2 }).map(|_| ())
+    build(
+        spec,
+        KvLayout {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+        },
+    )
+    .map(|_| ())
 }
 
 /// Builds the sequence state a spec describes for a model with this KV layout.
@@ -217,8 +277,14 @@ pub fn build(spec: &PolicySpec, layout: KvLayout) -> Result<Sequence, SpecError>
     };
     // Storage formats: a format part (kivi) written beside a part that stores its rows through a
     // format (minicache, mean-merge) becomes that part's row format, not a second store owner.
-    let format_part = spec.parts.iter().position(|p| STORAGE_FORMATS.contains(&p.name.as_str()));
-    let taker = spec.parts.iter().position(|p| FORMAT_TAKERS.contains(&p.name.as_str()));
+    let format_part = spec
+        .parts
+        .iter()
+        .position(|p| STORAGE_FORMATS.contains(&p.name.as_str()));
+    let taker = spec
+        .parts
+        .iter()
+        .position(|p| FORMAT_TAKERS.contains(&p.name.as_str()));
     let row_format = match (format_part, taker) {
         (Some(f), Some(_)) => {
             let part = &spec.parts[f];
@@ -249,7 +315,10 @@ pub fn build(spec: &PolicySpec, layout: KvLayout) -> Result<Sequence, SpecError>
         }
     }
     Ok(Sequence::new(
-        cache.map_or_else(|| Box::new(FullCache::new(layout)) as Box<dyn CachePolicy>, |c| c.1),
+        cache.map_or_else(
+            || Box::new(FullCache::new(layout)) as Box<dyn CachePolicy>,
+            |c| c.1,
+        ),
         attention.map_or_else(|| Box::new(Dense) as Box<dyn AttentionPolicy>, |a| a.1),
     ))
 }
@@ -265,7 +334,10 @@ mod tests {
     #[test]
     fn unknown_names_knobs_and_ranges_are_named() {
         assert!(err("nosuch").contains("unknown policy `nosuch`"));
-        assert!(err("nosuch").contains("streaming"), "lists the known policies");
+        assert!(
+            err("nosuch").contains("streaming"),
+            "lists the known policies"
+        );
         assert!(err("streaming:foo=1").contains("unknown knob `foo` for policy `streaming`"));
         assert!(err("streaming:window=0").contains("streaming:window"));
         assert!(err("streaming:sink=abc").contains("an integer"));
@@ -275,7 +347,11 @@ mod tests {
     #[test]
     fn a_storage_format_composes_under_a_format_taker_only() {
         let ok = |s: &str| validate(&s.parse().unwrap()).is_ok();
-        assert!(ok("minicache+kivi:bits=4") && ok("kivi:bits=4+minicache:gamma=0.1") && ok("mean-merge+kivi"));
+        assert!(
+            ok("minicache+kivi:bits=4")
+                && ok("kivi:bits=4+minicache:gamma=0.1")
+                && ok("mean-merge+kivi")
+        );
         assert!(err("streaming+kivi").contains("cannot be combined"));
         assert!(err("minicache+mean-merge").contains("cannot be combined"));
         assert!(err("minicache+kivi+kivi").contains("cannot be combined"));

@@ -25,18 +25,34 @@ pub enum SpecError {
     #[error("unknown policy `{name}` (known: {known})")]
     UnknownPolicy { name: String, known: String },
     #[error("unknown knob `{knob}` for policy `{policy}` (its knobs: {known})")]
-    UnknownKnob { policy: String, knob: String, known: String },
+    UnknownKnob {
+        policy: String,
+        knob: String,
+        known: String,
+    },
     #[error("invalid value `{value}` for `{policy}:{knob}`: expected {expected}")]
-    BadValue { policy: String, knob: String, value: String, expected: String },
+    BadValue {
+        policy: String,
+        knob: String,
+        value: String,
+        expected: String,
+    },
     #[error("policy `{first}` cannot be combined with `{second}`: {reason}")]
-    Conflict { first: String, second: String, reason: String },
+    Conflict {
+        first: String,
+        second: String,
+        reason: String,
+    },
 }
 
 impl FromStr for PolicySpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let malformed = |reason: String| SpecError::Malformed { spec: spec.to_string(), reason };
+        let malformed = |reason: String| SpecError::Malformed {
+            spec: spec.to_string(),
+            reason,
+        };
         let spec_trim = spec.trim();
         if spec_trim.is_empty() {
             return Err(malformed("it is empty".into()));
@@ -48,8 +64,14 @@ impl FromStr for PolicySpec {
                 Some((n, k)) => (n.trim(), Some(k)),
                 None => (part, None),
             };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(malformed(format!("`{part}` does not start with a policy name")));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(malformed(format!(
+                    "`{part}` does not start with a policy name"
+                )));
             }
             let mut knobs: Vec<(String, String)> = Vec::new();
             if let Some(text) = knobs_text {
@@ -59,7 +81,9 @@ impl FromStr for PolicySpec {
                     };
                     let (k, v) = (k.trim(), v.trim());
                     if k.is_empty() || v.is_empty() {
-                        return Err(malformed(format!("`{kv}` in `{part}` has an empty key or value")));
+                        return Err(malformed(format!(
+                            "`{kv}` in `{part}` has an empty key or value"
+                        )));
                     }
                     if knobs.iter().any(|(x, _)| x == k) {
                         return Err(malformed(format!("knob `{k}` is given twice in `{part}`")));
@@ -67,7 +91,10 @@ impl FromStr for PolicySpec {
                     knobs.push((k.to_string(), v.to_string()));
                 }
             }
-            parts.push(PartSpec { name: name.to_string(), knobs });
+            parts.push(PartSpec {
+                name: name.to_string(),
+                knobs,
+            });
         }
         Ok(PolicySpec { parts })
     }
@@ -99,8 +126,13 @@ impl fmt::Display for PolicySpec {
 /// part may be given as usual, e.g. `minicache:start=15,gamma=0,0.05` sweeps `gamma`: a
 /// comma-separated item without `=` continues the list of the knob before it.
 pub fn expand_sweep(sweep: &str) -> Result<Vec<PolicySpec>, SpecError> {
-    let malformed = |reason: &str| SpecError::Malformed { spec: sweep.to_string(), reason: reason.to_string() };
-    let (name, knobs) = sweep.split_once(':').ok_or_else(|| malformed("a sweep needs `name:knob=v1,v2,…`"))?;
+    let malformed = |reason: &str| SpecError::Malformed {
+        spec: sweep.to_string(),
+        reason: reason.to_string(),
+    };
+    let (name, knobs) = sweep
+        .split_once(':')
+        .ok_or_else(|| malformed("a sweep needs `name:knob=v1,v2,…`"))?;
     let mut fixed: Vec<(String, String)> = Vec::new();
     let mut swept: Option<(String, Vec<String>)> = None;
     let mut last_key: Option<String> = None;
@@ -112,10 +144,15 @@ pub fn expand_sweep(sweep: &str) -> Result<Vec<PolicySpec>, SpecError> {
                 last_key = Some(k.trim().to_string());
             }
             None => {
-                let key = last_key.clone().ok_or_else(|| malformed("a value list must follow `knob=`"))?;
+                let key = last_key
+                    .clone()
+                    .ok_or_else(|| malformed("a value list must follow `knob=`"))?;
                 match &mut swept {
                     None => {
-                        let pos = fixed.iter().position(|(k, _)| *k == key).expect("just pushed");
+                        let pos = fixed
+                            .iter()
+                            .position(|(k, _)| *k == key)
+                            .expect("just pushed");
                         let first = fixed.remove(pos).1;
                         swept = Some((key, vec![first, item.to_string()]));
                     }
@@ -131,7 +168,14 @@ pub fn expand_sweep(sweep: &str) -> Result<Vec<PolicySpec>, SpecError> {
         .map(|v| {
             let mut knobs = fixed.clone();
             knobs.push((key.clone(), v));
-            let text = format!("{name}:{}", knobs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+            let text = format!(
+                "{name}:{}",
+                knobs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
             text.parse()
         })
         .collect()
@@ -146,7 +190,13 @@ mod tests {
         let s: PolicySpec = "minicache:start=15,gamma=0.05+kivi:bits=4".parse().unwrap();
         assert_eq!(s.parts.len(), 2);
         assert_eq!(s.parts[0].name, "minicache");
-        assert_eq!(s.parts[0].knobs, vec![("start".into(), "15".into()), ("gamma".into(), "0.05".into())]);
+        assert_eq!(
+            s.parts[0].knobs,
+            vec![
+                ("start".into(), "15".into()),
+                ("gamma".into(), "0.05".into())
+            ]
+        );
         assert_eq!(s.to_string(), "minicache:start=15,gamma=0.05+kivi:bits=4");
         assert_eq!("full".parse::<PolicySpec>().unwrap().to_string(), "full");
     }
@@ -169,7 +219,14 @@ mod tests {
     fn sweeps_expand_one_knob() {
         let v = expand_sweep("minicache:gamma=0,0.01,0.05").unwrap();
         let names: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        assert_eq!(names, ["minicache:gamma=0", "minicache:gamma=0.01", "minicache:gamma=0.05"]);
+        assert_eq!(
+            names,
+            [
+                "minicache:gamma=0",
+                "minicache:gamma=0.01",
+                "minicache:gamma=0.05"
+            ]
+        );
         let v = expand_sweep("minicache:start=15,gamma=0,0.1").unwrap();
         assert_eq!(v[1].to_string(), "minicache:start=15,gamma=0.1");
         assert!(expand_sweep("minicache:gamma=0").is_err());

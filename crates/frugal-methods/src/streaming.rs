@@ -16,8 +16,24 @@ pub const INFO: PolicyInfo = PolicyInfo {
     name: "streaming",
     doc: "attention sinks + recent window (StreamingLLM); everything else is evicted",
     knobs: &[
-        KnobInfo { name: "sink", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "4", doc: "first tokens always kept" },
-        KnobInfo { name: "window", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "1024", doc: "most recent tokens kept" },
+        KnobInfo {
+            name: "sink",
+            kind: KnobKind::Int {
+                min: 0,
+                max: 1 << 20,
+            },
+            default: "4",
+            doc: "first tokens always kept",
+        },
+        KnobInfo {
+            name: "window",
+            kind: KnobKind::Int {
+                min: 1,
+                max: 1 << 20,
+            },
+            default: "1024",
+            doc: "most recent tokens kept",
+        },
     ],
     keep_everything: "streaming:sink=0,window=1048576",
 };
@@ -55,7 +71,9 @@ impl CachePolicy for StreamingCache {
         if let Some(&first) = positions.first() {
             let w = self.w;
             for g in 0..self.store.layout().n_kv_heads {
-                self.store.head_mut(layer, g).retain(|p| w.visible(first, p));
+                self.store
+                    .head_mut(layer, g)
+                    .retain(|p| w.visible(first, p));
             }
         }
         self.store.append_layer(layer, positions, k, v);
@@ -88,9 +106,15 @@ impl AttentionPolicy for StreamingMask {
 }
 
 pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout) -> Component {
-    let w = Window { sink: knobs.usize("sink") as u32, window: knobs.usize("window") as u32 };
+    let w = Window {
+        sink: knobs.usize("sink") as u32,
+        window: knobs.usize("window") as u32,
+    };
     Component {
-        cache: Some(Box::new(StreamingCache { store: KvStore::new(layout), w })),
+        cache: Some(Box::new(StreamingCache {
+            store: KvStore::new(layout),
+            w,
+        })),
         attention: Some(Box::new(StreamingMask { w })),
     }
 }

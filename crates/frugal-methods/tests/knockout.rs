@@ -27,7 +27,9 @@ fn structure() -> TokenStructure {
 }
 
 fn ids(seed: u32) -> Vec<u32> {
-    (0..(PREFIX + 3 * CHUNK + QUESTION) as u32).map(|i| 3 + (i * 37 + i * i * seed) % 250).collect()
+    (0..(PREFIX + 3 * CHUNK + QUESTION) as u32)
+        .map(|i| 3 + (i * 37 + i * i * seed) % 250)
+        .collect()
 }
 
 fn seq(lm: &LoadedModel, spec: &str) -> Sequence {
@@ -38,19 +40,33 @@ fn seq(lm: &LoadedModel, spec: &str) -> Sequence {
 
 fn run(lm: &LoadedModel, spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, usize) {
     let mut s = seq(lm, spec);
-    let rows = lm.model.forward(ids, &mut s, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
+    let rows = lm
+        .model
+        .forward(ids, &mut s, LogitRows::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     (rows, s.cache.resident_bytes())
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 #[test]
 fn no_knockout_is_dense_bit_for_bit() {
     let lm = tiny_model(GgmlDType::F32, 7).unwrap();
     let (dense, bytes) = run(&lm, "full", &ids(1));
-    for spec in ["knockout:type=lv,width=0", "knockout:type=vs,from=3", "early-exit:layer=3", "frame-local:layers=3-9"] {
+    for spec in [
+        "knockout:type=lv,width=0",
+        "knockout:type=vs,from=3",
+        "early-exit:layer=3",
+        "frame-local:layers=3-9",
+    ] {
         let (rows, b) = run(&lm, spec, &ids(1));
         assert_eq!(rows, dense, "{spec}");
         assert_eq!(b, bytes, "{spec}");
@@ -126,7 +142,12 @@ fn early_exit_equals_lv_knockout_above_its_layer_and_frees_kv() {
     // Decode after an early-exit prefill continues without the exited K/V.
     let mut s = seq(&lm, "early-exit:layer=1");
     lm.model.forward(&ids(1), &mut s, LogitRows::Last).unwrap();
-    let next = lm.model.forward(&[5], &mut s, LogitRows::Last).unwrap().to_vec2::<f32>().unwrap();
+    let next = lm
+        .model
+        .forward(&[5], &mut s, LogitRows::Last)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(next[0].iter().all(|x| x.is_finite()));
 }
 
@@ -138,10 +159,19 @@ fn lv_knockout_on_a_shared_dense_prefix_equals_a_full_run() {
     let spec = "knockout:type=lv,from=1";
     let (full, _) = run(&lm, spec, &all);
     let mut dense = seq(&lm, "full");
-    lm.model.forward(&all[..q], &mut dense, LogitRows::Last).unwrap();
-    let attention = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap().attention;
+    lm.model
+        .forward(&all[..q], &mut dense, LogitRows::Last)
+        .unwrap();
+    let attention = build(&spec.parse().unwrap(), lm.model.config().kv_layout())
+        .unwrap()
+        .attention;
     let mut forked = Sequence::resume(dense.cache, attention, q);
     forked.structure = Some(Arc::new(structure()));
-    let tail = lm.model.forward(&all[q..], &mut forked, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
+    let tail = lm
+        .model
+        .forward(&all[q..], &mut forked, LogitRows::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(max_diff(&tail, &full[q..]) < 1e-5);
 }

@@ -16,26 +16,44 @@ fn run(spec: &str, split: usize) -> (Vec<Vec<f32>>, usize) {
     let ids = ids();
     let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
     let mut rows = if split > 0 {
-        lm.model.forward(&ids[..split], &mut seq, LogitRows::All).unwrap().to_vec2::<f32>().unwrap()
+        lm.model
+            .forward(&ids[..split], &mut seq, LogitRows::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
     } else {
         Vec::new()
     };
     for &id in &ids[split..] {
-        rows.extend(lm.model.forward(&[id], &mut seq, LogitRows::Last).unwrap().to_vec2::<f32>().unwrap());
+        rows.extend(
+            lm.model
+                .forward(&[id], &mut seq, LogitRows::Last)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
     }
     (rows, seq.cache.resident_bytes())
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn retaining_every_token_reproduces_full_attention() {
     let (dense, _) = run("full", 300);
     // (With kivi underneath, the unmerged layers are quantised, so only the f32 format is exact.)
-    for spec in ["minicache:gamma=1", "minicache:gamma=1,start=0", "minicache:gamma=1,t=0.3"] {
+    for spec in [
+        "minicache:gamma=1",
+        "minicache:gamma=1,start=0",
+        "minicache:gamma=1,t=0.3",
+    ] {
         for split in [300, 150, 0] {
             let (rows, _) = run(spec, split);
             let diff = max_diff(&dense, &rows);
@@ -48,7 +66,11 @@ fn retaining_every_token_reproduces_full_attention() {
 fn decode_token_by_token_equals_prefill() {
     // Exact settings: every path (pending rows, patches, merged tails) must agree between one
     // prefill and token-by-token decode.
-    for spec in ["minicache:gamma=1", "kivi:residual=1048576", "mean-merge:start=1048576"] {
+    for spec in [
+        "minicache:gamma=1",
+        "kivi:residual=1048576",
+        "mean-merge:start=1048576",
+    ] {
         let (prefill, _) = run(spec, 300);
         let (decode, _) = run(spec, 0);
         let diff = max_diff(&prefill, &decode);
@@ -60,12 +82,25 @@ fn decode_token_by_token_equals_prefill() {
 fn defaults_compress_and_change_the_output() {
     let (dense, full_bytes) = run("full", 200);
     let mut seen = Vec::new();
-    for spec in ["minicache", "mean-merge", "kivi:bits=4", "minicache+kivi:bits=4", "minicache:gamma=0", "minicache:gamma=0.5"] {
+    for spec in [
+        "minicache",
+        "mean-merge",
+        "kivi:bits=4",
+        "minicache+kivi:bits=4",
+        "minicache:gamma=0",
+        "minicache:gamma=0.5",
+    ] {
         let (rows, bytes) = run(spec, 200);
         assert!(rows.iter().flatten().all(|x| x.is_finite()), "{spec}");
         // Retaining half the tokens (gamma=0.5) keeps two originals beside the shared row.
-        assert!(spec.ends_with("0.5") || bytes < full_bytes, "{spec}: {bytes} >= {full_bytes}");
-        assert!(max_diff(&dense, &rows) > 1e-5, "{spec} must change the logits");
+        assert!(
+            spec.ends_with("0.5") || bytes < full_bytes,
+            "{spec}: {bytes} >= {full_bytes}"
+        );
+        assert!(
+            max_diff(&dense, &rows) > 1e-5,
+            "{spec} must change the logits"
+        );
         seen.push((spec, bytes));
     }
     // Retaining more tokens costs bytes; quantising the merged directions saves them.

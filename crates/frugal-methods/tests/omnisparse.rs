@@ -15,12 +15,21 @@ fn ids(n: u32) -> Vec<u32> {
 fn prefill(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, Option<String>) {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
-    let rows = lm.model.forward(ids, &mut seq, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
+    let rows = lm
+        .model
+        .forward(ids, &mut seq, LogitRows::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     (rows, seq.attention.report())
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -39,16 +48,30 @@ fn sparse_path_skips_keys_and_queries_and_stays_close() {
     let ids = ids(400);
     let (dense, _) = prefill("full", &ids);
     // Every query of a block probes (probe=64), so recall τ holds on average over its rows.
-    let (near, report) = prefill("omnisparse:tau=0.999,lazy=none,window=16,sink=1,probe=64", &ids);
+    let (near, report) = prefill(
+        "omnisparse:tau=0.999,lazy=none,window=16,sink=1,probe=64",
+        &ids,
+    );
     let report = report.unwrap();
     assert!(!report.contains("\"key_kept_fraction\":1.0000"), "{report}");
     let (far, _) = prefill("topk:ratio=0.05,window=16,sink=1,probe=64", &ids);
     let (d_near, d_far) = (max_diff(&dense, &near), max_diff(&dense, &far));
-    assert!(d_near > 0.0 && d_near < d_far, "τ=0.999 ({d_near}) must be closer to dense than 5% of keys ({d_far})");
+    assert!(
+        d_near > 0.0 && d_near < d_far,
+        "τ=0.999 ({d_near}) must be closer to dense than 5% of keys ({d_far})"
+    );
     // Lazy queries: θ=-1 makes every query lazy; keep_every=4 computes ~1/4 (+ block starts).
     let (_, report) = prefill("omnisparse:tau=1,lazy=cos,theta=-1,keep_every=4", &ids);
     let report = report.unwrap();
-    let kept: f64 = report.split("\"query_kept_fraction\":").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    let kept: f64 = report
+        .split("\"query_kept_fraction\":")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(kept > 0.2 && kept < 0.35, "{report}");
     let (top, _) = prefill("topk:ratio=0.2,window=8", &ids);
     assert!(top.iter().flatten().all(|x| x.is_finite()));
@@ -66,12 +89,18 @@ fn decode_slimming_frees_the_span_of_quiet_heads() {
         s.push(TokenKind::Context, 0, 200);
         s.push(TokenKind::Question, 0, 40);
         seq.structure = Some(Arc::new(s));
-        lm.model.forward(&ids[..250], &mut seq, LogitRows::Last).unwrap();
+        lm.model
+            .forward(&ids[..250], &mut seq, LogitRows::Last)
+            .unwrap();
         let after_prefill = seq.cache.resident_bytes();
         for &id in &ids[250..] {
             lm.model.forward(&[id], &mut seq, LogitRows::Last).unwrap();
         }
-        (after_prefill, seq.cache.resident_bytes(), seq.attention.report().unwrap())
+        (
+            after_prefill,
+            seq.cache.resident_bytes(),
+            seq.attention.report().unwrap(),
+        )
     };
     let per_row = 2 * cfg.head_dim * 4 + 4;
     let heads = cfg.n_layers * cfg.n_kv_heads;

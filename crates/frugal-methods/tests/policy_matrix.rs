@@ -13,9 +13,20 @@ fn run(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, usize) {
     let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
     // Prefill half, then decode the rest token by token: both paths of every policy run.
     let half = ids.len() / 2;
-    let mut rows = lm.model.forward(&ids[..half], &mut seq, LogitRows::All).unwrap().to_vec2::<f32>().unwrap();
+    let mut rows = lm
+        .model
+        .forward(&ids[..half], &mut seq, LogitRows::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for &id in &ids[half..] {
-        rows.extend(lm.model.forward(&[id], &mut seq, LogitRows::Last).unwrap().to_vec2::<f32>().unwrap());
+        rows.extend(
+            lm.model
+                .forward(&[id], &mut seq, LogitRows::Last)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
     }
     (rows, seq.cache.resident_bytes())
 }
@@ -29,9 +40,18 @@ fn keep_everything_reproduces_dense_logits() {
     let (dense, dense_bytes) = run("full", &ids());
     for p in POLICIES {
         let (rows, bytes) = run(p.keep_everything, &ids());
-        let diff = dense.iter().flatten().zip(rows.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = dense
+            .iter()
+            .flatten()
+            .zip(rows.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 1e-4, "{}: max |Δlogit| = {diff}", p.keep_everything);
-        assert_eq!(bytes, dense_bytes, "{} keeps everything, so it holds what full holds", p.keep_everything);
+        assert_eq!(
+            bytes, dense_bytes,
+            "{} keeps everything, so it holds what full holds",
+            p.keep_everything
+        );
     }
 }
 
@@ -40,8 +60,16 @@ fn defaults_are_finite_and_hold_no_more_than_full() {
     let (_, dense_bytes) = run("full", &ids());
     for p in POLICIES {
         let (rows, bytes) = run(p.name, &ids());
-        assert!(rows.iter().flatten().all(|x| x.is_finite()), "{} produced a non-finite logit", p.name);
-        assert!(bytes <= dense_bytes, "{} holds {bytes} bytes, more than full's {dense_bytes}", p.name);
+        assert!(
+            rows.iter().flatten().all(|x| x.is_finite()),
+            "{} produced a non-finite logit",
+            p.name
+        );
+        assert!(
+            bytes <= dense_bytes,
+            "{} holds {bytes} bytes, more than full's {dense_bytes}",
+            p.name
+        );
     }
 }
 
@@ -49,9 +77,15 @@ fn defaults_are_finite_and_hold_no_more_than_full() {
 fn streaming_really_frees_memory_and_changes_output() {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let cfg = lm.model.config().clone();
-    let mut seq: Sequence = build(&"streaming:sink=4,window=32".parse().unwrap(), cfg.kv_layout()).unwrap();
+    let mut seq: Sequence = build(
+        &"streaming:sink=4,window=32".parse().unwrap(),
+        cfg.kv_layout(),
+    )
+    .unwrap();
     let ids = ids();
-    lm.model.forward(&ids[..200], &mut seq, LogitRows::Last).unwrap();
+    lm.model
+        .forward(&ids[..200], &mut seq, LogitRows::Last)
+        .unwrap();
     for &id in &ids[200..220] {
         lm.model.forward(&[id], &mut seq, LogitRows::Last).unwrap();
     }
@@ -60,6 +94,15 @@ fn streaming_really_frees_memory_and_changes_output() {
     assert_eq!(seq.cache.resident_bytes(), (4 + 32) * per_token);
     let (dense, _) = run("full", &ids);
     let (stream, _) = run("streaming:sink=4,window=32", &ids);
-    let diff = dense.last().unwrap().iter().zip(stream.last().unwrap()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(diff > 1e-3, "evicting 260 of 300 tokens must change the logits");
+    let diff = dense
+        .last()
+        .unwrap()
+        .iter()
+        .zip(stream.last().unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff > 1e-3,
+        "evicting 260 of 300 tokens must change the logits"
+    );
 }

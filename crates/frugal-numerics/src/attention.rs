@@ -63,7 +63,15 @@ pub struct RowPatch<'a> {
 impl<'a> KvSlices<'a> {
     /// Unscaled rows.
     pub fn new(keys: &'a [f32], values: &'a [f32], positions: &'a [u32]) -> Self {
-        KvSlices { keys, values, positions, key_scale: None, value_scale: None, key_patch: None, value_patch: None }
+        KvSlices {
+            keys,
+            values,
+            positions,
+            key_scale: None,
+            value_scale: None,
+            key_patch: None,
+            value_patch: None,
+        }
     }
 
     /// Key row `j` as attention uses it: `(row, scale)`.
@@ -73,7 +81,10 @@ impl<'a> KvSlices<'a> {
                 return (&p.data[i * d..(i + 1) * d], 1.0);
             }
         }
-        (&self.keys[j * d..(j + 1) * d], self.key_scale.map_or(1.0, |s| s[j]))
+        (
+            &self.keys[j * d..(j + 1) * d],
+            self.key_scale.map_or(1.0, |s| s[j]),
+        )
     }
 
     fn value_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
@@ -82,7 +93,10 @@ impl<'a> KvSlices<'a> {
                 return (&p.data[i * d..(i + 1) * d], 1.0);
             }
         }
-        (&self.values[j * d..(j + 1) * d], self.value_scale.map_or(1.0, |s| s[j]))
+        (
+            &self.values[j * d..(j + 1) * d],
+            self.value_scale.map_or(1.0, |s| s[j]),
+        )
     }
 }
 
@@ -105,20 +119,45 @@ pub fn causal_attention(
     shape: AttentionShape,
     mask: Option<&dyn KeyMask>,
 ) -> Vec<f32> {
-    let AttentionShape { n_heads, n_kv_heads, head_dim: d } = shape;
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+    } = shape;
     let t = q_positions.len();
-    assert_eq!(q.len(), t * n_heads * d, "query buffer does not match [T, heads, head_dim]");
+    assert_eq!(
+        q.len(),
+        t * n_heads * d,
+        "query buffer does not match [T, heads, head_dim]"
+    );
     assert_eq!(kv.len(), n_kv_heads, "one KvSlices per KV head expected");
-    assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "heads must be a multiple of KV heads");
+    assert!(
+        n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+        "heads must be a multiple of KV heads"
+    );
     for head in kv {
         assert_eq!(head.keys.len(), head.positions.len() * d);
         assert_eq!(head.values.len(), head.positions.len() * d);
-        assert!(head.key_scale.is_none_or(|s| s.len() == head.positions.len()));
-        assert!(head.value_scale.is_none_or(|s| s.len() == head.positions.len()));
+        assert!(head
+            .key_scale
+            .is_none_or(|s| s.len() == head.positions.len()));
+        assert!(head
+            .value_scale
+            .is_none_or(|s| s.len() == head.positions.len()));
         for p in [head.key_patch, head.value_patch].into_iter().flatten() {
-            assert_eq!(p.data.len(), p.rows.len() * d, "patch data does not match its rows");
-            assert!(p.rows.windows(2).all(|w| w[0] < w[1]), "patch rows must ascend");
-            assert!(p.rows.last().is_none_or(|&r| (r as usize) < head.positions.len()));
+            assert_eq!(
+                p.data.len(),
+                p.rows.len() * d,
+                "patch data does not match its rows"
+            );
+            assert!(
+                p.rows.windows(2).all(|w| w[0] < w[1]),
+                "patch rows must ascend"
+            );
+            assert!(p
+                .rows
+                .last()
+                .is_none_or(|&r| (r as usize) < head.positions.len()));
         }
     }
     let group = shape.group();
@@ -163,7 +202,11 @@ fn attend_block(
     scale: f32,
     mask: Option<&dyn KeyMask>,
 ) -> Vec<f32> {
-    let AttentionShape { n_heads, head_dim: d, .. } = shape;
+    let AttentionShape {
+        n_heads,
+        head_dim: d,
+        ..
+    } = shape;
     let group = shape.group();
     let rows = (t1 - t0) * group;
 
@@ -192,11 +235,24 @@ fn attend_block(
     // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
     unsafe {
         gemm::gemm(
-            rows, n, d,
-            scores.as_mut_ptr(), 1, n as isize, false,
-            qbuf.as_ptr(), 1, d as isize,
-            kv.keys.as_ptr(), d as isize, 1,
-            0.0, 1.0, false, false, false,
+            rows,
+            n,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            qbuf.as_ptr(),
+            1,
+            d as isize,
+            kv.keys.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
@@ -210,8 +266,17 @@ fn attend_block(
             }
             if let Some(p) = kv.key_patch {
                 let qrow = &qbuf[(i * group + h) * d..(i * group + h + 1) * d];
-                for (r, &j) in p.rows.iter().enumerate().take_while(|(_, &j)| (j as usize) < n) {
-                    row[j as usize] = qrow.iter().zip(&p.data[r * d..(r + 1) * d]).map(|(a, b)| a * b).sum();
+                for (r, &j) in p
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, &j)| (j as usize) < n)
+                {
+                    row[j as usize] = qrow
+                        .iter()
+                        .zip(&p.data[r * d..(r + 1) * d])
+                        .map(|(a, b)| a * b)
+                        .sum();
                 }
             }
             let q_head = g * group + h;
@@ -219,7 +284,10 @@ fn attend_block(
             let causal_end = kv.positions[..n].partition_point(|&p| p <= q_pos);
             row[causal_end..].fill(f32::NEG_INFINITY);
             if let Some(m) = mask {
-                for (s, &k_pos) in row[..causal_end].iter_mut().zip(&kv.positions[..causal_end]) {
+                for (s, &k_pos) in row[..causal_end]
+                    .iter_mut()
+                    .zip(&kv.positions[..causal_end])
+                {
                     if !m.allows(q_head, q_pos, k_pos) {
                         *s = f32::NEG_INFINITY;
                     }
@@ -241,11 +309,24 @@ fn attend_block(
 
     unsafe {
         gemm::gemm(
-            rows, d, n,
-            out.as_mut_ptr(), 1, d as isize, false,
-            scores.as_ptr(), 1, n as isize,
-            kv.values.as_ptr(), 1, d as isize,
-            0.0, 1.0, false, false, false,
+            rows,
+            d,
+            n,
+            out.as_mut_ptr(),
+            1,
+            d as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            n as isize,
+            kv.values.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
@@ -256,7 +337,9 @@ fn attend_block(
             for r in 0..k {
                 let w = patched_p[row * k + r];
                 if w != 0.0 {
-                    dst.iter_mut().zip(&p.data[r * d..(r + 1) * d]).for_each(|(o, v)| *o += w * v);
+                    dst.iter_mut()
+                        .zip(&p.data[r * d..(r + 1) * d])
+                        .for_each(|(o, v)| *o += w * v);
                 }
             }
         }
@@ -290,7 +373,11 @@ pub fn naive_causal_attention(
     shape: AttentionShape,
     mask: Option<&dyn KeyMask>,
 ) -> Vec<f32> {
-    let AttentionShape { n_heads, head_dim: d, .. } = shape;
+    let AttentionShape {
+        n_heads,
+        head_dim: d,
+        ..
+    } = shape;
     let group = shape.group();
     let scale = 1.0 / (d as f64).sqrt();
     let mut out = vec![0f32; q.len()];
@@ -304,13 +391,20 @@ pub fn naive_causal_attention(
                     continue;
                 }
                 let (kv_row, m) = slices.key_row(j, d);
-                let s: f64 = qv.iter().zip(kv_row).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let s: f64 = qv
+                    .iter()
+                    .zip(kv_row)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
                 weights.push((j, s * m as f64 * scale));
             }
             if weights.is_empty() {
                 continue;
             }
-            let max = weights.iter().map(|w| w.1).fold(f64::NEG_INFINITY, f64::max);
+            let max = weights
+                .iter()
+                .map(|w| w.1)
+                .fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = weights.iter().map(|w| (w.1 - max).exp()).sum();
             let dst = &mut out[(tok * n_heads + head) * d..][..d];
             for (j, s) in weights {
@@ -344,19 +438,31 @@ mod tests {
         /// `t` new queries after `past` cached tokens; KV head `g` drops every `(g+2)`-th token
         /// when `holes` is set, so heads hold different token sets.
         fn new(t: usize, past: usize, holes: bool) -> Self {
-            let shape = AttentionShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 };
+            let shape = AttentionShape {
+                n_heads: 6,
+                n_kv_heads: 2,
+                head_dim: 16,
+            };
             let n = past + t;
             let q = values(t * shape.n_heads * shape.head_dim, 1);
             let q_pos = (past as u32..n as u32).collect();
             let (mut keys, mut vals, mut pos) = (vec![], vec![], vec![]);
             for g in 0..shape.n_kv_heads {
-                let kept: Vec<u32> =
-                    (0..n as u32).filter(|p| !holes || p % (g as u32 + 2) != 1).collect();
+                let kept: Vec<u32> = (0..n as u32)
+                    .filter(|p| !holes || p % (g as u32 + 2) != 1)
+                    .collect();
                 keys.push(values(kept.len() * shape.head_dim, 10 + g as u64));
                 vals.push(values(kept.len() * shape.head_dim, 20 + g as u64));
                 pos.push(kept);
             }
-            Setup { shape, q, q_pos, keys, vals, pos }
+            Setup {
+                shape,
+                q,
+                q_pos,
+                keys,
+                vals,
+                pos,
+            }
         }
         fn slices(&self) -> Vec<KvSlices<'_>> {
             (0..self.shape.n_kv_heads)
@@ -367,14 +473,22 @@ mod tests {
 
     #[test]
     fn blocked_kernel_matches_naive_definition() {
-        for (t, past, holes) in [(1, 0, false), (150, 0, false), (1, 300, true), (70, 90, true)] {
+        for (t, past, holes) in [
+            (1, 0, false),
+            (150, 0, false),
+            (1, 300, true),
+            (70, 90, true),
+        ] {
             let s = Setup::new(t, past, holes);
             let fast = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
             let slow = naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
             let err = max_diff(&fast, &slow);
             // Outputs are convex combinations of values in [-1, 1]; f32 GEMM over ≤ 370 keys
             // accumulates ~1e-6 relative error, so 1e-5 absolute is a tight but safe bound.
-            assert!(err < 1e-5, "t={t} past={past} holes={holes}: max |Δ| = {err}");
+            assert!(
+                err < 1e-5,
+                "t={t} past={past} holes={holes}: max |Δ| = {err}"
+            );
         }
     }
 
@@ -389,10 +503,14 @@ mod tests {
     fn mask_predicate_is_applied_inside_the_kernel() {
         let s = Setup::new(40, 10, false);
         let fast = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&EvenKeysOnly));
-        let slow = naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&EvenKeysOnly));
+        let slow =
+            naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&EvenKeysOnly));
         assert!(max_diff(&fast, &slow) < 1e-5);
         let unmasked = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
-        assert!(max_diff(&fast, &unmasked) > 1e-3, "the mask must change the output");
+        assert!(
+            max_diff(&fast, &unmasked) > 1e-3,
+            "the mask must change the output"
+        );
     }
 
     #[test]
@@ -401,15 +519,28 @@ mod tests {
         // storing the scaled rows themselves.
         let s = Setup::new(30, 20, true);
         let d = s.shape.head_dim;
-        let scales: Vec<Vec<f32>> = s.pos.iter().map(|p| p.iter().map(|&x| 0.5 + (x % 7) as f32 * 0.3).collect()).collect();
+        let scales: Vec<Vec<f32>> = s
+            .pos
+            .iter()
+            .map(|p| p.iter().map(|&x| 0.5 + (x % 7) as f32 * 0.3).collect())
+            .collect();
         let scaled = |rows: &Vec<f32>, m: &Vec<f32>| -> Vec<f32> {
-            rows.chunks(d).zip(m).flat_map(|(r, k)| r.iter().map(move |x| x * k)).collect()
+            rows.chunks(d)
+                .zip(m)
+                .flat_map(|(r, k)| r.iter().map(move |x| x * k))
+                .collect()
         };
         let ks: Vec<Vec<f32>> = (0..2).map(|g| scaled(&s.keys[g], &scales[g])).collect();
         let vs: Vec<Vec<f32>> = (0..2).map(|g| scaled(&s.vals[g], &scales[g])).collect();
-        let dense: Vec<KvSlices<'_>> = (0..2).map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g])).collect();
+        let dense: Vec<KvSlices<'_>> = (0..2)
+            .map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g]))
+            .collect();
         let factored: Vec<KvSlices<'_>> = (0..2)
-            .map(|g| KvSlices { key_scale: Some(&scales[g]), value_scale: Some(&scales[g]), ..s.slices()[g] })
+            .map(|g| KvSlices {
+                key_scale: Some(&scales[g]),
+                value_scale: Some(&scales[g]),
+                ..s.slices()[g]
+            })
             .collect();
         let a = causal_attention(&s.q, &s.q_pos, &dense, s.shape, None);
         let b = causal_attention(&s.q, &s.q_pos, &factored, s.shape, None);
@@ -423,27 +554,59 @@ mod tests {
         // Patched rows use their own data (unscaled); the rest keep scale · row.
         let s = Setup::new(70, 90, true);
         let d = s.shape.head_dim;
-        let scales: Vec<Vec<f32>> = s.pos.iter().map(|p| p.iter().map(|&x| 0.5 + (x % 5) as f32 * 0.2).collect()).collect();
-        let krows: Vec<Vec<u32>> = s.pos.iter().map(|p| (0..p.len() as u32).filter(|r| r % 9 == 2).collect()).collect();
-        let vrows: Vec<Vec<u32>> = s.pos.iter().map(|p| (0..p.len() as u32).filter(|r| r % 7 == 0).collect()).collect();
-        let kdata: Vec<Vec<f32>> = (0..2).map(|g| values(krows[g].len() * d, 40 + g as u64)).collect();
-        let vdata: Vec<Vec<f32>> = (0..2).map(|g| values(vrows[g].len() * d, 50 + g as u64)).collect();
+        let scales: Vec<Vec<f32>> = s
+            .pos
+            .iter()
+            .map(|p| p.iter().map(|&x| 0.5 + (x % 5) as f32 * 0.2).collect())
+            .collect();
+        let krows: Vec<Vec<u32>> = s
+            .pos
+            .iter()
+            .map(|p| (0..p.len() as u32).filter(|r| r % 9 == 2).collect())
+            .collect();
+        let vrows: Vec<Vec<u32>> = s
+            .pos
+            .iter()
+            .map(|p| (0..p.len() as u32).filter(|r| r % 7 == 0).collect())
+            .collect();
+        let kdata: Vec<Vec<f32>> = (0..2)
+            .map(|g| values(krows[g].len() * d, 40 + g as u64))
+            .collect();
+        let vdata: Vec<Vec<f32>> = (0..2)
+            .map(|g| values(vrows[g].len() * d, 50 + g as u64))
+            .collect();
         let dense = |rows: &Vec<f32>, sc: &Vec<f32>, pr: &Vec<u32>, pd: &Vec<f32>| -> Vec<f32> {
-            let mut out: Vec<f32> = rows.chunks(d).zip(sc).flat_map(|(r, k)| r.iter().map(move |x| x * k)).collect();
+            let mut out: Vec<f32> = rows
+                .chunks(d)
+                .zip(sc)
+                .flat_map(|(r, k)| r.iter().map(move |x| x * k))
+                .collect();
             for (i, &j) in pr.iter().enumerate() {
                 out[j as usize * d..(j as usize + 1) * d].copy_from_slice(&pd[i * d..(i + 1) * d]);
             }
             out
         };
-        let ks: Vec<Vec<f32>> = (0..2).map(|g| dense(&s.keys[g], &scales[g], &krows[g], &kdata[g])).collect();
-        let vs: Vec<Vec<f32>> = (0..2).map(|g| dense(&s.vals[g], &scales[g], &vrows[g], &vdata[g])).collect();
-        let reference: Vec<KvSlices<'_>> = (0..2).map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g])).collect();
+        let ks: Vec<Vec<f32>> = (0..2)
+            .map(|g| dense(&s.keys[g], &scales[g], &krows[g], &kdata[g]))
+            .collect();
+        let vs: Vec<Vec<f32>> = (0..2)
+            .map(|g| dense(&s.vals[g], &scales[g], &vrows[g], &vdata[g]))
+            .collect();
+        let reference: Vec<KvSlices<'_>> = (0..2)
+            .map(|g| KvSlices::new(&ks[g], &vs[g], &s.pos[g]))
+            .collect();
         let patched: Vec<KvSlices<'_>> = (0..2)
             .map(|g| KvSlices {
                 key_scale: Some(&scales[g]),
                 value_scale: Some(&scales[g]),
-                key_patch: Some(RowPatch { rows: &krows[g], data: &kdata[g] }),
-                value_patch: Some(RowPatch { rows: &vrows[g], data: &vdata[g] }),
+                key_patch: Some(RowPatch {
+                    rows: &krows[g],
+                    data: &kdata[g],
+                }),
+                value_patch: Some(RowPatch {
+                    rows: &vrows[g],
+                    data: &vdata[g],
+                }),
                 ..s.slices()[g]
             })
             .collect();

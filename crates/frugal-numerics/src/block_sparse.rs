@@ -46,7 +46,16 @@ impl BlockMap {
     fn empty(heads: usize, n: usize, bm: usize, bn: usize, causal: bool) -> Self {
         assert!(heads > 0 && n > 0 && bm > 0 && bn > 0);
         let (n_qb, n_kb) = (n.div_ceil(bm), n.div_ceil(bn));
-        BlockMap { heads, n_tokens: n, bm, bn, n_qb, n_kb, causal, lists: vec![Vec::new(); heads * n_qb] }
+        BlockMap {
+            heads,
+            n_tokens: n,
+            bm,
+            bn,
+            n_qb,
+            n_kb,
+            causal,
+            lists: vec![Vec::new(); heads * n_qb],
+        }
     }
 
     /// Last key block a query block can see under causality.
@@ -69,7 +78,14 @@ impl BlockMap {
 
     /// Causal sliding window of `window` key blocks ending at the diagonal, plus the first
     /// `sink` key blocks. `window ≥ 1` keeps the diagonal, so no row is left without keys.
-    pub fn causal_window(heads: usize, n: usize, bm: usize, bn: usize, window: usize, sink: usize) -> Self {
+    pub fn causal_window(
+        heads: usize,
+        n: usize,
+        bm: usize,
+        bn: usize,
+        window: usize,
+        sink: usize,
+    ) -> Self {
         assert!(window >= 1, "window must keep the diagonal block");
         let mut m = Self::empty(heads, n, bm, bn, true);
         for h in 0..heads {
@@ -95,7 +111,10 @@ impl BlockMap {
         bn: usize,
     ) -> Self {
         for a in 0..3 {
-            assert!(tile[a] > 0 && grid[a] % tile[a] == 0, "tile must divide the grid");
+            assert!(
+                tile[a] > 0 && grid[a] % tile[a] == 0,
+                "tile must divide the grid"
+            );
         }
         let n = grid[0] * grid[1] * grid[2];
         let tg = [grid[0] / tile[0], grid[1] / tile[1], grid[2] / tile[2]];
@@ -151,7 +170,9 @@ impl BlockMap {
         if i >= self.n_tokens || j >= self.n_tokens || (self.causal && j > i) {
             return false;
         }
-        self.lists[head * self.n_qb + i / self.bm].binary_search(&((j / self.bn) as u32)).is_ok()
+        self.lists[head * self.n_qb + i / self.bm]
+            .binary_search(&((j / self.bn) as u32))
+            .is_ok()
     }
 
     /// Exact attention FLOPs of the visited (query, key) pairs for one head dim `d`
@@ -229,7 +250,13 @@ pub struct Fp8Opts {
 impl Fp8Opts {
     /// Everything quantised, 64-token tiles (the GPU kernel's choice).
     pub fn full(tile: usize) -> Self {
-        Fp8Opts { quant_qk: true, quant_v: true, quant_p: true, q_tile: tile, k_tile: tile }
+        Fp8Opts {
+            quant_qk: true,
+            quant_v: true,
+            quant_p: true,
+            q_tile: tile,
+            k_tile: tile,
+        }
     }
 }
 
@@ -266,7 +293,11 @@ pub fn block_sparse_attention_head(
                             if map.causal && j > i {
                                 continue;
                             }
-                            let s: f64 = qi.iter().zip(&k[j * d..][..d]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let s: f64 = qi
+                                .iter()
+                                .zip(&k[j * d..][..d])
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum();
                             w.push((j, s * scale));
                         }
                     }
@@ -290,9 +321,21 @@ pub fn block_sparse_attention_head(
         }
         Some(o) => {
             use crate::fp8::{e4m3_round, quantize_channels, quantize_row_tiles};
-            let (qh, sq) = if o.quant_qk { quantize_row_tiles(q, d, o.q_tile) } else { (q.to_vec(), vec![1.0; n.div_ceil(o.q_tile)]) };
-            let (kh, sk) = if o.quant_qk { quantize_row_tiles(k, d, o.k_tile) } else { (k.to_vec(), vec![1.0; n.div_ceil(o.k_tile)]) };
-            let (vh, sv) = if o.quant_v { quantize_channels(v, d) } else { (v.to_vec(), vec![1.0; d]) };
+            let (qh, sq) = if o.quant_qk {
+                quantize_row_tiles(q, d, o.q_tile)
+            } else {
+                (q.to_vec(), vec![1.0; n.div_ceil(o.q_tile)])
+            };
+            let (kh, sk) = if o.quant_qk {
+                quantize_row_tiles(k, d, o.k_tile)
+            } else {
+                (k.to_vec(), vec![1.0; n.div_ceil(o.k_tile)])
+            };
+            let (vh, sv) = if o.quant_v {
+                quantize_channels(v, d)
+            } else {
+                (v.to_vec(), vec![1.0; d])
+            };
             let pscale = if o.quant_p { crate::fp8::E4M3_MAX } else { 1.0 };
             let sm = ((1.0 / (d as f64).sqrt()) * LOG2E) as f32;
             for &qb in qblocks {
@@ -309,7 +352,8 @@ pub fn block_sparse_attention_head(
                                 s.push(f32::NEG_INFINITY);
                                 continue;
                             }
-                            let dot: f32 = qi.iter().zip(&kh[j * d..][..d]).map(|(a, b)| a * b).sum();
+                            let dot: f32 =
+                                qi.iter().zip(&kh[j * d..][..d]).map(|(a, b)| a * b).sum();
                             let f = sq[i / o.q_tile] * sk[j / o.k_tile] * sm;
                             s.push(dot * f);
                         }
@@ -371,7 +415,12 @@ mod tests {
         let mut out = vec![0f32; n * d];
         for i in 0..n {
             let s: Vec<f64> = (0..n)
-                .map(|j| (0..d).map(|c| q[i * d + c] as f64 * k[j * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[i * d + c] as f64 * k[j * d + c] as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
                 .collect();
             let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let tot: f64 = s.iter().map(|x| (x - mx).exp()).sum();
@@ -385,10 +434,21 @@ mod tests {
         out
     }
 
-    fn causal_naive(q: &[f32], k: &[f32], v: &[f32], n: usize, d: usize, mask: Option<&dyn KeyMask>) -> Vec<f32> {
+    fn causal_naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n: usize,
+        d: usize,
+        mask: Option<&dyn KeyMask>,
+    ) -> Vec<f32> {
         let pos: Vec<u32> = (0..n as u32).collect();
         let kv = [KvSlices::new(k, v, &pos)];
-        let shape = AttentionShape { n_heads: 1, n_kv_heads: 1, head_dim: d };
+        let shape = AttentionShape {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: d,
+        };
         naive_causal_attention(q, &pos, &kv, shape, mask)
     }
 
@@ -400,7 +460,10 @@ mod tests {
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -459,13 +522,16 @@ mod tests {
         assert_eq!(m.lists[2], vec![0, 2, 4]);
         assert_eq!(m.lists[18 + 2], vec![0, 2, 4]); // same for head 1
         assert_eq!(m.lists[4], vec![2, 4]); // (0,2,0): clipped at the border
-        // a large window is dense
+                                            // a large window is dense
         let full = BlockMap::tile3d_window(1, grid, tile, [9, 9, 9], 16, 8);
         assert_eq!(full.density(), 1.0);
         // symmetric when bm == bn
         for a in 0..m.n_qb {
             for b in 0..m.n_kb {
-                assert_eq!(m.lists[a].contains(&(b as u32)), m.lists[b].contains(&(a as u32)));
+                assert_eq!(
+                    m.lists[a].contains(&(b as u32)),
+                    m.lists[b].contains(&(a as u32))
+                );
             }
         }
     }
@@ -483,12 +549,21 @@ mod tests {
             let keys: Vec<usize> = (0..n).filter(|&j| map.allows(0, i, j)).collect();
             let s: Vec<f64> = keys
                 .iter()
-                .map(|&j| (0..d).map(|c| q[i * d + c] as f64 * k[j * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                .map(|&j| {
+                    (0..d)
+                        .map(|c| q[i * d + c] as f64 * k[j * d + c] as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
                 .collect();
             let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let tot: f64 = s.iter().map(|x| (x - mx).exp()).sum();
             for c in 0..d {
-                let want: f64 = keys.iter().zip(&s).map(|(&j, x)| (x - mx).exp() / tot * v[j * d + c] as f64).sum();
+                let want: f64 = keys
+                    .iter()
+                    .zip(&s)
+                    .map(|(&j, x)| (x - mx).exp() / tot * v[j * d + c] as f64)
+                    .sum();
                 assert!((got[i * d + c] as f64 - want).abs() < 1e-5);
             }
         }
@@ -498,8 +573,17 @@ mod tests {
     fn online_path_without_quantisation_equals_exact() {
         let (n, d) = (200, 16);
         let (q, k, v) = (values(n * d, 13), values(n * d, 14), values(n * d, 15));
-        for map in [BlockMap::causal_window(1, n, 64, 32, 2, 1), BlockMap::dense(1, n, 64, 32, false)] {
-            let off = Fp8Opts { quant_qk: false, quant_v: false, quant_p: false, q_tile: 64, k_tile: 32 };
+        for map in [
+            BlockMap::causal_window(1, n, 64, 32, 2, 1),
+            BlockMap::dense(1, n, 64, 32, false),
+        ] {
+            let off = Fp8Opts {
+                quant_qk: false,
+                quant_v: false,
+                quant_p: false,
+                q_tile: 64,
+                k_tile: 32,
+            };
             let a = block_sparse_attention_head(&q, &k, &v, d, &map, 0, None, Some(&off));
             let b = block_sparse_attention_head(&q, &k, &v, d, &map, 0, None, None);
             assert!(rel_l2(&a, &b) < 1e-5, "{}", rel_l2(&a, &b));
@@ -519,8 +603,15 @@ mod tests {
         // E4M3 has unit roundoff 2^-4; independent errors over many keys average down.
         assert!(e > 1e-4 && e < 0.08, "fp8 rel err {e}");
         // quantising P alone costs less than quantising everything
-        let p_only = Fp8Opts { quant_qk: false, quant_v: false, ..Fp8Opts::full(64) };
-        let ep = rel_l2(&block_sparse_attention_head(&q, &k, &v, d, &map, 0, None, Some(&p_only)), &exact);
+        let p_only = Fp8Opts {
+            quant_qk: false,
+            quant_v: false,
+            ..Fp8Opts::full(64)
+        };
+        let ep = rel_l2(
+            &block_sparse_attention_head(&q, &k, &v, d, &map, 0, None, Some(&p_only)),
+            &exact,
+        );
         assert!(ep < e, "{ep} {e}");
     }
 

@@ -122,7 +122,11 @@ pub fn quantize_channels(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     let scales: Vec<f32> = am.iter().map(|&a| scale_for_amax(a)).collect();
-    let q = x.iter().enumerate().map(|(i, &v)| e4m3_round(v / scales[i % d])).collect();
+    let q = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| e4m3_round(v / scales[i % d]))
+        .collect();
     (q, scales)
 }
 
@@ -211,11 +215,12 @@ mod tests {
     /// even), found by a linear search over the decoded table.
     #[test]
     fn encode_is_nearest_by_search() {
-        let table: Vec<(u8, f64)> =
-            (0..=0x7Eu8).map(|b| (b, decode_bits(b) as f64)).collect();
+        let table: Vec<(u8, f64)> = (0..=0x7Eu8).map(|b| (b, decode_bits(b) as f64)).collect();
         let mut s = 0x9E3779B97F4A7C15u64;
         for i in 0..200_000 {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             // log-uniform magnitudes from 2^-12 to 2^10, random sign
             let u = (s >> 11) as f64 / (1u64 << 53) as f64;
             let x = (2f64.powf(-12.0 + 22.0 * u) as f32) * if i % 2 == 0 { 1.0 } else { -1.0 };

@@ -44,13 +44,26 @@ pub fn group_params(lo: f32, hi: f32, bits: u32) -> GroupParams {
 
 /// Quantises `x[i * stride]` for `i in 0..n` with `p`, writing code `i` at slot `slot0 + i *
 /// slot_stride` of the packed buffer `codes` (which must be zeroed there).
-pub fn quantize_strided(x: &[f32], stride: usize, n: usize, p: GroupParams, bits: u32, codes: &mut [u8], slot0: usize, slot_stride: usize) {
+pub fn quantize_strided(
+    x: &[f32],
+    stride: usize,
+    n: usize,
+    p: GroupParams,
+    bits: u32,
+    codes: &mut [u8],
+    slot0: usize,
+    slot_stride: usize,
+) {
     let levels = ((1u32 << bits) - 1) as f32;
     let (s, m) = (p.scale.to_f32(), p.min.to_f32());
     let per = 8 / bits as usize;
     for i in 0..n {
         let v = x[i * stride];
-        let q = if s > 0.0 { ((v - m) / s).round().clamp(0.0, levels) as u8 } else { 0 };
+        let q = if s > 0.0 {
+            ((v - m) / s).round().clamp(0.0, levels) as u8
+        } else {
+            0
+        };
         let slot = slot0 + i * slot_stride;
         codes[slot / per] |= q << ((slot % per) * bits as usize);
     }
@@ -65,7 +78,11 @@ pub fn code_at(codes: &[u8], slot: usize, bits: u32) -> u8 {
 
 /// Min and max of a strided group.
 pub fn range_strided(x: &[f32], stride: usize, n: usize) -> (f32, f32) {
-    (0..n).map(|i| x[i * stride]).fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    (0..n)
+        .map(|i| x[i * stride])
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 #[cfg(test)]
@@ -75,7 +92,9 @@ mod tests {
     #[test]
     fn round_trip_error_is_within_half_a_step() {
         for bits in [2u32, 4, 8] {
-            let x: Vec<f32> = (0..32).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.37).collect();
+            let x: Vec<f32> = (0..32)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.37)
+                .collect();
             let (lo, hi) = range_strided(&x, 1, 32);
             let p = group_params(lo, hi, bits);
             let mut codes = vec![0u8; packed_len(32, bits)];
@@ -83,7 +102,10 @@ mod tests {
             let step = p.scale.to_f32();
             for (i, &v) in x.iter().enumerate() {
                 let back = p.min.to_f32() + step * code_at(&codes, i, bits) as f32;
-                assert!((back - v).abs() <= 0.5 * step + 1e-3 * v.abs().max(1.0), "bits={bits} i={i}: {v} -> {back}");
+                assert!(
+                    (back - v).abs() <= 0.5 * step + 1e-3 * v.abs().max(1.0),
+                    "bits={bits} i={i}: {v} -> {back}"
+                );
             }
             assert_eq!(codes.len(), 32 * bits as usize / 8);
         }
@@ -95,7 +117,9 @@ mod tests {
         let p = group_params(1.5, 1.5, 2);
         let mut codes = vec![0u8; packed_len(8, 2)];
         quantize_strided(&x, 1, 8, p, 2, &mut codes, 0, 1);
-        assert!((0..8).all(|i| p.min.to_f32() + p.scale.to_f32() * code_at(&codes, i, 2) as f32 == 1.5));
+        assert!(
+            (0..8).all(|i| p.min.to_f32() + p.scale.to_f32() * code_at(&codes, i, 2) as f32 == 1.5)
+        );
         let y = [-2.0f32, 3.0];
         let p = group_params(-2.0, 3.0, 4);
         let mut codes = vec![0u8; 1];

@@ -28,8 +28,9 @@ impl RopeTable {
     pub fn new(head_dim: usize, theta: f64, max_positions: usize, pairing: RopePairing) -> Self {
         assert!(head_dim % 2 == 0, "RoPE needs an even head dimension");
         let half_dim = head_dim / 2;
-        let inv_freq: Vec<f64> =
-            (0..half_dim).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+        let inv_freq: Vec<f64> = (0..half_dim)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
         let mut cos = Vec::with_capacity(max_positions * half_dim);
         let mut sin = Vec::with_capacity(max_positions * half_dim);
         for pos in 0..max_positions {
@@ -39,7 +40,12 @@ impl RopeTable {
                 sin.push(angle.sin());
             }
         }
-        RopeTable { half_dim, cos, sin, pairing }
+        RopeTable {
+            half_dim,
+            cos,
+            sin,
+            pairing,
+        }
     }
 
     pub fn max_positions(&self) -> usize {
@@ -52,7 +58,10 @@ impl RopeTable {
         assert_eq!(x.len(), positions.len() * n_heads * d);
         for (tok, &pos) in positions.iter().enumerate() {
             let pos = pos as usize;
-            assert!(pos < self.max_positions(), "position {pos} beyond the RoPE table");
+            assert!(
+                pos < self.max_positions(),
+                "position {pos} beyond the RoPE table"
+            );
             let cos = &self.cos[pos * self.half_dim..][..self.half_dim];
             let sin = &self.sin[pos * self.half_dim..][..self.half_dim];
             for head in x[tok * n_heads * d..][..n_heads * d].chunks_exact_mut(d) {

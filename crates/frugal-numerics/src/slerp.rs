@@ -38,7 +38,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     if na <= ZERO_NORM || nb <= ZERO_NORM {
         return 0.0;
     }
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() / (na * nb)
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum::<f64>()
+        / (na * nb)
 }
 
 /// The outcome of merging one pair of vectors.
@@ -64,9 +68,18 @@ pub fn merge_pair(a: &[f32], b: &[f32], t: f64, dir: &mut [f32]) -> Merge {
     if na <= ZERO_NORM || nb <= ZERO_NORM {
         let (src, n) = if na > ZERO_NORM { (a, na) } else { (b, nb) };
         for (o, &x) in dir.iter_mut().zip(src) {
-            *o = if n > ZERO_NORM { (x as f64 / n) as f32 } else { 0.0 };
+            *o = if n > ZERO_NORM {
+                (x as f64 / n) as f32
+            } else {
+                0.0
+            };
         }
-        return Merge { mag_a: mags.0, mag_b: mags.1, omega: std::f64::consts::PI, mergeable: false };
+        return Merge {
+            mag_a: mags.0,
+            mag_b: mags.1,
+            omega: std::f64::consts::PI,
+            mergeable: false,
+        };
     }
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
     let omega = (dot / (na * nb)).clamp(-1.0, 1.0).acos();
@@ -79,7 +92,11 @@ pub fn merge_pair(a: &[f32], b: &[f32], t: f64, dir: &mut [f32]) -> Merge {
         let s = omega.sin();
         (((1.0 - t) * omega).sin() / s, (t * omega).sin() / s)
     };
-    let mut tmp: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| wa * x as f64 / na + wb * y as f64 / nb).collect();
+    let mut tmp: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| wa * x as f64 / na + wb * y as f64 / nb)
+        .collect();
     // Analytically unit already; renormalise so rounding never drifts the restored magnitude.
     let n = tmp.iter().map(|v| v * v).sum::<f64>().sqrt();
     if n > ZERO_NORM {
@@ -88,7 +105,12 @@ pub fn merge_pair(a: &[f32], b: &[f32], t: f64, dir: &mut [f32]) -> Merge {
     for (o, v) in dir.iter_mut().zip(tmp) {
         *o = v as f32;
     }
-    Merge { mag_a: mags.0, mag_b: mags.1, omega, mergeable }
+    Merge {
+        mag_a: mags.0,
+        mag_b: mags.1,
+        omega,
+        mergeable,
+    }
 }
 
 /// Min/max normalised angular distance `(Ω/π − d_min) / (d_max − d_min)`; `None` when the range is
@@ -119,12 +141,17 @@ mod tests {
         let mut d = [0f32; 4];
         let m = merge_pair(&a, &b, 0.0, &mut d);
         assert!(m.mergeable && close(&d, &unit(&a), 1e-6));
-        assert!((m.mag_a - norm(&a) as f32).abs() < 1e-6 && (m.mag_b - norm(&b) as f32).abs() < 1e-6);
+        assert!(
+            (m.mag_a - norm(&a) as f32).abs() < 1e-6 && (m.mag_b - norm(&b) as f32).abs() < 1e-6
+        );
         merge_pair(&a, &b, 1.0, &mut d);
         assert!(close(&d, &unit(&b), 1e-6));
         for t in [0.3, 0.5, 0.6, 0.7] {
             let m = merge_pair(&a, &b, t, &mut d);
-            assert!((norm(&d) - 1.0).abs() < 1e-6, "SLERP stays on the unit sphere");
+            assert!(
+                (norm(&d) - 1.0).abs() < 1e-6,
+                "SLERP stays on the unit sphere"
+            );
             // The merged direction sits at angle tΩ from a and (1−t)Ω from b.
             assert!((angle(&d, &a).unwrap() - t * m.omega).abs() < 1e-5);
             assert!((angle(&d, &b).unwrap() - (1.0 - t) * m.omega).abs() < 1e-5);

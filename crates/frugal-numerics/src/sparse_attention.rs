@@ -68,23 +68,48 @@ pub fn sparse_attention(
     shape: AttentionShape,
     plan: &SparsePlan,
 ) -> Vec<f32> {
-    let AttentionShape { n_heads, n_kv_heads, head_dim: d } = shape;
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+    } = shape;
     let t = q_positions.len();
-    assert_eq!(q.len(), t * n_heads * d, "query buffer does not match [T, heads, head_dim]");
+    assert_eq!(
+        q.len(),
+        t * n_heads * d,
+        "query buffer does not match [T, heads, head_dim]"
+    );
     assert_eq!(kv.len(), n_kv_heads, "one KvSlices per KV head expected");
     assert!(plan.block > 0);
     let n_blocks = t.div_ceil(plan.block);
-    assert_eq!(plan.blocks.len(), n_blocks, "one BlockPlan per query block expected");
+    assert_eq!(
+        plan.blocks.len(),
+        n_blocks,
+        "one BlockPlan per query block expected"
+    );
     for (b, bp) in plan.blocks.iter().enumerate() {
-        assert_eq!(bp.keys.len(), n_kv_heads, "block {b}: one key set per KV head expected");
+        assert_eq!(
+            bp.keys.len(),
+            n_kv_heads,
+            "block {b}: one key set per KV head expected"
+        );
         let len = ((b + 1) * plan.block).min(t) - b * plan.block;
         if let Some(c) = &bp.computed {
-            assert_eq!(c.len(), len, "block {b}: one computed flag per token expected");
+            assert_eq!(
+                c.len(),
+                len,
+                "block {b}: one computed flag per token expected"
+            );
         }
         for (g, ks) in bp.keys.iter().enumerate() {
             if let KeySet::Rows(r) = ks {
-                assert!(r.windows(2).all(|w| w[0] < w[1]), "block {b} head {g}: rows must ascend");
-                assert!(r.last().is_none_or(|&x| (x as usize) < kv[g].positions.len()));
+                assert!(
+                    r.windows(2).all(|w| w[0] < w[1]),
+                    "block {b} head {g}: rows must ascend"
+                );
+                assert!(r
+                    .last()
+                    .is_none_or(|&x| (x as usize) < kv[g].positions.len()));
             }
         }
     }
@@ -137,7 +162,11 @@ pub fn sparse_attention(
                     continue;
                 }
                 let src = if next > 0 { next - 1 } else { next };
-                put(&mut out, tok, &block[src * row_width..(src + 1) * row_width]);
+                put(
+                    &mut out,
+                    tok,
+                    &block[src * row_width..(src + 1) * row_width],
+                );
             }
         }
     }
@@ -169,7 +198,8 @@ fn attend_rows(
 
     // The key rows this task reads, contiguous: borrowed for `All`, gathered for `Rows`.
     let gathered;
-    let (kk, vv, pp, ks, vs): (&[f32], &[f32], &[u32], Option<&[f32]>, Option<&[f32]>) = match keys {
+    let (kk, vv, pp, ks, vs): (&[f32], &[f32], &[u32], Option<&[f32]>, Option<&[f32]>) = match keys
+    {
         KeySet::All => {
             let n = kv.positions.partition_point(|&p| p <= max_pos);
             (
@@ -199,11 +229,24 @@ fn attend_rows(
     // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
     unsafe {
         gemm::gemm(
-            rows, n, d,
-            scores.as_mut_ptr(), 1, n as isize, false,
-            qbuf.as_ptr(), 1, d as isize,
-            kk.as_ptr(), d as isize, 1,
-            0.0, 1.0, false, false, false,
+            rows,
+            n,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            qbuf.as_ptr(),
+            1,
+            d as isize,
+            kk.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
@@ -225,23 +268,45 @@ fn attend_rows(
     }
     unsafe {
         gemm::gemm(
-            rows, d, n,
-            out.as_mut_ptr(), 1, d as isize, false,
-            scores.as_ptr(), 1, n as isize,
-            vv.as_ptr(), 1, d as isize,
-            0.0, 1.0, false, false, false,
+            rows,
+            d,
+            n,
+            out.as_mut_ptr(),
+            1,
+            d as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            n as isize,
+            vv.as_ptr(),
+            1,
+            d as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
     out
 }
 
-type Gathered = (Vec<f32>, Vec<f32>, Vec<u32>, Option<Vec<f32>>, Option<Vec<f32>>);
+type Gathered = (
+    Vec<f32>,
+    Vec<f32>,
+    Vec<u32>,
+    Option<Vec<f32>>,
+    Option<Vec<f32>>,
+);
 
 /// Copies the listed rows (those not after `max_pos`) into contiguous buffers.
 fn gather_keys(kv: &KvSlices<'_>, idx: &[u32], d: usize, max_pos: u32) -> Gathered {
-    let idx: Vec<usize> =
-        idx.iter().map(|&j| j as usize).take_while(|&j| kv.positions[j] <= max_pos).collect();
+    let idx: Vec<usize> = idx
+        .iter()
+        .map(|&j| j as usize)
+        .take_while(|&j| kv.positions[j] <= max_pos)
+        .collect();
     let mut k = Vec::with_capacity(idx.len() * d);
     let mut v = Vec::with_capacity(idx.len() * d);
     for &j in &idx {
@@ -255,8 +320,18 @@ fn gather_keys(kv: &KvSlices<'_>, idx: &[u32], d: usize, max_pos: u32) -> Gather
 }
 
 /// Query rows of tokens `toks` for KV group `g`, ordered (token, head-in-group), times `scale`.
-fn gather_queries(q: &[f32], toks: &[usize], g: usize, shape: AttentionShape, scale: f32) -> Vec<f32> {
-    let AttentionShape { n_heads, head_dim: d, .. } = shape;
+fn gather_queries(
+    q: &[f32],
+    toks: &[usize],
+    g: usize,
+    shape: AttentionShape,
+    scale: f32,
+) -> Vec<f32> {
+    let AttentionShape {
+        n_heads,
+        head_dim: d,
+        ..
+    } = shape;
     let group = shape.group();
     let mut qbuf = Vec::with_capacity(toks.len() * group * d);
     for &tok in toks {
@@ -290,11 +365,24 @@ pub fn probe_probabilities(
     let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
     unsafe {
         gemm::gemm(
-            rows, n, d,
-            scores.as_mut_ptr(), 1, n as isize, false,
-            qbuf.as_ptr(), 1, d as isize,
-            kv.keys.as_ptr(), d as isize, 1,
-            0.0, 1.0, false, false, false,
+            rows,
+            n,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            qbuf.as_ptr(),
+            1,
+            d as isize,
+            kv.keys.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
             gemm::Parallelism::None,
         );
     }
@@ -346,7 +434,12 @@ pub fn recall_budget(importance: &[f32], forced: &[bool], tau: f64) -> usize {
         return n_cand;
     }
     let total: f64 = importance.iter().map(|&x| x as f64).sum();
-    let forced_mass: f64 = importance.iter().zip(forced).filter(|(_, f)| **f).map(|(&x, _)| x as f64).sum();
+    let forced_mass: f64 = importance
+        .iter()
+        .zip(forced)
+        .filter(|(_, f)| **f)
+        .map(|(&x, _)| x as f64)
+        .sum();
     let need = tau * total - forced_mass;
     if need <= 0.0 || n_cand == 0 {
         return 0;
@@ -354,8 +447,12 @@ pub fn recall_budget(importance: &[f32], forced: &[bool], tau: f64) -> usize {
     // Keys below `(1-τ)·total / n_cand` together hold less than the (1-τ) slack, so the needed
     // set lies among the keys above it: sort only those.
     let cut = ((1.0 - tau) * total / n_cand as f64) as f32;
-    let mut cand: Vec<f32> =
-        importance.iter().zip(forced).filter(|(&x, f)| !**f && x >= cut).map(|(&x, _)| x).collect();
+    let mut cand: Vec<f32> = importance
+        .iter()
+        .zip(forced)
+        .filter(|(&x, f)| !**f && x >= cut)
+        .map(|(&x, _)| x)
+        .collect();
     cand.sort_unstable_by(|a, b| b.total_cmp(a));
     let mut acc = 0f64;
     for (i, &x) in cand.iter().enumerate() {
@@ -369,12 +466,16 @@ pub fn recall_budget(importance: &[f32], forced: &[bool], tau: f64) -> usize {
 
 /// The forced rows plus the `b` most important non-forced rows, as ascending row indices.
 pub fn select_rows(importance: &[f32], forced: &[bool], b: usize) -> Vec<u32> {
-    let mut cand: Vec<u32> = (0..importance.len() as u32).filter(|&j| !forced[j as usize]).collect();
+    let mut cand: Vec<u32> = (0..importance.len() as u32)
+        .filter(|&j| !forced[j as usize])
+        .collect();
     if b < cand.len() {
         if b == 0 {
             cand.clear();
         } else {
-            cand.select_nth_unstable_by(b - 1, |&x, &y| importance[y as usize].total_cmp(&importance[x as usize]));
+            cand.select_nth_unstable_by(b - 1, |&x, &y| {
+                importance[y as usize].total_cmp(&importance[x as usize])
+            });
             cand.truncate(b);
         }
     }
@@ -401,7 +502,11 @@ mod tests {
 
     impl Setup {
         fn new(t: usize, past: usize) -> Self {
-            let shape = AttentionShape { n_heads: 6, n_kv_heads: 2, head_dim: 16 };
+            let shape = AttentionShape {
+                n_heads: 6,
+                n_kv_heads: 2,
+                head_dim: 16,
+            };
             let n = past + t;
             let q = values(t * shape.n_heads * shape.head_dim, 1);
             let q_pos = (past as u32..n as u32).collect();
@@ -412,17 +517,29 @@ mod tests {
                 vals.push(values(kept.len() * shape.head_dim, 20 + g as u64));
                 pos.push(kept);
             }
-            Setup { shape, q, q_pos, keys, vals, pos }
+            Setup {
+                shape,
+                q,
+                q_pos,
+                keys,
+                vals,
+                pos,
+            }
         }
         fn slices(&self) -> Vec<KvSlices<'_>> {
-            (0..self.shape.n_kv_heads).map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g])).collect()
+            (0..self.shape.n_kv_heads)
+                .map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g]))
+                .collect()
         }
         fn plan(&self, block: usize, keys: impl Fn(usize, usize) -> KeySet) -> SparsePlan {
             let t = self.q_pos.len();
             SparsePlan {
                 block,
                 blocks: (0..t.div_ceil(block))
-                    .map(|b| BlockPlan { keys: (0..self.shape.n_kv_heads).map(|g| keys(b, g)).collect(), computed: None })
+                    .map(|b| BlockPlan {
+                        keys: (0..self.shape.n_kv_heads).map(|g| keys(b, g)).collect(),
+                        computed: None,
+                    })
                     .collect(),
                 fill: LazyFill::Copy,
             }
@@ -433,10 +550,18 @@ mod tests {
     fn all_keys_all_queries_equals_dense() {
         let s = Setup::new(150, 40);
         let dense = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
-        let sparse = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &s.plan(64, |_, _| KeySet::All));
+        let sparse = sparse_attention(
+            &s.q,
+            &s.q_pos,
+            &s.slices(),
+            s.shape,
+            &s.plan(64, |_, _| KeySet::All),
+        );
         assert!(max_diff(&dense, &sparse) < 1e-6);
         // Listing every row explicitly gives the same result.
-        let all_rows = s.plan(64, |_, g| KeySet::Rows((0..s.pos[g].len() as u32).collect()));
+        let all_rows = s.plan(64, |_, g| {
+            KeySet::Rows((0..s.pos[g].len() as u32).collect())
+        });
         let listed = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &all_rows);
         assert!(max_diff(&dense, &listed) < 1e-5);
     }
@@ -464,12 +589,24 @@ mod tests {
         let plan = s.plan(32, |b, g| {
             let lo = s.q_pos[0] + (b * 32) as u32;
             KeySet::Rows(
-                (0..s.pos[g].len() as u32).filter(|&j| j % 3 == 0 || s.pos[g][j as usize] >= lo).collect(),
+                (0..s.pos[g].len() as u32)
+                    .filter(|&j| j % 3 == 0 || s.pos[g][j as usize] >= lo)
+                    .collect(),
             )
         });
         let sparse = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &plan);
-        let naive = naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&ListMask { s: &s, plan: &plan }));
-        assert!(max_diff(&sparse, &naive) < 1e-5, "{}", max_diff(&sparse, &naive));
+        let naive = naive_causal_attention(
+            &s.q,
+            &s.q_pos,
+            &s.slices(),
+            s.shape,
+            Some(&ListMask { s: &s, plan: &plan }),
+        );
+        assert!(
+            max_diff(&sparse, &naive) < 1e-5,
+            "{}",
+            max_diff(&sparse, &naive)
+        );
     }
 
     #[test]
@@ -505,7 +642,10 @@ mod tests {
         assert_eq!(select_rows(&imp, &forced, 2), vec![0, 2, 5]);
         assert_eq!(select_rows(&imp, &forced, 9), vec![0, 1, 2, 3, 4, 5]);
         let probs = [0.1f32, 0.9, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8]; // 2 tokens × 2 heads × 2 keys
-        assert_eq!(column_importance(&probs, 2, 2, GroupAgg::Max), vec![(0.5 + 0.3) / 2.0, (0.9 + 0.8) / 2.0]);
+        assert_eq!(
+            column_importance(&probs, 2, 2, GroupAgg::Max),
+            vec![(0.5 + 0.3) / 2.0, (0.9 + 0.8) / 2.0]
+        );
         let sum = column_importance(&probs, 2, 2, GroupAgg::Sum);
         assert!((sum[0] - 0.55).abs() < 1e-6 && (sum[1] - 1.45).abs() < 1e-6);
     }

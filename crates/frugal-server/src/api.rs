@@ -46,11 +46,15 @@ pub struct Prepared {
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("malformed JSON in request body: {e}")).with_code("invalid_json"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(format!("malformed JSON in request body: {e}")).with_code("invalid_json")
+    })?;
     match value {
         Value::Object(m) => Ok(m),
-        other => Err(ApiError::invalid(format!("request body must be a JSON object, got {}", type_name(&other)))),
+        other => Err(ApiError::invalid(format!(
+            "request body must be a JSON object, got {}",
+            type_name(&other)
+        ))),
     }
 }
 
@@ -74,12 +78,19 @@ impl<'a> Fields<'a> {
     }
 
     fn wrong(name: &str, expected: &str, got: &Value) -> ApiError {
-        ApiError::invalid_param(name, format!("`{name}` must be {expected}, got {}", type_name(got)))
+        ApiError::invalid_param(
+            name,
+            format!("`{name}` must be {expected}, got {}", type_name(got)),
+        )
     }
 
     fn f32(&self, name: &str) -> Result<Option<f32>, ApiError> {
         self.get(name)
-            .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| Self::wrong(name, "a number", v)))
+            .map(|v| {
+                v.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| Self::wrong(name, "a number", v))
+            })
             .transpose()
     }
 
@@ -92,17 +103,23 @@ impl<'a> Fields<'a> {
     fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
             .map(|v| {
-                v.as_u64().or_else(|| v.as_i64().map(|x| x as u64)).ok_or_else(|| Self::wrong(name, "an integer", v))
+                v.as_u64()
+                    .or_else(|| v.as_i64().map(|x| x as u64))
+                    .ok_or_else(|| Self::wrong(name, "an integer", v))
             })
             .transpose()
     }
 
     fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
-        self.get(name).map(|v| v.as_bool().ok_or_else(|| Self::wrong(name, "a boolean", v))).transpose()
+        self.get(name)
+            .map(|v| v.as_bool().ok_or_else(|| Self::wrong(name, "a boolean", v)))
+            .transpose()
     }
 
     fn string(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
-        self.get(name).map(|v| v.as_str().ok_or_else(|| Self::wrong(name, "a string", v))).transpose()
+        self.get(name)
+            .map(|v| v.as_str().ok_or_else(|| Self::wrong(name, "a string", v)))
+            .transpose()
     }
 }
 
@@ -112,9 +129,17 @@ pub fn prepare_chat(body: &[u8], cx: &RequestContext) -> Result<Prepared, ApiErr
     let f = Fields(&obj);
     check_model(&f, cx)?;
     let messages = match f.get("messages") {
-        None => return Err(ApiError::invalid_param("messages", "`messages` is required")),
+        None => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` is required",
+            ))
+        }
         Some(Value::Array(a)) if a.is_empty() => {
-            return Err(ApiError::invalid_param("messages", "`messages` must hold at least one message"))
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must hold at least one message",
+            ))
         }
         Some(Value::Array(a)) => a,
         Some(other) => return Err(Fields::wrong("messages", "an array of messages", other)),
@@ -125,16 +150,23 @@ pub fn prepare_chat(body: &[u8], cx: &RequestContext) -> Result<Prepared, ApiErr
     }
     for name in ["tools", "functions", "tool_choice", "response_format"] {
         if f.get(name).is_some() && !(name == "response_format" && is_text_format(f.get(name))) {
-            return Err(ApiError::invalid_param(name, format!("`{name}` is not supported by this server")));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}` is not supported by this server"),
+            ));
         }
     }
-    let prompt = cx
-        .model
-        .chat_template
-        .render(&chat, true)
-        .map_err(|e| ApiError::invalid_param("messages", format!("cannot apply the chat template: {e}")))?;
+    let prompt = cx.model.chat_template.render(&chat, true).map_err(|e| {
+        ApiError::invalid_param("messages", format!("cannot apply the chat template: {e}"))
+    })?;
     let ids = encode(cx, &prompt, "messages")?;
-    finish_prepare(Endpoint::Chat, &f, ids, cx, &["max_completion_tokens", "max_tokens"])
+    finish_prepare(
+        Endpoint::Chat,
+        &f,
+        ids,
+        cx,
+        &["max_completion_tokens", "max_tokens"],
+    )
 }
 
 fn is_text_format(v: Option<&Value>) -> bool {
@@ -144,7 +176,10 @@ fn is_text_format(v: Option<&Value>) -> bool {
 fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{i}]");
     let Value::Object(obj) = m else {
-        return Err(ApiError::invalid_param(&param, format!("`{param}` must be an object with `role` and `content`")));
+        return Err(ApiError::invalid_param(
+            &param,
+            format!("`{param}` must be an object with `role` and `content`"),
+        ));
     };
     let role = match obj.get("role").and_then(Value::as_str) {
         Some(r @ ("system" | "user" | "assistant")) => r.to_string(),
@@ -164,14 +199,15 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
         Some(Value::Array(parts)) => {
             let mut text = String::new();
             for (j, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
                     (Some("text"), Some(t)) => text.push_str(t),
-                    _ => {
-                        return Err(ApiError::invalid_param(
-                            &format!("{param}.content[{j}]"),
-                            "only text content parts ({\"type\": \"text\", \"text\": …}) are supported",
-                        ))
-                    }
+                    _ => return Err(ApiError::invalid_param(
+                        &format!("{param}.content[{j}]"),
+                        "only text content parts ({\"type\": \"text\", \"text\": …}) are supported",
+                    )),
                 }
             }
             text
@@ -215,30 +251,41 @@ pub fn prepare_completion(body: &[u8], cx: &RequestContext) -> Result<Prepared, 
         Some(other) => return Err(Fields::wrong("prompt", "a string or an array", other)),
     };
     if f.bool("echo")?.unwrap_or(false) {
-        return Err(ApiError::invalid_param("echo", "`echo` is not supported by this server"));
+        return Err(ApiError::invalid_param(
+            "echo",
+            "`echo` is not supported by this server",
+        ));
     }
     if f.get("suffix").is_some() {
-        return Err(ApiError::invalid_param("suffix", "`suffix` is not supported by this server"));
+        return Err(ApiError::invalid_param(
+            "suffix",
+            "`suffix` is not supported by this server",
+        ));
     }
     finish_prepare(Endpoint::Completion, &f, ids, cx, &["max_tokens"])
 }
 
 fn check_model(f: &Fields, cx: &RequestContext) -> Result<(), ApiError> {
     match f.string("model")? {
-        None => Err(ApiError::invalid_param("model", format!("`model` is required (this server serves `{}`)", cx.model_id))),
+        None => Err(ApiError::invalid_param(
+            "model",
+            format!("`model` is required (this server serves `{}`)", cx.model_id),
+        )),
         Some(m) if m == cx.model_id => Ok(()),
         Some(m) => Err(ApiError::model_not_found(m, cx.model_id)),
     }
 }
 
 fn encode(cx: &RequestContext, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
-    let ids = cx
-        .model
-        .tokenizer
-        .encode(text)
-        .map_err(|e| ApiError::invalid_param(param, format!("cannot tokenise `{param}`: {e}")))?;
+    let ids =
+        cx.model.tokenizer.encode(text).map_err(|e| {
+            ApiError::invalid_param(param, format!("cannot tokenise `{param}`: {e}"))
+        })?;
     if ids.is_empty() {
-        return Err(ApiError::invalid_param(param, format!("`{param}` tokenises to nothing: give some text")));
+        return Err(ApiError::invalid_param(
+            param,
+            format!("`{param}` tokenises to nothing: give some text"),
+        ));
     }
     Ok(ids)
 }
@@ -267,7 +314,10 @@ fn finish_prepare(
     for name in max_names {
         if let Some(n) = f.int(name)? {
             if n < 1 {
-                return Err(ApiError::invalid_param(name, format!("`{name}` must be at least 1, got {n}")));
+                return Err(ApiError::invalid_param(
+                    name,
+                    format!("`{name}` must be at least 1, got {n}"),
+                ));
             }
             if n as u64 > room as u64 {
                 return Err(ApiError::invalid_param(
@@ -289,80 +339,149 @@ fn finish_prepare(
     // OpenAI's default temperature is 1 and its range [0, 2].
     let temperature = f.f32("temperature")?.unwrap_or(1.0);
     if !temperature.is_finite() || !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid_param("temperature", format!("`temperature` must be in [0, 2], got {temperature}")));
+        return Err(ApiError::invalid_param(
+            "temperature",
+            format!("`temperature` must be in [0, 2], got {temperature}"),
+        ));
     }
     let top_p = f.f32("top_p")?.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid_param("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
+        return Err(ApiError::invalid_param(
+            "top_p",
+            format!("`top_p` must be in (0, 1], got {top_p}"),
+        ));
     }
     // `top_k` is not OpenAI's, but vLLM and llama.cpp accept it at the top level too.
     let top_k = match f.int("top_k")? {
         None | Some(-1) => 0,
         Some(k) if k >= 0 => k as usize,
-        Some(k) => return Err(ApiError::invalid_param("top_k", format!("`top_k` must be >= 0 (or -1 for none), got {k}"))),
+        Some(k) => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("`top_k` must be >= 0 (or -1 for none), got {k}"),
+            ))
+        }
     };
     // Without a seed each request draws differently, as OpenAI's does.
     let seed = f.u64("seed")?.unwrap_or_else(random_seed);
-    let sampling = SamplingParams { temperature, top_k, top_p, seed };
-    sampling.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let sampling = SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    };
+    sampling
+        .validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
 
     if let Some(n) = f.int("n")? {
         if n != 1 {
-            return Err(ApiError::invalid_param("n", format!("only `n` = 1 is supported, got {n}")));
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("only `n` = 1 is supported, got {n}"),
+            ));
         }
     }
     for name in ["presence_penalty", "frequency_penalty"] {
         if f.f32(name)?.is_some_and(|p| p != 0.0) {
-            return Err(ApiError::invalid_param(name, format!("`{name}` is not supported by this server (only 0)")));
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}` is not supported by this server (only 0)"),
+            ));
         }
     }
     let wants_logprobs = match f.get("logprobs") {
         None | Some(Value::Bool(false)) => false,
         Some(_) => true,
     };
-    if wants_logprobs || f.get("top_logprobs").is_some() || f.get("logit_bias").is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty())) {
-        return Err(ApiError::invalid_param("logprobs", "`logprobs`, `top_logprobs` and `logit_bias` are not supported by this server"));
+    if wants_logprobs
+        || f.get("top_logprobs").is_some()
+        || f.get("logit_bias")
+            .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        return Err(ApiError::invalid_param(
+            "logprobs",
+            "`logprobs`, `top_logprobs` and `logit_bias` are not supported by this server",
+        ));
     }
 
     let stop = match f.get("stop") {
         None => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => {
-            a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "stop",
+                "`stop` must be a string or an array of up to 4 strings",
+            ))
         }
-        Some(_) => return Err(ApiError::invalid_param("stop", "`stop` must be a string or an array of up to 4 strings")),
     };
     if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_param("stop", "stop strings must not be empty"));
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop strings must not be empty",
+        ));
     }
 
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
-        Some(o) => o.get("include_usage").and_then(Value::as_bool).unwrap_or(false),
+        Some(o) => o
+            .get("include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         None => false,
     };
     let policy = parse_policy(f, cx.default_policy)?;
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
-    Ok(Prepared { endpoint, prompt_ids, sampling, max_tokens, stop, stream, include_usage, policy, ignore_eos })
+    Ok(Prepared {
+        endpoint,
+        prompt_ids,
+        sampling,
+        max_tokens,
+        stop,
+        stream,
+        include_usage,
+        policy,
+        ignore_eos,
+    })
 }
 
 /// The extension field `"frugal": {"policy": "<spec>"}`, same syntax as the CLI's `--policy`;
 /// checked against the registry so a bad spec is a 400 naming the problem.
 fn parse_policy(f: &Fields, default: &PolicySpec) -> Result<PolicySpec, ApiError> {
-    let Some(ext) = f.get("frugal") else { return Ok(default.clone()) };
+    let Some(ext) = f.get("frugal") else {
+        return Ok(default.clone());
+    };
     let Value::Object(ext) = ext else {
-        return Err(Fields::wrong("frugal", "an object like {\"policy\": \"streaming:window=256\"}", ext));
+        return Err(Fields::wrong(
+            "frugal",
+            "an object like {\"policy\": \"streaming:window=256\"}",
+            ext,
+        ));
     };
     if let Some(unknown) = ext.keys().find(|k| k.as_str() != "policy") {
-        return Err(ApiError::invalid_param(&format!("frugal.{unknown}"), format!("unknown field `frugal.{unknown}` (known: policy)")));
+        return Err(ApiError::invalid_param(
+            &format!("frugal.{unknown}"),
+            format!("unknown field `frugal.{unknown}` (known: policy)"),
+        ));
     }
     let spec = match ext.get("policy") {
         None | Some(Value::Null) => return Ok(default.clone()),
         Some(Value::String(s)) => s,
-        Some(other) => return Err(Fields::wrong("frugal.policy", "a policy spec string", other)),
+        Some(other) => {
+            return Err(Fields::wrong(
+                "frugal.policy",
+                "a policy spec string",
+                other,
+            ))
+        }
     };
     let bad = |e: frugal_methods::SpecError| {
-        ApiError::invalid_param("frugal.policy", format!("invalid policy `{spec}`: {e}")).with_code("invalid_policy")
+        ApiError::invalid_param("frugal.policy", format!("invalid policy `{spec}`: {e}"))
+            .with_code("invalid_policy")
     };
     let parsed: PolicySpec = spec.parse().map_err(bad)?;
     frugal_methods::validate(&parsed).map_err(bad)?;
@@ -414,7 +533,10 @@ pub fn full_response(
             "chat.completion",
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
         ),
-        Endpoint::Completion => ("text_completion", json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})),
+        Endpoint::Completion => (
+            "text_completion",
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+        ),
     };
     json!({
         "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
@@ -424,7 +546,13 @@ pub fn full_response(
 
 /// One stream chunk: `text` is a content delta (the first chat chunk also carries the role),
 /// `finish` closes the choice.
-pub fn chunk(endpoint: Endpoint, meta: &ResponseMeta, text: Option<&str>, first: bool, finish: Option<&str>) -> Value {
+pub fn chunk(
+    endpoint: Endpoint,
+    meta: &ResponseMeta,
+    text: Option<&str>,
+    first: bool,
+    finish: Option<&str>,
+) -> Value {
     let (object, choice) = match endpoint {
         Endpoint::Chat => {
             let mut delta = Map::new();
@@ -434,11 +562,15 @@ pub fn chunk(endpoint: Endpoint, meta: &ResponseMeta, text: Option<&str>, first:
             if let Some(t) = text {
                 delta.insert("content".into(), json!(t));
             }
-            ("chat.completion.chunk", json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}))
+            (
+                "chat.completion.chunk",
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+            )
         }
-        Endpoint::Completion => {
-            ("text_completion", json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}))
-        }
+        Endpoint::Completion => (
+            "text_completion",
+            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+        ),
     };
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": [choice]})
 }

@@ -48,7 +48,9 @@ pub struct ServeArgs {
 }
 
 fn parse_policy(s: &str) -> Result<PolicySpec, String> {
-    let spec: PolicySpec = s.parse().map_err(|e: frugal_methods::SpecError| e.to_string())?;
+    let spec: PolicySpec = s
+        .parse()
+        .map_err(|e: frugal_methods::SpecError| e.to_string())?;
     frugal_methods::validate(&spec).map_err(|e| e.to_string())?;
     Ok(spec)
 }
@@ -56,9 +58,16 @@ fn parse_policy(s: &str) -> Result<PolicySpec, String> {
 impl ServeArgs {
     pub fn config(&self) -> anyhow::Result<ServerConfig> {
         if !(self.queue_timeout.is_finite() && self.queue_timeout >= 0.0) {
-            anyhow::bail!("invalid --queue-timeout {}: must be a number of seconds >= 0", self.queue_timeout);
+            anyhow::bail!(
+                "invalid --queue-timeout {}: must be a number of seconds >= 0",
+                self.queue_timeout
+            );
         }
-        for (name, v) in [("--max-concurrent", self.max_concurrent), ("--default-max-tokens", self.default_max_tokens), ("--prefill-chunk", self.prefill_chunk)] {
+        for (name, v) in [
+            ("--max-concurrent", self.max_concurrent),
+            ("--default-max-tokens", self.default_max_tokens),
+            ("--prefill-chunk", self.prefill_chunk),
+        ] {
             if v == 0 {
                 anyhow::bail!("invalid {name} 0: must be at least 1");
             }

@@ -19,7 +19,14 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400: the request is wrong in a way the client can fix.
@@ -29,7 +36,10 @@ impl ApiError {
 
     /// 400 naming the offending field.
     pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
-        ApiError { param: Some(param.to_string()), ..Self::invalid(message) }
+        ApiError {
+            param: Some(param.to_string()),
+            ..Self::invalid(message)
+        }
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -51,13 +61,21 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no such endpoint: {path}"))
-            .with_code("unknown_url")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no such endpoint: {path}"),
+        )
+        .with_code("unknown_url")
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method not allowed on this endpoint")
-            .with_code("method_not_allowed")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method not allowed on this endpoint",
+        )
+        .with_code("method_not_allowed")
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -71,8 +89,11 @@ impl ApiError {
 
     /// 429: every slot and queue place is taken; the client should come back shortly.
     pub fn busy(message: impl Into<String>) -> Self {
-        ApiError { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message) }
-            .with_code("server_busy")
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+        }
+        .with_code("server_busy")
     }
 
     /// 503: the request waited in the queue for its whole allowance.
@@ -102,7 +123,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -13,7 +13,6 @@ pub mod error;
 pub mod metrics;
 pub mod scheduler;
 
-pub use cli::{serve, ServeArgs};
 use api::{Endpoint, Prepared, RequestContext, ResponseMeta};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,6 +22,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+pub use cli::{serve, ServeArgs};
 use error::ApiError;
 use frugal_engine::generate::Sampler;
 use frugal_engine::model::LoadedModel;
@@ -95,8 +95,13 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         }
         _ => (t, 1),
     };
-    let n: usize = num.trim().parse().map_err(|_| format!("`{s}` is not a byte count like 1048576, 512M or 2G"))?;
-    n.checked_mul(mult).filter(|&b| b > 0).ok_or_else(|| format!("`{s}`: must be > 0 and fit in memory"))
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count like 1048576, 512M or 2G"))?;
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("`{s}`: must be > 0 and fit in memory"))
 }
 
 struct AppState {
@@ -154,9 +159,12 @@ pub fn spawn(lm: LoadedModel, cfg: ServerConfig) -> anyhow::Result<RunningServer
     if cfg.max_concurrent == 0 {
         anyhow::bail!("invalid --max-concurrent 0: must be at least 1");
     }
-    frugal_methods::validate(&cfg.default_policy).map_err(|e| anyhow::anyhow!("invalid --policy: {e}"))?;
+    frugal_methods::validate(&cfg.default_policy)
+        .map_err(|e| anyhow::anyhow!("invalid --policy: {e}"))?;
     let model_id = cfg.model_id.clone().unwrap_or_else(|| {
-        lm.path.file_stem().map_or("frugal".into(), |s| s.to_string_lossy().into_owned())
+        lm.path
+            .file_stem()
+            .map_or("frugal".into(), |s| s.to_string_lossy().into_owned())
     });
     let layout = lm.model.config().kv_layout();
     let full_bytes_per_token = layout.n_layers * layout.n_kv_heads * (2 * layout.head_dim * 4 + 4);
@@ -190,22 +198,29 @@ pub fn spawn(lm: LoadedModel, cfg: ServerConfig) -> anyhow::Result<RunningServer
     let addr = listener.local_addr()?;
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);
-    let thread = std::thread::Builder::new().name("frugal-http-main".into()).spawn(move || {
-        let served = runtime.block_on(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        if let Err(e) = served {
-            eprintln!("frugal serve: server error: {e}");
-        }
-        // Dropping the runtime and the state closes the job channel; the engine thread ends.
-        drop(runtime);
-        let _ = engine.join();
-    })?;
-    Ok(RunningServer { addr, metrics, shutdown: Some(shutdown), thread: Some(thread) })
+    let thread = std::thread::Builder::new()
+        .name("frugal-http-main".into())
+        .spawn(move || {
+            let served = runtime.block_on(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            if let Err(e) = served {
+                eprintln!("frugal serve: server error: {e}");
+            }
+            // Dropping the runtime and the state closes the job channel; the engine thread ends.
+            drop(runtime);
+            let _ = engine.join();
+        })?;
+    Ok(RunningServer {
+        addr,
+        metrics,
+        shutdown: Some(shutdown),
+        thread: Some(thread),
+    })
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -223,20 +238,34 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let resp = complete(&st, Endpoint::Chat, body).await.unwrap_or_else(IntoResponse::into_response);
-    st.metrics.request("chat_completions", resp.status().as_u16());
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let resp = complete(&st, Endpoint::Chat, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    st.metrics
+        .request("chat_completions", resp.status().as_u16());
     resp
 }
 
-async fn completions(State(st): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let resp = complete(&st, Endpoint::Completion, body).await.unwrap_or_else(IntoResponse::into_response);
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let resp = complete(&st, Endpoint::Completion, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     st.metrics.request("completions", resp.status().as_u16());
     resp
 }
 
 fn model_card(st: &AppState) -> serde_json::Value {
-    let created = st.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let created = st
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     json!({"id": st.model_id, "object": "model", "created": created, "owned_by": "frugal"})
 }
 
@@ -257,17 +286,29 @@ async fn model_by_id(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<Strin
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.request("health", 200);
     let a = st.admission.snapshot();
-    Json(json!({"status": "ok", "model": st.model_id, "active": a.active, "queued": a.queued})).into_response()
+    Json(json!({"status": "ok", "model": st.model_id, "active": a.active, "queued": a.queued}))
+        .into_response()
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.request("metrics", 200);
     let body = st.metrics.render(st.admission.snapshot());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Checks, admits and runs one completion request; answers JSON or an SSE stream.
-async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn complete(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let body = body.map_err(|rej| match rej.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(st.cfg.max_body_bytes),
@@ -283,10 +324,16 @@ async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
         Endpoint::Chat => api::prepare_chat(&body, &cx)?,
         Endpoint::Completion => api::prepare_completion(&body, &cx)?,
     };
-    let seq = frugal_methods::build(&req.policy, st.lm.model.config().kv_layout()).map_err(|e| {
-        ApiError::invalid_param("frugal.policy", format!("invalid policy `{}`: {e}", req.policy)).with_code("invalid_policy")
-    })?;
-    let sampler = Sampler::new(req.sampling.clone()).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let seq =
+        frugal_methods::build(&req.policy, st.lm.model.config().kv_layout()).map_err(|e| {
+            ApiError::invalid_param(
+                "frugal.policy",
+                format!("invalid policy `{}`: {e}", req.policy),
+            )
+            .with_code("invalid_policy")
+        })?;
+    let sampler =
+        Sampler::new(req.sampling.clone()).map_err(|e| ApiError::invalid(e.to_string()))?;
     let reserve = (req.prompt_ids.len() + req.max_tokens) * st.full_bytes_per_token;
     let permit = st.admission.acquire(reserve).await?;
 
@@ -299,7 +346,13 @@ async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
         stop: req.stop.clone(),
         ignore_eos: req.ignore_eos,
         policy: req.policy.to_string(),
-        policy_label: req.policy.parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join("+"),
+        policy_label: req
+            .policy
+            .parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+"),
         arrived,
         events,
         permit,
@@ -311,8 +364,18 @@ async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
         .map_err(|_| ApiError::internal("the engine thread has stopped"))?;
 
     let meta = ResponseMeta {
-        id: format!("{}-{:x}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }, random_id()),
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        id: format!(
+            "{}-{:x}",
+            if endpoint == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            random_id()
+        ),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         model: st.model_id.clone(),
     };
     if req.stream {
@@ -334,10 +397,14 @@ async fn complete(st: &Arc<AppState>, endpoint: Endpoint, body: Result<Bytes, By
                 );
                 return Ok(Json(body).into_response());
             }
-            Event::Failed(msg) => return Err(ApiError::internal(format!("generation failed: {msg}"))),
+            Event::Failed(msg) => {
+                return Err(ApiError::internal(format!("generation failed: {msg}")))
+            }
         }
     }
-    Err(ApiError::internal("the engine dropped the request without an answer"))
+    Err(ApiError::internal(
+        "the engine dropped the request without an answer",
+    ))
 }
 
 fn frugal_extension(sum: &Summary) -> serde_json::Value {
@@ -352,7 +419,12 @@ fn random_id() -> u64 {
 /// The SSE stream: chunks as text settles, a closing chunk with `finish_reason`, optionally a
 /// `usage` chunk, then `data: [DONE]`. When the client goes away, hyper drops this stream and
 /// with it the event receiver, which is how the engine learns to free the sequence.
-fn stream_response(endpoint: Endpoint, meta: ResponseMeta, include_usage: bool, rx: tmpsc::UnboundedReceiver<Event>) -> Response {
+fn stream_response(
+    endpoint: Endpoint,
+    meta: ResponseMeta,
+    include_usage: bool,
+    rx: tmpsc::UnboundedReceiver<Event>,
+) -> Response {
     struct S {
         rx: tmpsc::UnboundedReceiver<Event>,
         pending: VecDeque<String>,
@@ -362,7 +434,11 @@ fn stream_response(endpoint: Endpoint, meta: ResponseMeta, include_usage: bool, 
     if endpoint == Endpoint::Chat {
         pending.push_back(api::chunk(endpoint, &meta, Some(""), true, None).to_string());
     }
-    let init = S { rx, pending, done: false };
+    let init = S {
+        rx,
+        pending,
+        done: false,
+    };
     let meta = Arc::new(meta);
     let stream = futures_util::stream::unfold(init, move |mut s| {
         let meta = meta.clone();
@@ -377,19 +453,28 @@ fn stream_response(endpoint: Endpoint, meta: ResponseMeta, include_usage: bool, 
                 let failed = |msg: String| ApiError::internal(msg).body().to_string();
                 match s.rx.recv().await {
                     Some(Event::Text(t)) => {
-                        s.pending.push_back(api::chunk(endpoint, &meta, Some(&t), false, None).to_string());
+                        s.pending.push_back(
+                            api::chunk(endpoint, &meta, Some(&t), false, None).to_string(),
+                        );
                         continue;
                     }
                     Some(Event::Done(sum)) => {
                         let finish = api::finish_reason(sum.finish);
-                        s.pending.push_back(api::chunk(endpoint, &meta, None, false, Some(finish)).to_string());
+                        s.pending.push_back(
+                            api::chunk(endpoint, &meta, None, false, Some(finish)).to_string(),
+                        );
                         if include_usage {
                             let usage = api::usage(sum.prompt_tokens, sum.completion_tokens);
-                            s.pending.push_back(api::usage_chunk(endpoint, &meta, usage).to_string());
+                            s.pending
+                                .push_back(api::usage_chunk(endpoint, &meta, usage).to_string());
                         }
                     }
-                    Some(Event::Failed(msg)) => s.pending.push_back(failed(format!("generation failed: {msg}"))),
-                    None => s.pending.push_back(failed("the engine dropped the request".into())),
+                    Some(Event::Failed(msg)) => s
+                        .pending
+                        .push_back(failed(format!("generation failed: {msg}"))),
+                    None => s
+                        .pending
+                        .push_back(failed("the engine dropped the request".into())),
                 }
                 s.pending.push_back("[DONE]".into());
                 s.done = true;

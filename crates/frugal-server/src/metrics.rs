@@ -12,8 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-const TTFT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-const ITL_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Clone, Debug)]
 struct Histogram {
@@ -25,7 +29,12 @@ struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     fn observe(&mut self, v: f64) {
@@ -43,7 +52,11 @@ impl Histogram {
             cum += c;
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", self.count, self.sum, self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            self.count, self.sum, self.count
+        );
     }
 }
 
@@ -194,14 +207,29 @@ mod tests {
         let m = Metrics::default();
         m.time_to_first_token(0.02);
         m.time_to_first_token(100.0);
-        m.set_kv([("full".to_string(), KvUsage { sequences: 1, resident_bytes: 100, full_f16_bytes: 50 })].into());
+        m.set_kv(
+            [(
+                "full".to_string(),
+                KvUsage {
+                    sequences: 1,
+                    resident_bytes: 100,
+                    full_f16_bytes: 50,
+                },
+            )]
+            .into(),
+        );
         let text = m.render(AdmissionSnapshot::default());
-        assert!(text.contains("frugal_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+        assert!(
+            text.contains("frugal_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("frugal_time_to_first_token_seconds_bucket{le=\"60\"} 1"));
         assert!(text.contains("frugal_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("frugal_kv_compression_ratio{policy=\"full\"} 0.5000"));
         m.set_kv(BTreeMap::new());
         assert_eq!(m.kv_resident_total(), 0);
-        assert!(m.render(AdmissionSnapshot::default()).contains("frugal_kv_resident_bytes{policy=\"full\"} 0"));
+        assert!(m
+            .render(AdmissionSnapshot::default())
+            .contains("frugal_kv_resident_bytes{policy=\"full\"} 0"));
     }
 }

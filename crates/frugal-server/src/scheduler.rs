@@ -61,7 +61,11 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Admission { limits, state: Mutex::new(AdmissionState::default()), freed: Notify::new() })
+        Arc::new(Admission {
+            limits,
+            state: Mutex::new(AdmissionState::default()),
+            freed: Notify::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
@@ -83,7 +87,10 @@ impl Admission {
         if s.active < self.limits.max_concurrent && s.reserved + bytes <= self.limits.kv_budget {
             s.active += 1;
             s.reserved += bytes;
-            Some(Permit { admission: self.clone(), bytes })
+            Some(Permit {
+                admission: self.clone(),
+                bytes,
+            })
         } else {
             None
         }
@@ -238,7 +245,12 @@ pub fn start_engine(
     Ok((tx, handle))
 }
 
-fn engine_loop(lm: &LoadedModel, rx: &mpsc::Receiver<Job>, metrics: &Metrics, prefill_chunk: usize) {
+fn engine_loop(
+    lm: &LoadedModel,
+    rx: &mpsc::Receiver<Job>,
+    metrics: &Metrics,
+    prefill_chunk: usize,
+) {
     let layout = lm.model.config().kv_layout();
     // A full f16 cache: keys and values, 2 bytes per element, no positions.
     let f16_per_token = layout.n_layers * layout.n_kv_heads * layout.head_dim * 2 * 2;
@@ -310,12 +322,17 @@ fn step(lm: &LoadedModel, s: &mut Live, metrics: &Metrics, prefill_chunk: usize)
     }
     // A panic inside the model (a bug) fails this request only; the engine thread and every
     // other sequence keep going. The model is only read by a step, so it stays usable.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_step(lm, s, metrics, prefill_chunk)))
-        .map_err(|p| {
-            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-            format!("internal error (panic): {}", what.unwrap_or_default())
-        })
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        try_step(lm, s, metrics, prefill_chunk)
+    }))
+    .map_err(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned());
+        format!("internal error (panic): {}", what.unwrap_or_default())
+    })
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match result {
         Ok(None) => Step::Continue,
         Ok(Some(finish)) => {
@@ -349,7 +366,11 @@ fn try_step(
     let prompt_len = s.job.prompt.len();
     if s.prefilled < prompt_len {
         let end = (s.prefilled + prefill_chunk).min(prompt_len);
-        let logits = lm.model.forward(&s.job.prompt[s.prefilled..end], &mut s.job.seq, LogitRows::Last)?;
+        let logits = lm.model.forward(
+            &s.job.prompt[s.prefilled..end],
+            &mut s.job.seq,
+            LogitRows::Last,
+        )?;
         s.prefilled = end;
         if end == prompt_len {
             s.logits = logits.squeeze(0)?.to_vec1::<f32>()?;
@@ -379,6 +400,10 @@ fn try_step(
     if s.generated >= s.job.max_tokens || s.job.seq.len() >= lm.model.config().context_length {
         return Ok(Some(FinishReason::Length));
     }
-    s.logits = lm.model.forward(&[next], &mut s.job.seq, LogitRows::Last)?.squeeze(0)?.to_vec1::<f32>()?;
+    s.logits = lm
+        .model
+        .forward(&[next], &mut s.job.seq, LogitRows::Last)?
+        .squeeze(0)?
+        .to_vec1::<f32>()?;
     Ok(None)
 }

@@ -28,7 +28,11 @@ fn load_tiny(dir: &tempfile::TempDir) -> LoadedModel {
 fn start(cfg: ServerConfig) -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let lm = load_tiny(&dir);
-    let cfg = ServerConfig { port: 0, model_id: Some(MODEL.into()), ..cfg };
+    let cfg = ServerConfig {
+        port: 0,
+        model_id: Some(MODEL.into()),
+        ..cfg
+    };
     (spawn(lm, cfg).unwrap(), dir)
 }
 
@@ -43,11 +47,17 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// The `data:` payloads of an SSE body, in order.
     fn events(&self) -> Vec<String> {
-        self.body.lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_string)).collect()
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+            .collect()
     }
 }
 
@@ -67,7 +77,12 @@ fn send_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> TcpS
 fn read_head(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    let status: u16 = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("bad status line {line:?}")).parse().unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+        .parse()
+        .unwrap();
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -95,7 +110,9 @@ fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
     let mut r = BufReader::new(send_request(addr, method, path, body));
     let (status, headers) = read_head(&mut r);
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut bytes = Vec::new();
     if chunked {
         while let Some(c) = read_chunk(&mut r) {
@@ -104,7 +121,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
     } else {
         r.read_to_end(&mut bytes).unwrap();
     }
-    Resp { status, headers, body: String::from_utf8(bytes).unwrap() }
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8(bytes).unwrap(),
+    }
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> Resp {
@@ -119,7 +140,11 @@ fn get(addr: SocketAddr, path: &str) -> Resp {
 fn metric(addr: SocketAddr, series: &str) -> f64 {
     let text = get(addr, "/metrics").body;
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|v| v.parse().unwrap())
+        })
         .unwrap_or(0.0)
 }
 
@@ -129,7 +154,12 @@ fn chat_body(content: &str, max_tokens: usize) -> Value {
 
 /// An open streaming request whose first event has arrived (so it is admitted and decoding).
 fn open_stream(addr: SocketAddr, body: &Value) -> BufReader<TcpStream> {
-    let mut r = BufReader::new(send_request(addr, "POST", "/v1/completions", body.to_string().as_bytes()));
+    let mut r = BufReader::new(send_request(
+        addr,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    ));
     let (status, _) = read_head(&mut r);
     assert_eq!(status, 200);
     let first = read_chunk(&mut r).expect("a first event");
@@ -140,7 +170,10 @@ fn open_stream(addr: SocketAddr, body: &Value) -> BufReader<TcpStream> {
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -164,9 +197,15 @@ fn models_health_and_metrics_endpoints() {
     assert_eq!(h.status, 200);
     assert_eq!(h.json()["status"], "ok");
 
-    assert_eq!(post(srv.addr, "/v1/chat/completions", &chat_body("hello", 4)).status, 200);
+    assert_eq!(
+        post(srv.addr, "/v1/chat/completions", &chat_body("hello", 4)).status,
+        200
+    );
     let metrics = get(srv.addr, "/metrics");
-    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
     for name in [
         "frugal_requests_total{endpoint=\"chat_completions\",status=\"200\"} 1",
         "frugal_prompt_tokens_total",
@@ -177,7 +216,11 @@ fn models_health_and_metrics_endpoints() {
         "frugal_kv_resident_bytes{policy=\"full\"} 0",
         "frugal_kv_compression_ratio",
     ] {
-        assert!(metrics.body.contains(name), "missing {name} in\n{}", metrics.body);
+        assert!(
+            metrics.body.contains(name),
+            "missing {name} in\n{}",
+            metrics.body
+        );
     }
     let completion = metric(srv.addr, "frugal_completion_tokens_total");
     assert!((1.0..=4.0).contains(&completion), "{completion}");
@@ -188,12 +231,19 @@ fn engine_reference(prompt: &str, max_tokens: usize, chat: bool) -> (String, usi
     let dir = tempfile::tempdir().unwrap();
     let lm = load_tiny(&dir);
     let text = match chat {
-        true => lm.chat_template.render(&[ChatMessage::user(prompt)], true).unwrap(),
+        true => lm
+            .chat_template
+            .render(&[ChatMessage::user(prompt)], true)
+            .unwrap(),
         false => prompt.to_string(),
     };
     let ids = lm.tokenizer.encode(&text).unwrap();
     let mut seq = Sequence::dense(lm.model.config().kv_layout());
-    let req = GenerateRequest { sampling: SamplingParams::default(), max_tokens, stop: vec![] };
+    let req = GenerateRequest {
+        sampling: SamplingParams::default(),
+        max_tokens,
+        stop: vec![],
+    };
     let out = generate(&lm, &mut seq, &ids, &req, &mut |_| true).unwrap();
     (out.text, ids.len(), out.tokens.len())
 }
@@ -201,7 +251,11 @@ fn engine_reference(prompt: &str, max_tokens: usize, chat: bool) -> (String, usi
 #[test]
 fn chat_completion_matches_the_engine_and_counts_usage() {
     let (srv, _dir) = start(ServerConfig::default());
-    let r = post(srv.addr, "/v1/chat/completions", &chat_body("Tell me a story", 12));
+    let r = post(
+        srv.addr,
+        "/v1/chat/completions",
+        &chat_body("Tell me a story", 12),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(v["object"], "chat.completion");
@@ -212,8 +266,15 @@ fn chat_completion_matches_the_engine_and_counts_usage() {
     assert_eq!(v["choices"][0]["message"]["content"], text.as_str());
     assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
     assert_eq!(v["usage"]["completion_tokens"], completion_tokens);
-    assert_eq!(v["usage"]["total_tokens"], prompt_tokens + completion_tokens);
-    let finish = if completion_tokens == 12 { "length" } else { "stop" };
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        prompt_tokens + completion_tokens
+    );
+    let finish = if completion_tokens == 12 {
+        "length"
+    } else {
+        "stop"
+    };
     assert_eq!(v["choices"][0]["finish_reason"], finish);
     assert_eq!(v["frugal"]["policy"], "full");
     assert!(v["frugal"]["kv_peak_bytes"].as_u64().unwrap() > 0);
@@ -227,31 +288,59 @@ fn streaming_concatenates_to_the_full_answer_and_ends_with_done() {
                       "stream": true, "stream_options": {"include_usage": true}});
     let r = post(srv.addr, "/v1/completions", &body);
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let events = r.events();
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(streamed, text);
     assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["prompt_tokens"], prompt_tokens);
     assert_eq!(usage["completion_tokens"], completion_tokens);
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], if completion_tokens == 16 { "length" } else { "stop" });
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        if completion_tokens == 16 {
+            "length"
+        } else {
+            "stop"
+        }
+    );
 
     let mut chat = chat_body("hi there", 8);
     chat["stream"] = json!(true);
     let r = post(srv.addr, "/v1/chat/completions", &chat);
     let events = r.events();
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert_eq!(chunks[0]["object"], "chat.completion.chunk");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
-    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "no usage chunk unless asked");
-    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "no usage chunk unless asked"
+    );
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     let whole = post(srv.addr, "/v1/chat/completions", &chat_body("hi there", 8)).json();
-    assert_eq!(streamed, whole["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        streamed,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -271,7 +360,10 @@ fn stop_strings_cut_the_answer() {
     let (text, _, _) = engine_reference("abc", 40, false);
     // Stop at a piece of the greedy continuation: the answer is what came before it.
     let chars: Vec<char> = text.chars().collect();
-    assert!(chars.len() >= 5, "the tiny model's greedy text is long enough: {text:?}");
+    assert!(
+        chars.len() >= 5,
+        "the tiny model's greedy text is long enough: {text:?}"
+    );
     let stop: String = chars[3..5].iter().collect();
     let stop = stop.as_str();
     let cut = &text[..text.find(stop).unwrap()];
@@ -280,8 +372,13 @@ fn stop_strings_cut_the_answer() {
         let r = post(srv.addr, "/v1/completions", &body);
         let got: String = match stream {
             false => r.json()["choices"][0]["text"].as_str().unwrap().to_string(),
-            true => r.events().iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str::<Value>(e).unwrap())
-                .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string)).collect(),
+            true => r
+                .events()
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .map(|e| serde_json::from_str::<Value>(e).unwrap())
+                .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+                .collect(),
         };
         assert_eq!(got, cut, "stream={stream}");
     }
@@ -290,17 +387,28 @@ fn stop_strings_cut_the_answer() {
 #[test]
 fn policy_extension_selects_the_policy_and_bad_specs_are_400() {
     // Prefill in chunks of 16 tokens: an evicting policy then never holds the whole prompt.
-    let default = ServerConfig { default_policy: "streaming:sink=2,window=8".parse().unwrap(), prefill_chunk: 16, ..Default::default() };
+    let default = ServerConfig {
+        default_policy: "streaming:sink=2,window=8".parse().unwrap(),
+        prefill_chunk: 16,
+        ..Default::default()
+    };
     let (srv, _dir) = start(default);
     let prompt = long_prompt();
     let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 10, "temperature": 0});
     let by_default = post(srv.addr, "/v1/completions", &body).json();
-    assert_eq!(by_default["frugal"]["policy"], "streaming:sink=2,window=8", "--policy is the default");
+    assert_eq!(
+        by_default["frugal"]["policy"], "streaming:sink=2,window=8",
+        "--policy is the default"
+    );
     body["frugal"] = json!({"policy": "full"});
     let full = post(srv.addr, "/v1/completions", &body).json();
     assert_eq!(full["frugal"]["policy"], "full");
     let (reference, _, _) = engine_reference(&prompt, 10, false);
-    assert_eq!(full["choices"][0]["text"], reference.as_str(), "chunked prefill gives the engine's answer");
+    assert_eq!(
+        full["choices"][0]["text"],
+        reference.as_str(),
+        "chunked prefill gives the engine's answer"
+    );
     body["frugal"] = json!({"policy": "streaming:sink=4,window=16"});
     let streaming = post(srv.addr, "/v1/completions", &body).json();
     assert_eq!(streaming["frugal"]["policy"], "streaming:sink=4,window=16");
@@ -309,7 +417,10 @@ fn policy_extension_selects_the_policy_and_bad_specs_are_400() {
         streaming["frugal"]["kv_peak_bytes"].as_u64().unwrap(),
         by_default["frugal"]["kv_peak_bytes"].as_u64().unwrap(),
     );
-    assert!(stream_kv < full_kv / 2 && tiny_kv < stream_kv, "full {full_kv}, window 16 {stream_kv}, window 8 {tiny_kv}");
+    assert!(
+        stream_kv < full_kv / 2 && tiny_kv < stream_kv,
+        "full {full_kv}, window 16 {stream_kv}, window 8 {tiny_kv}"
+    );
 
     for (spec, says) in [
         (json!("streaming:window=0"), "streaming:window"),
@@ -328,16 +439,25 @@ fn policy_extension_selects_the_policy_and_bad_specs_are_400() {
         assert!(e["message"].as_str().unwrap().contains(says), "{spec}: {e}");
     }
     body["frugal"] = json!({"polcy": "full"});
-    assert!(post(srv.addr, "/v1/completions", &body).json()["error"]["message"].as_str().unwrap().contains("frugal.polcy"));
+    assert!(
+        post(srv.addr, "/v1/completions", &body).json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("frugal.polcy")
+    );
 }
 
 #[test]
 fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
-    let cfg = ServerConfig { max_body_bytes: 4096, ..Default::default() };
+    let cfg = ServerConfig {
+        max_body_bytes: 4096,
+        ..Default::default()
+    };
     let (srv, _dir) = start(cfg);
     let chat = "/v1/chat/completions";
     let long_max = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000});
-    let big = json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(10_000)}]});
+    let big =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(10_000)}]});
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
         ("malformed JSON", chat, b"{\"model\": \"tiny\", \"messages\": [".to_vec(), 400, "malformed JSON"),
         ("not an object", chat, b"[1, 2]".to_vec(), 400, "JSON object"),
@@ -361,35 +481,73 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         assert_eq!(r.status, status, "{what}: {}", r.body);
         let e = &r.json()["error"];
         assert!(e["message"].as_str().unwrap().contains(says), "{what}: {e}");
-        assert!(e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(), "{what}: {e}");
+        assert!(
+            e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(),
+            "{what}: {e}"
+        );
     }
     let r = get(srv.addr, chat);
     assert_eq!(r.status, 405);
     assert!(r.json()["error"]["message"].is_string());
     let ok = post(srv.addr, chat, &chat_body("still there?", 3));
-    assert_eq!(ok.status, 200, "the server keeps serving after bad requests");
-    assert_eq!(metric(srv.addr, "frugal_requests_total{endpoint=\"chat_completions\",status=\"400\"}"), 11.0);
+    assert_eq!(
+        ok.status, 200,
+        "the server keeps serving after bad requests"
+    );
+    assert_eq!(
+        metric(
+            srv.addr,
+            "frugal_requests_total{endpoint=\"chat_completions\",status=\"400\"}"
+        ),
+        11.0
+    );
 }
 
 #[test]
 fn over_capacity_gets_429_or_503_with_retry_after() {
     // Room for one request of prompt + max_tokens = 500 tokens at a time.
-    let cfg = ServerConfig { kv_budget: 500 * FULL_BYTES_PER_TOKEN, max_concurrent: 8, max_queue: 0, ..Default::default() };
+    let cfg = ServerConfig {
+        kv_budget: 500 * FULL_BYTES_PER_TOKEN,
+        max_concurrent: 8,
+        max_queue: 0,
+        ..Default::default()
+    };
     let (srv, _dir) = start(cfg);
     let long = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 490, "temperature": 0.8, "seed": 1, "stream": true, "ignore_eos": true});
     let first = open_stream(srv.addr, &long);
-    let r = post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 100}));
+    let r = post(
+        srv.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "x", "max_tokens": 100}),
+    );
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("capacity"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("capacity"));
     // More than the whole budget can never fit: that is the client's to fix, a 400.
-    let r = post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 505}));
+    let r = post(
+        srv.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "x", "max_tokens": 505}),
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "kv_budget_exceeded");
     drop(first);
-    wait_until("the first request to go", || metric(srv.addr, "frugal_active_sequences") == 0.0);
-    assert_eq!(post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 100})).status, 200);
+    wait_until("the first request to go", || {
+        metric(srv.addr, "frugal_active_sequences") == 0.0
+    });
+    assert_eq!(
+        post(
+            srv.addr,
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "x", "max_tokens": 100})
+        )
+        .status,
+        200
+    );
 
     // With a queue: a waiting request times out with 503 when nothing frees up.
     let cfg = ServerConfig {
@@ -400,7 +558,11 @@ fn over_capacity_gets_429_or_503_with_retry_after() {
     };
     let (srv, _dir) = start(cfg);
     let first = open_stream(srv.addr, &long);
-    let r = post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "max_tokens": 5}));
+    let r = post(
+        srv.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "x", "max_tokens": 5}),
+    );
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("2"));
     assert_eq!(r.json()["error"]["code"], "queue_timeout");
@@ -410,7 +572,9 @@ fn over_capacity_gets_429_or_503_with_retry_after() {
         let cfg_body = json!({"model": MODEL, "prompt": "x", "max_tokens": 5});
         post(addr, "/v1/completions", &cfg_body).status
     });
-    wait_until("the request to queue", || metric(srv.addr, "frugal_queue_depth") == 1.0);
+    wait_until("the request to queue", || {
+        metric(srv.addr, "frugal_queue_depth") == 1.0
+    });
     drop(first);
     assert_eq!(waiter.join().unwrap(), 200);
     assert_eq!(metric(srv.addr, "frugal_queue_depth"), 0.0);
@@ -421,38 +585,76 @@ fn a_client_hanging_up_mid_stream_frees_its_kv_at_once() {
     let (srv, _dir) = start(ServerConfig::default());
     let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 500, "temperature": 0.8, "seed": 3, "stream": true, "ignore_eos": true});
     let stream = open_stream(srv.addr, &body);
-    assert!(metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0, "the live stream holds KV");
+    assert!(
+        metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0,
+        "the live stream holds KV"
+    );
     assert!(metric(srv.addr, "frugal_kv_reserved_bytes") > 0.0);
     drop(stream);
     wait_until("KV to be freed", || {
-        metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") == 0.0 && metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0
+        metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") == 0.0
+            && metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0
     });
-    assert_eq!(metric(srv.addr, "frugal_generations_total{reason=\"cancelled\"}"), 1.0, "it was cut short, not finished");
+    assert_eq!(
+        metric(srv.addr, "frugal_generations_total{reason=\"cancelled\"}"),
+        1.0,
+        "it was cut short, not finished"
+    );
     assert!(metric(srv.addr, "frugal_completion_tokens_total") < 500.0);
     assert_eq!(metric(srv.addr, "frugal_active_sequences"), 0.0);
-    assert_eq!(post(srv.addr, "/v1/chat/completions", &chat_body("next", 3)).status, 200);
+    assert_eq!(
+        post(srv.addr, "/v1/chat/completions", &chat_body("next", 3)).status,
+        200
+    );
 }
 
 #[test]
 fn a_client_hanging_up_before_a_whole_answer_frees_its_kv() {
     let (srv, _dir) = start(ServerConfig::default());
     let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 500, "temperature": 0.8, "seed": 4, "ignore_eos": true});
-    let conn = send_request(srv.addr, "POST", "/v1/completions", body.to_string().as_bytes());
-    wait_until("the request to run", || metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0);
+    let conn = send_request(
+        srv.addr,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    );
+    wait_until("the request to run", || {
+        metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") > 0.0
+    });
     drop(conn);
-    wait_until("KV to be freed", || metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0);
-    assert_eq!(metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}"), 0.0);
-    assert_eq!(metric(srv.addr, "frugal_generations_total{reason=\"cancelled\"}"), 1.0);
+    wait_until("KV to be freed", || {
+        metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0
+    });
+    assert_eq!(
+        metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(srv.addr, "frugal_generations_total{reason=\"cancelled\"}"),
+        1.0
+    );
 }
 
 #[test]
 fn concurrent_requests_interleave_and_match_their_solo_answers() {
-    let (srv, _dir) = start(ServerConfig { max_concurrent: 4, ..Default::default() });
+    let (srv, _dir) = start(ServerConfig {
+        max_concurrent: 4,
+        ..Default::default()
+    });
     let prompts = ["alpha beta", "gamma delta epsilon", "zeta"];
     let solo: Vec<String> = prompts
         .iter()
-        .map(|p| post(srv.addr, "/v1/completions", &json!({"model": MODEL, "prompt": p, "max_tokens": 150, "temperature": 0}))
-            .json()["choices"][0]["text"].as_str().unwrap().to_string())
+        .map(|p| {
+            post(
+                srv.addr,
+                "/v1/completions",
+                &json!({"model": MODEL, "prompt": p, "max_tokens": 150, "temperature": 0}),
+            )
+            .json()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let addr = srv.addr;
     let start = Instant::now();
@@ -482,9 +684,15 @@ fn concurrent_requests_interleave_and_match_their_solo_answers() {
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for (i, (_, _, text)) in results.iter().enumerate() {
-        assert_eq!(text, &solo[i], "interleaving must not change a greedy answer");
+        assert_eq!(
+            text, &solo[i],
+            "interleaving must not change a greedy answer"
+        );
     }
     let latest_first = results.iter().map(|r| r.0).max().unwrap();
     let earliest_last = results.iter().map(|r| r.1).min().unwrap();
-    assert!(latest_first < earliest_last, "every stream started before any ended: {results:?}");
+    assert!(
+        latest_first < earliest_last,
+        "every stream started before any ended: {results:?}"
+    );
 }

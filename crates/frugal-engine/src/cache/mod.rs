@@ -32,8 +32,12 @@ impl<'a> HeadView<'a> {
             positions: Cow::Borrowed(s.positions),
             key_scale: s.key_scale.map(Cow::Borrowed),
             value_scale: s.value_scale.map(Cow::Borrowed),
-            key_patch: s.key_patch.map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
-            value_patch: s.value_patch.map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
+            key_patch: s
+                .key_patch
+                .map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
+            value_patch: s
+                .value_patch
+                .map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
         }
     }
 
@@ -44,8 +48,14 @@ impl<'a> HeadView<'a> {
             positions: &self.positions,
             key_scale: self.key_scale.as_deref(),
             value_scale: self.value_scale.as_deref(),
-            key_patch: self.key_patch.as_ref().map(|(r, d)| RowPatch { rows: r, data: d }),
-            value_patch: self.value_patch.as_ref().map(|(r, d)| RowPatch { rows: r, data: d }),
+            key_patch: self
+                .key_patch
+                .as_ref()
+                .map(|(r, d)| RowPatch { rows: r, data: d }),
+            value_patch: self
+                .value_patch
+                .as_ref()
+                .map(|(r, d)| RowPatch { rows: r, data: d }),
         }
     }
 }
@@ -82,7 +92,10 @@ impl HeadStore {
     /// Appends rows; `positions` must come after every position already held.
     pub fn push(&mut self, positions: &[u32], keys: &[f32], values: &[f32]) {
         debug_assert!(
-            self.positions.last().zip(positions.first()).is_none_or(|(a, b)| a < b),
+            self.positions
+                .last()
+                .zip(positions.first())
+                .is_none_or(|(a, b)| a < b),
             "positions must stay ascending"
         );
         self.keys.extend_from_slice(keys);
@@ -109,7 +122,11 @@ impl HeadStore {
     /// Keeps only the rows whose position satisfies `keep`, and returns the freed memory to
     /// the allocator, so resident and allocated bytes both drop.
     pub fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        let d = if self.positions.is_empty() { 0 } else { self.keys.len() / self.positions.len() };
+        let d = if self.positions.is_empty() {
+            0
+        } else {
+            self.keys.len() / self.positions.len()
+        };
         let mut w = 0;
         for r in 0..self.positions.len() {
             if keep(self.positions[r]) {
@@ -148,7 +165,10 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new(layout: KvLayout) -> Self {
-        KvStore { layout, heads: vec![HeadStore::default(); layout.n_layers * layout.n_kv_heads] }
+        KvStore {
+            layout,
+            heads: vec![HeadStore::default(); layout.n_layers * layout.n_kv_heads],
+        }
     }
 
     pub fn layout(&self) -> KvLayout {
@@ -165,7 +185,11 @@ impl KvStore {
 
     /// Stores a layer's new K/V, given token-major `[T, n_kv_heads, head_dim]`.
     pub fn append_layer(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
-        let KvLayout { n_kv_heads, head_dim: d, .. } = self.layout;
+        let KvLayout {
+            n_kv_heads,
+            head_dim: d,
+            ..
+        } = self.layout;
         let t = positions.len();
         assert_eq!(k.len(), t * n_kv_heads * d);
         assert_eq!(v.len(), t * n_kv_heads * d);
@@ -222,7 +246,9 @@ pub struct FullCache {
 
 impl FullCache {
     pub fn new(layout: KvLayout) -> Self {
-        FullCache { store: KvStore::new(layout) }
+        FullCache {
+            store: KvStore::new(layout),
+        }
     }
 
     pub fn store_ref(&self) -> &KvStore {
@@ -258,11 +284,17 @@ mod tests {
 
     #[test]
     fn append_splits_heads_and_counts_bytes() {
-        let layout = KvLayout { n_layers: 2, n_kv_heads: 2, head_dim: 3 };
+        let layout = KvLayout {
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim: 3,
+        };
         let mut store = KvStore::new(layout);
         // Two tokens; value = 100*token + 10*head + dim.
         let k: Vec<f32> = (0..2)
-            .flat_map(|t| (0..2).flat_map(move |g| (0..3).map(move |i| (100 * t + 10 * g + i) as f32)))
+            .flat_map(|t| {
+                (0..2).flat_map(move |g| (0..3).map(move |i| (100 * t + 10 * g + i) as f32))
+            })
             .collect();
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
         store.append_layer(1, &[0, 1], &k, &v);

@@ -89,10 +89,16 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, src.to_string()).map_err(|e| {
-            let from = origin.map(|p| format!(" from {}", p.display())).unwrap_or_default();
-            EngineError::ChatTemplate(format!("cannot compile template{from}: {}", describe(&e)))
-        })?;
+        env.add_template_owned(TEMPLATE_NAME, src.to_string())
+            .map_err(|e| {
+                let from = origin
+                    .map(|p| format!(" from {}", p.display()))
+                    .unwrap_or_default();
+                EngineError::ChatTemplate(format!(
+                    "cannot compile template{from}: {}",
+                    describe(&e)
+                ))
+            })?;
         Ok(Self {
             env,
             source: src.to_string(),
@@ -103,7 +109,8 @@ impl ChatTemplate {
 
     /// The fallback ChatML template ([`CHATML_TEMPLATE`]).
     pub fn chatml_fallback() -> Self {
-        Self::from_str(CHATML_TEMPLATE, "", "<|im_end|>").expect("the built-in ChatML template compiles")
+        Self::from_str(CHATML_TEMPLATE, "", "<|im_end|>")
+            .expect("the built-in ChatML template compiles")
     }
 
     /// The template in GGUF field `tokenizer.chat_template`, if any; `bos_token`/`eos_token`
@@ -114,7 +121,10 @@ impl ChatTemplate {
     }
 
     /// [`from_gguf`](Self::from_gguf) on the metadata map alone.
-    pub fn from_gguf_metadata(md: &HashMap<String, GgufValue>, path: &Path) -> Result<Option<Self>> {
+    pub fn from_gguf_metadata(
+        md: &HashMap<String, GgufValue>,
+        path: &Path,
+    ) -> Result<Option<Self>> {
         let src = match md.get("tokenizer.chat_template") {
             None => return Ok(None),
             Some(GgufValue::String(s)) => s,
@@ -151,12 +161,16 @@ impl ChatTemplate {
     /// its `bos_token`/`eos_token` (string or `{"content": …}`).
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>> {
         let text = std::fs::read_to_string(path)?;
-        let cfg: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| EngineError::ChatTemplate(format!("{}: invalid JSON: {e}", path.display())))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            EngineError::ChatTemplate(format!("{}: invalid JSON: {e}", path.display()))
+        })?;
         let src = match cfg.get("chat_template") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(serde_json::Value::Array(list)) => {
-                let named = |n: &str| list.iter().find(|t| t.get("name").and_then(|v| v.as_str()) == Some(n));
+                let named = |n: &str| {
+                    list.iter()
+                        .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(n))
+                };
                 match named("default")
                     .or_else(|| list.first())
                     .and_then(|t| t.get("template"))
@@ -236,7 +250,11 @@ fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
 /// i.e. Python's separators (`", "`/`": "` inline, `","`/`": "` with indent) and non-ASCII
 /// kept as is. (minijinja's own `tojson` is compact and HTML-escapes `<>&'`, which would change
 /// prompts that embed JSON.) Map key order is minijinja's (insertion order in this build).
-fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+fn tojson(
+    value: Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, Error> {
     let kw_indent: Option<Value> = kwargs.get("indent")?;
     // Python also accepts these; we accept and ignore them.
     let _: Option<Value> = kwargs.get("separators")?;
@@ -257,7 +275,12 @@ fn tojson(value: Value, indent: Option<Value>, kwargs: Kwargs) -> std::result::R
     Ok(Value::from_safe_string(out))
 }
 
-fn py_json(v: &Value, indent: Option<usize>, level: usize, out: &mut String) -> std::result::Result<(), Error> {
+fn py_json(
+    v: &Value,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> std::result::Result<(), Error> {
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -352,7 +375,11 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let s = format!("{f:?}"); // Rust switches to exponent form at the same thresholds as Python.
     match s.split_once('e') {
@@ -477,7 +504,9 @@ mod tests {
         let no_prompt = t.render(&sys_user(), false).unwrap();
         assert_eq!(
             no_prompt,
-            EXPECTED_SYS_USER.strip_suffix("<|im_start|>assistant\n").unwrap()
+            EXPECTED_SYS_USER
+                .strip_suffix("<|im_start|>assistant\n")
+                .unwrap()
         );
     }
 
@@ -492,7 +521,8 @@ mod tests {
             t.render(&msgs, true).unwrap(),
             "<s>\n<<SYS be brief>>\n[USER] hi</s>\n[ASSISTANT]"
         );
-        let t = ChatTemplate::from_str("{{ messages[0].content.startswith('be') }}", "", "").unwrap();
+        let t =
+            ChatTemplate::from_str("{{ messages[0].content.startswith('be') }}", "", "").unwrap();
         // Printed as Python/Jinja2 print it.
         assert_eq!(t.render(&[ChatMessage::user("be")], false).unwrap(), "True");
     }
@@ -501,14 +531,17 @@ mod tests {
     fn raise_exception_is_reported() {
         let src = "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('Tools are not supported') }}{% endif %}{% endfor %}";
         let t = ChatTemplate::from_str(src, "", "").unwrap();
-        let err = t.render(&[ChatMessage::new("tool", "x")], false).unwrap_err();
+        let err = t
+            .render(&[ChatMessage::new("tool", "x")], false)
+            .unwrap_err();
         assert!(matches!(err, EngineError::ChatTemplate(_)));
         assert!(err.to_string().contains("Tools are not supported"), "{err}");
     }
 
     #[test]
     fn bad_syntax_is_a_chat_template_error() {
-        let err = ChatTemplate::from_str("{% for m in messages %}{{ m.content }}", "", "").unwrap_err();
+        let err =
+            ChatTemplate::from_str("{% for m in messages %}{{ m.content }}", "", "").unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, EngineError::ChatTemplate(_)));
         assert!(
@@ -532,7 +565,10 @@ mod tests {
         // Struct field order, as Python would print the message dict.
         assert_eq!(parts[0], r#"{"role": "user", "content": "héllo"}"#);
         assert_eq!(parts[1], r#"[1, 2.5, null, true, "é\"\n"]"#);
-        assert_eq!(parts[2], "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}");
+        assert_eq!(
+            parts[2],
+            "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}"
+        );
         assert_eq!(parts[3], "1e+20");
         assert_eq!(parts[4], "\"<b>&\"");
     }
@@ -556,14 +592,22 @@ mod tests {
         let t = ChatTemplate::from_gguf(&content, Path::new("tiny.gguf"))
             .unwrap()
             .unwrap();
-        assert_eq!((t.bos_token(), t.eos_token()), ("<|im_start|>", "<|im_end|>"));
+        assert_eq!(
+            (t.bos_token(), t.eos_token()),
+            ("<|im_start|>", "<|im_end|>")
+        );
         assert_eq!(t.render(&sys_user(), true).unwrap(), EXPECTED_SYS_USER);
         let mut md = content.metadata;
         md.remove("tokenizer.chat_template");
-        assert!(ChatTemplate::from_gguf_metadata(&md, Path::new("tiny.gguf"))
-            .unwrap()
-            .is_none());
-        md.insert("tokenizer.chat_template".into(), GgufValue::String("{% if %}".into()));
+        assert!(
+            ChatTemplate::from_gguf_metadata(&md, Path::new("tiny.gguf"))
+                .unwrap()
+                .is_none()
+        );
+        md.insert(
+            "tokenizer.chat_template".into(),
+            GgufValue::String("{% if %}".into()),
+        );
         let err = ChatTemplate::from_gguf_metadata(&md, Path::new("bad.gguf")).unwrap_err();
         assert!(err.to_string().contains("bad.gguf"), "{err}");
     }
@@ -579,7 +623,10 @@ mod tests {
         });
         std::fs::write(&p, cfg.to_string()).unwrap();
         let t = ChatTemplate::from_tokenizer_config(&p).unwrap().unwrap();
-        assert_eq!(t.render(&[ChatMessage::user("hi")], false).unwrap(), "<s>hi</s>");
+        assert_eq!(
+            t.render(&[ChatMessage::user("hi")], false).unwrap(),
+            "<s>hi</s>"
+        );
         std::fs::write(&p, "{}").unwrap();
         assert!(ChatTemplate::from_tokenizer_config(&p).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -589,7 +636,10 @@ mod tests {
     fn chat_message_serde() {
         let m: ChatMessage = serde_json::from_str(r#"{"role":"user","content":"hi"}"#).unwrap();
         assert_eq!(m, ChatMessage::user("hi"));
-        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"role":"user","content":"hi"}"#);
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"role":"user","content":"hi"}"#
+        );
     }
 
     const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -615,7 +665,10 @@ mod tests {
             .unwrap()
             .expect("SmolLM2 has a template");
         assert_eq!(t.source(), SMOLLM2_TEMPLATE);
-        assert_eq!((t.bos_token(), t.eos_token()), ("<|im_start|>", "<|im_end|>"));
+        assert_eq!(
+            (t.bos_token(), t.eos_token()),
+            ("<|im_start|>", "<|im_end|>")
+        );
         assert_eq!(t.render(&sys_user(), true).unwrap(), EXPECTED_SYS_USER);
     }
 }

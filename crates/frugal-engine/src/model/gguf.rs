@@ -29,7 +29,10 @@ impl GgufFile {
         if !path.is_file() {
             return Err(EngineError::ModelNotFound(path.to_path_buf()));
         }
-        let corrupt = |reason: String| EngineError::CorruptModel { path: path.to_path_buf(), reason };
+        let corrupt = |reason: String| EngineError::CorruptModel {
+            path: path.to_path_buf(),
+            reason,
+        };
         let file = File::open(path)?;
         let file_size = file.metadata()?.len();
         let mut reader = BufReader::new(file);
@@ -42,14 +45,20 @@ impl GgufFile {
             if elems % block != 0 {
                 return Err(corrupt(format!("tensor `{name}` has {elems} elements, not a multiple of its block size {block}")));
             }
-            let end = content.tensor_data_offset + info.offset + (elems / block * info.ggml_dtype.type_size()) as u64;
+            let end = content.tensor_data_offset
+                + info.offset
+                + (elems / block * info.ggml_dtype.type_size()) as u64;
             if end > file_size {
                 return Err(corrupt(format!(
                     "file is truncated: tensor `{name}` ends at byte {end}, the file has {file_size} bytes"
                 )));
             }
         }
-        Ok(GgufFile { path: path.to_path_buf(), content, reader })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     pub fn architecture(&self) -> Result<String> {
@@ -57,15 +66,24 @@ impl GgufFile {
     }
 
     fn value(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| self.missing(key))
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.missing(key))
     }
 
     fn missing(&self, key: &str) -> EngineError {
-        EngineError::MissingMetadata { field: key.into(), path: self.path.clone() }
+        EngineError::MissingMetadata {
+            field: key.into(),
+            path: self.path.clone(),
+        }
     }
 
     fn string(&self, key: &str) -> Result<&str> {
-        self.value(key)?.to_string().map(String::as_str).map_err(|_| self.missing(key))
+        self.value(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|_| self.missing(key))
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
@@ -80,7 +98,11 @@ impl GgufFile {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.content.metadata.get(key) {
             None => Ok(default),
-            Some(v) => v.to_f32().map(f64::from).or_else(|_| v.to_f64()).map_err(|_| self.missing(key)),
+            Some(v) => v
+                .to_f32()
+                .map(f64::from)
+                .or_else(|_| v.to_f64())
+                .map_err(|_| self.missing(key)),
         }
     }
 
@@ -133,7 +155,10 @@ impl GgufFile {
 
     /// The `general.file_type` code (3 = mostly Q4_1, …), if present.
     pub fn file_type(&self) -> Option<u32> {
-        self.content.metadata.get("general.file_type").and_then(|v| v.to_u32().ok())
+        self.content
+            .metadata
+            .get("general.file_type")
+            .and_then(|v| v.to_u32().ok())
     }
 }
 

@@ -22,11 +22,17 @@ pub fn parse_hub_ref(s: &str) -> Option<HubRef> {
         Some(_) => return None,
         None => (s, None),
     };
-    let valid = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let valid = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
     match repo.split_once('/') {
-        Some((org, name)) if valid(org) && valid(name) && !name.contains('/') => {
-            Some(HubRef { repo: repo.to_string(), file })
-        }
+        Some((org, name)) if valid(org) && valid(name) && !name.contains('/') => Some(HubRef {
+            repo: repo.to_string(),
+            file,
+        }),
         _ => None,
     }
 }
@@ -35,14 +41,25 @@ pub fn parse_hub_ref(s: &str) -> Option<HubRef> {
 /// or the snapshot directory holding config.json, tokenizer files and safetensors shards.
 #[cfg(feature = "hub")]
 pub fn fetch(r: &HubRef, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let hub_err = |e: hf_hub::api::sync::ApiError| EngineError::Fetch(format!("Hugging Face Hub, {}: {e}", r.repo));
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(hub_err)?;
+    let hub_err = |e: hf_hub::api::sync::ApiError| {
+        EngineError::Fetch(format!("Hugging Face Hub, {}: {e}", r.repo))
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(hub_err)?;
     let repo = api.model(r.repo.clone());
     if let Some(file) = &r.file {
         progress(&format!("fetching {file} from {}", r.repo));
         return repo.get(file).map_err(hub_err);
     }
-    let files: Vec<String> = repo.info().map_err(hub_err)?.siblings.into_iter().map(|s| s.rfilename).collect();
+    let files: Vec<String> = repo
+        .info()
+        .map_err(hub_err)?
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .collect();
     let ggufs: Vec<&String> = files.iter().filter(|f| f.ends_with(".gguf")).collect();
     if !files.iter().any(|f| f == "config.json") {
         return match ggufs.as_slice() {
@@ -50,7 +67,10 @@ pub fn fetch(r: &HubRef, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
                 progress(&format!("fetching {one} from {}", r.repo));
                 repo.get(one).map_err(hub_err)
             }
-            [] => Err(EngineError::Fetch(format!("{} has neither config.json nor a .gguf file", r.repo))),
+            [] => Err(EngineError::Fetch(format!(
+                "{} has neither config.json nor a .gguf file",
+                r.repo
+            ))),
             many => Err(EngineError::Fetch(format!(
                 "{} has {} GGUF files; name one as {}:FILE (e.g. {})",
                 r.repo,
@@ -61,7 +81,10 @@ pub fn fetch(r: &HubRef, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         };
     }
     let wanted = files.iter().filter(|f| {
-        matches!(f.as_str(), "config.json" | "tokenizer.json" | "tokenizer_config.json") || f.ends_with(".safetensors")
+        matches!(
+            f.as_str(),
+            "config.json" | "tokenizer.json" | "tokenizer_config.json"
+        ) || f.ends_with(".safetensors")
     });
     let mut config = None;
     for f in wanted {
@@ -77,7 +100,10 @@ pub fn fetch(r: &HubRef, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 
 #[cfg(not(feature = "hub"))]
 pub fn fetch(r: &HubRef, _progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    Err(EngineError::Fetch(format!("{}: this build has no Hub support (build with the `hub` feature)", r.repo)))
+    Err(EngineError::Fetch(format!(
+        "{}: this build has no Hub support (build with the `hub` feature)",
+        r.repo
+    )))
 }
 
 #[cfg(test)]
@@ -88,13 +114,27 @@ mod tests {
     fn hub_references_are_told_apart_from_paths() {
         assert_eq!(
             parse_hub_ref("HuggingFaceTB/SmolLM2-135M-Instruct"),
-            Some(HubRef { repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), file: None })
+            Some(HubRef {
+                repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+                file: None
+            })
         );
         assert_eq!(
-            parse_hub_ref("org/repo-GGUF:model.Q4_0.gguf").unwrap().file.as_deref(),
+            parse_hub_ref("org/repo-GGUF:model.Q4_0.gguf")
+                .unwrap()
+                .file
+                .as_deref(),
             Some("model.Q4_0.gguf")
         );
-        for not_hub in ["/abs/model.gguf", "./model.gguf", "model.gguf", "a/b/c", "org/", "org/name:", "or g/name"] {
+        for not_hub in [
+            "/abs/model.gguf",
+            "./model.gguf",
+            "model.gguf",
+            "a/b/c",
+            "org/",
+            "org/name:",
+            "or g/name",
+        ] {
             assert_eq!(parse_hub_ref(not_hub), None, "{not_hub}");
         }
     }

@@ -33,17 +33,28 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     pub fn kv_layout(&self) -> KvLayout {
-        KvLayout { n_layers: self.n_layers, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+        KvLayout {
+            n_layers: self.n_layers,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     pub fn attention_shape(&self) -> AttentionShape {
-        AttentionShape { n_heads: self.n_heads, n_kv_heads: self.n_kv_heads, head_dim: self.head_dim }
+        AttentionShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Checks the relations the forward pass relies on; `origin` names the file for errors.
     pub fn validate(&self, origin: &std::path::Path) -> Result<()> {
         let bad = |field: &str| {
-            Err(EngineError::MissingMetadata { field: field.into(), path: origin.to_path_buf() })
+            Err(EngineError::MissingMetadata {
+                field: field.into(),
+                path: origin.to_path_buf(),
+            })
         };
         if self.n_layers == 0 {
             return bad("block_count (must be > 0)");
@@ -140,18 +151,27 @@ pub enum LogitRows {
 }
 
 impl Llama {
-    pub fn load(cfg: LlamaConfig, source: &mut dyn TensorSource, format: WeightFormat) -> Result<Self> {
+    pub fn load(
+        cfg: LlamaConfig,
+        source: &mut dyn TensorSource,
+        format: WeightFormat,
+    ) -> Result<Self> {
         cfg.validate(source.origin())?;
         let origin = source.origin().to_path_buf();
         let mut get = |name: &str, shape: &[usize]| -> Result<QTensor> {
-            let t = source.tensor(name)?.ok_or_else(|| EngineError::CorruptModel {
-                path: origin.clone(),
-                reason: format!("tensor `{name}` is missing"),
-            })?;
+            let t = source
+                .tensor(name)?
+                .ok_or_else(|| EngineError::CorruptModel {
+                    path: origin.clone(),
+                    reason: format!("tensor `{name}` is missing"),
+                })?;
             if t.shape().dims() != shape {
                 return Err(EngineError::CorruptModel {
                     path: origin.clone(),
-                    reason: format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape().dims()),
+                    reason: format!(
+                        "tensor `{name}` has shape {:?}, expected {shape:?}",
+                        t.shape().dims()
+                    ),
                 });
             }
             Ok(t)
@@ -164,8 +184,11 @@ impl Llama {
         };
         let matmul = |t: QTensor| -> Result<Linear> { Ok(Linear(qmatmul(t)?)) };
         let vector = |t: QTensor| -> Result<Tensor> { Ok(t.dequantize(&Device::Cpu)?) };
-        let (d, q_dim, kv_dim) =
-            (cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+        let (d, q_dim, kv_dim) = (
+            cfg.d_model,
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+        );
 
         let embed = qmatmul(get("token_embd.weight", &[cfg.vocab_size, d])?)?;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -189,8 +212,21 @@ impl Llama {
             Some(t) => qmatmul(t)?,
             None => embed.clone(),
         };
-        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.context_length, cfg.rope_pairing);
-        Ok(Llama { cfg, embed, blocks, norm, lm_head, rope, dequant_rows: DEFAULT_DEQUANT_ROWS })
+        let rope = RopeTable::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.context_length,
+            cfg.rope_pairing,
+        );
+        Ok(Llama {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            dequant_rows: DEFAULT_DEQUANT_ROWS,
+        })
     }
 
     /// Calls with at least `rows` tokens dequantise projection weights for an f32 GEMM
@@ -217,16 +253,27 @@ impl Llama {
     }
 
     /// As [`Llama::forward`], but returns the final-norm hidden states `[rows, d_model]`.
-    pub fn forward_hidden(&self, tokens: &[u32], seq: &mut Sequence, rows: LogitRows) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        seq: &mut Sequence,
+        rows: LogitRows,
+    ) -> Result<Tensor> {
         let t = tokens.len();
         let start = seq.len();
         if t == 0 {
             return Err(EngineError::Tokenizer("empty input: nothing to run".into()));
         }
         if start + t > self.cfg.context_length {
-            return Err(EngineError::ContextOverflow { tokens: start + t, limit: self.cfg.context_length });
+            return Err(EngineError::ContextOverflow {
+                tokens: start + t,
+                limit: self.cfg.context_length,
+            });
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.cfg.vocab_size)
+        {
             return Err(EngineError::Tokenizer(format!(
                 "token id {bad} is outside the vocabulary of {} tokens",
                 self.cfg.vocab_size
@@ -243,13 +290,28 @@ impl Llama {
         let mut exited: Vec<(usize, Tensor)> = Vec::new();
 
         for (layer, b) in self.blocks.iter().enumerate() {
-            let ctx = StepContext { layer, n_layers: self.cfg.n_layers, structure: seq.structure.as_deref() };
-            if let Some(keep) = seq.attention.computed_rows(&ctx, &positions).filter(|k| k.iter().any(|&c| !c)) {
-                assert_eq!(keep.len(), positions.len(), "computed_rows must answer for every row");
+            let ctx = StepContext {
+                layer,
+                n_layers: self.cfg.n_layers,
+                structure: seq.structure.as_deref(),
+            };
+            if let Some(keep) = seq
+                .attention
+                .computed_rows(&ctx, &positions)
+                .filter(|k| k.iter().any(|&c| !c))
+            {
+                assert_eq!(
+                    keep.len(),
+                    positions.len(),
+                    "computed_rows must answer for every row"
+                );
                 if rows_of.is_empty() {
                     rows_of = (0..t).collect();
                 }
-                let kept: Vec<u32> = (0..keep.len()).filter(|&i| keep[i]).map(|i| i as u32).collect();
+                let kept: Vec<u32> = (0..keep.len())
+                    .filter(|&i| keep[i])
+                    .map(|i| i as u32)
+                    .collect();
                 for i in (0..keep.len()).filter(|&i| !keep[i]) {
                     exited.push((rows_of[i], x.get(i)?));
                 }
@@ -264,9 +326,18 @@ impl Llama {
             }
             let n = positions.len();
             let h = rms_norm(&x, &b.attn_norm, self.cfg.rms_eps)?;
-            let mut q = b.wq.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = b.wk.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
-            let v = b.wv.forward(&h, self.dequant_rows)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut q =
+                b.wq.forward(&h, self.dequant_rows)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+            let mut k =
+                b.wk.forward(&h, self.dequant_rows)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+            let v =
+                b.wv.forward(&h, self.dequant_rows)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
@@ -284,7 +355,11 @@ impl Llama {
             // Put the early-exited rows back in place: every token has an output row.
             let d = self.cfg.d_model;
             let mut full = vec![0f32; t * d];
-            let computed = if rows_of.is_empty() { Vec::new() } else { x.to_vec2::<f32>()? };
+            let computed = if rows_of.is_empty() {
+                Vec::new()
+            } else {
+                x.to_vec2::<f32>()?
+            };
             for (row, r) in computed.iter().zip(&rows_of) {
                 full[r * d..(r + 1) * d].copy_from_slice(row);
             }

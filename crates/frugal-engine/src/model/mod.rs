@@ -47,7 +47,13 @@ pub fn load(path: &Path, format: WeightFormat) -> Result<LoadedModel> {
         file.file_type().map_or("unknown".into(), |t| t.to_string())
     );
     let model = Llama::load(cfg, &mut file as &mut dyn TensorSource, format)?;
-    Ok(LoadedModel { model, tokenizer, chat_template, path: path.to_path_buf(), description })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        path: path.to_path_buf(),
+        description,
+    })
 }
 
 fn load_safetensors_dir(dir: &Path, format: WeightFormat) -> Result<LoadedModel> {

@@ -50,7 +50,11 @@ impl SafetensorsDir {
             path: config_path.clone(),
             reason: format!("config.json is not a llama config: {e}"),
         })?;
-        if let Some(arch) = hf.architectures.iter().find(|a| !SUPPORTED_HF_ARCHITECTURES.contains(&a.as_str())) {
+        if let Some(arch) = hf
+            .architectures
+            .iter()
+            .find(|a| !SUPPORTED_HF_ARCHITECTURES.contains(&a.as_str()))
+        {
             return Err(EngineError::UnsupportedArchitecture {
                 arch: arch.clone(),
                 path: config_path,
@@ -67,9 +71,13 @@ impl SafetensorsDir {
         }
         let mut tensors = HashMap::new();
         for f in &files {
-            let loaded = candle_core::safetensors::load(f, &candle_core::Device::Cpu).map_err(|e| {
-                EngineError::CorruptModel { path: f.clone(), reason: format!("not a readable safetensors file ({e})") }
-            })?;
+            let loaded =
+                candle_core::safetensors::load(f, &candle_core::Device::Cpu).map_err(|e| {
+                    EngineError::CorruptModel {
+                        path: f.clone(),
+                        reason: format!("not a readable safetensors file ({e})"),
+                    }
+                })?;
             for (name, t) in loaded {
                 if let Some(gguf) = gguf_name(&name) {
                     tensors.insert(gguf, t);
@@ -81,7 +89,9 @@ impl SafetensorsDir {
             d_model: hf.hidden_size,
             n_heads: hf.num_attention_heads,
             n_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             ffn_dim: hf.intermediate_size,
             vocab_size: hf.vocab_size,
             rope_theta: hf.rope_theta,
@@ -90,7 +100,11 @@ impl SafetensorsDir {
             // Hugging Face checkpoints rotate the two halves of each head together.
             rope_pairing: RopePairing::Half,
         };
-        Ok(SafetensorsDir { dir: dir.to_path_buf(), tensors, config })
+        Ok(SafetensorsDir {
+            dir: dir.to_path_buf(),
+            tensors,
+            config,
+        })
     }
 }
 
@@ -124,7 +138,9 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 impl TensorSource for SafetensorsDir {
     fn tensor(&mut self, name: &str) -> Result<Option<QTensor>> {
-        let Some(t) = self.tensors.get(name) else { return Ok(None) };
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
         let t = t.to_dtype(DType::F32)?;
         Ok(Some(QTensor::quantize(&t, GgmlDType::F32)?))
     }
@@ -140,8 +156,17 @@ mod tests {
 
     #[test]
     fn hf_names_map_to_gguf_names() {
-        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
-        assert_eq!(gguf_name("model.embed_tokens.weight").as_deref(), Some("token_embd.weight"));
-        assert_eq!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(),
+            Some("blk.12.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            None
+        );
     }
 }

@@ -76,7 +76,11 @@ fn value_as_i64(v: &Value) -> Option<i64> {
     })
 }
 
-fn string_array<'a>(md: &'a HashMap<String, Value>, key: &str, path: &Path) -> Result<Vec<&'a str>> {
+fn string_array<'a>(
+    md: &'a HashMap<String, Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Vec<&'a str>> {
     let missing = |what: &str| EngineError::MissingTokenizer {
         path: path.to_path_buf(),
         reason: format!("metadata field `{key}` {what}"),
@@ -150,7 +154,9 @@ impl TextTokenizer {
             Some(other) => {
                 return Err(EngineError::MissingTokenizer {
                     path: path.to_path_buf(),
-                    reason: format!("metadata field `tokenizer.ggml.model` is not a string: {other:?}"),
+                    reason: format!(
+                        "metadata field `tokenizer.ggml.model` is not a string: {other:?}"
+                    ),
                 })
             }
         }
@@ -190,7 +196,9 @@ impl TextTokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| EngineError::Tokenizer(format!("{}: building BPE: {e}", path.display())))?;
+            .map_err(|e| {
+                EngineError::Tokenizer(format!("{}: building BPE: {e}", path.display()))
+            })?;
         let mut tok = Tokenizer::new(bpe);
 
         let pre: Option<&str> = match md.get("tokenizer.ggml.pre") {
@@ -199,7 +207,9 @@ impl TextTokenizer {
         };
         let byte_level = ByteLevel::new(false, true, true);
         let pre_tok: PreTokenizerWrapper = match pre {
-            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            Some("smollm") => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+            }
             _ => byte_level.into(),
         };
         tok.with_pre_tokenizer(Some(pre_tok));
@@ -212,7 +222,9 @@ impl TextTokenizer {
                 let Some(content) = tokens.get(i) else { break };
                 match value_as_i64(t) {
                     Some(TOKEN_TYPE_CONTROL) => special.push(AddedToken::from(*content, true)),
-                    Some(TOKEN_TYPE_USER_DEFINED) => user.push(AddedToken::from(*content, false).normalized(false)),
+                    Some(TOKEN_TYPE_USER_DEFINED) => {
+                        user.push(AddedToken::from(*content, false).normalized(false))
+                    }
                     _ => {}
                 }
             }
@@ -264,7 +276,8 @@ impl TextTokenizer {
                 reason: "file does not exist".into(),
             });
         }
-        let tok = Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let tok = Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let read_json = |name: &str| -> Option<serde_json::Value> {
             let text = std::fs::read_to_string(dir.join(name)).ok()?;
@@ -468,7 +481,9 @@ impl StreamDecoder {
     }
 
     fn emit(&mut self, full: String) -> Result<String> {
-        let prefix = self.tokenizer.decode(&self.ids[..self.emitted], self.skip_special)?;
+        let prefix = self
+            .tokenizer
+            .decode(&self.ids[..self.emitted], self.skip_special)?;
         let new = match full.strip_prefix(prefix.as_str()) {
             Some(rest) => rest.to_string(),
             None => {
@@ -480,7 +495,10 @@ impl StreamDecoder {
                     .find(|((_, a), b)| a != b)
                     .map(|((i, _), _)| i)
                     .unwrap_or_else(|| prefix.len().min(full.len()));
-                let common = (0..=common).rev().find(|&i| full.is_char_boundary(i)).unwrap_or(0);
+                let common = (0..=common)
+                    .rev()
+                    .find(|&i| full.is_char_boundary(i))
+                    .unwrap_or(0);
                 full[common..].to_string()
             }
         };
@@ -597,7 +615,10 @@ pub mod testing {
             ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(2)),
             ("tokenizer.ggml.unknown_token_id".to_string(), Value::U32(0)),
             ("tokenizer.ggml.padding_token_id".to_string(), Value::U32(2)),
-            ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(false)),
+            (
+                "tokenizer.ggml.add_bos_token".to_string(),
+                Value::Bool(false),
+            ),
             ("tokenizer.chat_template".to_string(), s(TINY_CHAT_TEMPLATE)),
         ])
     }
@@ -639,12 +660,18 @@ pub(crate) mod tests {
         let the = t.token_to_id("Ġthe").unwrap();
         let hello = t.token_to_id("Hello").unwrap();
         let world = t.token_to_id("Ġworld").unwrap();
-        assert_eq!(t.encode("Hello world the").unwrap(), vec![hello, world, the]);
+        assert_eq!(
+            t.encode("Hello world the").unwrap(),
+            vec![hello, world, the]
+        );
         assert_eq!(t.encode("<|im_start|>user\n").unwrap()[0], 1);
         let ids = t.encode("<|im_start|>Hello<|im_end|>").unwrap();
         assert_eq!(ids, vec![1, hello, 2]);
         assert!(t.is_special(0) && t.is_special(1) && t.is_special(2) && !t.is_special(hello));
-        assert_eq!(t.decode(&ids, false).unwrap(), "<|im_start|>Hello<|im_end|>");
+        assert_eq!(
+            t.decode(&ids, false).unwrap(),
+            "<|im_start|>Hello<|im_end|>"
+        );
         assert_eq!(t.decode(&ids, true).unwrap(), "Hello");
         assert_eq!((t.bos_token_id(), t.eos_token_id()), (Some(1), Some(2)));
         assert_eq!((t.unk_token_id(), t.pad_token_id()), (Some(0), Some(2)));
@@ -674,7 +701,10 @@ pub(crate) mod tests {
         let mut md = tiny_test_metadata();
         md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
         let t = TextTokenizer::from_gguf_metadata(&md, Path::new("x.gguf")).unwrap();
-        assert_eq!(t.encode("he").unwrap(), vec![1, t.token_to_id("he").unwrap()]);
+        assert_eq!(
+            t.encode("he").unwrap(),
+            vec![1, t.token_to_id("he").unwrap()]
+        );
         md.remove("tokenizer.ggml.add_bos_token");
         let t = TextTokenizer::from_gguf_metadata(&md, Path::new("x.gguf")).unwrap();
         assert!(!t.adds_bos(), "absent add_bos_token means false");
@@ -763,7 +793,9 @@ pub(crate) mod tests {
         // And a long run of invalid continuation bytes is not held forever.
         let cont = t.token_to_id(&byte_level_char(0x80).to_string()).unwrap();
         let mut d = t.stream_decoder(false);
-        let out: String = (0..StreamDecoder::MAX_HELD).map(|_| d.push(cont).unwrap()).collect();
+        let out: String = (0..StreamDecoder::MAX_HELD)
+            .map(|_| d.push(cont).unwrap())
+            .collect();
         assert!(!out.is_empty());
     }
 
@@ -784,7 +816,10 @@ pub(crate) mod tests {
             (f.bos_token_id(), f.eos_token_id(), f.adds_bos()),
             (Some(1), Some(2), true)
         );
-        assert_eq!(f.encode("Hello").unwrap(), vec![1, t.token_to_id("Hello").unwrap()]);
+        assert_eq!(
+            f.encode("Hello").unwrap(),
+            vec![1, t.token_to_id("Hello").unwrap()]
+        );
         assert!(f.is_special(2));
         std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
         std::fs::write(
@@ -807,7 +842,10 @@ pub(crate) mod tests {
     pub(crate) fn smollm() -> (gguf_file::Content, PathBuf) {
         let path = match std::env::var_os("FRUGAL_TEST_GGUF") {
             Some(p) => PathBuf::from(p),
-            None => crate::fetch::ensure_model(&crate::fetch::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap(),
+            None => {
+                crate::fetch::ensure_model(&crate::fetch::DEFAULT_MODEL, &mut |m| eprintln!("{m}"))
+                    .unwrap()
+            }
         };
         let mut f = std::fs::File::open(&path).unwrap();
         (gguf_file::Content::read(&mut f).unwrap(), path)

@@ -49,8 +49,10 @@ impl AttentionPolicy for SameInputs {
         std::hint::black_box(causal_attention(q, positions, kv, shape, None));
         let t1 = Instant::now();
         let plan = self.inner.plan(ctx, q, positions, shape, kv);
-        self.dense_ns.fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
-        self.plan_ns.fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.dense_ns
+            .fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+        self.plan_ns
+            .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
         plan
     }
     fn report(&self) -> Option<String> {
@@ -71,7 +73,10 @@ fn main() -> Result<()> {
         }
     };
     let threads = take("--threads", "2");
-    let lengths: Vec<usize> = take("--lengths", "4096,8192").split(',').map(|x| x.parse()).collect::<Result<_, _>>()?;
+    let lengths: Vec<usize> = take("--lengths", "4096,8192")
+        .split(',')
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()?;
     let samples: usize = take("--samples", "1").parse()?;
     let specs = args;
     std::env::set_var("RAYON_NUM_THREADS", &threads);
@@ -105,11 +110,21 @@ fn main() -> Result<()> {
             let (mut wall, mut dense, mut plan, mut kernel) = (0.0, 0.0, 0.0, 0.0);
             let mut report = None;
             for s in &prompts {
-                let mut seq = frugal_methods::build(&spec.parse().with_context(|| format!("spec {spec}"))?, layout)?;
+                let mut seq = frugal_methods::build(
+                    &spec.parse().with_context(|| format!("spec {spec}"))?,
+                    layout,
+                )?;
                 let dense_ns = Arc::new(AtomicU64::new(0));
                 let plan_ns = Arc::new(AtomicU64::new(0));
-                let inner = std::mem::replace(&mut seq.attention, Box::new(frugal_engine::attention::Dense));
-                seq.attention = Box::new(SameInputs { inner, dense_ns: dense_ns.clone(), plan_ns: plan_ns.clone() });
+                let inner = std::mem::replace(
+                    &mut seq.attention,
+                    Box::new(frugal_engine::attention::Dense),
+                );
+                seq.attention = Box::new(SameInputs {
+                    inner,
+                    dense_ns: dense_ns.clone(),
+                    plan_ns: plan_ns.clone(),
+                });
                 seq.structure = Some(Arc::new(s.structure.clone()));
                 STEP_TIMES.reset();
                 let t0 = Instant::now();

@@ -10,19 +10,32 @@ use rand::seq::SliceRandom;
 
 /// Frames per sample (chance accuracy is 1 / FRAMES).
 pub const FRAMES: usize = 8;
-const COLORS: &[&str] = &["red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "pink", "gray", "gold"];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "pink",
+    "gray", "gold",
+];
 
-pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, rng: &mut impl rand::Rng) -> Result<Sample> {
+pub fn sample(
+    lm: &LoadedModel,
+    text: &TaskText,
+    length: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Sample> {
     // Answers must be single tokens (with their leading space) for a one-step rank.
     let single: Vec<(&str, u32)> = COLORS
         .iter()
-        .filter_map(|c| match lm.tokenizer.encode(&format!(" {c}")).ok()?.as_slice() {
-            [id] => Some((*c, *id)),
-            _ => None,
-        })
+        .filter_map(
+            |c| match lm.tokenizer.encode(&format!(" {c}")).ok()?.as_slice() {
+                [id] => Some((*c, *id)),
+                _ => None,
+            },
+        )
         .collect();
     if single.len() < FRAMES {
-        bail!("chunk-qa needs {FRAMES} single-token color words; this tokenizer has {}", single.len());
+        bail!(
+            "chunk-qa needs {FRAMES} single-token color words; this tokenizer has {}",
+            single.len()
+        );
     }
     let colors: Vec<(&str, u32)> = single.choose_multiple(rng, FRAMES).copied().collect();
     let asked = rng.gen_range(0..FRAMES);
@@ -35,9 +48,17 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, rng: &mut impl r
     let facts: Vec<Vec<u32>> = colors
         .iter()
         .enumerate()
-        .map(|(i, (c, _))| lm.tokenizer.encode(&format!("\nFrame {}: The color of frame {} is {c}. ", i + 1, i + 1)))
+        .map(|(i, (c, _))| {
+            lm.tokenizer.encode(&format!(
+                "\nFrame {}: The color of frame {} is {c}. ",
+                i + 1,
+                i + 1
+            ))
+        })
         .collect::<Result<_, _>>()?;
-    let budget = frame.context_budget(length)?.saturating_sub(facts.iter().map(Vec::len).sum());
+    let budget = frame
+        .context_budget(length)?
+        .saturating_sub(facts.iter().map(Vec::len).sum());
     let per_frame = budget / FRAMES;
     let mut chunks = Vec::new();
     for fact in facts {
@@ -50,7 +71,10 @@ pub fn sample(lm: &LoadedModel, text: &TaskText, length: usize, rng: &mut impl r
     Ok(Sample {
         tokens,
         structure,
-        answer: Answer::Choice { candidates: colors.iter().map(|c| c.1).collect(), gold: asked },
+        answer: Answer::Choice {
+            candidates: colors.iter().map(|c| c.1).collect(),
+            gold: asked,
+        },
         depth: None,
     })
 }

@@ -49,7 +49,10 @@ pub const ANSWER_TOKENS: usize = 8;
 pub enum Answer {
     /// Greedy-generate up to `max_new_tokens`; correct when the first run of digits in the
     /// output equals `expected`.
-    Digits { expected: String, max_new_tokens: usize },
+    Digits {
+        expected: String,
+        max_new_tokens: usize,
+    },
     /// The next token after the prompt; correct when `candidates[gold]` has the highest logit
     /// among the candidates (log-likelihood rank 1).
     Choice { candidates: Vec<u32>, gold: usize },
@@ -86,8 +89,16 @@ impl ChatFrame {
     pub fn new(lm: &LoadedModel, intro: &str, question: &str, answer_start: &str) -> Result<Self> {
         const MARK: &str = "\u{1}CONTEXT\u{1}";
         let user = format!("{intro}\n\n{MARK}\n\n{question}");
-        let text = lm.chat_template.render(&[ChatMessage { role: "user".into(), content: user }], true)?;
-        let Some((before, after)) = text.split_once(MARK) else { bail!("chat template dropped the user message") };
+        let text = lm.chat_template.render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: user,
+            }],
+            true,
+        )?;
+        let Some((before, after)) = text.split_once(MARK) else {
+            bail!("chat template dropped the user message")
+        };
         Ok(ChatFrame {
             prefix: lm.tokenizer.encode(before)?,
             suffix: lm.tokenizer.encode(&format!("{after}{answer_start}"))?,
@@ -98,7 +109,9 @@ impl ChatFrame {
     pub fn context_budget(&self, length: usize) -> Result<usize> {
         let fixed = self.prefix.len() + self.suffix.len();
         if length < fixed + 64 {
-            bail!("length {length} is too short: the task's prompt frame alone takes {fixed} tokens");
+            bail!(
+                "length {length} is too short: the task's prompt frame alone takes {fixed} tokens"
+            );
         }
         Ok(length - fixed)
     }
@@ -121,7 +134,10 @@ impl ChatFrame {
 /// A window of `n` haystack tokens starting at a seeded offset.
 pub fn haystack_window(text: &TaskText, n: usize, rng: &mut impl rand::Rng) -> Result<Vec<u32>> {
     if text.haystack.len() < n + 1 {
-        bail!("the haystack has {} tokens, {n} needed", text.haystack.len());
+        bail!(
+            "the haystack has {} tokens, {n} needed",
+            text.haystack.len()
+        );
     }
     let start = rng.gen_range(0..text.haystack.len() - n);
     Ok(text.haystack[start..start + n].to_vec())
@@ -131,7 +147,11 @@ pub fn haystack_window(text: &TaskText, n: usize, rng: &mut impl rand::Rng) -> R
 /// words (searches ±32 tokens; falls back to `target`).
 pub fn sentence_boundary(lm: &LoadedModel, tokens: &[u32], target: usize) -> usize {
     let ends_sentence = |i: usize| {
-        i > 0 && lm.tokenizer.id_to_token(tokens[i - 1]).is_some_and(|t| t.ends_with('.'))
+        i > 0
+            && lm
+                .tokenizer
+                .id_to_token(tokens[i - 1])
+                .is_some_and(|t| t.ends_with('.'))
     };
     (0..=32usize)
         .flat_map(|d| [target.saturating_sub(d), target + d])
@@ -155,7 +175,9 @@ pub fn generate_samples(
     (0..n)
         .map(|i| match task {
             TaskKind::Ppl => ppl::sample(text, length, i),
-            TaskKind::Passkey => passkey::sample(lm, text, length, depths[i % depths.len()], &mut rng),
+            TaskKind::Passkey => {
+                passkey::sample(lm, text, length, depths[i % depths.len()], &mut rng)
+            }
             TaskKind::KvRetrieval => kv_retrieval::sample(lm, text, length, &mut rng),
             TaskKind::ChunkQa => chunk_qa::sample(lm, text, length, &mut rng),
         })

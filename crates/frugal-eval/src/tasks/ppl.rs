@@ -9,7 +9,10 @@ use frugal_engine::structure::{TokenKind, TokenStructure};
 pub fn sample(text: &TaskText, length: usize, index: usize) -> Result<Sample> {
     let windows = text.held_out.len() / length;
     if windows == 0 {
-        bail!("held-out text has {} tokens, fewer than one window of {length}", text.held_out.len());
+        bail!(
+            "held-out text has {} tokens, fewer than one window of {length}",
+            text.held_out.len()
+        );
     }
     // Consecutive non-overlapping windows; wraps around if more samples than windows.
     let start = (index % windows) * length;
@@ -18,5 +21,10 @@ pub fn sample(text: &TaskText, length: usize, index: usize) -> Result<Sample> {
     let mut structure = TokenStructure::default();
     structure.push(TokenKind::Context, 0, score_from);
     structure.push(TokenKind::Question, 0, length - score_from);
-    Ok(Sample { tokens, structure, answer: Answer::Perplexity { score_from }, depth: None })
+    Ok(Sample {
+        tokens,
+        structure,
+        answer: Answer::Perplexity { score_from },
+        depth: None,
+    })
 }

@@ -27,7 +27,9 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::{CUdevice_attribute_enum as DevAttr, CUevent_flags};
 use cudarc::driver::CudaSlice;
 use frugal_gpu::fps::{DevMap, Fps, Mma, BM, BN, HEAD_DIM as D};
-use frugal_numerics::block_sparse::{block_sparse_attention_head, rel_l2, tile_major_order, BlockMap, Fp8Opts};
+use frugal_numerics::block_sparse::{
+    block_sparse_attention_head, rel_l2, tile_major_order, BlockMap, Fp8Opts,
+};
 use frugal_numerics::fp8::{amax, e4m3_encode, scale_for_amax};
 use half::bf16;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -49,7 +51,10 @@ fn normal(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 /// Round to bf16: (device bits, the same values as f32 for the CPU).
 fn to_bf16(x: &[f32]) -> (Vec<u16>, Vec<f32>) {
     let b: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-    (b.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_f32()).collect())
+    (
+        b.iter().map(|v| v.to_bits()).collect(),
+        b.iter().map(|v| v.to_f32()).collect(),
+    )
 }
 
 struct Inputs {
@@ -65,7 +70,14 @@ fn upload(fps: &Fps, q: Vec<f32>, k: Vec<f32>, v: Vec<f32>) -> Result<Inputs> {
     let (bq, q) = to_bf16(&q);
     let (bk, k) = to_bf16(&k);
     let (bv, v) = to_bf16(&v);
-    Ok(Inputs { dq: fps.stream.clone_htod(&bq)?, dk: fps.stream.clone_htod(&bk)?, dv: fps.stream.clone_htod(&bv)?, q, k, v })
+    Ok(Inputs {
+        dq: fps.stream.clone_htod(&bq)?,
+        dk: fps.stream.clone_htod(&bk)?,
+        dv: fps.stream.clone_htod(&bv)?,
+        q,
+        k,
+        v,
+    })
 }
 
 /// Random inputs; `kind` "random" (N(0,1), Q scaled 1) or "structured" (K = Q + noise so the
@@ -144,7 +156,11 @@ fn check_quant(fps: &Fps, failures: &mut Vec<String>) -> Result<()> {
             for pos in 0..npad {
                 let (g, l) = (pos / 16, pos % 16);
                 let key = g * 16 + 2 * (l >> 2) + (l & 1) + ((l >> 1) & 1) * 8;
-                let want = if key < n { e4m3_encode(col[key] / s) } else { 0 };
+                let want = if key < n {
+                    e4m3_encode(col[key] / s)
+                } else {
+                    0
+                };
                 if vt8[(h * D + c) * npad + pos] != want {
                     bad += 1;
                 }
@@ -153,14 +169,24 @@ fn check_quant(fps: &Fps, failures: &mut Vec<String>) -> Result<()> {
     }
     println!("quant V: per-channel E4M3, transposed+permuted; total mismatches {bad} (must be 0)");
     if bad != 0 {
-        failures.push(format!("GPU quantisation differs from the CPU reference in {bad} places"));
+        failures.push(format!(
+            "GPU quantisation differs from the CPU reference in {bad} places"
+        ));
     }
     Ok(())
 }
 
 /// Runs both GPU variants on `map` and compares the rows of `qblocks` (per head listed) with
 /// the CPU references.
-fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_check: &[usize], qblocks: Option<Vec<usize>>, failures: &mut Vec<String>) -> Result<()> {
+fn check_case(
+    fps: &Fps,
+    name: &str,
+    map: &BlockMap,
+    inp: &Inputs,
+    heads_to_check: &[usize],
+    qblocks: Option<Vec<usize>>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
     let (heads, n) = (map.heads, map.n_tokens);
     let dm = fps.upload_map(map)?;
     let dummy: CudaSlice<f32> = fps.stream.alloc_zeros(1)?;
@@ -193,28 +219,58 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm)?;
     let of1 = download(fps, &o)?;
     fps.stream.synchronize()?;
-    if of1.iter().zip(&ofw).any(|(x, y)| x.to_bits() != y.to_bits()) {
-        failures.push(format!("{name}: 1-warpgroup FP8 wgmma build differs from the 2-warpgroup build"));
+    if of1
+        .iter()
+        .zip(&ofw)
+        .any(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        failures.push(format!(
+            "{name}: 1-warpgroup FP8 wgmma build differs from the 2-warpgroup build"
+        ));
     }
     poison(fps, &mut o)?;
     fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)?;
     let obw2 = download(fps, &o)?;
     fps.stream.synchronize()?;
-    let (nb, nf) = (unwritten(&ob) + unwritten(&obw) + unwritten(&obw2), unwritten(&of) + unwritten(&ofw) + unwritten(&ofw2) + unwritten(&ofp));
+    let (nb, nf) = (
+        unwritten(&ob) + unwritten(&obw) + unwritten(&obw2),
+        unwritten(&of) + unwritten(&ofw) + unwritten(&ofw2) + unwritten(&ofp),
+    );
     // the 2-CTA builds are the same code: they must agree with the 1-CTA builds bit for bit
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
     if !same(&ofw, &ofw2) || !same(&obw, &obw2) {
-        failures.push(format!("{name}: 2-CTA wgmma build differs from the 1-CTA build"));
+        failures.push(format!(
+            "{name}: 2-CTA wgmma build differs from the 1-CTA build"
+        ));
     }
     let qbs: Vec<usize> = qblocks.clone().unwrap_or_else(|| (0..map.n_qb).collect());
-    let rows: Vec<usize> = qbs.iter().flat_map(|&qb| qb * BM..((qb + 1) * BM).min(n)).collect();
-    let (mut g_b, mut g_f, mut g_bw, mut g_fw, mut r_x, mut r_f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rows: Vec<usize> = qbs
+        .iter()
+        .flat_map(|&qb| qb * BM..((qb + 1) * BM).min(n))
+        .collect();
+    let (mut g_b, mut g_f, mut g_bw, mut g_fw, mut r_x, mut r_f) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut g_fp = Vec::new();
     for &h in heads_to_check {
         let sl = |x: &[f32]| x[h * n * D..(h + 1) * n * D].to_vec();
         let (q, k, v) = (sl(&inp.q), sl(&inp.k), sl(&inp.v));
         let exact = block_sparse_attention_head(&q, &k, &v, D, map, h, Some(&qbs), None);
-        let emu = block_sparse_attention_head(&q, &k, &v, D, map, h, Some(&qbs), Some(&Fp8Opts::full(64)));
+        let emu = block_sparse_attention_head(
+            &q,
+            &k,
+            &v,
+            D,
+            map,
+            h,
+            Some(&qbs),
+            Some(&Fp8Opts::full(64)),
+        );
         for &i in &rows {
             let (a, b) = ((h * n + i) * D, (h * n + i + 1) * D);
             g_b.extend_from_slice(&ob[a..b]);
@@ -226,8 +282,17 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
             r_f.extend_from_slice(&emu[i * D..(i + 1) * D]);
         }
     }
-    let (eb, ef, efx, emx) = (rel_l2(&g_b, &r_x), rel_l2(&g_f, &r_f), rel_l2(&g_f, &r_x), rel_l2(&r_f, &r_x));
-    let (ebw, efw, efp) = (rel_l2(&g_bw, &r_x), rel_l2(&g_fw, &r_f), rel_l2(&g_fp, &r_f));
+    let (eb, ef, efx, emx) = (
+        rel_l2(&g_b, &r_x),
+        rel_l2(&g_f, &r_f),
+        rel_l2(&g_f, &r_x),
+        rel_l2(&r_f, &r_x),
+    );
+    let (ebw, efw, efp) = (
+        rel_l2(&g_bw, &r_x),
+        rel_l2(&g_fw, &r_f),
+        rel_l2(&g_fp, &r_f),
+    );
     println!(
         "check {name:<34} density {:5.1}%  rows {:6}  mma.sync: bf16-vs-exact {eb:.2e} fp8-vs-emu {ef:.2e} | wgmma: bf16-vs-exact {ebw:.2e} fp8-vs-emu {efw:.2e} (pipelined {efp:.2e}) | (fp8-vs-exact {efx:.2e}; cpu emu-vs-exact {emx:.2e})  unwritten {nb}/{nf}",
         map.density() * 100.0,
@@ -237,12 +302,19 @@ fn check_case(fps: &Fps, name: &str, map: &BlockMap, inp: &Inputs, heads_to_chec
     let ef = ef.max(efw).max(efp);
     let ok = nb == 0 && nf == 0 && eb <= 1e-2 && ef <= 1e-2 && efx < 0.15 && efx.is_finite();
     if !ok {
-        failures.push(format!("{name}: bf16 {eb:.3e} fp8 {ef:.3e} fp8/exact {efx:.3e} unwritten {nb}/{nf}"));
+        failures.push(format!(
+            "{name}: bf16 {eb:.3e} fp8 {ef:.3e} fp8/exact {efx:.3e} unwritten {nb}/{nf}"
+        ));
     }
     Ok(())
 }
 
-fn time_ms(fps: &Fps, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_ms(
+    fps: &Fps,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
@@ -261,7 +333,11 @@ fn time_ms(fps: &Fps, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<
 }
 
 fn pick_tile_window(target: f64, bm: usize, bn: usize) -> ([usize; 3], BlockMap) {
-    let tg = [WAN_GRID[0] / WAN_TILE[0], WAN_GRID[1] / WAN_TILE[1], WAN_GRID[2] / WAN_TILE[2]];
+    let tg = [
+        WAN_GRID[0] / WAN_TILE[0],
+        WAN_GRID[1] / WAN_TILE[1],
+        WAN_GRID[2] / WAN_TILE[2],
+    ];
     let mut best: Option<(f64, [usize; 3], BlockMap)> = None;
     for a in 0..tg[0] {
         for b in 0..tg[1] {
@@ -298,7 +374,12 @@ fn pick_causal_window(heads: usize, n: usize, target: f64) -> (usize, BlockMap) 
     (best.1, with_heads(&best.2, heads))
 }
 
-fn write_map(dir: &Option<PathBuf>, name: &str, m: &BlockMap, manifest: &mut Vec<serde_json::Value>) -> Result<()> {
+fn write_map(
+    dir: &Option<PathBuf>,
+    name: &str,
+    m: &BlockMap,
+    manifest: &mut Vec<serde_json::Value>,
+) -> Result<()> {
     let Some(dir) = dir else { return Ok(()) };
     std::fs::create_dir_all(dir)?;
     let (counts, idx) = m.to_padded();
@@ -312,14 +393,21 @@ fn write_map(dir: &Option<PathBuf>, name: &str, m: &BlockMap, manifest: &mut Vec
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let json_out = opt("--json").map(PathBuf::from);
     let maps_dir = opt("--maps-dir").map(PathBuf::from);
     let check_only = args.iter().any(|a| a == "--check-only");
 
     let fps = Fps::new(0)?;
     let dev = fps.ctx.name()?;
-    let sms = fps.ctx.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let sms = fps
+        .ctx
+        .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let clk = fps.ctx.attribute(DevAttr::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?;
     println!("device: {dev}, {sms} SMs, max SM clock {} MHz", clk / 1000);
 
@@ -328,25 +416,73 @@ fn main() -> Result<()> {
     check_quant(&fps, &mut failures)?;
     {
         let inp = make_inputs(&fps, 2, 1000, "random", 1)?;
-        check_case(&fps, "bidir dense n=1000 random", &BlockMap::dense(2, 1000, BM, BN, false), &inp, &[0, 1], None, &mut failures)?;
-        check_case(&fps, "causal dense n=1000 random", &BlockMap::dense(2, 1000, BM, BN, true), &inp, &[0, 1], None, &mut failures)?;
+        check_case(
+            &fps,
+            "bidir dense n=1000 random",
+            &BlockMap::dense(2, 1000, BM, BN, false),
+            &inp,
+            &[0, 1],
+            None,
+            &mut failures,
+        )?;
+        check_case(
+            &fps,
+            "causal dense n=1000 random",
+            &BlockMap::dense(2, 1000, BM, BN, true),
+            &inp,
+            &[0, 1],
+            None,
+            &mut failures,
+        )?;
         let inp = make_inputs(&fps, 2, 1500, "structured", 2)?;
-        check_case(&fps, "causal win3+sink1 n=1500 structured", &BlockMap::causal_window(2, 1500, BM, BN, 3, 1), &inp, &[0, 1], None, &mut failures)?;
+        check_case(
+            &fps,
+            "causal win3+sink1 n=1500 structured",
+            &BlockMap::causal_window(2, 1500, BM, BN, 3, 1),
+            &inp,
+            &[0, 1],
+            None,
+            &mut failures,
+        )?;
         // small video grid, tile-major order, 3D window
         let (grid, tile) = ([6, 10, 16], [2, 5, 4]);
         let n = 960;
         let _ = tile_major_order(grid, tile);
         let inp = make_inputs(&fps, 2, n, "structured", 3)?;
         let m = BlockMap::tile3d_window(2, grid, tile, [0, 0, 1], BM, BN);
-        check_case(&fps, "tile3d (6,10,16) structured", &m, &inp, &[0, 1], None, &mut failures)?;
+        check_case(
+            &fps,
+            "tile3d (6,10,16) structured",
+            &m,
+            &inp,
+            &[0, 1],
+            None,
+            &mut failures,
+        )?;
         // big shapes, sampled query blocks
         let (_, m25) = pick_tile_window(0.25, BM, BN);
         let m25 = with_heads(&m25, 12);
         let inp = make_inputs(&fps, 12, 32760, "random", 4)?;
-        check_case(&fps, "wan 32760 ~25% (sampled)", &m25, &inp, &[0, 11], Some(vec![0, 101, 255]), &mut failures)?;
+        check_case(
+            &fps,
+            "wan 32760 ~25% (sampled)",
+            &m25,
+            &inp,
+            &[0, 11],
+            Some(vec![0, 101, 255]),
+            &mut failures,
+        )?;
         let (_, c25) = pick_causal_window(12, 32768, 0.25);
         let inp = make_inputs(&fps, 12, 32768, "structured", 5)?;
-        check_case(&fps, "causal 32768 ~25% (sampled)", &c25, &inp, &[3], Some(vec![0, 100, 255]), &mut failures)?;
+        check_case(
+            &fps,
+            "causal 32768 ~25% (sampled)",
+            &c25,
+            &inp,
+            &[3],
+            Some(vec![0, 100, 255]),
+            &mut failures,
+        )?;
     }
     if !failures.is_empty() {
         println!("CORRECTNESS FAILURES:");
@@ -374,27 +510,49 @@ fn main() -> Result<()> {
     }
     let heads = 12;
     let shapes = [
-        Shape { name: "wan", n: 32760, causal: false },
-        Shape { name: "llm8k", n: 8192, causal: true },
-        Shape { name: "llm32k", n: 32768, causal: true },
+        Shape {
+            name: "wan",
+            n: 32760,
+            causal: false,
+        },
+        Shape {
+            name: "llm8k",
+            n: 8192,
+            causal: true,
+        },
+        Shape {
+            name: "llm32k",
+            n: 32768,
+            causal: true,
+        },
     ];
     for s in &shapes {
         let inp = make_inputs(&fps, heads, s.n, "random", 11)?;
         let mut o: CudaSlice<u16> = fps.stream.alloc_zeros(heads * s.n * D)?;
         let mut buf = fps.alloc_fp8(heads, s.n)?;
-        let tq = time_ms(&fps, 3, 10, || fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf))?;
+        let tq = time_ms(&fps, 3, 10, || {
+            fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf)
+        })?;
         let mut vt: CudaSlice<u16> = fps.stream.alloc_zeros(heads * D * s.n.div_ceil(BN) * BN)?;
-        let tt = time_ms(&fps, 3, 10, || fps.transpose_v(&inp.dv, &mut vt, heads, s.n))?;
+        let tt = time_ms(&fps, 3, 10, || {
+            fps.transpose_v(&inp.dv, &mut vt, heads, s.n)
+        })?;
         let mut maps: Vec<(f64, String, BlockMap)> = Vec::new();
         for target in [1.0, 0.5, 0.25] {
             let (desc, m) = if target == 1.0 {
-                ("dense".to_string(), BlockMap::dense(heads, s.n, BM, BN, s.causal))
+                (
+                    "dense".to_string(),
+                    BlockMap::dense(heads, s.n, BM, BN, s.causal),
+                )
             } else if s.causal {
                 let (w, m) = pick_causal_window(heads, s.n, target);
                 (format!("window {w} blocks + 1 sink"), m)
             } else {
                 let (w, m) = pick_tile_window(target, BM, BN);
-                (format!("tile {WAN_TILE:?} window ±{w:?}"), with_heads(&m, heads))
+                (
+                    format!("tile {WAN_TILE:?} window ±{w:?}"),
+                    with_heads(&m, heads),
+                )
             };
             maps.push((target, desc, m));
         }
@@ -403,15 +561,29 @@ fn main() -> Result<()> {
             write_map(&maps_dir, &name, m, &mut manifest)?;
             let dm: DevMap = fps.upload_map(m)?;
             let flops = m.flops(D);
-            let tb = time_ms(&fps, 3, 10, || fps.attn_bf16(&inp.dq, &inp.dk, &inp.dv, &mut o, &dm, &dummy))?;
-            let tbw = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma(&inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
+            let tb = time_ms(&fps, 3, 10, || {
+                fps.attn_bf16(&inp.dq, &inp.dk, &inp.dv, &mut o, &dm, &dummy)
+            })?;
+            let tbw = time_ms(&fps, 3, 10, || {
+                fps.attn_bf16_wgmma(&inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)
+            })?;
             fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf)?;
             let tf = time_ms(&fps, 3, 10, || fps.attn_fp8(&buf, &mut o, &dm))?;
-            let tfw = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm))?;
-            let tfw2 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm))?;
-            let tfp = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm))?;
-            let tf1 = time_ms(&fps, 3, 10, || fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm))?;
-            let tbw2 = time_ms(&fps, 3, 10, || fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy))?;
+            let tfw = time_ms(&fps, 3, 10, || {
+                fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm)
+            })?;
+            let tfw2 = time_ms(&fps, 3, 10, || {
+                fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm)
+            })?;
+            let tfp = time_ms(&fps, 3, 10, || {
+                fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm)
+            })?;
+            let tf1 = time_ms(&fps, 3, 10, || {
+                fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm)
+            })?;
+            let tbw2 = time_ms(&fps, 3, 10, || {
+                fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)
+            })?;
             for (variant, t) in [
                 ("ours_bf16", tb),
                 ("ours_fp8", tf),
@@ -441,7 +613,10 @@ fn main() -> Result<()> {
     summary.insert("results", json!(results));
     summary.insert("failures", json!(failures));
     if let Some(dir) = &maps_dir {
-        std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_vec_pretty(&manifest)?,
+        )?;
     }
     if let Some(p) = json_out {
         let mut f = std::fs::File::create(&p).with_context(|| format!("{}", p.display()))?;

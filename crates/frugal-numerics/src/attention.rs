@@ -232,30 +232,7 @@ fn attend_block(
 
     let mut scores = vec![0f32; rows * n];
     let mut patched_p: Vec<f32> = Vec::new();
-    // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            d,
-            scores.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            qbuf.as_ptr(),
-            1,
-            d as isize,
-            kv.keys.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_bt(&mut scores, &qbuf, kv.keys, rows, n, d);
 
     for (i, tok) in (t0..t1).enumerate() {
         let q_pos = q_positions[tok];
@@ -307,29 +284,7 @@ fn attend_block(
         }
     }
 
-    unsafe {
-        gemm::gemm(
-            rows,
-            d,
-            n,
-            out.as_mut_ptr(),
-            1,
-            d as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            n as isize,
-            kv.values.as_ptr(),
-            1,
-            d as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul(&mut out, &scores, kv.values, rows, d, n);
     if let Some(p) = kv.value_patch {
         let k = p.rows.iter().take_while(|&&j| (j as usize) < n).count();
         for row in 0..rows {
@@ -345,6 +300,72 @@ fn attend_block(
         }
     }
     out
+}
+
+/// `dst[m×n] = a[m×k] · b[n×k]ᵀ` (row-major), single-threaded GEMM: scores of queries `a`
+/// against keys `b`. Callers parallelise over tasks.
+pub(crate) fn matmul_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    assert!(
+        dst.len() >= m * n && a.len() >= m * k && b.len() >= n * k,
+        "matmul_bt: buffers too small"
+    );
+    // SAFETY: the assertion above covers every element the strides below address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `dst[m×n] = a[m×k] · b[k×n]` (row-major), single-threaded GEMM: attention weights `a`
+/// applied to values `b`.
+pub(crate) fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    assert!(
+        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul: buffers too small"
+    );
+    // SAFETY: the assertion above covers every element the strides below address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Numerically stable softmax. A row that is entirely `-inf` becomes all zeros (no visible

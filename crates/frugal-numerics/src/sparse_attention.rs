@@ -14,7 +14,7 @@
 //! With every key selected ([`KeySet::All`]) and every query computed, a task is the dense
 //! kernel's task, so the outputs match the dense kernel to f32 rounding (tested).
 
-use crate::attention::{softmax_in_place, AttentionShape, KvSlices};
+use crate::attention::{matmul, matmul_bt, softmax_in_place, AttentionShape, KvSlices};
 use rayon::prelude::*;
 
 /// Which keys one (KV head, query block) visits.
@@ -226,30 +226,7 @@ fn attend_rows(
         return out;
     }
     let mut scores = vec![0f32; rows * n];
-    // SAFETY: all pointers address buffers of exactly the sizes implied by the strides.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            d,
-            scores.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            qbuf.as_ptr(),
-            1,
-            d as isize,
-            kk.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_bt(&mut scores, &qbuf, &kk, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let q_pos = q_positions[tok];
         // Keys are ascending by position: the visible ones are a prefix.
@@ -266,29 +243,7 @@ fn attend_rows(
             }
         }
     }
-    unsafe {
-        gemm::gemm(
-            rows,
-            d,
-            n,
-            out.as_mut_ptr(),
-            1,
-            d as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            n as isize,
-            vv.as_ptr(),
-            1,
-            d as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul(&mut out, &scores, &vv, rows, d, n);
     out
 }
 
@@ -363,29 +318,7 @@ pub fn probe_probabilities(
         return scores;
     }
     let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            d,
-            scores.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            qbuf.as_ptr(),
-            1,
-            d as isize,
-            kv.keys.as_ptr(),
-            d as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_bt(&mut scores, &qbuf, &kv.keys, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let vis = kv.positions[..n].partition_point(|&p| p <= q_positions[tok]);
         for h in 0..group {

@@ -7,6 +7,8 @@
 use crate::cache::{CachePolicy, HeadView};
 use crate::structure::TokenStructure;
 use frugal_numerics::attention::{causal_attention, AttentionShape, KeyMask, KvSlices};
+use frugal_numerics::block_sparse::Fp8Opts;
+use frugal_numerics::fps_attention::{fps_attention, CausalBlockWindow};
 use frugal_numerics::sparse_attention::{sparse_attention, SparsePlan};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -75,6 +77,12 @@ pub enum AttentionPlan<'a> {
     Mask(Option<Box<dyn KeyMask + 'a>>),
     /// Per-(KV head, query block) key lists and computed queries, sparse kernel.
     Sparse(SparsePlan),
+    /// A causal block window with optional FP8 fake quantisation (FPSAttention's CPU
+    /// emulation, `frugal_numerics::fps_attention`).
+    BlockWindow {
+        window: CausalBlockWindow,
+        fp8: Option<Fp8Opts>,
+    },
 }
 
 /// Time spent in attention steps since the last [`StepTimes::reset`], process-wide: planning
@@ -129,6 +137,9 @@ pub fn attention_step(
             causal_attention(q, positions, &slices, shape, mask.as_deref())
         }
         AttentionPlan::Sparse(sparse) => sparse_attention(q, positions, &slices, shape, sparse),
+        AttentionPlan::BlockWindow { window, fp8 } => {
+            fps_attention(q, positions, &slices, shape, window, fp8.as_ref())
+        }
     };
     let t2 = Instant::now();
     STEP_TIMES

@@ -2,6 +2,7 @@
 //! policy with its paper's defaults, all named by one spec syntax (`spec`) and built by one
 //! registry (`registry`).
 
+pub mod fps;
 pub mod kivi;
 pub mod knockout;
 pub mod minicache;

@@ -8,6 +8,7 @@
 //! e.g. `kivi`) written beside a store owner that takes a format ([`FORMAT_TAKERS`], e.g.
 //! `minicache`) encodes that owner's rows instead of owning a store itself.
 
+use crate::fps;
 use crate::kivi::{self, RowFormat};
 use crate::knockout;
 use crate::minicache;
@@ -76,6 +77,7 @@ pub const POLICIES: &[PolicyInfo] = &[
     omnisparse::INFO,
     omnisparse::UNIFORM_INFO,
     omnisparse::TOPK_INFO,
+    fps::INFO,
 ];
 
 /// A part's knobs, checked against its [`PolicyInfo`]: every given knob is known and in range;
@@ -249,6 +251,7 @@ fn component(part: &PartSpec, layout: KvLayout) -> Result<Component, SpecError> 
         "knockout" => knockout::component(&knobs),
         "early-exit" => knockout::early_exit_component(&knobs),
         "frame-local" => knockout::frame_local_component(&knobs),
+        "fps" => fps::component(&knobs, part.to_string()),
         other => unreachable!("policy {other} is registered but has no builder"),
     })
 }

@@ -75,7 +75,7 @@ impl<'a> KvSlices<'a> {
     }
 
     /// Key row `j` as attention uses it: `(row, scale)`.
-    fn key_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
+    pub(crate) fn key_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
         if let Some(p) = self.key_patch {
             if let Ok(i) = p.rows.binary_search(&(j as u32)) {
                 return (&p.data[i * d..(i + 1) * d], 1.0);
@@ -87,7 +87,7 @@ impl<'a> KvSlices<'a> {
         )
     }
 
-    fn value_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
+    pub(crate) fn value_row(&self, j: usize, d: usize) -> (&'a [f32], f32) {
         if let Some(p) = self.value_patch {
             if let Ok(i) = p.rows.binary_search(&(j as u32)) {
                 return (&p.data[i * d..(i + 1) * d], 1.0);

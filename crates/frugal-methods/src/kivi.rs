@@ -11,15 +11,19 @@
 //! (labelled): a block of `group` tokens is quantised once at least `residual + group` tokens sit
 //! in full precision, so the newest `residual`..`residual+group−1` tokens are always exact (KIVI
 //! flushes its key residual when it reaches R); scales and minima are f16; full-precision rows
-//! are f32 (frugal's store is f32); attention reads an owned dequantised copy (no fused integer
-//! kernel on the CPU path).
+//! are f16 by default (`fp=16`: KIVI's models run in fp16, so its "full precision" is fp16, and
+//! the compression ratio is measured against an f16 cache), or f32 with `fp=32` (exact in
+//! frugal's f32 engine); token positions are kept as runs of consecutive positions
+//! ([`PositionRuns`]); attention reads an owned dequantised copy (no fused integer kernel on the
+//! CPU path).
 
 use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
 use crate::spec::SpecError;
-use frugal_engine::cache::{CachePolicy, HeadView, KvLayout};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns};
 use frugal_numerics::kivi::{
     code_at, group_params, packed_len, quantize_strided, range_strided, supported_bits, GroupParams,
 };
+use half::f16;
 use std::borrow::Cow;
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -29,8 +33,9 @@ pub const INFO: PolicyInfo = PolicyInfo {
         KnobInfo { name: "bits", kind: KnobKind::Int { min: 1, max: 8 }, default: "2", doc: "code width: 1, 2, 4 or 8 (paper: 2 and 4)" },
         KnobInfo { name: "group", kind: KnobKind::Int { min: 1, max: 4096 }, default: "32", doc: "group size: tokens per key group, channels per value group (paper: 32)" },
         KnobInfo { name: "residual", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "128", doc: "recent tokens kept in full precision (paper: 128)" },
+        KnobInfo { name: "fp", kind: KnobKind::Choice { options: &["16", "32"] }, default: "16", doc: "bits of a full-precision row: 16 (f16, the paper's fp16) or 32 (f32) [ours]" },
     ],
-    keep_everything: "kivi:residual=1048576",
+    keep_everything: "kivi:residual=1048576,fp=32",
 };
 
 /// How rows are encoded: `bits == 32` is plain f32 (nothing quantised).
@@ -39,6 +44,8 @@ pub struct RowFormat {
     pub bits: u32,
     pub group: usize,
     pub residual: usize,
+    /// Full-precision rows are stored as f16 (else f32).
+    pub half_rows: bool,
 }
 
 impl RowFormat {
@@ -46,6 +53,7 @@ impl RowFormat {
         bits: 32,
         group: 1,
         residual: usize::MAX,
+        half_rows: false,
     };
 
     pub fn quantises(&self) -> bool {
@@ -54,8 +62,11 @@ impl RowFormat {
 
     pub fn label(&self) -> String {
         format!(
-            "kivi:bits={},group={},residual={}",
-            self.bits, self.group, self.residual
+            "kivi:bits={},group={},residual={},fp={}",
+            self.bits,
+            self.group,
+            self.residual,
+            if self.half_rows { 16 } else { 32 }
         )
     }
 }
@@ -75,6 +86,7 @@ pub fn format(knobs: &Knobs<'_>) -> Result<RowFormat, SpecError> {
         bits,
         group: knobs.usize("group"),
         residual: knobs.usize("residual"),
+        half_rows: knobs.choice("fp") == "16",
     })
 }
 
@@ -87,20 +99,90 @@ pub enum Axis {
     PerToken,
 }
 
+/// A vector of floats held as f32 or as f16 (shared by KIVI's full-precision rows and MiniCache's
+/// magnitudes and retained originals); reads come back as f32.
+#[derive(Clone, Debug)]
+pub(crate) enum Floats {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Floats {
+    pub(crate) fn new(half: bool) -> Self {
+        if half {
+            Floats::F16(Vec::new())
+        } else {
+            Floats::F32(Vec::new())
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Floats::F32(v) => v.len(),
+            Floats::F16(v) => v.len(),
+        }
+    }
+    /// Elements `a..b` as f32 (borrowed when stored as f32).
+    pub(crate) fn get(&self, a: usize, b: usize) -> Cow<'_, [f32]> {
+        match self {
+            Floats::F32(v) => Cow::Borrowed(&v[a..b]),
+            Floats::F16(v) => Cow::Owned(v[a..b].iter().map(|x| x.to_f32()).collect()),
+        }
+    }
+    /// Every element as f32.
+    pub(crate) fn all(&self) -> Cow<'_, [f32]> {
+        self.get(0, self.len())
+    }
+    pub(crate) fn set(&mut self, a: usize, x: &[f32]) {
+        match self {
+            Floats::F32(v) => v[a..a + x.len()].copy_from_slice(x),
+            Floats::F16(v) => v[a..a + x.len()]
+                .iter_mut()
+                .zip(x)
+                .for_each(|(d, s)| *d = f16::from_f32(*s)),
+        }
+    }
+    pub(crate) fn extend(&mut self, x: &[f32]) {
+        match self {
+            Floats::F32(v) => v.extend_from_slice(x),
+            Floats::F16(v) => v.extend(x.iter().map(|s| f16::from_f32(*s))),
+        }
+    }
+    /// Drops the first `n` elements and gives back the spare capacity.
+    fn drop_front(&mut self, n: usize) {
+        match self {
+            Floats::F32(v) => {
+                v.drain(..n);
+                v.shrink_to_fit();
+            }
+            Floats::F16(v) => {
+                v.drain(..n);
+                v.shrink_to_fit();
+            }
+        }
+    }
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Floats::F32(v) => 4 * v.len(),
+            Floats::F16(v) => 2 * v.len(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct QBlock {
     codes: Vec<u8>,
     params: Vec<GroupParams>,
 }
 
-/// A stream of `d`-float rows: old rows quantised in blocks of `group` rows, recent rows in f32.
+/// A stream of `d`-float rows: old rows quantised in blocks of `group` rows, recent rows in full
+/// precision (f32, or f16 when the format says so).
 #[derive(Clone, Debug)]
 pub struct QuantRows {
     d: usize,
     fmt: RowFormat,
     axis: Axis,
     blocks: Vec<QBlock>,
-    tail: Vec<f32>,
+    tail: Floats,
 }
 
 impl QuantRows {
@@ -110,7 +192,7 @@ impl QuantRows {
             fmt,
             axis,
             blocks: Vec::new(),
-            tail: Vec::new(),
+            tail: Floats::new(fmt.half_rows),
         }
     }
 
@@ -132,16 +214,18 @@ impl QuantRows {
     }
 
     pub fn push(&mut self, rows: &[f32]) {
-        self.tail.extend_from_slice(rows);
+        self.tail.extend(rows);
     }
 
-    /// The full-precision rows (the last `len() − quantised_rows()` rows).
-    pub fn tail(&self) -> &[f32] {
-        &self.tail
+    /// Full-precision rows `a..b`, counted from the first full-precision row (row
+    /// `quantised_rows()` of the stream).
+    pub fn tail_rows(&self, a: usize, b: usize) -> Cow<'_, [f32]> {
+        self.tail.get(a * self.d, b * self.d)
     }
 
-    pub fn tail_mut(&mut self) -> &mut [f32] {
-        &mut self.tail
+    /// Overwrites full-precision rows from row `a` (counted as in [`QuantRows::tail_rows`]).
+    pub fn set_tail_rows(&mut self, a: usize, rows: &[f32]) {
+        self.tail.set(a * self.d, rows);
     }
 
     /// Quantises the oldest full-precision rows in blocks of `group` while at least
@@ -153,7 +237,7 @@ impl QuantRows {
         let (d, g, bits) = (self.d, self.fmt.group, self.fmt.bits);
         let mut done = 0;
         while self.tail.len() / d - done >= self.fmt.residual + g {
-            let x = &self.tail[done * d..(done + g) * d];
+            let x = self.tail.get(done * d, (done + g) * d);
             let mut codes = vec![0u8; packed_len(g * d, bits)];
             let mut params = Vec::new();
             match self.axis {
@@ -182,8 +266,7 @@ impl QuantRows {
             done += g;
         }
         if done > 0 {
-            self.tail.drain(..done * d);
-            self.tail.shrink_to_fit();
+            self.tail.drop_front(done * d);
         }
     }
 
@@ -205,24 +288,25 @@ impl QuantRows {
 
     /// Every row as f32: borrowed while nothing is quantised, else dequantised into a new buffer.
     pub fn rows(&self) -> Cow<'_, [f32]> {
+        let tail = self.tail.all();
         if self.blocks.is_empty() {
-            return Cow::Borrowed(&self.tail);
+            return tail;
         }
         let mut out = Vec::with_capacity(self.len() * self.d);
         for b in &self.blocks {
             self.dequantise_block(b, &mut out);
         }
-        out.extend_from_slice(&self.tail);
+        out.extend_from_slice(&tail);
         Cow::Owned(out)
     }
 
-    /// Bytes held: packed codes, 2 + 2 bytes per (scale, min), 4 per full-precision float.
+    /// Bytes held: packed codes, 2 + 2 bytes per (scale, min), 2 or 4 per full-precision float.
     pub fn resident_bytes(&self) -> usize {
         self.blocks
             .iter()
             .map(|b| b.codes.len() + 4 * b.params.len())
             .sum::<usize>()
-            + 4 * self.tail.len()
+            + self.tail.bytes()
     }
 }
 
@@ -231,7 +315,7 @@ impl QuantRows {
 pub struct QuantHead {
     pub k: QuantRows,
     pub v: QuantRows,
-    pub positions: Vec<u32>,
+    pub positions: PositionRuns,
 }
 
 impl QuantHead {
@@ -239,7 +323,7 @@ impl QuantHead {
         QuantHead {
             k: QuantRows::new(d, fmt, Axis::PerChannel),
             v: QuantRows::new(d, fmt, Axis::PerToken),
-            positions: Vec::new(),
+            positions: PositionRuns::default(),
         }
     }
 
@@ -247,7 +331,7 @@ impl QuantHead {
         HeadView {
             keys: self.k.rows(),
             values: self.v.rows(),
-            positions: Cow::Borrowed(&self.positions),
+            positions: Cow::Owned(self.positions.to_vec()),
             key_scale: None,
             value_scale: None,
             key_patch: None,
@@ -256,7 +340,7 @@ impl QuantHead {
     }
 
     pub fn resident_bytes(&self) -> usize {
-        self.k.resident_bytes() + self.v.resident_bytes() + 4 * self.positions.len()
+        self.k.resident_bytes() + self.v.resident_bytes() + self.positions.resident_bytes()
     }
 }
 
@@ -302,7 +386,7 @@ impl CachePolicy for KiviCache {
             let h = &mut self.heads[layer * n_kv_heads + g];
             h.k.push(&head_rows(k, positions.len(), n_kv_heads, d, g));
             h.v.push(&head_rows(v, positions.len(), n_kv_heads, d, g));
-            h.positions.extend_from_slice(positions);
+            h.positions.extend(positions);
             h.k.compact();
             h.v.compact();
         }
@@ -341,11 +425,17 @@ mod tests {
     #[test]
     fn stream_keeps_recent_rows_exact_and_bounds_error() {
         let d = 8;
-        for axis in [Axis::PerChannel, Axis::PerToken] {
+        for (axis, half_rows) in [
+            (Axis::PerChannel, false),
+            (Axis::PerToken, false),
+            (Axis::PerChannel, true),
+            (Axis::PerToken, true),
+        ] {
             let fmt = RowFormat {
                 bits: 4,
                 group: 4,
                 residual: 6,
+                half_rows,
             };
             let mut s = QuantRows::new(d, fmt, axis);
             let x = rows(23, d);
@@ -357,19 +447,31 @@ mod tests {
             // 23 rows: blocks of 4 are quantised while >= 10 rows are full precision.
             assert_eq!(s.quantised_rows(), 16);
             let back = s.rows();
-            assert_eq!(&back[16 * d..], &x[16 * d..], "recent rows are exact");
+            // Recent rows are exact in f32, rounded to the nearest f16 in f16.
+            let recent: Vec<f32> = x[16 * d..]
+                .iter()
+                .map(|&v| {
+                    if half_rows {
+                        f16::from_f32(v).to_f32()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            assert_eq!(&back[16 * d..], &recent[..], "recent rows");
             let err = back
                 .iter()
                 .zip(&x)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(err > 0.0 && err < 0.6, "{axis:?}: max error {err}");
-            // 4 blocks × (packed 4-bit codes of 32 values + params) + 7 f32 rows.
+            // 4 blocks × (packed 4-bit codes of 32 values + params) + 7 full-precision rows.
             let params = match axis {
                 Axis::PerChannel => d,
                 Axis::PerToken => 4 * 2,
             };
-            assert_eq!(s.resident_bytes(), 4 * (16 + 4 * params) + 7 * d * 4);
+            let float = if half_rows { 2 } else { 4 };
+            assert_eq!(s.resident_bytes(), 4 * (16 + 4 * params) + 7 * d * float);
         }
     }
 

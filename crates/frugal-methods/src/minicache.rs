@@ -27,14 +27,14 @@
 //!   holding the raw vector with scale 1) until layer `b` has produced its K/V, then merged; so
 //!   layer `a`'s attention in the current step reads its own exact K/V;
 //! - storage: directions in the row format underneath (f32, or KIVI when composed as
-//!   `minicache+kivi:…`: only merged rows are quantised); magnitudes f32 (f16 when quantised);
-//!   retained originals always f32; positions once per (pair, head).
+//!   `minicache+kivi:…`); magnitudes f32 (f16 when quantised); retained originals in the
+//!   format's full precision (f32, or f16 under `kivi:fp=16`); positions once per (pair, head),
+//!   as runs of consecutive positions.
 
-use crate::kivi::{head_rows, Axis, QuantHead, QuantRows, RowFormat};
+use crate::kivi::{head_rows, Axis, Floats, QuantHead, QuantRows, RowFormat};
 use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
-use frugal_engine::cache::{CachePolicy, HeadView, KvLayout};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns};
 use frugal_numerics::slerp::{merge_pair, normalised_distance};
-use half::f16;
 use std::borrow::Cow;
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -61,54 +61,25 @@ enum Mode {
     Mean,
 }
 
-/// Per-token magnitudes, f32 or f16.
-#[derive(Clone, Debug)]
-enum Mags {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-}
-
-impl Mags {
-    fn push(&mut self, m: f32) {
-        match self {
-            Mags::F32(v) => v.push(m),
-            Mags::F16(v) => v.push(f16::from_f32(m)),
-        }
-    }
-    fn set(&mut self, i: usize, m: f32) {
-        match self {
-            Mags::F32(v) => v[i] = m,
-            Mags::F16(v) => v[i] = f16::from_f32(m),
-        }
-    }
-    fn as_f32(&self) -> Cow<'_, [f32]> {
-        match self {
-            Mags::F32(v) => Cow::Borrowed(v),
-            Mags::F16(v) => Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
-        }
-    }
-    fn bytes(&self) -> usize {
-        match self {
-            Mags::F32(v) => 4 * v.len(),
-            Mags::F16(v) => 2 * v.len(),
-        }
-    }
-}
-
 /// Retained originals of one layer: row indices (ascending) and their vectors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Retained {
     rows: Vec<u32>,
-    data: Vec<f32>,
+    data: Floats,
 }
 
 impl Retained {
+    fn new(half: bool) -> Self {
+        Retained {
+            rows: Vec::new(),
+            data: Floats::new(half),
+        }
+    }
     fn patch(&self) -> Option<(Cow<'_, [u32]>, Cow<'_, [f32]>)> {
-        (!self.rows.is_empty())
-            .then(|| (Cow::Borrowed(&self.rows[..]), Cow::Borrowed(&self.data[..])))
+        (!self.rows.is_empty()).then(|| (Cow::Borrowed(&self.rows[..]), self.data.all()))
     }
     fn bytes(&self) -> usize {
-        4 * (self.rows.len() + self.data.len())
+        4 * self.rows.len() + self.data.bytes()
     }
 }
 
@@ -117,8 +88,8 @@ impl Retained {
 struct Merged {
     /// Merged unit directions (or means); rows `merged..` hold layer a's raw pending vectors.
     dir: QuantRows,
-    mag_a: Mags,
-    mag_b: Mags,
+    mag_a: Floats,
+    mag_b: Floats,
     ret_a: Retained,
     ret_b: Retained,
     merged: usize,
@@ -132,19 +103,15 @@ struct Merged {
 
 impl Merged {
     fn new(d: usize, fmt: RowFormat, axis: Axis) -> Self {
-        let mags = || {
-            if fmt.quantises() {
-                Mags::F16(Vec::new())
-            } else {
-                Mags::F32(Vec::new())
-            }
-        };
+        // Magnitudes are f16 whenever rows are quantised; retained originals are full-precision
+        // rows, so they follow the format's full-precision width.
+        let mags = || Floats::new(fmt.quantises());
         Merged {
             dir: QuantRows::new(d, fmt, axis),
             mag_a: mags(),
             mag_b: mags(),
-            ret_a: Retained::default(),
-            ret_b: Retained::default(),
+            ret_a: Retained::new(fmt.half_rows),
+            ret_b: Retained::new(fmt.half_rows),
             merged: 0,
             d_min: f64::INFINITY,
             d_max: f64::NEG_INFINITY,
@@ -159,9 +126,7 @@ impl Merged {
         let d = self.dir_d();
         self.dir.push(rows);
         if matches!(mode, Mode::Slerp { .. }) {
-            for _ in 0..rows.len() / d {
-                self.mag_a.push(1.0);
-            }
+            self.mag_a.extend(&vec![1.0; rows.len() / d]);
         }
     }
 
@@ -182,25 +147,28 @@ impl Merged {
         );
         match mode {
             Mode::Mean => {
-                let tail = self.dir.tail_mut();
-                for i in 0..n_new {
-                    let r = &mut tail[(first + i - q) * d..(first + i - q + 1) * d];
-                    r.iter_mut()
-                        .zip(&rows_b[i * d..(i + 1) * d])
-                        .for_each(|(x, y)| *x = 0.5 * (*x + *y));
-                }
+                let mean: Vec<f32> = self
+                    .dir
+                    .tail_rows(first - q, first - q + n_new)
+                    .iter()
+                    .zip(rows_b)
+                    .map(|(x, y)| 0.5 * (x + y))
+                    .collect();
+                self.dir.set_tail_rows(first - q, &mean);
             }
             Mode::Slerp { t, gamma } => {
                 let mut dirs = vec![0f32; n_new * d];
-                let mut merges = Vec::with_capacity(n_new);
-                {
-                    let tail = self.dir.tail();
-                    for i in 0..n_new {
-                        let a = &tail[(first + i - q) * d..(first + i - q + 1) * d];
+                let rows_a = self
+                    .dir
+                    .tail_rows(first - q, first - q + n_new)
+                    .into_owned();
+                let merges: Vec<_> = (0..n_new)
+                    .map(|i| {
+                        let a = &rows_a[i * d..(i + 1) * d];
                         let b = &rows_b[i * d..(i + 1) * d];
-                        merges.push(merge_pair(a, b, t, &mut dirs[i * d..(i + 1) * d]));
-                    }
-                }
+                        merge_pair(a, b, t, &mut dirs[i * d..(i + 1) * d])
+                    })
+                    .collect();
                 if !self.frozen {
                     for m in merges.iter().filter(|m| m.mergeable) {
                         let dist = m.omega / std::f64::consts::PI;
@@ -209,27 +177,23 @@ impl Merged {
                     }
                     self.frozen = n_new >= 2;
                 }
-                let tail = self.dir.tail_mut();
                 for (i, m) in merges.iter().enumerate() {
                     let row = first + i;
                     let retain = !m.mergeable
                         || gamma >= 1.0
                         || normalised_distance(m.omega, self.d_min, self.d_max)
                             .is_some_and(|x| x >= 1.0 - gamma);
-                    let slot = &mut tail[(row - q) * d..(row - q + 1) * d];
                     if retain {
                         self.ret_a.rows.push(row as u32);
-                        self.ret_a.data.extend_from_slice(slot);
+                        self.ret_a.data.extend(&rows_a[i * d..(i + 1) * d]);
                         self.ret_b.rows.push(row as u32);
-                        self.ret_b
-                            .data
-                            .extend_from_slice(&rows_b[i * d..(i + 1) * d]);
+                        self.ret_b.data.extend(&rows_b[i * d..(i + 1) * d]);
                         self.retained_tokens += 1;
                     }
-                    slot.copy_from_slice(&dirs[i * d..(i + 1) * d]);
-                    self.mag_a.set(row, m.mag_a);
-                    self.mag_b.push(m.mag_b);
+                    self.mag_a.set(row, &[m.mag_a]);
+                    self.mag_b.extend(&[m.mag_b]);
                 }
+                self.dir.set_tail_rows(first - q, &dirs);
             }
         }
         self.merged = first + n_new;
@@ -249,7 +213,7 @@ impl Merged {
 struct PairHead {
     k: Merged,
     v: Merged,
-    positions: Vec<u32>,
+    positions: PositionRuns,
 }
 
 /// What a layer is in this cache.
@@ -298,7 +262,7 @@ impl MiniCache {
         let pair = PairHead {
             k: Merged::new(d, fmt, Axis::PerChannel),
             v: Merged::new(d, fmt, Axis::PerToken),
-            positions: Vec::new(),
+            positions: PositionRuns::default(),
         };
         MiniCache {
             layout,
@@ -370,7 +334,7 @@ impl CachePolicy for MiniCache {
                     let s = &mut self.alone[i * h + g];
                     s.k.push(&kr);
                     s.v.push(&vr);
-                    s.positions.extend_from_slice(positions);
+                    s.positions.extend(positions);
                     s.k.compact();
                     s.v.compact();
                 }
@@ -378,7 +342,7 @@ impl CachePolicy for MiniCache {
                     let s = &mut self.pairs[p * h + g];
                     s.k.push_a(&kr, self.mode);
                     s.v.push_a(&vr, self.mode);
-                    s.positions.extend_from_slice(positions);
+                    s.positions.extend(positions);
                 }
                 Role::B(p) => {
                     let s = &mut self.pairs[p * h + g];
@@ -406,9 +370,9 @@ impl CachePolicy for MiniCache {
                 return (None, None);
             }
             if is_a {
-                (Some(m.mag_a.as_f32()), m.ret_a.patch())
+                (Some(m.mag_a.all()), m.ret_a.patch())
             } else {
-                (Some(m.mag_b.as_f32()), m.ret_b.patch())
+                (Some(m.mag_b.all()), m.ret_b.patch())
             }
         };
         let (key_scale, key_patch) = side(&s.k);
@@ -416,7 +380,7 @@ impl CachePolicy for MiniCache {
         HeadView {
             keys: s.k.dir.rows(),
             values: s.v.dir.rows(),
-            positions: Cow::Borrowed(&s.positions),
+            positions: Cow::Owned(s.positions.to_vec()),
             key_scale,
             value_scale,
             key_patch,
@@ -432,7 +396,7 @@ impl CachePolicy for MiniCache {
             + self
                 .pairs
                 .iter()
-                .map(|p| p.k.bytes() + p.v.bytes() + 4 * p.positions.len())
+                .map(|p| p.k.bytes() + p.v.bytes() + p.positions.resident_bytes())
                 .sum::<usize>()
     }
 

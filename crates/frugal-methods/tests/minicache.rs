@@ -68,7 +68,7 @@ fn decode_token_by_token_equals_prefill() {
     // prefill and token-by-token decode.
     for spec in [
         "minicache:gamma=1",
-        "kivi:residual=1048576",
+        "kivi:residual=1048576,fp=32",
         "mean-merge:start=1048576",
     ] {
         let (prefill, _) = run(spec, 300);
@@ -112,7 +112,16 @@ fn defaults_compress_and_change_the_output() {
 #[test]
 fn byte_accounting_matches_the_layout() {
     // Tiny model: 3 layers, 2 KV heads, head_dim 16; mean-merge from layer 1 pairs (1, 2):
-    // layer 0 full (f32 K+V + positions), pair (1, 2) one mean row per K and V + positions.
+    // layer 0 full (f32 K+V), pair (1, 2) one mean row per K and V; positions are one run
+    // (8 bytes) per head of layer 0 and per head of the pair.
     let (_, bytes) = run("mean-merge", 300);
-    assert_eq!(bytes, 300 * 2 * ((2 * 16 * 4 + 4) + (2 * 16 * 4 + 4)));
+    assert_eq!(bytes, 300 * 2 * (2 * 16 * 4 + 2 * 16 * 4) + 2 * 8 + 2 * 8);
+    // KIVI-4 with group 8 and residual 16 on 300 tokens: 280 quantised rows (35 blocks) and 20
+    // f16 rows per (layer, head) and K|V; K has one f16 (scale, min) per channel per block, V
+    // one per 8 channels per token.
+    let (_, bytes) = run("kivi:bits=4,group=8,residual=16", 300);
+    let codes = 35 * (8 * 16 / 2);
+    let k = codes + 35 * 16 * 4 + 20 * 16 * 2;
+    let v = codes + 35 * 8 * 2 * 4 + 20 * 16 * 2;
+    assert_eq!(bytes, 3 * 2 * (k + v + 8));
 }

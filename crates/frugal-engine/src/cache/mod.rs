@@ -60,6 +60,50 @@ impl<'a> HeadView<'a> {
     }
 }
 
+/// Ascending token positions held as runs of consecutive positions `(first, count)`: a head
+/// holding one contiguous span costs 8 bytes instead of 4 per token. For stores whose views are
+/// decoded into owned rows anyway (quantised, merged), where expanding the list per view is
+/// cheap next to dequantising the rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PositionRuns {
+    runs: Vec<(u32, u32)>,
+    len: usize,
+}
+
+impl PositionRuns {
+    /// Appends positions (ascending, after every position already held).
+    pub fn extend(&mut self, positions: &[u32]) {
+        for &p in positions {
+            match self.runs.last_mut() {
+                Some((first, count)) if *first + *count == p => *count += 1,
+                _ => self.runs.push((p, 1)),
+            }
+        }
+        self.len += positions.len();
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every position, ascending.
+    pub fn to_vec(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.len);
+        for &(first, count) in &self.runs {
+            out.extend(first..first + count);
+        }
+        out
+    }
+
+    pub fn resident_bytes(&self) -> usize {
+        8 * self.runs.len()
+    }
+}
+
 /// Dimensions of a model's KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
@@ -281,6 +325,17 @@ impl CachePolicy for FullCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn position_runs_round_trip_and_cost_one_pair_per_run() {
+        let mut r = PositionRuns::default();
+        r.extend(&[0, 1, 2]);
+        r.extend(&[3, 4]);
+        assert_eq!(r.resident_bytes(), 8, "one contiguous span is one run");
+        r.extend(&[9, 10, 12]);
+        assert_eq!(r.to_vec(), vec![0, 1, 2, 3, 4, 9, 10, 12]);
+        assert_eq!((r.len(), r.resident_bytes()), (8, 24));
+    }
 
     #[test]
     fn append_splits_heads_and_counts_bytes() {

@@ -160,10 +160,11 @@ def main():
              "| config | density | variant | ms | TFLOP/s | SDPA dense ms / this ms |", "|---|---|---|---|---|---|"]
     for cfg in sorted(rows, key=lambda c: (c.rsplit('_d', 1)[0], -int(c.rsplit('_d', 1)[1]))):
         shape = cfg.rsplit("_d", 1)[0]
-        for var in ["sdpa_flash_bf16", "flex_bf16", "ours_bf16", "ours_fp8", "ours_fp8+quant", "ours_bf16_wgmma",
-                    "ours_bf16_wgmma+vT", "ours_fp8_wgmma", "ours_fp8_wgmma+quant", "ours_bf16_wgmma_2cta",
-                    "ours_fp8_wgmma_2cta", "ours_fp8_wgmma_pipe_2cta", "ours_fp8_wgmma_pipe_2cta+quant",
-                    "ours_fp8_wgmma_1wg", "ours_fp8_wgmma_1wg+quant"]:
+        known = ["sdpa_flash_bf16", "flex_bf16", "ours_bf16", "ours_fp8", "ours_fp8+quant", "ours_bf16_wgmma",
+                 "ours_bf16_wgmma+vT", "ours_fp8_wgmma", "ours_fp8_wgmma+quant", "ours_bf16_wgmma_2cta",
+                 "ours_fp8_wgmma_2cta", "ours_fp8_wgmma_pipe_2cta", "ours_fp8_wgmma_pipe_2cta+quant",
+                 "ours_fp8_wgmma_1wg", "ours_fp8_wgmma_1wg+quant"]
+        for var in known + sorted(v for v in rows[cfg] if v not in known):
             r = rows[cfg].get(var)
             if r is None:
                 continue

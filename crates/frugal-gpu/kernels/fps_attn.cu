@@ -488,18 +488,6 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t sbo, uint
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(sbo >> 4) << 32) | (mode << 62);
 }
 
-// bf16 tile of ROWS x 128 elements as two 128-byte-row halves [2][ROWS][128 B], 128B swizzle.
-template <int ROWS>
-__device__ __forceinline__ void load_tile_halves(uint32_t sbase, const uint8_t* g, int valid_rows) {
-#pragma unroll
-    for (int i = threadIdx.x; i < ROWS * 16; i += NTHREADS) {
-        int r = i / 16, c = i % 16;
-        bool ok = r < valid_rows;
-        const uint8_t* src = g + (ok ? (size_t)r * 256 : 0) + c * 16;
-        cp_async16(sbase + (c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, ok);
-    }
-}
-
 // Online-softmax update shared by both wgmma kernels. s: this thread's raw 64x64 S fragment
 // (s[t*4+e]: n-tile t, rows g / g+8); f > 0: the factor to log2 units (softmax scale * log2 e,
 // times the FP8 dequantisation scales); c: log2 of the fixed P scale (log2 448 for FP8, 0 for
@@ -583,21 +571,32 @@ __device__ __forceinline__ void store_o(const Params& p, const float* o, const f
 }
 
 // FP8 wgmma kernel. Operands as for fps_attn_fp8 (q8, k8 [H][N][128], vt8 [H][128][npad]).
-// smem (after 1024-alignment): Q 128x128B (16 KB) | 2 x K 64x128B (8 KB) | 2 x V^T 128x64B (8 KB).
-template <int WGS>
+// WGS warpgroups (64 query rows each) per CTA; K/V in a ring of STAGES stages.
+//  - cp.async issue without a generic tile loop: each thread's 16-byte chunks of the K tile
+//    (64 rows x 128 B, 8 KB contiguous in global memory), the V^T tile (128 rows x 64 B, row
+//    stride npad) and Q are at one per-thread smem offset and one global offset plus
+//    compile-time strides (rows advance by multiples of 8, so the swizzle phase is the same for
+//    all of a thread's chunks). The first version used load_tile's generic strided loop here:
+//    ~350 of the loop's ~835 SASS instructions; now the loop has ~480.
+//  - ONE CTA barrier per key block: the prefetch of block it+STAGES-1 is issued after the
+//    barrier of iteration it, into the stage every warpgroup finished with in iteration it-1
+//    (prefetch distance STAGES-1 blocks; the first version had two barriers per block).
+// smem (after 1024-alignment): Q (WGS x 8 KB) | STAGES x K (8 KB) | STAGES x V^T (8 KB).
+template <int WGS, int STAGES>
 __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
     const Params p{q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2};
     const int h = blockIdx.y;
-    // WGS warpgroups per CTA, 64 query rows each; the block list is that of the 128-row block.
     constexpr int NT = WGS * 128;
+    constexpr int KCH = BN * 8 / NT;  // 16-byte chunks per thread of a K tile (and of a V^T tile)
+    const int tid = threadIdx.x;
     const int cta = gridDim.x - 1 - blockIdx.x;
     const int q0 = cta * WGS * 64;
     const int qb = q0 / BM;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4, wq = warp % 4;
+    const int warp = tid / 32, lane = tid % 32, wg = warp / 4, wq = warp % 4;
     const uint32_t base = (smem_u32(smem) + 1023) & ~1023u;
-    const uint32_t sQ = base, sK0 = base + WGS * 8192, sV0 = sK0 + 2 * 8192;
+    const uint32_t sQ = base, sK0 = base + WGS * 8192, sV0 = sK0 + STAGES * 8192;
     const uint8_t* gq = reinterpret_cast<const uint8_t*>(p.q) + (size_t)h * p.n * D;
     const uint8_t* gk = reinterpret_cast<const uint8_t*>(p.k) + (size_t)h * p.n * D;
     const uint8_t* gvt = reinterpret_cast<const uint8_t*>(p.v) + (size_t)h * D * p.npad;
@@ -607,13 +606,38 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
     const float sq = p.sq[h * n_tiles + min((q0 + wg * 64) / 64, n_tiles - 1)];
     const float* skh = p.sk + h * n_tiles;
 
-    load_tile<WGS * 64, 8, NT>(sQ, gq + (size_t)q0 * 128, 128, p.n - q0);
-    if (cnt > 0) {
-        int kb = list[0];
-        load_tile<BN, 8, NT>(sK0, gk + (size_t)kb * BN * 128, 128, p.n - kb * BN);
-        load_tile<D, 4, NT>(sV0, gvt + (size_t)kb * BN, p.npad, D);
+    // per-thread cp.async plan: 128-byte rows (Q, K): row tid/8 (+ j*NT/8), chunk tid%8;
+    // 64-byte rows (V^T): row tid/4 (+ j*NT/4), chunk tid%4.
+    const uint32_t soff128 = (tid >> 3) * 128 + (((tid & 7) ^ ((tid >> 3) & 7)) << 4);
+    const uint32_t soff64 = (tid >> 2) * 64 + (((tid & 3) ^ ((tid >> 3) & 3)) << 4);
+    const uint8_t* gk_t = gk + tid * 16;
+    const uint8_t* gv_t = gvt + (size_t)(tid >> 2) * p.npad + (tid & 3) * 16;
+    const size_t vstep = (size_t)(NT / 4) * p.npad;
+    auto load_kv = [&](int kb, int stage) {
+        const int valid = p.n - kb * BN;  // rows of this K tile inside the sequence
+        const uint8_t* gkb = gk_t + (size_t)kb * (BN * 128);
+        const uint8_t* gvb = gv_t + (size_t)kb * BN;
+#pragma unroll
+        for (int j = 0; j < KCH; j++) {
+            const bool ok = (tid >> 3) + j * (NT / 8) < valid;
+            cp_async16(sK0 + stage * 8192 + soff128 + j * NT * 16, ok ? gkb + j * NT * 16 : gk, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < KCH; j++) cp_async16(sV0 + stage * 8192 + soff64 + j * NT * 16, gvb + j * vstep, true);
+    };
+    {  // Q (WGS*64 rows: 4 chunks per thread)
+        const uint8_t* gqb = gq + (size_t)q0 * 128 + tid * 16;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool ok = q0 + (tid >> 3) + j * (NT / 8) < p.n;
+            cp_async16(sQ + soff128 + j * NT * 16, ok ? gqb + j * NT * 16 : gq, ok);
+        }
     }
-    cp_commit();
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < cnt) load_kv(list[s], s);
+        cp_commit();
+    }
 
     float o[64];
 #pragma unroll
@@ -621,25 +645,20 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
     float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
     const int row_w = q0 + wg * 64 + wq * 16;  // first row of this warp
     const int row_a = row_w + (lane >> 2);
+    const uint64_t dq = make_desc(sQ + wg * 64 * 128, 1024, 1);
 
+    int st = 0, ld = STAGES - 1;  // stage of block it, stage of block it+STAGES-1
     for (int it = 0; it < cnt; it++) {
         const int kb = list[it];
-        const int st = it & 1;
-        if (it + 1 < cnt) {
-            int nb = list[it + 1];
-            load_tile<BN, 8, NT>(sK0 + (st ^ 1) * 8192, gk + (size_t)nb * BN * 128, 128, p.n - nb * BN);
-            load_tile<D, 4, NT>(sV0 + (st ^ 1) * 8192, gvt + (size_t)nb * BN, p.npad, D);
-            cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
+        const float f = sq * skh[kb] * p.scale_log2;
+        cp_wait<STAGES - 2>();  // this thread's copies of block it have landed
         fence_async_smem();
-        __syncthreads();
+        __syncthreads();        // everyone's have; and everyone is done with iteration it-1
+        if (it + STAGES - 1 < cnt) load_kv(list[it + STAGES - 1], ld);
+        cp_commit();
         const uint32_t sK = sK0 + st * 8192, sV = sV0 + st * 8192;
 
         float s[32];
-        const uint64_t dq = make_desc(sQ + wg * 64 * 128, 1024, 1);
         const uint64_t dk = make_desc(sK, 1024, 1);
         reg_fence<32>(s);
         wg_fence();
@@ -649,7 +668,6 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
         wg_wait<0>();
         reg_fence<32>(s);
 
-        const float f = sq * skh[kb] * p.scale_log2;
         const int key0 = kb * BN;
         const bool need_mask = (key0 + BN > p.n) || (p.causal && key0 + BN - 1 > row_w);
         softmax_update(s, o, m_r, l_r, key0, row_a, need_mask, p.n, p.causal, f, 8.807354922057604f /* log2 448 */);
@@ -673,8 +691,10 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_body(const void* q, const voi
         wg_commit();
         wg_wait<0>();
         reg_fence<64>(o);
-        __syncthreads();
+        st = (st + 1 == STAGES) ? 0 : st + 1;
+        ld = (ld + 1 == STAGES) ? 0 : ld + 1;
     }
+    cp_wait<0>();
     store_o(p, o, l_r, row_a, p.sv + h * D, 1.f);
 }
 
@@ -698,12 +718,36 @@ __device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const vo
     const int* list = p.idx + (size_t)(h * p.n_qb + qb) * p.n_kb;
     const int q0 = qb * BM;
 
-    load_tile_halves<BM>(sQ, gq + (size_t)q0 * 256, p.n - q0);
-    if (cnt > 0) {
-        int kb = list[0];
-        load_tile_halves<BN>(sK0, gk + (size_t)kb * BN * 256, p.n - kb * BN);
-        load_tile<D, 8>(sV0, gvt + (size_t)kb * BN * 2, (size_t)p.npad * 2, D);
+    // per-thread cp.async plan (as in the FP8 kernel): Q/K halves [2][ROWS][128 B]: row tid/16
+    // (+ 16 j), chunk tid%16 (half (tid%16)/8); V^T [128][128 B]: row tid/8 (+ 32 j), chunk tid%8.
+    const int tid = threadIdx.x;
+    const uint32_t sw = (((tid & 7) ^ ((tid >> 4) & 7)) << 4) + (tid >> 4) * 128;
+    const uint32_t soffQ = ((tid >> 3) & 1) * BM * 128 + sw, soffK = ((tid >> 3) & 1) * BN * 128 + sw;
+    const uint32_t soffV = (tid >> 3) * 128 + (((tid & 7) ^ ((tid >> 3) & 7)) << 4);
+    const uint8_t* gk_t = gk + tid * 16;
+    const uint8_t* gv_t = gvt + (size_t)(tid >> 3) * p.npad * 2 + (tid & 7) * 16;
+    const size_t vstep = (size_t)32 * p.npad * 2;
+    auto load_kv = [&](int kb, int stage) {
+        const int valid = p.n - kb * BN;
+        const uint8_t* gkb = gk_t + (size_t)kb * (BN * 256);
+        const uint8_t* gvb = gv_t + (size_t)kb * BN * 2;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool ok = (tid >> 4) + 16 * j < valid;
+            cp_async16(sK0 + stage * 16384 + soffK + j * 2048, ok ? gkb + j * 4096 : gk, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) cp_async16(sV0 + stage * 16384 + soffV + j * 4096, gvb + j * vstep, true);
+    };
+    {
+        const uint8_t* gqb = gq + (size_t)q0 * 256 + tid * 16;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const bool ok = q0 + (tid >> 4) + 16 * j < p.n;
+            cp_async16(sQ + soffQ + j * 2048, ok ? gqb + j * 4096 : gq, ok);
+        }
     }
+    if (cnt > 0) load_kv(list[0], 0);
     cp_commit();
 
     float o[64];
@@ -713,20 +757,15 @@ __device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const vo
     const int row_w = q0 + wg * 64 + wq * 16;
     const int row_a = row_w + (lane >> 2);
 
+    // two stages, one CTA barrier per key block (see the FP8 kernel)
     for (int it = 0; it < cnt; it++) {
         const int kb = list[it];
         const int st = it & 1;
-        if (it + 1 < cnt) {
-            int nb = list[it + 1];
-            load_tile_halves<BN>(sK0 + (st ^ 1) * 16384, gk + (size_t)nb * BN * 256, p.n - nb * BN);
-            load_tile<D, 8>(sV0 + (st ^ 1) * 16384, gvt + (size_t)nb * BN * 2, (size_t)p.npad * 2, D);
-            cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait<0>();
-        }
+        cp_wait<0>();
         fence_async_smem();
         __syncthreads();
+        if (it + 1 < cnt) load_kv(list[it + 1], st ^ 1);
+        cp_commit();
         const uint32_t sK = sK0 + st * 16384, sV = sV0 + st * 16384;
 
         float s[32];
@@ -760,7 +799,6 @@ __device__ __forceinline__ void fps_attn_bf16_wgmma_body(const void* q, const vo
         wg_commit();
         wg_wait<0>();
         reg_fence<64>(o);
-        __syncthreads();
     }
     store_o(p, o, l_r, row_a, nullptr, 1.f);
 }
@@ -883,16 +921,16 @@ __device__ __forceinline__ void fps_attn_fp8_wgmma_pipe_body(const void* q, cons
 
 
 // Entry points: 1 CTA/SM (no register cap) and 2 CTAs/SM (<= 128 registers; the other CTA's
-// MMAs overlap this one's softmax).
+// MMAs overlap this one's softmax). FP8: three K/V stages (2 x 65 KB of smem per SM).
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_fp8_wgmma(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
-    fps_attn_fp8_wgmma_body<2>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+    fps_attn_fp8_wgmma_body<2, 3>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_2cta(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
-    fps_attn_fp8_wgmma_body<2>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+    fps_attn_fp8_wgmma_body<2, 3>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1) fps_attn_bf16_wgmma(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
@@ -911,11 +949,11 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 2) fps_attn_fp8_wgmma_pip
 }
 
 // One warpgroup (64 query rows) per CTA, up to 4 CTAs/SM: warpgroups never wait for each other
-// at a CTA barrier. Grid x = 2 * n_qb.
+// at a CTA barrier. Two K/V stages (4 x 41 KB of smem per SM; three would not fit). Grid x = 2 * n_qb.
 extern "C" __global__ void __launch_bounds__(128, 4) fps_attn_fp8_wgmma_1wg(const void* q, const void* k, const void* v,
     __nv_bfloat16* o_, const int* counts, const int* idx, const float* sq_, const float* sk_, const float* sv_, int n,
     int npad, int n_qb, int n_kb, int causal, float scale_log2) {
-    fps_attn_fp8_wgmma_body<1>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
+    fps_attn_fp8_wgmma_body<1, 2>(q, k, v, o_, counts, idx, sq_, sk_, sv_, n, npad, n_qb, n_kb, causal, scale_log2);
 }
 
 // V [H][N][128] bf16 -> V^T [H][128][npad] bf16 (zero past N). Grid (npad/64, H), block D threads.

@@ -25,9 +25,15 @@ pub const BN: usize = 64;
 const THREADS: u32 = 256;
 const SMEM_BF16: u32 = (BM * 256 + 2 * 2 * BN * 256) as u32; // 96 KB
 const SMEM_FP8: u32 = (BM * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32; // 48 KB
-                                                                          // wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
-const SMEM_FP8_WG: u32 = SMEM_FP8 + 1024;
-const SMEM_FP8_1WG: u32 = (64 * 128 + 2 * (BN * 128 + HEAD_DIM * BN)) as u32 + 1024; // 41 KB
+/// K + V^T tile of one FP8 key block (8 KB + 8 KB).
+const KV_FP8: usize = BN * 128 + HEAD_DIM * BN;
+// wgmma kernels align their tiles to 1024 bytes inside the dynamic buffer: +1 KB slack.
+/// FP8 wgmma, 2 warpgroups: Q + 3 K/V stages (65 KB).
+const SMEM_FP8_WG: u32 = (BM * 128 + 3 * KV_FP8) as u32 + 1024;
+/// FP8 wgmma, 1 warpgroup: Q (64 rows) + 2 K/V stages (41 KB, four CTAs per SM).
+const SMEM_FP8_1WG: u32 = (64 * 128 + 2 * KV_FP8) as u32 + 1024;
+/// FP8 wgmma, pipelined build: Q + 2 K/V stages (49 KB).
+const SMEM_FP8_PIPE: u32 = SMEM_FP8 + 1024;
 const SMEM_BF16_WG: u32 = (BM * 256 + 2 * (BN * 256 + HEAD_DIM * BN * 2)) as u32 + 1024; // 97 KB
 
 /// Which MMA path a kernel uses.
@@ -330,7 +336,7 @@ impl Fps {
             Mma::Sync => (&self.fp8, SMEM_FP8),
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
             Mma::Wgmma2 => (&self.fp8_wg2, SMEM_FP8_WG),
-            Mma::WgmmaPipe2 => (&self.fp8_pipe2, SMEM_FP8_WG),
+            Mma::WgmmaPipe2 => (&self.fp8_pipe2, SMEM_FP8_PIPE),
             Mma::Wgmma1Wg => (&self.fp8_1wg, SMEM_FP8_1WG),
         };
         let cfg = if mma == Mma::Wgmma1Wg {

@@ -309,6 +309,17 @@ fn check_case(
     Ok(())
 }
 
+/// `time_ms` with the usual 3 warm-ups and 10 timed runs, or NaN (not run) when `$skip`.
+macro_rules! timed {
+    ($fps:expr, $skip:expr, $f:expr) => {
+        if $skip {
+            f64::NAN
+        } else {
+            time_ms($fps, 3, 10, $f)?
+        }
+    };
+}
+
 fn time_ms(
     fps: &Fps,
     warmup: usize,
@@ -402,6 +413,8 @@ fn main() -> Result<()> {
     let json_out = opt("--json").map(PathBuf::from);
     let maps_dir = opt("--maps-dir").map(PathBuf::from);
     let check_only = args.iter().any(|a| a == "--check-only");
+    // --quick: Wan shape at 100 % and 25 % only, FP8 wgmma builds only (for A/B runs)
+    let quick = args.iter().any(|a| a == "--quick");
 
     let fps = Fps::new(0)?;
     let dev = fps.ctx.name()?;
@@ -526,7 +539,7 @@ fn main() -> Result<()> {
             causal: true,
         },
     ];
-    for s in &shapes {
+    for s in shapes.iter().filter(|s| !quick || s.name == "wan") {
         let inp = make_inputs(&fps, heads, s.n, "random", 11)?;
         let mut o: CudaSlice<u16> = fps.stream.alloc_zeros(heads * s.n * D)?;
         let mut buf = fps.alloc_fp8(heads, s.n)?;
@@ -538,7 +551,12 @@ fn main() -> Result<()> {
             fps.transpose_v(&inp.dv, &mut vt, heads, s.n)
         })?;
         let mut maps: Vec<(f64, String, BlockMap)> = Vec::new();
-        for target in [1.0, 0.5, 0.25] {
+        let targets: &[f64] = if quick {
+            &[1.0, 0.25]
+        } else {
+            &[1.0, 0.5, 0.25]
+        };
+        for &target in targets {
             let (desc, m) = if target == 1.0 {
                 (
                     "dense".to_string(),
@@ -561,29 +579,29 @@ fn main() -> Result<()> {
             write_map(&maps_dir, &name, m, &mut manifest)?;
             let dm: DevMap = fps.upload_map(m)?;
             let flops = m.flops(D);
-            let tb = time_ms(&fps, 3, 10, || {
+            let tb = timed!(&fps, quick, || {
                 fps.attn_bf16(&inp.dq, &inp.dk, &inp.dv, &mut o, &dm, &dummy)
-            })?;
-            let tbw = time_ms(&fps, 3, 10, || {
+            });
+            let tbw = timed!(&fps, quick, || {
                 fps.attn_bf16_wgmma(&inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)
-            })?;
+            });
             fps.quantize(&inp.dq, &inp.dk, &inp.dv, &mut buf)?;
-            let tf = time_ms(&fps, 3, 10, || fps.attn_fp8(&buf, &mut o, &dm))?;
-            let tfw = time_ms(&fps, 3, 10, || {
+            let tf = timed!(&fps, quick, || fps.attn_fp8(&buf, &mut o, &dm));
+            let tfw = timed!(&fps, quick, || {
                 fps.attn_fp8_with(Mma::Wgmma, &buf, &mut o, &dm)
-            })?;
+            });
             let tfw2 = time_ms(&fps, 3, 10, || {
                 fps.attn_fp8_with(Mma::Wgmma2, &buf, &mut o, &dm)
             })?;
-            let tfp = time_ms(&fps, 3, 10, || {
+            let tfp = timed!(&fps, quick, || {
                 fps.attn_fp8_with(Mma::WgmmaPipe2, &buf, &mut o, &dm)
-            })?;
-            let tf1 = time_ms(&fps, 3, 10, || {
+            });
+            let tf1 = timed!(&fps, quick, || {
                 fps.attn_fp8_with(Mma::Wgmma1Wg, &buf, &mut o, &dm)
-            })?;
-            let tbw2 = time_ms(&fps, 3, 10, || {
+            });
+            let tbw2 = timed!(&fps, quick, || {
                 fps.attn_bf16_wgmma_with(true, &inp.dq, &inp.dk, &vt, &mut o, &dm, &dummy)
-            })?;
+            });
             for (variant, t) in [
                 ("ours_bf16", tb),
                 ("ours_fp8", tf),
@@ -599,6 +617,9 @@ fn main() -> Result<()> {
                 ("ours_fp8_wgmma_1wg", tf1),
                 ("ours_fp8_wgmma_1wg+quant", tf1 + tq),
             ] {
+                if t.is_nan() {
+                    continue;
+                }
                 let tflops = flops / (t * 1e-3) / 1e12;
                 println!("bench {name:<10} {desc:<36} density {:5.1}%  {variant:<15} {t:8.3} ms  {tflops:7.1} TFLOP/s", m.density() * 100.0);
                 results.push(json!({"config": name, "shape": s.name, "n": s.n, "heads": heads, "causal": s.causal,

@@ -2,43 +2,12 @@
 //! in token positions, so decoding token by token sees what one prefill sees; FP8 fake
 //! quantisation switches each reach the kernel.
 
-use candle_core::quantized::GgmlDType;
-use frugal_engine::model::llama::LogitRows;
-use frugal_engine::testing::tiny_model;
-use frugal_methods::build;
-
-fn ids(n: u32) -> Vec<u32> {
-    (0..n).map(|i| 3 + (i * 37 + i * i) % 250).collect()
-}
+mod common;
+use common::{ids, max_diff, run};
 
 /// Logit rows of `ids`: the first `prefill` tokens in one call, the rest one by one.
 fn logits(spec: &str, ids: &[u32], prefill: usize) -> Vec<Vec<f32>> {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
-    let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
-    let mut rows = lm
-        .model
-        .forward(&ids[..prefill], &mut seq, LogitRows::All)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    for &id in &ids[prefill..] {
-        rows.extend(
-            lm.model
-                .forward(&[id], &mut seq, LogitRows::Last)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
-    }
-    rows
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    run(spec, ids, prefill).0
 }
 
 /// ‖a − b‖ / ‖b‖ over all logits.

@@ -1,48 +1,13 @@
 //! MiniCache, mean-merge and KIVI on the tiny random llama: exactness with every token retained,
 //! decode = prefill, composition with KIVI, and that the defaults really compress.
 
-use candle_core::quantized::GgmlDType;
-use frugal_engine::model::llama::LogitRows;
-use frugal_engine::testing::tiny_model;
-use frugal_methods::build;
+mod common;
+use common::max_diff;
 
-fn ids() -> Vec<u32> {
-    (0..300u32).map(|i| 3 + (i * 37 + i * i) % 250).collect()
-}
-
-/// Logits of every position: prefill of `split` tokens, then one token at a time.
+/// Logits of every position of 300 tokens: prefill of `split` tokens, then one token at a time;
+/// and the bytes held at the end.
 fn run(spec: &str, split: usize) -> (Vec<Vec<f32>>, usize) {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
-    let ids = ids();
-    let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
-    let mut rows = if split > 0 {
-        lm.model
-            .forward(&ids[..split], &mut seq, LogitRows::All)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-    } else {
-        Vec::new()
-    };
-    for &id in &ids[split..] {
-        rows.extend(
-            lm.model
-                .forward(&[id], &mut seq, LogitRows::Last)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
-    }
-    (rows, seq.cache.resident_bytes())
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::run(spec, &common::ids(300), split)
 }
 
 #[test]

@@ -8,31 +8,15 @@ use frugal_engine::sequence::Sequence;
 use frugal_engine::testing::tiny_model;
 use frugal_methods::{build, POLICIES};
 
+mod common;
+
+/// Prefill half, then decode the rest token by token: both paths of every policy run.
 fn run(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, usize) {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
-    let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
-    // Prefill half, then decode the rest token by token: both paths of every policy run.
-    let half = ids.len() / 2;
-    let mut rows = lm
-        .model
-        .forward(&ids[..half], &mut seq, LogitRows::All)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    for &id in &ids[half..] {
-        rows.extend(
-            lm.model
-                .forward(&[id], &mut seq, LogitRows::Last)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
-    }
-    (rows, seq.cache.resident_bytes())
+    common::run(spec, ids, ids.len() / 2)
 }
 
 fn ids() -> Vec<u32> {
-    (0..300u32).map(|i| 3 + (i * 37 + i * i) % 250).collect()
+    common::ids(300)
 }
 
 #[test]
@@ -40,12 +24,7 @@ fn keep_everything_reproduces_dense_logits() {
     let (dense, dense_bytes) = run("full", &ids());
     for p in POLICIES {
         let (rows, bytes) = run(p.keep_everything, &ids());
-        let diff = dense
-            .iter()
-            .flatten()
-            .zip(rows.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = common::max_diff(&dense, &rows);
         assert!(diff < 1e-4, "{}: max |Δlogit| = {diff}", p.keep_everything);
         // Every K/V float is kept at full precision; positions may be held more compactly
         // than full's 4 bytes per (token, layer, KV head).
@@ -102,13 +81,7 @@ fn streaming_really_frees_memory_and_changes_output() {
     assert_eq!(seq.cache.resident_bytes(), (4 + 32) * per_token);
     let (dense, _) = run("full", &ids);
     let (stream, _) = run("streaming:sink=4,window=32", &ids);
-    let diff = dense
-        .last()
-        .unwrap()
-        .iter()
-        .zip(stream.last().unwrap())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let diff = common::max_diff(&dense[dense.len() - 1..], &stream[stream.len() - 1..]);
     assert!(
         diff > 1e-3,
         "evicting 260 of 300 tokens must change the logits"

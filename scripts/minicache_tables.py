@@ -10,8 +10,8 @@ def table(name, title):
     print(f"### {title}\n")
     print(f"`{name}.json`: {r['run']['date_utc']}, commit {r['run']['git_commit']}, {r['run']['machine']}, "
           f"{r['run']['threads']} threads, {r['run']['samples']} samples, seed {r['run']['seed']}\n")
-    print("| policy | metric | value | vs full | KV end (MiB) | × vs f16 | prefill tok/s | decode tok/s | decode vs full |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| task | policy | metric | value | vs full | KV end (MiB) | × vs f16 | prefill tok/s | decode tok/s | decode vs full |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         f = full.get((c["task"], c["length"]))
         rel = ""
@@ -22,7 +22,7 @@ def table(name, title):
         dec = c.get("decode_tok_s")
         decrel = f"{dec / f['decode_tok_s']:.2f}×" if dec and f and f.get("decode_tok_s") else ""
         val = f"{c['value']:.3f}" if c["metric"] == "perplexity" else f"{100 * c['value']:.1f} %"
-        print(f"| `{c['policy']}` | {c['metric']} | {val} | {rel} | {c['kv_end_bytes'] / 2**20:.2f} | "
+        print(f"| {c['task']} | `{c['policy']}` | {c['metric']} | {val} | {rel} | {c['kv_end_bytes'] / 2**20:.2f} | "
               f"{c['compression_vs_f16']:.2f} | {c['prefill_tok_s'] or 0:.0f} | {dec or 0:.1f} | {decrel} |")
     print()
 

@@ -33,7 +33,7 @@
 
 use crate::kivi::{head_rows, Axis, Floats, QuantHead, QuantRows, RowFormat};
 use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
-use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PatchView, PositionRuns};
 use frugal_numerics::slerp::{merge_pair, normalised_distance};
 use std::borrow::Cow;
 
@@ -75,7 +75,7 @@ impl Retained {
             data: Floats::new(half),
         }
     }
-    fn patch(&self) -> Option<(Cow<'_, [u32]>, Cow<'_, [f32]>)> {
+    fn patch(&self) -> Option<PatchView<'_>> {
         (!self.rows.is_empty()).then(|| (Cow::Borrowed(&self.rows[..]), self.data.all()))
     }
     fn bytes(&self) -> usize {
@@ -362,10 +362,7 @@ impl CachePolicy for MiniCache {
         };
         let s = &self.pairs[p * h + kv_head];
         let slerp = matches!(self.mode, Mode::Slerp { .. });
-        let side = |m: &'a Merged| -> (
-            Option<Cow<'a, [f32]>>,
-            Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
-        ) {
+        let side = |m: &'a Merged| -> (Option<Cow<'a, [f32]>>, Option<PatchView<'a>>) {
             if !slerp {
                 return (None, None);
             }

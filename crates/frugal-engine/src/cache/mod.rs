@@ -19,10 +19,13 @@ pub struct HeadView<'a> {
     pub positions: Cow<'a, [u32]>,
     pub key_scale: Option<Cow<'a, [f32]>>,
     pub value_scale: Option<Cow<'a, [f32]>>,
-    /// Rows given in full apart from the shared rows (see [`RowPatch`]): `(row indices, data)`.
-    pub key_patch: Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
-    pub value_patch: Option<(Cow<'a, [u32]>, Cow<'a, [f32]>)>,
+    /// Rows given in full apart from the shared rows (see [`RowPatch`]).
+    pub key_patch: Option<PatchView<'a>>,
+    pub value_patch: Option<PatchView<'a>>,
 }
+
+/// A view's row patch: `(row indices, data)`, borrowed or decoded.
+pub type PatchView<'a> = (Cow<'a, [u32]>, Cow<'a, [f32]>);
 
 impl<'a> HeadView<'a> {
     pub fn borrowed(s: KvSlices<'a>) -> Self {

@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 4] = [
+const COMMON_KNOBS: [KnobInfo; 6] = [
     KnobInfo {
         name: "probe",
         kind: KnobKind::Int { min: 1, max: 64 },
@@ -87,6 +87,21 @@ const COMMON_KNOBS: [KnobInfo; 4] = [
         default: "64",
         doc: "keys before each query block always kept, besides the block itself [ours]",
     },
+    KnobInfo {
+        name: "tail",
+        kind: KnobKind::Int {
+            min: 0,
+            max: 1 << 20,
+        },
+        default: "64",
+        doc: "the call's last `tail` query tokens (their whole blocks) attend to every key [ours]",
+    },
+    KnobInfo {
+        name: "audit",
+        kind: KnobKind::Int { min: 0, max: 1 },
+        default: "0",
+        doc: "1 = measure every query's true recall of the kept keys (a dense pass; diagnostics only)",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -98,6 +113,8 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "cos", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -117,6 +134,8 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -130,6 +149,8 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -159,6 +180,10 @@ pub struct Config {
     /// Decode slimming threshold; 0 = off.
     pub eps: f32,
     pub recheck: usize,
+    /// The call's last `tail` query tokens attend to every key (their blocks are dense).
+    pub tail: usize,
+    /// Measure every query's true recall of the selected keys (costs a dense pass).
+    pub audit: bool,
 }
 
 impl Config {
@@ -178,6 +203,45 @@ struct LayerStats {
     budget_sum: usize,
     selected_sum: usize,
     visible_sum: usize,
+    audit: Audit,
+}
+
+/// True recall of the selected keys, measured over every (query, query head) row of the
+/// sparse blocks (`audit=1`): the share of the row's dense attention mass that falls on the
+/// keys its block kept.
+#[derive(Clone, Copy, Debug)]
+struct Audit {
+    rows: usize,
+    recall_sum: f64,
+    recall_min: f32,
+    below_90: usize,
+    /// Lowest recall over the query heads of the call's last token (the one whose logits
+    /// answer a prompt), `None` when the last token's block was not sparse.
+    last_min: Option<f32>,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            rows: 0,
+            recall_sum: 0.0,
+            recall_min: 1.0,
+            below_90: 0,
+            last_min: None,
+        }
+    }
+}
+
+impl Audit {
+    fn add(&mut self, o: &Audit) {
+        self.rows += o.rows;
+        self.recall_sum += o.recall_sum;
+        self.recall_min = self.recall_min.min(o.recall_min);
+        self.below_90 += o.below_90;
+        if o.last_min.is_some() {
+            self.last_min = o.last_min;
+        }
+    }
 }
 
 /// State the attention policy and the cache policy of one spec share.
@@ -188,6 +252,8 @@ struct Shared {
     /// Largest span mass since the last check, per (layer, KV head); `None` = not observed.
     mass: Vec<Option<f32>>,
     slimmed: Vec<bool>,
+    /// Largest span mass ever observed per (layer, KV head) before it was slimmed (reported).
+    mass_max: Vec<f32>,
     decode_step: usize,
     layers: Vec<LayerStats>,
     queries: usize,
@@ -200,6 +266,7 @@ impl Shared {
         Shared {
             mass: vec![None; heads],
             slimmed: vec![false; heads],
+            mass_max: vec![0.0; heads],
             layers: vec![LayerStats::default(); layout.n_layers],
             ..Default::default()
         }
@@ -322,6 +389,7 @@ impl OmniAttention {
                 worst = worst.max(m);
             }
             sh.mass[i] = Some(sh.mass[i].map_or(worst, |m| m.max(worst)));
+            sh.mass_max[i] = sh.mass_max[i].max(worst);
         }
     }
 
@@ -371,10 +439,21 @@ impl AttentionPolicy for OmniAttention {
         let n_blocks = t.div_ceil(BLOCK);
         let row = shape.n_heads * shape.head_dim;
         let cfg = &self.cfg;
-        let blocks: Vec<(BlockPlan, Option<(usize, usize, usize)>)> = (0..n_blocks)
+        type Stats = Option<(usize, usize, usize, Audit)>;
+        let blocks: Vec<(BlockPlan, Stats)> = (0..n_blocks)
             .into_par_iter()
             .map(|b| {
                 let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(t));
+                if t1 + cfg.tail > t {
+                    // The call's tail (the tokens whose logits answer): every key, every query.
+                    return (
+                        BlockPlan {
+                            keys: vec![KeySet::All; kv.len()],
+                            computed: None,
+                        },
+                        None,
+                    );
+                }
                 let computed = self.computed(q, t0, t1, t, row);
                 let (first, last) = (positions[t0], positions[t1 - 1]);
                 let visible: Vec<usize> = kv
@@ -427,10 +506,16 @@ impl AttentionPolicy for OmniAttention {
                     }
                 };
                 let mut selected = 0;
+                let mut audit = Audit::default();
                 let keys = (0..kv.len())
                     .map(|g| {
                         let rows = select_rows(&imp[g], &forced[g], budget);
                         selected += rows.len();
+                        if cfg.audit {
+                            audit.add(&audit_recall(
+                                q, positions, t0..t1, g, &kv[g], visible[g], &rows, shape,
+                            ));
+                        }
                         if rows.len() == visible[g] {
                             KeySet::All
                         } else {
@@ -438,9 +523,12 @@ impl AttentionPolicy for OmniAttention {
                         }
                     })
                     .collect();
+                if t1 < t {
+                    audit.last_min = None;
+                }
                 (
                     BlockPlan { keys, computed },
-                    Some((budget, selected, visible.iter().sum())),
+                    Some((budget, selected, visible.iter().sum(), audit)),
                 )
             })
             .collect();
@@ -449,12 +537,13 @@ impl AttentionPolicy for OmniAttention {
         let mut dense = true;
         let mut plan_blocks = Vec::with_capacity(n_blocks);
         for (b, (bp, stats)) in blocks.into_iter().enumerate() {
-            if let Some((budget, selected, visible)) = stats {
+            if let Some((budget, selected, visible, audit)) = stats {
                 let l = &mut sh.layers[ctx.layer];
                 l.blocks += 1;
                 l.budget_sum += budget;
                 l.selected_sum += selected;
                 l.visible_sum += visible;
+                l.audit.add(&audit);
             }
             let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
             sh.queries += len;
@@ -484,8 +573,20 @@ impl AttentionPolicy for OmniAttention {
             .enumerate()
             .map(|(i, l)| {
                 let n = l.blocks.max(1) as f64;
+                let a = &l.audit;
+                let audit = if a.rows > 0 {
+                    format!(
+                        ",\"recall_mean\":{:.4},\"recall_min\":{:.4},\"rows_below_0.9\":{:.4},\"last_token_recall_min\":{}",
+                        a.recall_sum / a.rows as f64,
+                        a.recall_min,
+                        a.below_90 as f64 / a.rows as f64,
+                        a.last_min.map_or("null".into(), |x| format!("{x:.4}"))
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}}}",
+                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}{audit}}}",
                     l.blocks,
                     l.budget_sum as f64 / n,
                     l.selected_sum as f64 / n / n_kv,
@@ -498,15 +599,58 @@ impl AttentionPolicy for OmniAttention {
             .iter()
             .fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
         Some(format!(
-            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"layers\":[{}]}}",
+            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
             self.name,
             sh.computed as f64 / sh.queries.max(1) as f64,
             sel as f64 / vis.max(1) as f64,
             sh.slimmed.iter().filter(|&&s| s).count(),
             sh.slimmed.len(),
+            sh.span.iter().filter(|&&s| s).count(),
+            sh.mass_max
+                .iter()
+                .map(|m| format!("{m:.4}"))
+                .collect::<Vec<_>>()
+                .join(","),
             layers.join(",")
         ))
     }
+}
+
+/// True recall of key rows `rows` (ascending) for every query of tokens `toks` and every
+/// query head of KV group `g`: the dense attention mass on the kept rows.
+#[allow(clippy::too_many_arguments)]
+fn audit_recall(
+    q: &[f32],
+    positions: &[u32],
+    toks: std::ops::Range<usize>,
+    g: usize,
+    kv: &KvSlices<'_>,
+    n: usize,
+    rows: &[u32],
+    shape: AttentionShape,
+) -> Audit {
+    let last_tok = toks.end - 1;
+    let toks: Vec<usize> = toks.collect();
+    let probs = probe_probabilities(q, positions, &toks, g, kv, n, shape);
+    let group = shape.group();
+    let mut a = Audit::default();
+    for (i, &tok) in toks.iter().enumerate() {
+        for h in 0..group {
+            let row = &probs[(i * group + h) * n..(i * group + h + 1) * n];
+            let r: f32 = rows
+                .iter()
+                .map(|&j| row.get(j as usize).copied().unwrap_or(0.0))
+                .sum();
+            a.rows += 1;
+            a.recall_sum += r as f64;
+            a.recall_min = a.recall_min.min(r);
+            a.below_90 += (r < 0.9) as usize;
+            if tok == last_tok {
+                a.last_min = Some(a.last_min.map_or(r, |m: f32| m.min(r)));
+            }
+        }
+    }
+    a
 }
 
 fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
@@ -525,6 +669,8 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         fill: LazyFill::Copy,
         eps: 0.0,
         recheck: 1,
+        tail: knobs.usize("tail"),
+        audit: knobs.usize("audit") > 0,
     }
 }
 

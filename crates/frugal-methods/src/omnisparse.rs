@@ -54,12 +54,12 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 6] = [
+const COMMON_KNOBS: [KnobInfo; 7] = [
     KnobInfo {
         name: "probe",
-        kind: KnobKind::Int { min: 1, max: 64 },
+        kind: KnobKind::Int { min: 1, max: 1 << 16 },
         default: "8",
-        doc: "probe queries per 64-query block (the last one + a stride) [ours]",
+        doc: "probe queries per planning group (`share` blocks of 64 queries): the last one + a stride [ours]",
     },
     KnobInfo {
         name: "agg",
@@ -102,6 +102,12 @@ const COMMON_KNOBS: [KnobInfo; 6] = [
         default: "0",
         doc: "1 = measure every query's true recall of the kept keys (a dense pass; diagnostics only)",
     },
+    KnobInfo {
+        name: "share",
+        kind: KnobKind::Int { min: 1, max: 1024 },
+        default: "1",
+        doc: "consecutive 64-query blocks sharing one probe + selection (probes spread over the group, one key set for all) [ours]",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -115,6 +121,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[3],
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "cos", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -136,6 +143,7 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[3],
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -151,6 +159,7 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[3],
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -182,6 +191,8 @@ pub struct Config {
     pub recheck: usize,
     /// The call's last `tail` query tokens attend to every key (their blocks are dense).
     pub tail: usize,
+    /// Query blocks that share one probe + selection.
+    pub share: usize,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
 }
@@ -439,22 +450,38 @@ impl AttentionPolicy for OmniAttention {
         let n_blocks = t.div_ceil(BLOCK);
         let row = shape.n_heads * shape.head_dim;
         let cfg = &self.cfg;
+        // Planning groups of `share` query blocks: one probe + selection per group.
+        let span = BLOCK * cfg.share;
         type Stats = Option<(usize, usize, usize, Audit)>;
-        let blocks: Vec<(BlockPlan, Stats)> = (0..n_blocks)
+        let groups: Vec<(Vec<BlockPlan>, Stats)> = (0..t.div_ceil(span))
             .into_par_iter()
-            .map(|b| {
-                let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(t));
-                if t1 + cfg.tail > t {
-                    // The call's tail (the tokens whose logits answer): every key, every query.
-                    return (
-                        BlockPlan {
-                            keys: vec![KeySet::All; kv.len()],
-                            computed: None,
-                        },
-                        None,
-                    );
+            .map(|gi| {
+                let (t0, t1) = (gi * span, ((gi + 1) * span).min(t));
+                // The call's tail (the tokens whose logits answer): every key, every query.
+                let in_tail = |b0: usize| (b0 + BLOCK).min(t) + cfg.tail > t;
+                let dense_block = || BlockPlan {
+                    keys: vec![KeySet::All; kv.len()],
+                    computed: None,
+                };
+                let fill = |keys: &[KeySet]| -> Vec<BlockPlan> {
+                    (t0..t1)
+                        .step_by(BLOCK)
+                        .map(|b0| {
+                            if in_tail(b0) {
+                                dense_block()
+                            } else {
+                                BlockPlan {
+                                    keys: keys.to_vec(),
+                                    computed: self.computed(q, b0, (b0 + BLOCK).min(t1), t, row),
+                                }
+                            }
+                        })
+                        .collect()
+                };
+                let all = vec![KeySet::All; kv.len()];
+                if in_tail(t0) {
+                    return (fill(&all), None);
                 }
-                let computed = self.computed(q, t0, t1, t, row);
                 let (first, last) = (positions[t0], positions[t1 - 1]);
                 let visible: Vec<usize> = kv
                     .iter()
@@ -475,15 +502,9 @@ impl AttentionPolicy for OmniAttention {
                     .map(|f| f.iter().filter(|x| !**x).count())
                     .collect();
                 if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
-                    return (
-                        BlockPlan {
-                            keys: vec![KeySet::All; kv.len()],
-                            computed,
-                        },
-                        None,
-                    );
+                    return (fill(&all), None);
                 }
-                // Probe: the block's last query and a stride through it.
+                // Probe: the group's last query and a stride through it.
                 let stride = ((t1 - t0) / cfg.probe).max(1);
                 let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
                 let imp: Vec<Vec<f32>> = kv
@@ -507,13 +528,25 @@ impl AttentionPolicy for OmniAttention {
                 };
                 let mut selected = 0;
                 let mut audit = Audit::default();
-                let keys = (0..kv.len())
+                // The group's blocks before the tail use the selection.
+                let sparse_end = (t0..t1)
+                    .step_by(BLOCK)
+                    .find(|&b0| in_tail(b0))
+                    .unwrap_or(t1);
+                let keys: Vec<KeySet> = (0..kv.len())
                     .map(|g| {
                         let rows = select_rows(&imp[g], &forced[g], budget);
                         selected += rows.len();
                         if cfg.audit {
                             audit.add(&audit_recall(
-                                q, positions, t0..t1, g, &kv[g], visible[g], &rows, shape,
+                                q,
+                                positions,
+                                t0..sparse_end,
+                                g,
+                                &kv[g],
+                                visible[g],
+                                &rows,
+                                shape,
                             ));
                         }
                         if rows.len() == visible[g] {
@@ -523,11 +556,11 @@ impl AttentionPolicy for OmniAttention {
                         }
                     })
                     .collect();
-                if t1 < t {
+                if sparse_end < t {
                     audit.last_min = None;
                 }
                 (
-                    BlockPlan { keys, computed },
+                    fill(&keys),
                     Some((budget, selected, visible.iter().sum(), audit)),
                 )
             })
@@ -536,7 +569,7 @@ impl AttentionPolicy for OmniAttention {
         let mut sh = self.shared.lock().unwrap();
         let mut dense = true;
         let mut plan_blocks = Vec::with_capacity(n_blocks);
-        for (b, (bp, stats)) in blocks.into_iter().enumerate() {
+        for (bps, stats) in groups {
             if let Some((budget, selected, visible, audit)) = stats {
                 let l = &mut sh.layers[ctx.layer];
                 l.blocks += 1;
@@ -545,14 +578,17 @@ impl AttentionPolicy for OmniAttention {
                 l.visible_sum += visible;
                 l.audit.add(&audit);
             }
-            let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
-            sh.queries += len;
-            sh.computed += bp
-                .computed
-                .as_ref()
-                .map_or(len, |c| c.iter().filter(|&&x| x).count());
-            dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
-            plan_blocks.push(bp);
+            for bp in bps {
+                let b = plan_blocks.len();
+                let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
+                sh.queries += len;
+                sh.computed += bp
+                    .computed
+                    .as_ref()
+                    .map_or(len, |c| c.iter().filter(|&&x| x).count());
+                dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
+                plan_blocks.push(bp);
+            }
         }
         if dense {
             return AttentionPlan::Mask(None);
@@ -670,6 +706,7 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         eps: 0.0,
         recheck: 1,
         tail: knobs.usize("tail"),
+        share: knobs.usize("share"),
         audit: knobs.usize("audit") > 0,
     }
 }

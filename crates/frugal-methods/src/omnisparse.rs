@@ -309,7 +309,7 @@ impl CachePolicy for OmniCache {
             if layer == 0 {
                 sh.decode_step += 1;
             }
-            if (sh.decode_step - 1) % self.cfg.recheck == 0 {
+            if (sh.decode_step - 1).is_multiple_of(self.cfg.recheck) {
                 for g in 0..n_kv {
                     let i = layer * n_kv + g;
                     if !sh.slimmed[i] && sh.mass[i].is_some_and(|m| m < self.cfg.eps) {

@@ -198,8 +198,14 @@ fn attend_rows(
 
     // The key rows this task reads, contiguous: borrowed for `All`, gathered for `Rows`.
     let gathered;
-    let (kk, vv, pp, ks, vs): (&[f32], &[f32], &[u32], Option<&[f32]>, Option<&[f32]>) = match keys
-    {
+    type Rows<'r> = (
+        &'r [f32],
+        &'r [f32],
+        &'r [u32],
+        Option<&'r [f32]>,
+        Option<&'r [f32]>,
+    );
+    let (kk, vv, pp, ks, vs): Rows<'_> = match keys {
         KeySet::All => {
             let n = kv.positions.partition_point(|&p| p <= max_pos);
             (
@@ -226,7 +232,7 @@ fn attend_rows(
         return out;
     }
     let mut scores = vec![0f32; rows * n];
-    matmul_bt(&mut scores, &qbuf, &kk, rows, n, d);
+    matmul_bt(&mut scores, &qbuf, kk, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let q_pos = q_positions[tok];
         // Keys are ascending by position: the visible ones are a prefix.
@@ -243,7 +249,7 @@ fn attend_rows(
             }
         }
     }
-    matmul(&mut out, &scores, &vv, rows, d, n);
+    matmul(&mut out, &scores, vv, rows, d, n);
     out
 }
 
@@ -318,7 +324,7 @@ pub fn probe_probabilities(
         return scores;
     }
     let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
-    matmul_bt(&mut scores, &qbuf, &kv.keys, rows, n, d);
+    matmul_bt(&mut scores, &qbuf, kv.keys, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let vis = kv.positions[..n].partition_point(|&p| p <= q_positions[tok]);
         for h in 0..group {

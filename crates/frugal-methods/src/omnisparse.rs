@@ -24,8 +24,8 @@
 //!    locality test (a) is not implemented: it needs each query's full attention row, which is
 //!    the very cost the skip avoids. The kept fraction is reported.
 //! 3. **Decode-time KV slimming.** The long-context span is the input's context tokens when
-//!    the caller gives a token structure, else positions `sink..len−window` of the prefill
-//!    ([ours]). Per (layer, KV head) the attention mass that queries put on the span is
+//!    the caller gives a token structure, else positions from `sink` on; in both cases minus
+//!    the prefill's last `span_recent` positions, which every head keeps ([ours]). Per (layer, KV head) the attention mass that queries put on the span is
 //!    measured (max over the group's query heads — the KV head is dropped only if all of them
 //!    skip it), at the prefill's last token and at every decode step. Every `recheck` decode
 //!    steps (first at the first decode step) a head whose largest mass since the last check is
@@ -127,6 +127,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
         KnobInfo { name: "fill", kind: KnobKind::Choice { options: &["copy", "residual"] }, default: "copy", doc: "output row of a skipped query: nearest computed neighbour's, or residual only" },
         KnobInfo { name: "eps", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "decode slimming: a KV head whose span mass stays below eps stops reading the span (0 = off) [ours]" },
+        KnobInfo { name: "span_recent", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "decode slimming: context tokens among the prefill's last span_recent positions stay outside the slimmable span (local heads keep them) [ours]" },
         KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
     ],
     keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
@@ -189,6 +190,8 @@ pub struct Config {
     /// Decode slimming threshold; 0 = off.
     pub eps: f32,
     pub recheck: usize,
+    /// The prefill's last `span_recent` positions are never part of the slimmable span.
+    pub span_recent: usize,
     /// The call's last `tail` query tokens attend to every key (their blocks are dense).
     pub tail: usize,
     /// Query blocks that share one probe + selection.
@@ -406,14 +409,16 @@ impl OmniAttention {
 
     fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
         let end = *positions.last().unwrap() as usize + 1;
+        let recent = self.cfg.span_recent;
         let span: Vec<bool> = match ctx.structure {
             Some(s) if s.len() >= end => s
                 .per_token()
                 .iter()
-                .map(|(k, _)| *k == TokenKind::Context)
+                .enumerate()
+                .map(|(p, (k, _))| *k == TokenKind::Context && p + recent < end)
                 .collect(),
             _ => (0..end)
-                .map(|p| p >= self.cfg.sink as usize && p + (self.cfg.window as usize) < end)
+                .map(|p| p >= self.cfg.sink as usize && p + recent < end)
                 .collect(),
         };
         self.shared.lock().unwrap().span = span;
@@ -705,6 +710,7 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         fill: LazyFill::Copy,
         eps: 0.0,
         recheck: 1,
+        span_recent: 0,
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
         audit: knobs.usize("audit") > 0,
@@ -740,6 +746,7 @@ pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Co
     };
     cfg.eps = knobs.f64("eps") as f32;
     cfg.recheck = knobs.usize("recheck");
+    cfg.span_recent = knobs.usize("span_recent");
     build(spec, cfg, layout)
 }
 

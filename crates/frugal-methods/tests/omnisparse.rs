@@ -108,10 +108,14 @@ fn decode_slimming_frees_the_span_of_quiet_heads() {
     let per_row = 2 * cfg.head_dim * 4 + 4;
     let heads = cfg.n_layers * cfg.n_kv_heads;
     // eps = 1: every head's span mass is below 1, so every head drops the 200 context rows.
-    let (full, end, report) = run("omnisparse:tau=1,lazy=none,eps=1,recheck=3");
+    let (full, end, report) = run("omnisparse:tau=1,lazy=none,eps=1,recheck=3,span_recent=0");
     assert_eq!(full, 250 * heads * per_row);
     assert_eq!(end, (260 - 200) * heads * per_row, "{report}");
     assert!(report.contains(&format!("\"slimmed_heads\":{heads}")));
+    // span_recent=64: the context rows among the prefill's last 64 positions (186..210)
+    // stay for every head, so 176 of the 200 context rows are freed.
+    let (_, end, report) = run("omnisparse:tau=1,lazy=none,eps=1,recheck=3,span_recent=64");
+    assert_eq!(end, (260 - 176) * heads * per_row, "{report}");
     // eps = 0: nothing is dropped.
     let (_, end, _) = run("omnisparse:tau=1,lazy=none,eps=0");
     assert_eq!(end, 260 * heads * per_row);

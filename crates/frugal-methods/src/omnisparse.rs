@@ -45,8 +45,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, probe_probabilities, recall_budget, select_rows, BlockPlan, GroupAgg,
-    KeySet, LazyFill, SparsePlan,
+    column_importance, probe_probabilities, probe_probabilities_fast, recall_budget, select_rows,
+    BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -516,8 +516,9 @@ impl AttentionPolicy for OmniAttention {
                     .iter()
                     .enumerate()
                     .map(|(g, h)| {
-                        let probs =
-                            probe_probabilities(q, positions, &probes, g, h, visible[g], shape);
+                        let probs = probe_probabilities_fast(
+                            q, positions, &probes, g, h, visible[g], shape,
+                        );
                         column_importance(&probs, visible[g], shape.group(), cfg.agg)
                     })
                     .collect();

@@ -15,7 +15,9 @@
 //!    flattest head); each head keeps its own top-`B` keys plus the forced keys: the first
 //!    `sink` tokens and the `window` tokens before the block together with the block itself
 //!    ([ours], as the brief recommends). `B` per layer is reported.
-//! 2. **Query selection** (prefill). A query is lazy when its (post-RoPE, all heads) vector has
+//! 2. **Query selection** (prefill; **off by default** [ours]: training-free, skipping a query
+//!    copies its neighbour's attention output, which breaks previous-token heads — passkey
+//!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy when its (post-RoPE, all heads) vector has
 //!    cosine similarity ≥ `theta` with the previous token's (`lazy=cos`, brief test (b));
 //!    among a run of lazy queries every `keep_every`-th is still computed ("most lazy queries
 //!    are discarded"), as are each block's first token and the call's last token ([ours]).
@@ -122,7 +124,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
-        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "cos", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed)" },
+        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
         KnobInfo { name: "fill", kind: KnobKind::Choice { options: &["copy", "residual"] }, default: "copy", doc: "output row of a skipped query: nearest computed neighbour's, or residual only" },

@@ -6,33 +6,40 @@
 //! is silent.
 //!
 //! Three axes:
-//! 1. **KV selection, shared head-level budget** (prefill). Per layer and query block of 64
-//!    tokens: `probe` queries of the block (the last one and a stride through it — [ours])
-//!    attend to every visible key; per KV head, column importance `s_g(j)` = mean over probe
-//!    tokens of the group's query heads' probabilities combined by `agg` (sum or max — paper
-//!    unknown); per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the
-//!    forced keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the
-//!    flattest head); each head keeps its own top-`B` keys plus the forced keys: the first
-//!    `sink` tokens and the `window` tokens before the block together with the block itself
-//!    ([ours], as the brief recommends). `B` per layer is reported.
+//! 1. **KV selection, shared head-level budget** (prefill). Per layer and planning group of
+//!    `share` query blocks of 64 tokens (default one block — sharing is [ours]): `probe`
+//!    queries of the group (the last one and a stride through it — [ours]) attend to every
+//!    visible key (softmax with a polynomial `exp`, relative error < 2e-5: the probe only
+//!    ranks keys — [ours]); per KV head, column importance `s_g(j)` = mean over probe tokens of
+//!    the group's query heads' probabilities combined by `agg` (sum or max — paper unknown);
+//!    per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the forced
+//!    keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the flattest head);
+//!    each head keeps its own top-`B` keys plus the forced keys: the first `sink` tokens and
+//!    the `window` tokens before the group together with the group itself ([ours], as the
+//!    brief recommends). The blocks holding the call's last `tail` tokens attend to every key
+//!    ([ours]: they produce the logits that answer; the probes stand in for the other queries
+//!    of a block only on average — `audit=1` measures every query's true recall). `B` per
+//!    layer is reported.
 //! 2. **Query selection** (prefill; **off by default** [ours]: training-free, skipping a query
 //!    copies its neighbour's attention output, which breaks previous-token heads — passkey
-//!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy when its (post-RoPE, all heads) vector has
-//!    cosine similarity ≥ `theta` with the previous token's (`lazy=cos`, brief test (b));
-//!    among a run of lazy queries every `keep_every`-th is still computed ("most lazy queries
-//!    are discarded"), as are each block's first token and the call's last token ([ours]).
-//!    Skipped rows are filled from the nearest computed query of the block (`fill=copy`) or
-//!    get zero attention output (`fill=residual`, only the residual stream passes). The
-//!    locality test (a) is not implemented: it needs each query's full attention row, which is
-//!    the very cost the skip avoids. The kept fraction is reported.
+//!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy
+//!    when its (post-RoPE, all heads) vector has cosine similarity ≥ `theta` with the previous
+//!    token's (`lazy=cos`, brief test (b)); among a run of lazy queries every `keep_every`-th
+//!    is still computed ("most lazy queries are discarded"), as are each block's first token
+//!    and the tail ([ours]). Skipped rows are filled from the nearest computed query of the
+//!    block (`fill=copy`) or get zero attention output (`fill=residual`, only the residual
+//!    stream passes). The locality test (a) is not implemented: it needs each query's full
+//!    attention row, which is the very cost the skip avoids. The kept fraction is reported.
 //! 3. **Decode-time KV slimming.** The long-context span is the input's context tokens when
 //!    the caller gives a token structure, else positions from `sink` on; in both cases minus
-//!    the prefill's last `span_recent` positions, which every head keeps ([ours]). Per (layer, KV head) the attention mass that queries put on the span is
-//!    measured (max over the group's query heads — the KV head is dropped only if all of them
-//!    skip it), at the prefill's last token and at every decode step. Every `recheck` decode
-//!    steps (first at the first decode step) a head whose largest mass since the last check is
-//!    below `eps` has its span rows freed from the KV store — resident bytes really drop, and
-//!    the head never reads the span again (irreversible; [ours]).
+//!    the prefill's last `span_recent` positions, which every head keeps ([ours]). Per (layer,
+//!    KV head) the attention mass that queries put on the span is measured (max over the
+//!    group's query heads — the KV head is dropped only if all of them skip it), at the
+//!    prefill's last token and at every decode step. Every `recheck` decode steps (first at
+//!    the first decode step) a head whose largest mass since the last check is below `eps`
+//!    has its span rows freed from the KV store — resident bytes really drop, and the head
+//!    never reads the span again (irreversible; [ours]). The largest mass each head showed is
+//!    reported (`span_mass_max`).
 //!
 //! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
 //! of every block keeps `N` non-forced keys, set `N` to OmniSparse's measured mean to compare

@@ -72,6 +72,10 @@ pub struct CellResult {
     pub decode_tok_s: Option<f64>,
     pub by_depth: Vec<DepthResult>,
     pub seconds: f64,
+    /// The attention policy's `report()` after each sample (budgets, kept fractions), when
+    /// it has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -188,6 +192,8 @@ pub struct Outcome {
     pub kv_peak: usize,
     pub kv_end: usize,
     pub context_tokens: usize,
+    /// The attention policy's `report()` at the end of the sample.
+    pub report: Option<String>,
 }
 
 pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Outcome> {
@@ -202,6 +208,7 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
         kv_peak: 0,
         kv_end: 0,
         context_tokens: 0,
+        report: None,
     };
     match &s.answer {
         Answer::Digits {
@@ -268,6 +275,7 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
     o.kv_peak = seq.peak_kv_bytes();
     o.kv_end = seq.cache.resident_bytes();
     o.context_tokens = seq.len();
+    o.report = seq.attention.report();
     Ok(o)
 }
 
@@ -362,6 +370,11 @@ fn summarise(
         decode_tok_s: (decode_tokens > 0.0).then(|| decode_tokens / sum(|o| o.decode_secs)),
         by_depth,
         seconds,
+        reports: outcomes
+            .iter()
+            .filter_map(|o| o.report.as_deref())
+            .map(|r| serde_json::from_str(r).unwrap_or_else(|_| r.into()))
+            .collect(),
     }
 }
 

@@ -6,31 +6,40 @@
 //! is silent.
 //!
 //! Three axes:
-//! 1. **KV selection, shared head-level budget** (prefill). Per layer and query block of 64
-//!    tokens: `probe` queries of the block (the last one and a stride through it — [ours])
-//!    attend to every visible key; per KV head, column importance `s_g(j)` = mean over probe
-//!    tokens of the group's query heads' probabilities combined by `agg` (sum or max — paper
-//!    unknown); per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the
-//!    forced keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the
-//!    flattest head); each head keeps its own top-`B` keys plus the forced keys: the first
-//!    `sink` tokens and the `window` tokens before the block together with the block itself
-//!    ([ours], as the brief recommends). `B` per layer is reported.
-//! 2. **Query selection** (prefill). A query is lazy when its (post-RoPE, all heads) vector has
-//!    cosine similarity ≥ `theta` with the previous token's (`lazy=cos`, brief test (b));
-//!    among a run of lazy queries every `keep_every`-th is still computed ("most lazy queries
-//!    are discarded"), as are each block's first token and the call's last token ([ours]).
-//!    Skipped rows are filled from the nearest computed query of the block (`fill=copy`) or
-//!    get zero attention output (`fill=residual`, only the residual stream passes). The
-//!    locality test (a) is not implemented: it needs each query's full attention row, which is
-//!    the very cost the skip avoids. The kept fraction is reported.
+//! 1. **KV selection, shared head-level budget** (prefill). Per layer and planning group of
+//!    `share` query blocks of 64 tokens (default one block — sharing is [ours]): `probe`
+//!    queries of the group (the last one and a stride through it — [ours]) attend to every
+//!    visible key (softmax with a polynomial `exp`, relative error < 2e-5: the probe only
+//!    ranks keys — [ours]); per KV head, column importance `s_g(j)` = mean over probe tokens of
+//!    the group's query heads' probabilities combined by `agg` (sum or max — paper unknown);
+//!    per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the forced
+//!    keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the flattest head);
+//!    each head keeps its own top-`B` keys plus the forced keys: the first `sink` tokens and
+//!    the `window` tokens before the group together with the group itself ([ours], as the
+//!    brief recommends). The blocks holding the call's last `tail` tokens attend to every key
+//!    ([ours]: they produce the logits that answer; the probes stand in for the other queries
+//!    of a block only on average — `audit=1` measures every query's true recall). `B` per
+//!    layer is reported.
+//! 2. **Query selection** (prefill; **off by default** [ours]: training-free, skipping a query
+//!    copies its neighbour's attention output, which breaks previous-token heads — passkey
+//!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy
+//!    when its (post-RoPE, all heads) vector has cosine similarity ≥ `theta` with the previous
+//!    token's (`lazy=cos`, brief test (b)); among a run of lazy queries every `keep_every`-th
+//!    is still computed ("most lazy queries are discarded"), as are each block's first token
+//!    and the tail ([ours]). Skipped rows are filled from the nearest computed query of the
+//!    block (`fill=copy`) or get zero attention output (`fill=residual`, only the residual
+//!    stream passes). The locality test (a) is not implemented: it needs each query's full
+//!    attention row, which is the very cost the skip avoids. The kept fraction is reported.
 //! 3. **Decode-time KV slimming.** The long-context span is the input's context tokens when
-//!    the caller gives a token structure, else positions `sink..len−window` of the prefill
-//!    ([ours]). Per (layer, KV head) the attention mass that queries put on the span is
-//!    measured (max over the group's query heads — the KV head is dropped only if all of them
-//!    skip it), at the prefill's last token and at every decode step. Every `recheck` decode
-//!    steps (first at the first decode step) a head whose largest mass since the last check is
-//!    below `eps` has its span rows freed from the KV store — resident bytes really drop, and
-//!    the head never reads the span again (irreversible; [ours]).
+//!    the caller gives a token structure, else positions from `sink` on; in both cases minus
+//!    the prefill's last `span_recent` positions, which every head keeps ([ours]). Per (layer,
+//!    KV head) the attention mass that queries put on the span is measured (max over the
+//!    group's query heads — the KV head is dropped only if all of them skip it), at the
+//!    prefill's last token and at every decode step. Every `recheck` decode steps (first at
+//!    the first decode step) a head whose largest mass since the last check is below `eps`
+//!    has its span rows freed from the KV store — resident bytes really drop, and the head
+//!    never reads the span again (irreversible; [ours]). The largest mass each head showed is
+//!    reported (`span_mass_max`).
 //!
 //! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
 //! of every block keeps `N` non-forced keys, set `N` to OmniSparse's measured mean to compare
@@ -45,8 +54,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, probe_probabilities, recall_budget, select_rows, BlockPlan, GroupAgg,
-    KeySet, LazyFill, SparsePlan,
+    column_importance, probe_probabilities, probe_probabilities_fast, recall_budget, select_rows,
+    BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -54,12 +63,12 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 4] = [
+const COMMON_KNOBS: [KnobInfo; 7] = [
     KnobInfo {
         name: "probe",
-        kind: KnobKind::Int { min: 1, max: 64 },
+        kind: KnobKind::Int { min: 1, max: 1 << 16 },
         default: "8",
-        doc: "probe queries per 64-query block (the last one + a stride) [ours]",
+        doc: "probe queries per planning group (`share` blocks of 64 queries): the last one + a stride [ours]",
     },
     KnobInfo {
         name: "agg",
@@ -87,6 +96,27 @@ const COMMON_KNOBS: [KnobInfo; 4] = [
         default: "64",
         doc: "keys before each query block always kept, besides the block itself [ours]",
     },
+    KnobInfo {
+        name: "tail",
+        kind: KnobKind::Int {
+            min: 0,
+            max: 1 << 20,
+        },
+        default: "64",
+        doc: "the call's last `tail` query tokens (their whole blocks) attend to every key [ours]",
+    },
+    KnobInfo {
+        name: "audit",
+        kind: KnobKind::Int { min: 0, max: 1 },
+        default: "0",
+        doc: "1 = measure every query's true recall of the kept keys (a dense pass; diagnostics only)",
+    },
+    KnobInfo {
+        name: "share",
+        kind: KnobKind::Int { min: 1, max: 1024 },
+        default: "1",
+        doc: "consecutive 64-query blocks sharing one probe + selection (probes spread over the group, one key set for all) [ours]",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -98,11 +128,15 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
-        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "cos", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed)" },
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
+        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
         KnobInfo { name: "fill", kind: KnobKind::Choice { options: &["copy", "residual"] }, default: "copy", doc: "output row of a skipped query: nearest computed neighbour's, or residual only" },
         KnobInfo { name: "eps", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "decode slimming: a KV head whose span mass stays below eps stops reading the span (0 = off) [ours]" },
+        KnobInfo { name: "span_recent", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "decode slimming: context tokens among the prefill's last span_recent positions stay outside the slimmable span (local heads keep them) [ours]" },
         KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
     ],
     keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
@@ -117,6 +151,9 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -130,6 +167,9 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[1],
         COMMON_KNOBS[2],
         COMMON_KNOBS[3],
+        COMMON_KNOBS[4],
+        COMMON_KNOBS[5],
+        COMMON_KNOBS[6],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -159,6 +199,14 @@ pub struct Config {
     /// Decode slimming threshold; 0 = off.
     pub eps: f32,
     pub recheck: usize,
+    /// The prefill's last `span_recent` positions are never part of the slimmable span.
+    pub span_recent: usize,
+    /// The call's last `tail` query tokens attend to every key (their blocks are dense).
+    pub tail: usize,
+    /// Query blocks that share one probe + selection.
+    pub share: usize,
+    /// Measure every query's true recall of the selected keys (costs a dense pass).
+    pub audit: bool,
 }
 
 impl Config {
@@ -178,6 +226,45 @@ struct LayerStats {
     budget_sum: usize,
     selected_sum: usize,
     visible_sum: usize,
+    audit: Audit,
+}
+
+/// True recall of the selected keys, measured over every (query, query head) row of the
+/// sparse blocks (`audit=1`): the share of the row's dense attention mass that falls on the
+/// keys its block kept.
+#[derive(Clone, Copy, Debug)]
+struct Audit {
+    rows: usize,
+    recall_sum: f64,
+    recall_min: f32,
+    below_90: usize,
+    /// Lowest recall over the query heads of the call's last token (the one whose logits
+    /// answer a prompt), `None` when the last token's block was not sparse.
+    last_min: Option<f32>,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            rows: 0,
+            recall_sum: 0.0,
+            recall_min: 1.0,
+            below_90: 0,
+            last_min: None,
+        }
+    }
+}
+
+impl Audit {
+    fn add(&mut self, o: &Audit) {
+        self.rows += o.rows;
+        self.recall_sum += o.recall_sum;
+        self.recall_min = self.recall_min.min(o.recall_min);
+        self.below_90 += o.below_90;
+        if o.last_min.is_some() {
+            self.last_min = o.last_min;
+        }
+    }
 }
 
 /// State the attention policy and the cache policy of one spec share.
@@ -188,6 +275,8 @@ struct Shared {
     /// Largest span mass since the last check, per (layer, KV head); `None` = not observed.
     mass: Vec<Option<f32>>,
     slimmed: Vec<bool>,
+    /// Largest span mass ever observed per (layer, KV head) before it was slimmed (reported).
+    mass_max: Vec<f32>,
     decode_step: usize,
     layers: Vec<LayerStats>,
     queries: usize,
@@ -200,6 +289,7 @@ impl Shared {
         Shared {
             mass: vec![None; heads],
             slimmed: vec![false; heads],
+            mass_max: vec![0.0; heads],
             layers: vec![LayerStats::default(); layout.n_layers],
             ..Default::default()
         }
@@ -231,7 +321,7 @@ impl CachePolicy for OmniCache {
             if layer == 0 {
                 sh.decode_step += 1;
             }
-            if (sh.decode_step - 1) % self.cfg.recheck == 0 {
+            if (sh.decode_step - 1).is_multiple_of(self.cfg.recheck) {
                 for g in 0..n_kv {
                     let i = layer * n_kv + g;
                     if !sh.slimmed[i] && sh.mass[i].is_some_and(|m| m < self.cfg.eps) {
@@ -322,19 +412,22 @@ impl OmniAttention {
                 worst = worst.max(m);
             }
             sh.mass[i] = Some(sh.mass[i].map_or(worst, |m| m.max(worst)));
+            sh.mass_max[i] = sh.mass_max[i].max(worst);
         }
     }
 
     fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
         let end = *positions.last().unwrap() as usize + 1;
+        let recent = self.cfg.span_recent;
         let span: Vec<bool> = match ctx.structure {
             Some(s) if s.len() >= end => s
                 .per_token()
                 .iter()
-                .map(|(k, _)| *k == TokenKind::Context)
+                .enumerate()
+                .map(|(p, (k, _))| *k == TokenKind::Context && p + recent < end)
                 .collect(),
             _ => (0..end)
-                .map(|p| p >= self.cfg.sink as usize && p + (self.cfg.window as usize) < end)
+                .map(|p| p >= self.cfg.sink as usize && p + recent < end)
                 .collect(),
         };
         self.shared.lock().unwrap().span = span;
@@ -371,11 +464,38 @@ impl AttentionPolicy for OmniAttention {
         let n_blocks = t.div_ceil(BLOCK);
         let row = shape.n_heads * shape.head_dim;
         let cfg = &self.cfg;
-        let blocks: Vec<(BlockPlan, Option<(usize, usize, usize)>)> = (0..n_blocks)
+        // Planning groups of `share` query blocks: one probe + selection per group.
+        let span = BLOCK * cfg.share;
+        type Stats = Option<(usize, usize, usize, Audit)>;
+        let groups: Vec<(Vec<BlockPlan>, Stats)> = (0..t.div_ceil(span))
             .into_par_iter()
-            .map(|b| {
-                let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(t));
-                let computed = self.computed(q, t0, t1, t, row);
+            .map(|gi| {
+                let (t0, t1) = (gi * span, ((gi + 1) * span).min(t));
+                // The call's tail (the tokens whose logits answer): every key, every query.
+                let in_tail = |b0: usize| (b0 + BLOCK).min(t) + cfg.tail > t;
+                let dense_block = || BlockPlan {
+                    keys: vec![KeySet::All; kv.len()],
+                    computed: None,
+                };
+                let fill = |keys: &[KeySet]| -> Vec<BlockPlan> {
+                    (t0..t1)
+                        .step_by(BLOCK)
+                        .map(|b0| {
+                            if in_tail(b0) {
+                                dense_block()
+                            } else {
+                                BlockPlan {
+                                    keys: keys.to_vec(),
+                                    computed: self.computed(q, b0, (b0 + BLOCK).min(t1), t, row),
+                                }
+                            }
+                        })
+                        .collect()
+                };
+                let all = vec![KeySet::All; kv.len()];
+                if in_tail(t0) {
+                    return (fill(&all), None);
+                }
                 let (first, last) = (positions[t0], positions[t1 - 1]);
                 let visible: Vec<usize> = kv
                     .iter()
@@ -396,23 +516,18 @@ impl AttentionPolicy for OmniAttention {
                     .map(|f| f.iter().filter(|x| !**x).count())
                     .collect();
                 if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
-                    return (
-                        BlockPlan {
-                            keys: vec![KeySet::All; kv.len()],
-                            computed,
-                        },
-                        None,
-                    );
+                    return (fill(&all), None);
                 }
-                // Probe: the block's last query and a stride through it.
+                // Probe: the group's last query and a stride through it.
                 let stride = ((t1 - t0) / cfg.probe).max(1);
                 let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
                 let imp: Vec<Vec<f32>> = kv
                     .iter()
                     .enumerate()
                     .map(|(g, h)| {
-                        let probs =
-                            probe_probabilities(q, positions, &probes, g, h, visible[g], shape);
+                        let probs = probe_probabilities_fast(
+                            q, positions, &probes, g, h, visible[g], shape,
+                        );
                         column_importance(&probs, visible[g], shape.group(), cfg.agg)
                     })
                     .collect();
@@ -427,10 +542,28 @@ impl AttentionPolicy for OmniAttention {
                     }
                 };
                 let mut selected = 0;
-                let keys = (0..kv.len())
+                let mut audit = Audit::default();
+                // The group's blocks before the tail use the selection.
+                let sparse_end = (t0..t1)
+                    .step_by(BLOCK)
+                    .find(|&b0| in_tail(b0))
+                    .unwrap_or(t1);
+                let keys: Vec<KeySet> = (0..kv.len())
                     .map(|g| {
                         let rows = select_rows(&imp[g], &forced[g], budget);
                         selected += rows.len();
+                        if cfg.audit {
+                            audit.add(&audit_recall(
+                                q,
+                                positions,
+                                t0..sparse_end,
+                                g,
+                                &kv[g],
+                                visible[g],
+                                &rows,
+                                shape,
+                            ));
+                        }
                         if rows.len() == visible[g] {
                             KeySet::All
                         } else {
@@ -438,9 +571,12 @@ impl AttentionPolicy for OmniAttention {
                         }
                     })
                     .collect();
+                if sparse_end < t {
+                    audit.last_min = None;
+                }
                 (
-                    BlockPlan { keys, computed },
-                    Some((budget, selected, visible.iter().sum())),
+                    fill(&keys),
+                    Some((budget, selected, visible.iter().sum(), audit)),
                 )
             })
             .collect();
@@ -448,22 +584,26 @@ impl AttentionPolicy for OmniAttention {
         let mut sh = self.shared.lock().unwrap();
         let mut dense = true;
         let mut plan_blocks = Vec::with_capacity(n_blocks);
-        for (b, (bp, stats)) in blocks.into_iter().enumerate() {
-            if let Some((budget, selected, visible)) = stats {
+        for (bps, stats) in groups {
+            if let Some((budget, selected, visible, audit)) = stats {
                 let l = &mut sh.layers[ctx.layer];
                 l.blocks += 1;
                 l.budget_sum += budget;
                 l.selected_sum += selected;
                 l.visible_sum += visible;
+                l.audit.add(&audit);
             }
-            let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
-            sh.queries += len;
-            sh.computed += bp
-                .computed
-                .as_ref()
-                .map_or(len, |c| c.iter().filter(|&&x| x).count());
-            dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
-            plan_blocks.push(bp);
+            for bp in bps {
+                let b = plan_blocks.len();
+                let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
+                sh.queries += len;
+                sh.computed += bp
+                    .computed
+                    .as_ref()
+                    .map_or(len, |c| c.iter().filter(|&&x| x).count());
+                dense &= bp.computed.is_none() && bp.keys.iter().all(|k| *k == KeySet::All);
+                plan_blocks.push(bp);
+            }
         }
         if dense {
             return AttentionPlan::Mask(None);
@@ -484,8 +624,20 @@ impl AttentionPolicy for OmniAttention {
             .enumerate()
             .map(|(i, l)| {
                 let n = l.blocks.max(1) as f64;
+                let a = &l.audit;
+                let audit = if a.rows > 0 {
+                    format!(
+                        ",\"recall_mean\":{:.4},\"recall_min\":{:.4},\"rows_below_0.9\":{:.4},\"last_token_recall_min\":{}",
+                        a.recall_sum / a.rows as f64,
+                        a.recall_min,
+                        a.below_90 as f64 / a.rows as f64,
+                        a.last_min.map_or("null".into(), |x| format!("{x:.4}"))
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}}}",
+                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}{audit}}}",
                     l.blocks,
                     l.budget_sum as f64 / n,
                     l.selected_sum as f64 / n / n_kv,
@@ -498,15 +650,58 @@ impl AttentionPolicy for OmniAttention {
             .iter()
             .fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
         Some(format!(
-            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"layers\":[{}]}}",
+            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
             self.name,
             sh.computed as f64 / sh.queries.max(1) as f64,
             sel as f64 / vis.max(1) as f64,
             sh.slimmed.iter().filter(|&&s| s).count(),
             sh.slimmed.len(),
+            sh.span.iter().filter(|&&s| s).count(),
+            sh.mass_max
+                .iter()
+                .map(|m| format!("{m:.4}"))
+                .collect::<Vec<_>>()
+                .join(","),
             layers.join(",")
         ))
     }
+}
+
+/// True recall of key rows `rows` (ascending) for every query of tokens `toks` and every
+/// query head of KV group `g`: the dense attention mass on the kept rows.
+#[allow(clippy::too_many_arguments)]
+fn audit_recall(
+    q: &[f32],
+    positions: &[u32],
+    toks: std::ops::Range<usize>,
+    g: usize,
+    kv: &KvSlices<'_>,
+    n: usize,
+    rows: &[u32],
+    shape: AttentionShape,
+) -> Audit {
+    let last_tok = toks.end - 1;
+    let toks: Vec<usize> = toks.collect();
+    let probs = probe_probabilities(q, positions, &toks, g, kv, n, shape);
+    let group = shape.group();
+    let mut a = Audit::default();
+    for (i, &tok) in toks.iter().enumerate() {
+        for h in 0..group {
+            let row = &probs[(i * group + h) * n..(i * group + h + 1) * n];
+            let r: f32 = rows
+                .iter()
+                .map(|&j| row.get(j as usize).copied().unwrap_or(0.0))
+                .sum();
+            a.rows += 1;
+            a.recall_sum += r as f64;
+            a.recall_min = a.recall_min.min(r);
+            a.below_90 += (r < 0.9) as usize;
+            if tok == last_tok {
+                a.last_min = Some(a.last_min.map_or(r, |m: f32| m.min(r)));
+            }
+        }
+    }
+    a
 }
 
 fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
@@ -525,6 +720,10 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         fill: LazyFill::Copy,
         eps: 0.0,
         recheck: 1,
+        span_recent: 0,
+        tail: knobs.usize("tail"),
+        share: knobs.usize("share"),
+        audit: knobs.usize("audit") > 0,
     }
 }
 
@@ -557,6 +756,7 @@ pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Co
     };
     cfg.eps = knobs.f64("eps") as f32;
     cfg.recheck = knobs.usize("recheck");
+    cfg.span_recent = knobs.usize("span_recent");
     build(spec, cfg, layout)
 }
 

@@ -198,8 +198,14 @@ fn attend_rows(
 
     // The key rows this task reads, contiguous: borrowed for `All`, gathered for `Rows`.
     let gathered;
-    let (kk, vv, pp, ks, vs): (&[f32], &[f32], &[u32], Option<&[f32]>, Option<&[f32]>) = match keys
-    {
+    type Rows<'r> = (
+        &'r [f32],
+        &'r [f32],
+        &'r [u32],
+        Option<&'r [f32]>,
+        Option<&'r [f32]>,
+    );
+    let (kk, vv, pp, ks, vs): Rows<'_> = match keys {
         KeySet::All => {
             let n = kv.positions.partition_point(|&p| p <= max_pos);
             (
@@ -226,7 +232,7 @@ fn attend_rows(
         return out;
     }
     let mut scores = vec![0f32; rows * n];
-    matmul_bt(&mut scores, &qbuf, &kk, rows, n, d);
+    matmul_bt(&mut scores, &qbuf, kk, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let q_pos = q_positions[tok];
         // Keys are ascending by position: the visible ones are a prefix.
@@ -243,7 +249,7 @@ fn attend_rows(
             }
         }
     }
-    matmul(&mut out, &scores, &vv, rows, d, n);
+    matmul(&mut out, &scores, vv, rows, d, n);
     out
 }
 
@@ -299,7 +305,7 @@ fn gather_queries(
 /// Softmax attention probabilities of the probe tokens `toks` (every head of KV group `g`)
 /// over the first `n_keys` rows of `kv`, causal. Returns `[toks.len() · group, n_keys]`,
 /// rows ordered (token, head-in-group). Per-row key scales are honoured; value scales are
-/// irrelevant to probabilities.
+/// irrelevant to probabilities. Exact `f32` softmax (`expf`); see [`probe_probabilities_fast`].
 pub fn probe_probabilities(
     q: &[f32],
     q_positions: &[u32],
@@ -308,6 +314,35 @@ pub fn probe_probabilities(
     kv: &KvSlices<'_>,
     n_keys: usize,
     shape: AttentionShape,
+) -> Vec<f32> {
+    probabilities(q, q_positions, toks, g, kv, n_keys, shape, false)
+}
+
+/// As [`probe_probabilities`], with a vectorisable polynomial `exp` (relative error below
+/// 2e-5, masked keys exactly 0): the probe only ranks keys, and `expf` called once per
+/// (probe, key) was most of the planning time.
+pub fn probe_probabilities_fast(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    n_keys: usize,
+    shape: AttentionShape,
+) -> Vec<f32> {
+    probabilities(q, q_positions, toks, g, kv, n_keys, shape, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    n_keys: usize,
+    shape: AttentionShape,
+    fast: bool,
 ) -> Vec<f32> {
     let d = shape.head_dim;
     let group = shape.group();
@@ -318,7 +353,7 @@ pub fn probe_probabilities(
         return scores;
     }
     let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
-    matmul_bt(&mut scores, &qbuf, &kv.keys, rows, n, d);
+    matmul_bt(&mut scores, &qbuf, kv.keys, rows, n, d);
     for (i, &tok) in toks.iter().enumerate() {
         let vis = kv.positions[..n].partition_point(|&p| p <= q_positions[tok]);
         for h in 0..group {
@@ -326,11 +361,52 @@ pub fn probe_probabilities(
             if let Some(s) = kv.key_scale {
                 row.iter_mut().zip(s).for_each(|(x, m)| *x *= m);
             }
-            row[vis..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-            softmax_in_place(row);
+            if fast {
+                row[vis..].iter_mut().for_each(|x| *x = 0.0);
+                fast_softmax_in_place(&mut row[..vis]);
+            } else {
+                row[vis..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                softmax_in_place(row);
+            }
         }
     }
     scores
+}
+
+/// `e^x` for `x ≤ 0` by `2^t = 2^⌊t⌋ · 2^{t-⌊t⌋}` with a degree-6 Taylor polynomial for the
+/// fraction (relative error < 2e-5); below `-87` it returns `2^-126`-scale values, never 0
+/// for finite input. Branch-free, so the loops calling it vectorise.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let t = x.max(-87.0) * std::f32::consts::LOG2_E;
+    let fi = t.floor();
+    let f = t - fi;
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5
+                + f * (0.055_504_11
+                    + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
+    p * f32::from_bits(((fi as i32 + 127) as u32) << 23)
+}
+
+/// Softmax of a row with no masked entries, using [`exp_nonpositive`].
+fn fast_softmax_in_place(row: &mut [f32]) {
+    if row.is_empty() {
+        return;
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max));
+    // Eight partial sums so the reduction vectorises.
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Column importance of one KV head from probe probabilities (`[n_probe · group, n]`): the
@@ -562,6 +638,26 @@ mod tests {
         let out = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &plan);
         assert!(row(&out, 1).iter().all(|&x| x == 0.0));
         assert!(max_diff(&row(&out, 3), &row(&dense, 3)) < 1e-6);
+    }
+
+    #[test]
+    fn fast_probe_probabilities_match_exact() {
+        let s = Setup::new(70, 90);
+        let toks: Vec<usize> = vec![0, 13, 40, 69];
+        for g in 0..s.shape.n_kv_heads {
+            let n = s.pos[g].len();
+            let kv = s.slices();
+            let exact = probe_probabilities(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape);
+            let fast = probe_probabilities_fast(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape);
+            for (e, f) in exact.iter().zip(&fast) {
+                assert!((e - f).abs() <= 1e-4 * e.max(1e-3), "{e} vs {f}");
+                assert_eq!(*e == 0.0, *f == 0.0, "masked keys must be exactly 0");
+            }
+        }
+        for x in [0.0f32, -0.5, -1.0, -3.3, -10.0, -40.0, -80.0] {
+            let (e, f) = (x.exp(), exp_nonpositive(x));
+            assert!((e - f).abs() <= 2e-5 * e, "exp({x}): {e} vs {f}");
+        }
     }
 
     #[test]

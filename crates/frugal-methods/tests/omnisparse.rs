@@ -8,10 +8,11 @@ use frugal_engine::testing::tiny_model;
 use frugal_methods::build;
 use std::sync::Arc;
 
-fn ids(n: u32) -> Vec<u32> {
-    (0..n).map(|i| 3 + (i * 37 + i * i) % 250).collect()
-}
+mod common;
+use common::{ids, max_diff};
 
+/// Logits of one prefill of `ids`, with the attention policy's report (which `common::run`
+/// does not return).
 fn prefill(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, Option<String>) {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
@@ -22,14 +23,6 @@ fn prefill(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, Option<String>) {
         .to_vec2::<f32>()
         .unwrap();
     (rows, seq.attention.report())
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

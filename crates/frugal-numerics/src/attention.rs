@@ -444,52 +444,12 @@ pub fn naive_causal_attention(
 mod tests {
     use super::*;
 
-    use crate::test_util::{max_diff, values};
+    use crate::test_util::{max_diff, values, AttentionCase};
 
-    struct Setup {
-        shape: AttentionShape,
-        q: Vec<f32>,
-        q_pos: Vec<u32>,
-        keys: Vec<Vec<f32>>,
-        vals: Vec<Vec<f32>>,
-        pos: Vec<Vec<u32>>,
-    }
-
-    impl Setup {
-        /// `t` new queries after `past` cached tokens; KV head `g` drops every `(g+2)`-th token
-        /// when `holes` is set, so heads hold different token sets.
-        fn new(t: usize, past: usize, holes: bool) -> Self {
-            let shape = AttentionShape {
-                n_heads: 6,
-                n_kv_heads: 2,
-                head_dim: 16,
-            };
-            let n = past + t;
-            let q = values(t * shape.n_heads * shape.head_dim, 1);
-            let q_pos = (past as u32..n as u32).collect();
-            let (mut keys, mut vals, mut pos) = (vec![], vec![], vec![]);
-            for g in 0..shape.n_kv_heads {
-                let kept: Vec<u32> = (0..n as u32)
-                    .filter(|p| !holes || p % (g as u32 + 2) != 1)
-                    .collect();
-                keys.push(values(kept.len() * shape.head_dim, 10 + g as u64));
-                vals.push(values(kept.len() * shape.head_dim, 20 + g as u64));
-                pos.push(kept);
-            }
-            Setup {
-                shape,
-                q,
-                q_pos,
-                keys,
-                vals,
-                pos,
-            }
-        }
-        fn slices(&self) -> Vec<KvSlices<'_>> {
-            (0..self.shape.n_kv_heads)
-                .map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g]))
-                .collect()
-        }
+    /// `t` new queries after `past` cached tokens; KV head `g` drops every `(g+2)`-th token
+    /// when `holes` is set, so heads hold different token sets.
+    fn setup(t: usize, past: usize, holes: bool) -> AttentionCase {
+        AttentionCase::new(t, past, |g, p| !holes || p % (g as u32 + 2) != 1)
     }
 
     #[test]
@@ -500,7 +460,7 @@ mod tests {
             (1, 300, true),
             (70, 90, true),
         ] {
-            let s = Setup::new(t, past, holes);
+            let s = setup(t, past, holes);
             let fast = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
             let slow = naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
             let err = max_diff(&fast, &slow);
@@ -522,7 +482,7 @@ mod tests {
 
     #[test]
     fn mask_predicate_is_applied_inside_the_kernel() {
-        let s = Setup::new(40, 10, false);
+        let s = setup(40, 10, false);
         let fast = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&EvenKeysOnly));
         let slow =
             naive_causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, Some(&EvenKeysOnly));
@@ -538,7 +498,7 @@ mod tests {
     fn row_scales_equal_scaling_the_rows() {
         // Unit-direction storage with magnitudes on the side must give the same attention as
         // storing the scaled rows themselves.
-        let s = Setup::new(30, 20, true);
+        let s = setup(30, 20, true);
         let d = s.shape.head_dim;
         let scales: Vec<Vec<f32>> = s
             .pos
@@ -573,7 +533,7 @@ mod tests {
     #[test]
     fn row_patches_equal_replacing_the_rows() {
         // Patched rows use their own data (unscaled); the rest keep scale · row.
-        let s = Setup::new(70, 90, true);
+        let s = setup(70, 90, true);
         let d = s.shape.head_dim;
         let scales: Vec<Vec<f32>> = s
             .pos
@@ -641,7 +601,7 @@ mod tests {
     #[test]
     fn a_query_only_sees_its_past() {
         // Changing a key after the first query's position must not change that query's output.
-        let mut s = Setup::new(8, 0, false);
+        let mut s = setup(8, 0, false);
         let before = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
         let d = s.shape.head_dim;
         s.keys[0][5 * d..6 * d].iter_mut().for_each(|x| *x += 3.0);

@@ -498,77 +498,42 @@ mod tests {
     use super::*;
     use crate::attention::{causal_attention, naive_causal_attention, KeyMask};
 
-    use crate::test_util::{max_diff, values};
+    use crate::test_util::{max_diff, AttentionCase};
 
-    struct Setup {
-        shape: AttentionShape,
-        q: Vec<f32>,
-        q_pos: Vec<u32>,
-        keys: Vec<Vec<f32>>,
-        vals: Vec<Vec<f32>>,
-        pos: Vec<Vec<u32>>,
+    /// KV head `g` drops every `(g+3)`-th token, so heads hold different token sets.
+    fn setup(t: usize, past: usize) -> AttentionCase {
+        AttentionCase::new(t, past, |g, p| p % (g as u32 + 3) != 2)
     }
 
-    impl Setup {
-        fn new(t: usize, past: usize) -> Self {
-            let shape = AttentionShape {
-                n_heads: 6,
-                n_kv_heads: 2,
-                head_dim: 16,
-            };
-            let n = past + t;
-            let q = values(t * shape.n_heads * shape.head_dim, 1);
-            let q_pos = (past as u32..n as u32).collect();
-            let (mut keys, mut vals, mut pos) = (vec![], vec![], vec![]);
-            for g in 0..shape.n_kv_heads {
-                let kept: Vec<u32> = (0..n as u32).filter(|p| p % (g as u32 + 3) != 2).collect();
-                keys.push(values(kept.len() * shape.head_dim, 10 + g as u64));
-                vals.push(values(kept.len() * shape.head_dim, 20 + g as u64));
-                pos.push(kept);
-            }
-            Setup {
-                shape,
-                q,
-                q_pos,
-                keys,
-                vals,
-                pos,
-            }
-        }
-        fn slices(&self) -> Vec<KvSlices<'_>> {
-            (0..self.shape.n_kv_heads)
-                .map(|g| KvSlices::new(&self.keys[g], &self.vals[g], &self.pos[g]))
-                .collect()
-        }
-        fn plan(&self, block: usize, keys: impl Fn(usize, usize) -> KeySet) -> SparsePlan {
-            let t = self.q_pos.len();
-            SparsePlan {
-                block,
-                blocks: (0..t.div_ceil(block))
-                    .map(|b| BlockPlan {
-                        keys: (0..self.shape.n_kv_heads).map(|g| keys(b, g)).collect(),
-                        computed: None,
-                    })
-                    .collect(),
-                fill: LazyFill::Copy,
-            }
+    /// A plan over `s`'s queries in blocks of `block`, with `keys(block, kv_head)`.
+    fn plan(s: &AttentionCase, block: usize, keys: impl Fn(usize, usize) -> KeySet) -> SparsePlan {
+        let t = s.q_pos.len();
+        SparsePlan {
+            block,
+            blocks: (0..t.div_ceil(block))
+                .map(|b| BlockPlan {
+                    keys: (0..s.shape.n_kv_heads).map(|g| keys(b, g)).collect(),
+                    computed: None,
+                })
+                .collect(),
+            fill: LazyFill::Copy,
         }
     }
 
     #[test]
     fn all_keys_all_queries_equals_dense() {
-        let s = Setup::new(150, 40);
+        let s = setup(150, 40);
         let dense = causal_attention(&s.q, &s.q_pos, &s.slices(), s.shape, None);
         let sparse = sparse_attention(
             &s.q,
             &s.q_pos,
             &s.slices(),
             s.shape,
-            &s.plan(64, |_, _| KeySet::All),
+            &plan(&s, 64, |_, _| KeySet::All),
         );
         assert!(max_diff(&dense, &sparse) < 1e-6);
         // Listing every row explicitly gives the same result.
-        let all_rows = s.plan(64, |_, g| {
+        let all_rows = plan(&s, 64, |_, g| {
             KeySet::Rows((0..s.pos[g].len() as u32).collect())
         });
         let listed = sparse_attention(&s.q, &s.q_pos, &s.slices(), s.shape, &all_rows);
@@ -577,7 +542,7 @@ mod tests {
 
     /// A mask that admits exactly the listed rows of each KV head for each query block.
     struct ListMask<'a> {
-        s: &'a Setup,
+        s: &'a AttentionCase,
         plan: &'a SparsePlan,
     }
     impl KeyMask for ListMask<'_> {
@@ -593,9 +558,9 @@ mod tests {
 
     #[test]
     fn index_lists_equal_the_naive_definition_with_that_mask() {
-        let s = Setup::new(130, 70);
+        let s = setup(130, 70);
         // Keep every third row plus each block's own diagonal rows (so no row is empty).
-        let plan = s.plan(32, |b, g| {
+        let plan = plan(&s, 32, |b, g| {
             let lo = s.q_pos[0] + (b * 32) as u32;
             KeySet::Rows(
                 (0..s.pos[g].len() as u32)
@@ -620,9 +585,9 @@ mod tests {
 
     #[test]
     fn lazy_rows_are_copied_or_zero() {
-        let s = Setup::new(20, 10);
+        let s = setup(20, 10);
         let (nh, d) = (s.shape.n_heads, s.shape.head_dim);
-        let mut plan = s.plan(8, |_, _| KeySet::All);
+        let mut plan = plan(&s, 8, |_, _| KeySet::All);
         // Block 0: tokens 1, 2 skipped (copy token 0); block 1: token 8 skipped (copy token 9).
         plan.blocks[0].computed = Some(vec![true, false, false, true, true, true, true, true]);
         plan.blocks[1].computed = Some(vec![false, true, true, true, true, true, true, true]);
@@ -642,7 +607,7 @@ mod tests {
 
     #[test]
     fn fast_probe_probabilities_match_exact() {
-        let s = Setup::new(70, 90);
+        let s = setup(70, 90);
         let toks: Vec<usize> = vec![0, 13, 40, 69];
         for g in 0..s.shape.n_kv_heads {
             let n = s.pos[g].len();

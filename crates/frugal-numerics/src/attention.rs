@@ -305,44 +305,32 @@ fn attend_block(
 /// `dst[m×n] = a[m×k] · b[n×k]ᵀ` (row-major), single-threaded GEMM: scores of queries `a`
 /// against keys `b`. Callers parallelise over tasks.
 pub(crate) fn matmul_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-    assert!(
-        dst.len() >= m * n && a.len() >= m * k && b.len() >= n * k,
-        "matmul_bt: buffers too small"
-    );
-    // SAFETY: the assertion above covers every element the strides below address.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    assert!(b.len() >= n * k, "matmul_bt: buffers too small");
+    gemm_f32(dst, a, b, (m, n, k), (k as isize, 1));
 }
 
 /// `dst[m×n] = a[m×k] · b[k×n]` (row-major), single-threaded GEMM: attention weights `a`
 /// applied to values `b`.
 pub(crate) fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+    assert!(b.len() >= k * n, "matmul: buffers too small");
+    gemm_f32(dst, a, b, (m, n, k), (1, n as isize));
+}
+
+/// `dst[m×n] = a[m×k] · B` with row-major `dst` and `a`, and `B[i][j]` read at
+/// `b[i·b_strides.1 + j·b_strides.0]` (column stride, row stride): the one place the unsafe
+/// GEMM is called. The caller has checked that `b` covers every element those strides address.
+fn gemm_f32(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    b_strides: (isize, isize),
+) {
     assert!(
-        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
-        "matmul: buffers too small"
+        dst.len() >= m * n && a.len() >= m * k,
+        "gemm: buffers too small"
     );
-    // SAFETY: the assertion above covers every element the strides below address.
+    // SAFETY: the assertion above covers `dst` and `a`; the callers' covers `b`.
     unsafe {
         gemm::gemm(
             m,
@@ -356,8 +344,8 @@ pub(crate) fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, 
             1,
             k as isize,
             b.as_ptr(),
-            1,
-            n as isize,
+            b_strides.0,
+            b_strides.1,
             0.0,
             1.0,
             false,

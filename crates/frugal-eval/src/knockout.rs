@@ -19,6 +19,7 @@
 //! use the shortcut.
 
 use crate::harness::{wilson_interval, RunInfo};
+use crate::report::plot_err;
 use crate::tasks::{Answer, Sample};
 use anyhow::{bail, Context, Result};
 use frugal_engine::attention::{AttentionPolicy, Dense};
@@ -36,8 +37,6 @@ use std::fmt::Write;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Which sweeps to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -595,7 +594,7 @@ pub fn markdown(report: &KnockoutReport) -> String {
 /// log-prob) and line plots of the cut-off curves, as PNG and SVG. Returns the files written.
 pub fn plots(report: &KnockoutReport, dir: &FsPath) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    crate::report::register_font();
     let dense_lp = report
         .conditions
         .iter()
@@ -761,12 +760,6 @@ fn label_at(v: f64, names: &[String]) -> String {
     } else {
         String::new()
     }
-}
-
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(
-    e: DrawingAreaErrorKind<E>,
-) -> anyhow::Error {
-    anyhow::anyhow!("plotting failed: {e}")
 }
 
 #[cfg(test)]

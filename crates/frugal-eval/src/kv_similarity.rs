@@ -3,6 +3,7 @@
 //! [`KvSimilarityProbe`]; per layer pair the mean and 10/50/90th percentiles of the per-(token,
 //! KV head) cosine of K and of V, as JSON, Markdown and a plot.
 
+use crate::report::plot_err;
 use crate::tasks::TaskText;
 use anyhow::{bail, Context, Result};
 use frugal_engine::model::llama::LogitRows;
@@ -99,13 +100,6 @@ pub fn run(
     })
 }
 
-/// The font report.rs embeds, so PNG text renders without system fonts.
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plot: {e:?}")
-}
-
 fn draw<DB: DrawingBackend>(
     area: DrawingArea<DB, plotters::coord::Shift>,
     r: &KvSimilarityReport,
@@ -175,7 +169,7 @@ where
 
 /// Writes `out` (JSON) and, beside it, `.md` and `.svg`/`.png` plots.
 pub fn write(r: &KvSimilarityReport, out: &Path) -> Result<()> {
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    crate::report::register_font();
     std::fs::write(out, serde_json::to_string_pretty(r)?)
         .with_context(|| format!("writing {}", out.display()))?;
     let mut md = String::new();

@@ -8,8 +8,14 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-/// DejaVu Sans, embedded so PNG text renders on machines without fonts (licence beside it).
+/// DejaVu Sans, embedded once so PNG text renders on machines without fonts (licence beside it).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Registers the embedded font as `sans-serif` for plotters; every plot of the crate calls this
+/// before drawing. (Registering twice is harmless.)
+pub(crate) fn register_font() {
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+}
 
 pub fn markdown(report: &EvalReport) -> String {
     let r = &report.run;
@@ -59,7 +65,7 @@ pub fn markdown(report: &EvalReport) -> String {
 /// Writes every plot the report supports into `dir`; returns the files written.
 pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    register_font();
     let mut written = Vec::new();
     let policies: BTreeSet<&str> = report.cells.iter().map(|c| c.policy.as_str()).collect();
     for policy in &policies {
@@ -278,7 +284,7 @@ where
     Ok(())
 }
 
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(
+pub(crate) fn plot_err<E: std::error::Error + Send + Sync + 'static>(
     e: DrawingAreaErrorKind<E>,
 ) -> anyhow::Error {
     anyhow::anyhow!("plotting failed: {e}")

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use frugal_numerics::block_sparse::BlockMap;
@@ -197,6 +197,48 @@ impl Fps {
         (std::f64::consts::LOG2_E / (HEAD_DIM as f64).sqrt()) as f32
     }
 
+    /// Launches one attention build with the argument list every build shares: Q, K, V (or
+    /// V̂ᵀ), O, the block lists, the three FP8 scale arrays (a dummy for BF16 builds), then the
+    /// token count, the padded key count, the block counts, the causal flag and the score scale.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_attention<A: DeviceRepr, B: DeviceRepr>(
+        &self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        (q, k, v): (&CudaSlice<A>, &CudaSlice<A>, &CudaSlice<B>),
+        o: &mut CudaSlice<u16>,
+        map: &DevMap,
+        scales: [&CudaSlice<f32>; 3],
+        npad: usize,
+    ) -> Result<()> {
+        let (n, npad, nqb, nkb, causal, sl) = (
+            map.n as i32,
+            npad as i32,
+            map.n_qb as i32,
+            map.n_kb as i32,
+            map.causal as i32,
+            Self::scale_log2(),
+        );
+        let mut b = self.stream.launch_builder(func);
+        b.arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(o)
+            .arg(&map.counts)
+            .arg(&map.idx)
+            .arg(scales[0])
+            .arg(scales[1])
+            .arg(scales[2]);
+        b.arg(&n)
+            .arg(&npad)
+            .arg(&nqb)
+            .arg(&nkb)
+            .arg(&causal)
+            .arg(&sl);
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
     /// BF16 attention: `o = attention(q, k, v)` under `map`.
     pub fn attn_bf16(
         &self,
@@ -212,32 +254,15 @@ impl Fps {
             q.len() == len && k.len() == len && v.len() == len && o.len() == len,
             "tensor sizes"
         );
-        let (n, npad, nqb, nkb, causal, sl) = (
-            map.n as i32,
-            map.n as i32,
-            map.n_qb as i32,
-            map.n_kb as i32,
-            map.causal as i32,
-            Self::scale_log2(),
-        );
-        let mut b = self.stream.launch_builder(&self.bf16);
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(o)
-            .arg(&map.counts)
-            .arg(&map.idx)
-            .arg(dummy)
-            .arg(dummy)
-            .arg(dummy);
-        b.arg(&n)
-            .arg(&npad)
-            .arg(&nqb)
-            .arg(&nkb)
-            .arg(&causal)
-            .arg(&sl);
-        unsafe { b.launch(Self::grid(map, SMEM_BF16)) }?;
-        Ok(())
+        self.launch_attention(
+            &self.bf16,
+            Self::grid(map, SMEM_BF16),
+            (q, k, v),
+            o,
+            map,
+            [dummy; 3],
+            map.n,
+        )
     }
 
     pub fn alloc_fp8(&self, heads: usize, n: usize) -> Result<Fp8Buffers> {
@@ -324,14 +349,6 @@ impl Fps {
             "fp8 buffers do not match the map"
         );
         ensure!(o.len() == map.heads * map.n * HEAD_DIM, "output size");
-        let (n, npad, nqb, nkb, causal, sl) = (
-            map.n as i32,
-            buf.npad as i32,
-            map.n_qb as i32,
-            map.n_kb as i32,
-            map.causal as i32,
-            Self::scale_log2(),
-        );
         let (func, smem) = match mma {
             Mma::Sync => (&self.fp8, SMEM_FP8),
             Mma::Wgmma => (&self.fp8_wg, SMEM_FP8_WG),
@@ -348,24 +365,15 @@ impl Fps {
         } else {
             Self::grid(map, smem)
         };
-        let mut b = self.stream.launch_builder(func);
-        b.arg(&buf.q8)
-            .arg(&buf.k8)
-            .arg(&buf.vt8)
-            .arg(o)
-            .arg(&map.counts)
-            .arg(&map.idx)
-            .arg(&buf.sq)
-            .arg(&buf.sk)
-            .arg(&buf.sv);
-        b.arg(&n)
-            .arg(&npad)
-            .arg(&nqb)
-            .arg(&nkb)
-            .arg(&causal)
-            .arg(&sl);
-        unsafe { b.launch(cfg) }?;
-        Ok(())
+        self.launch_attention(
+            func,
+            cfg,
+            (&buf.q8, &buf.k8, &buf.vt8),
+            o,
+            map,
+            [&buf.sq, &buf.sk, &buf.sv],
+            buf.npad,
+        )
     }
 
     /// V `[heads][n][128]` → V^T `[heads][128][npad]` (bf16, zero past n) for the BF16 wgmma kernel.
@@ -424,35 +432,19 @@ impl Fps {
             vt.len() == map.heads * HEAD_DIM * npad && o.len() == map.heads * map.n * HEAD_DIM,
             "tensor sizes"
         );
-        let (n, npad, nqb, nkb, causal, sl) = (
-            map.n as i32,
-            npad as i32,
-            map.n_qb as i32,
-            map.n_kb as i32,
-            map.causal as i32,
-            Self::scale_log2(),
-        );
-        let mut b = self.stream.launch_builder(if two_ctas {
+        let func = if two_ctas {
             &self.bf16_wg2
         } else {
             &self.bf16_wg
-        });
-        b.arg(q)
-            .arg(k)
-            .arg(vt)
-            .arg(o)
-            .arg(&map.counts)
-            .arg(&map.idx)
-            .arg(dummy)
-            .arg(dummy)
-            .arg(dummy);
-        b.arg(&n)
-            .arg(&npad)
-            .arg(&nqb)
-            .arg(&nkb)
-            .arg(&causal)
-            .arg(&sl);
-        unsafe { b.launch(Self::grid(map, SMEM_BF16_WG)) }?;
-        Ok(())
+        };
+        self.launch_attention(
+            func,
+            Self::grid(map, SMEM_BF16_WG),
+            (q, k, vt),
+            o,
+            map,
+            [dummy; 3],
+            npad,
+        )
     }
 }

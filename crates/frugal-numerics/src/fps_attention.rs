@@ -202,11 +202,8 @@ pub fn fps_attention(
     let tasks: Vec<(usize, (usize, usize))> = (0..n_kv_heads)
         .flat_map(|g| runs.iter().map(move |&r| (g, r)))
         .collect();
-    let pscale = if fp8.is_some_and(|o| o.quant_p) {
-        E4M3_MAX
-    } else {
-        1.0
-    };
+    let quant_p = fp8.is_some_and(|o| o.quant_p);
+    let pscale = if quant_p { E4M3_MAX } else { 1.0 };
     let sm = ((1.0 / (d as f64).sqrt()) * std::f64::consts::LOG2_E) as f32;
 
     let results: Vec<Vec<f32>> = tasks
@@ -251,11 +248,7 @@ pub fn fps_attention(
                     for x in sr.iter_mut() {
                         let p = (*x - m_new).exp2();
                         run_sum[r] += p;
-                        *x = if pscale != 1.0 {
-                            e4m3_round(p * pscale)
-                        } else {
-                            p
-                        };
+                        *x = if quant_p { e4m3_round(p * pscale) } else { p };
                     }
                     run_max[r] = m_new;
                 }

@@ -40,6 +40,17 @@
 //!    has its span rows freed from the KV store — resident bytes really drop, and the head
 //!    never reads the span again (irreversible; [ours]). The largest mass each head showed is
 //!    reported (`span_mass_max`).
+//! 4. **Token-level decode slimming** (**[ours]**, beyond the brief's head-level rule, which
+//!    frees little on text: most heads read the context span, docs/results/omnisparse.md §3).
+//!    At the end of every multi-token call, per (layer, KV head), the call's last `slim_obs`
+//!    queries (the group's query heads combined by `agg`, mean over queries) give each span
+//!    token an importance; tokens are ranked by that importance max-pooled over `slim_pool`
+//!    rows either side (SnapKV's pooling, arXiv 2404.14469 §4.2), and the head keeps the
+//!    fewest span tokens, in that order, that hold `slim_tau` of the queries' mass together
+//!    with everything outside the span — the recall rule of axis 1 applied to the store.
+//!    `slim_budget=shared` gives every head of the layer the flattest head's count (axis 1's
+//!    rule), `own` lets each head keep only what it needs. The other span rows are freed from
+//!    the store before the next call stores its tokens (irreversible). `slim_tau=1` is off.
 //!
 //! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
 //! of every block keeps `N` non-forced keys, set `N` to OmniSparse's measured mean to compare
@@ -54,8 +65,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, probe_probabilities, probe_probabilities_fast, recall_budget, select_rows,
-    BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
+    column_importance, max_pool, probe_probabilities, probe_probabilities_fast, recall_budget,
+    recall_budget_ranked, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -138,6 +149,10 @@ pub const INFO: PolicyInfo = PolicyInfo {
         KnobInfo { name: "eps", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "decode slimming: a KV head whose span mass stays below eps stops reading the span (0 = off) [ours]" },
         KnobInfo { name: "span_recent", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "decode slimming: context tokens among the prefill's last span_recent positions stay outside the slimmable span (local heads keep them) [ours]" },
         KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
+        KnobInfo { name: "slim_tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "1", doc: "token-level decode slimming: share of the last queries' span mass each KV head keeps in the store (1 = off) [ours]" },
+        KnobInfo { name: "slim_obs", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "32", doc: "token-level slimming: the call's last queries that score the span [ours, after SnapKV]" },
+        KnobInfo { name: "slim_pool", kind: KnobKind::Int { min: 0, max: 1 << 10 }, default: "3", doc: "token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV]" },
+        KnobInfo { name: "slim_budget", kind: KnobKind::Choice { options: &["own", "shared"] }, default: "own", doc: "token-level slimming: each head keeps what its recall needs, or every head of a layer the flattest head's count [ours]" },
     ],
     keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
 };
@@ -207,6 +222,21 @@ pub struct Config {
     pub share: usize,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
+    /// Token-level decode slimming; `None` = off.
+    pub slim: Option<TokenSlim>,
+}
+
+/// Token-level decode slimming (axis 4 of the module doc).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenSlim {
+    /// Share of the observation queries' span mass each head keeps.
+    pub tau: f64,
+    /// The call's last `obs` queries score the span.
+    pub obs: usize,
+    /// Max-pool radius of the ranking, in rows.
+    pub pool: usize,
+    /// Every head of a layer keeps the flattest head's count.
+    pub shared: bool,
 }
 
 impl Config {
@@ -278,6 +308,10 @@ struct Shared {
     /// Largest span mass ever observed per (layer, KV head) before it was slimmed (reported).
     mass_max: Vec<f32>,
     decode_step: usize,
+    /// Span positions each (layer, KV head) frees before the next call stores (ascending).
+    pending_drop: Vec<Vec<u32>>,
+    /// Per layer, from the last token-level selection: (span rows, span rows kept) over heads.
+    slim_rows: Vec<(usize, usize)>,
     layers: Vec<LayerStats>,
     queries: usize,
     computed: usize,
@@ -290,6 +324,8 @@ impl Shared {
             mass: vec![None; heads],
             slimmed: vec![false; heads],
             mass_max: vec![0.0; heads],
+            pending_drop: vec![Vec::new(); heads],
+            slim_rows: vec![(0, 0); layout.n_layers],
             layers: vec![LayerStats::default(); layout.n_layers],
             ..Default::default()
         }
@@ -315,6 +351,18 @@ impl CachePolicy for OmniCache {
     }
 
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        if self.cfg.slim.is_some() {
+            let n_kv = self.store.layout().n_kv_heads;
+            let mut sh = self.shared.lock().unwrap();
+            for g in 0..n_kv {
+                let drop = std::mem::take(&mut sh.pending_drop[layer * n_kv + g]);
+                if !drop.is_empty() {
+                    self.store
+                        .head_mut(layer, g)
+                        .retain(|p| drop.binary_search(&p).is_err());
+                }
+            }
+        }
         if self.cfg.eps > 0.0 && positions.len() == 1 && !self.store.head(layer, 0).is_empty() {
             let n_kv = self.store.layout().n_kv_heads;
             let mut sh = self.shared.lock().unwrap();
@@ -416,6 +464,54 @@ impl OmniAttention {
         }
     }
 
+    /// Token-level decode slimming (axis 4): which span rows each KV head frees before the
+    /// next call.
+    fn select_span_tokens(
+        &self,
+        ctx: &StepContext<'_>,
+        q: &[f32],
+        positions: &[u32],
+        shape: AttentionShape,
+        kv: &[KvSlices<'_>],
+        slim: TokenSlim,
+    ) {
+        let t = positions.len();
+        let obs: Vec<usize> = (t.saturating_sub(slim.obs)..t).collect();
+        let span = self.shared.lock().unwrap().span.clone();
+        let in_span = |p: u32| span.get(p as usize).copied().unwrap_or(false);
+        // Per head: (importance, ranking, forced = outside the span, its own recall budget).
+        let heads: Vec<(Vec<f32>, Vec<f32>, Vec<bool>, usize)> = kv
+            .par_iter()
+            .enumerate()
+            .map(|(g, h)| {
+                let n = h.positions.len();
+                let probs = probe_probabilities_fast(q, positions, &obs, g, h, n, shape);
+                let imp = column_importance(&probs, n, shape.group(), self.cfg.agg);
+                let rank = max_pool(&imp, slim.pool);
+                let forced: Vec<bool> = h.positions.iter().map(|&p| !in_span(p)).collect();
+                let k = recall_budget_ranked(&imp, &rank, &forced, slim.tau);
+                (imp, rank, forced, k)
+            })
+            .collect();
+        let shared_budget = heads.iter().map(|h| h.3).max().unwrap_or(0);
+        let mut sh = self.shared.lock().unwrap();
+        let (mut span_rows, mut kept_rows) = (0, 0);
+        for (g, (_, rank, forced, own)) in heads.iter().enumerate() {
+            let b = if slim.shared { shared_budget } else { *own };
+            let keep = select_rows(rank, forced, b);
+            let n_span = forced.iter().filter(|f| !**f).count();
+            span_rows += n_span;
+            kept_rows += keep.len() + n_span - forced.len();
+            let mut keep = keep.into_iter().peekable();
+            let drop: Vec<u32> = (0..forced.len() as u32)
+                .filter(|&j| keep.next_if_eq(&j).is_none())
+                .map(|j| kv[g].positions[j as usize])
+                .collect();
+            sh.pending_drop[ctx.layer * kv.len() + g] = drop;
+        }
+        sh.slim_rows[ctx.layer] = (span_rows, kept_rows);
+    }
+
     fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
         let end = *positions.last().unwrap() as usize + 1;
         let recent = self.cfg.span_recent;
@@ -452,11 +548,14 @@ impl AttentionPolicy for OmniAttention {
         kv: &[KvSlices<'_>],
     ) -> AttentionPlan<'a> {
         let t = positions.len();
+        if t > 1 && ctx.layer == 0 && (self.cfg.eps > 0.0 || self.cfg.slim.is_some()) {
+            self.set_span(ctx, positions);
+        }
         if self.cfg.eps > 0.0 {
-            if t > 1 && ctx.layer == 0 {
-                self.set_span(ctx, positions);
-            }
             self.measure_span(ctx, q, positions, shape, kv);
+        }
+        if let (true, Some(slim)) = (t > 1, self.cfg.slim) {
+            self.select_span_tokens(ctx, q, positions, shape, kv, slim);
         }
         if t == 1 || (self.cfg.keeps_every_key() && self.cfg.lazy_theta.is_none()) {
             return AttentionPlan::Mask(None);
@@ -636,8 +735,14 @@ impl AttentionPolicy for OmniAttention {
                 } else {
                     String::new()
                 };
+                let (span_rows, kept_rows) = sh.slim_rows[i];
+                let slim = if span_rows > 0 {
+                    format!(",\"slim_span_kept\":{:.4}", kept_rows as f64 / span_rows as f64)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}{audit}}}",
+                    "{{\"layer\":{i},\"blocks\":{},\"mean_budget\":{:.1},\"mean_selected_per_head\":{:.1},\"mean_visible_per_head\":{:.1}{audit}{slim}}}",
                     l.blocks,
                     l.budget_sum as f64 / n,
                     l.selected_sum as f64 / n / n_kv,
@@ -649,11 +754,16 @@ impl AttentionPolicy for OmniAttention {
             .layers
             .iter()
             .fold((0, 0), |a, l| (a.0 + l.selected_sum, a.1 + l.visible_sum));
+        let (span_rows, kept_rows) = sh
+            .slim_rows
+            .iter()
+            .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
         Some(format!(
-            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
+            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slim_span_kept\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
             self.name,
             sh.computed as f64 / sh.queries.max(1) as f64,
             sel as f64 / vis.max(1) as f64,
+            kept_rows as f64 / span_rows.max(1) as f64,
             sh.slimmed.iter().filter(|&&s| s).count(),
             sh.slimmed.len(),
             sh.span.iter().filter(|&&s| s).count(),
@@ -724,6 +834,7 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
         audit: knobs.usize("audit") > 0,
+        slim: None,
     }
 }
 
@@ -757,6 +868,13 @@ pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Co
     cfg.eps = knobs.f64("eps") as f32;
     cfg.recheck = knobs.usize("recheck");
     cfg.span_recent = knobs.usize("span_recent");
+    let slim_tau = knobs.f64("slim_tau");
+    cfg.slim = (slim_tau < 1.0).then(|| TokenSlim {
+        tau: slim_tau,
+        obs: knobs.usize("slim_obs"),
+        pool: knobs.usize("slim_pool"),
+        shared: knobs.choice("slim_budget") == "shared",
+    });
     build(spec, cfg, layout)
 }
 

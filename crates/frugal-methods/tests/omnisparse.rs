@@ -210,3 +210,75 @@ fn shared_probe_plans_every_block() {
     assert!(max_diff(&dense, &shared) > 0.0);
     assert!(shared.iter().flatten().all(|x| x.is_finite()));
 }
+
+/// Token-level decode slimming: after the prefill each KV head keeps only the span rows its
+/// recall needs; every row outside the span stays; the bytes freed are the rows the report
+/// says were dropped; a higher recall keeps more and stays closer to dense; the shared
+/// (flattest-head) count keeps at least as much as each head's own.
+#[test]
+fn token_slimming_keeps_recall_rows_and_frees_the_rest() {
+    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
+    let cfg = lm.model.config().clone();
+    let ids = ids(260);
+    let run = |spec: &str| {
+        let mut seq = build(&spec.parse().unwrap(), cfg.kv_layout()).unwrap();
+        let mut s = TokenStructure::default();
+        s.push(TokenKind::Prefix, 0, 10);
+        s.push(TokenKind::Context, 0, 200);
+        s.push(TokenKind::Question, 0, 40);
+        seq.structure = Some(Arc::new(s));
+        lm.model
+            .forward(&ids[..250], &mut seq, LogitRows::Last)
+            .unwrap();
+        let mut rows = Vec::new();
+        for &id in &ids[250..] {
+            rows.extend(
+                lm.model
+                    .forward(&[id], &mut seq, LogitRows::Last)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
+            );
+        }
+        let report = report_json(seq.attention.report());
+        (rows, seq.cache.resident_bytes(), report)
+    };
+    let per_row = 2 * cfg.head_dim * 4 + 4;
+    let heads = cfg.n_layers * cfg.n_kv_heads;
+    let (dense, full_bytes, _) = run("omnisparse:tau=1,eps=0");
+    assert_eq!(full_bytes, 260 * heads * per_row);
+    let slim = |tau: f64, budget: &str| {
+        run(&format!(
+            "omnisparse:tau=1,eps=0,span_recent=0,slim_tau={tau},slim_budget={budget}"
+        ))
+    };
+    let mut last_bytes = 0;
+    let mut last_diff = f32::INFINITY;
+    for tau in [0.3, 0.7, 0.999] {
+        let (rows, bytes, r) = slim(tau, "own");
+        // Rebuild the kept row count from the per-layer fractions of the 200 span rows.
+        let kept_span: usize = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let span_rows = (200 * cfg.n_kv_heads) as f64;
+                (l["slim_span_kept"].as_f64().unwrap() * span_rows).round() as usize
+            })
+            .sum();
+        assert_eq!(bytes, (60 * heads + kept_span) * per_row, "τ={tau}: {r}");
+        assert!(bytes < full_bytes && bytes > last_bytes, "τ={tau}: {bytes}");
+        let d = max_diff(&dense, &rows);
+        assert!(
+            d < last_diff,
+            "τ={tau}: {d} not closer to dense than {last_diff}"
+        );
+        last_bytes = bytes;
+        last_diff = d;
+        let (_, shared_bytes, _) = slim(tau, "shared");
+        assert!(
+            shared_bytes >= bytes,
+            "τ={tau}: shared {shared_bytes} < own {bytes}"
+        );
+    }
+}

@@ -473,6 +473,54 @@ pub fn recall_budget(importance: &[f32], forced: &[bool], tau: f64) -> usize {
     cand.len()
 }
 
+/// Each row's importance replaced by the largest within `radius` rows either side (a 1-D max
+/// pool). Used to *rank* keys so that the neighbours of a strongly attended token rank with it
+/// (SnapKV's pooling, arXiv 2404.14469 §4.2; the radius is a knob of the caller).
+pub fn max_pool(importance: &[f32], radius: usize) -> Vec<f32> {
+    let n = importance.len();
+    (0..n)
+        .map(|j| {
+            importance[j.saturating_sub(radius)..(j + radius + 1).min(n)]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect()
+}
+
+/// As [`recall_budget`], but the non-forced keys are taken in the order of `rank` (descending)
+/// rather than of `importance`: the fewest of them, in that order, whose `importance` added to
+/// the forced keys' reaches `tau` of the total. With `rank == importance` it equals
+/// [`recall_budget`]; any other order needs at least as many keys.
+pub fn recall_budget_ranked(importance: &[f32], rank: &[f32], forced: &[bool], tau: f64) -> usize {
+    let mut cand: Vec<usize> = (0..importance.len()).filter(|&j| !forced[j]).collect();
+    if tau >= 1.0 {
+        return cand.len();
+    }
+    let total: f64 = importance.iter().map(|&x| x as f64).sum();
+    let forced_mass: f64 = (0..importance.len())
+        .filter(|&j| forced[j])
+        .map(|j| importance[j] as f64)
+        .sum();
+    let need = tau * total - forced_mass;
+    if need <= 0.0 {
+        return 0;
+    }
+    cand.sort_unstable_by(|&a, &b| {
+        rank[b]
+            .total_cmp(&rank[a])
+            .then(importance[b].total_cmp(&importance[a]))
+    });
+    let mut acc = 0f64;
+    for (i, &j) in cand.iter().enumerate() {
+        acc += importance[j] as f64;
+        if acc >= need {
+            return i + 1;
+        }
+    }
+    cand.len()
+}
+
 /// The forced rows plus the `b` most important non-forced rows, as ascending row indices.
 pub fn select_rows(importance: &[f32], forced: &[bool], b: usize) -> Vec<u32> {
     let mut cand: Vec<u32> = (0..importance.len() as u32)
@@ -633,6 +681,22 @@ mod tests {
         assert_eq!(recall_budget(&imp, &forced, 0.95), 4);
         assert_eq!(recall_budget(&imp, &forced, 0.4), 0);
         assert_eq!(recall_budget(&imp, &forced, 1.0), 5);
+        // Ranked by importance itself, the ranked budget is the plain one; a worse order needs more.
+        for tau in [0.2, 0.5, 0.8, 0.95, 1.0] {
+            assert_eq!(
+                recall_budget_ranked(&imp, &imp, &forced, tau),
+                recall_budget(&imp, &forced, tau)
+            );
+            let reversed: Vec<f32> = imp.iter().map(|x| -x).collect();
+            assert!(
+                recall_budget_ranked(&imp, &reversed, &forced, tau)
+                    >= recall_budget(&imp, &forced, tau)
+            );
+        }
+        assert_eq!(
+            max_pool(&[0.0, 1.0, 0.0, 0.0, 2.0], 1),
+            vec![1.0, 1.0, 1.0, 2.0, 2.0]
+        );
         assert_eq!(select_rows(&imp, &forced, 2), vec![0, 2, 5]);
         assert_eq!(select_rows(&imp, &forced, 9), vec![0, 1, 2, 3, 4, 5]);
         let probs = [0.1f32, 0.9, 0.5, 0.5, 0.3, 0.7, 0.2, 0.8]; // 2 tokens × 2 heads × 2 keys

@@ -151,7 +151,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
         KnobInfo { name: "slim_tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "1", doc: "token-level decode slimming: share of the last queries' span mass each KV head keeps in the store (1 = off) [ours]" },
         KnobInfo { name: "slim_obs", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "32", doc: "token-level slimming: the call's last queries that score the span [ours, after SnapKV]" },
-        KnobInfo { name: "slim_pool", kind: KnobKind::Int { min: 0, max: 1 << 10 }, default: "3", doc: "token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV]" },
+        KnobInfo { name: "slim_pool", kind: KnobKind::Int { min: 0, max: 1 << 10 }, default: "16", doc: "token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV; 16 rather than its 3: at 3 the needle's last digits were freed, docs/results/omnisparse.md §3]" },
         KnobInfo { name: "slim_budget", kind: KnobKind::Choice { options: &["own", "shared"] }, default: "own", doc: "token-level slimming: each head keeps what its recall needs, or every head of a layer the flattest head's count [ours]" },
     ],
     keep_everything: "omnisparse:tau=1,lazy=none,eps=0",

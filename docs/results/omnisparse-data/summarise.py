@@ -21,6 +21,6 @@ for path in sys.argv[1:]:
         f = full.get((c['task'], c['length']))
         kv = f"{f['kv_end_bytes'] / c['kv_end_bytes']:.2f}×" if f else "–"
         dep = " ".join(f"{d['depth']}:{d['correct']}/{d['total']}" for d in c['by_depth']) or "–"
-        fmt = (lambda x: f"{x:.3f}") if c['metric'] == 'perplexity' else (lambda x: f"{x:.2f}")
+        fmt = lambda x: '–' if x is None else (f"{x:.3f}" if c['metric'] == 'perplexity' else f"{x:.2f}")
         print(f"| {c['task']} | {c['length']} | `{c['policy']}` | {fmt(c['value'])} | [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}] | {dep} | "
               f"{'–' if keys is None else f'{keys:.1%}'} | {'–' if qs is None else f'{qs:.1%}'} | {sl} | {kv} |")

@@ -15,6 +15,7 @@
 //! end-to-end speedup, the attention share and the Amdahl limit from those same runs.
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use frugal_engine::attention::{AttentionPlan, AttentionPolicy, StepContext, STEP_TIMES};
 use frugal_engine::fetch::{ensure_model, DEFAULT_MODEL};
 use frugal_engine::model::llama::{LogitRows, WeightFormat};
@@ -62,27 +63,42 @@ impl AttentionPolicy for SameInputs {
     }
 }
 
+/// Dense against sparse attention on the same inputs, layer by layer (module doc).
+#[derive(Parser)]
+#[command(name = "omni-bench")]
+struct Args {
+    /// Worker threads (rayon) for every run.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Prompt lengths in tokens, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "4096,8192")]
+    lengths: Vec<usize>,
+    /// Prompts per length (passkey samples, seed 0).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Unwrapped full/spec alternations for the end-to-end line (0 = none).
+    #[arg(long = "e2e-reps", default_value_t = 0)]
+    e2e_reps: usize,
+    /// Policy specs to compare with `full`, e.g. `omnisparse:tau=0.99,share=4`.
+    #[arg(required = true)]
+    specs: Vec<String>,
+}
+
 fn main() -> Result<()> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut take = |flag: &str, default: &str| -> String {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => {
-                let v = args.remove(i + 1);
-                args.remove(i);
-                v
-            }
-            None => default.to_string(),
-        }
-    };
-    let threads = take("--threads", "2");
-    let lengths: Vec<usize> = take("--lengths", "4096,8192")
-        .split(',')
-        .map(|x| x.parse())
-        .collect::<Result<_, _>>()?;
-    let samples: usize = take("--samples", "1").parse()?;
-    let reps: usize = take("--e2e-reps", "0").parse()?;
-    let specs = args;
-    std::env::set_var("RAYON_NUM_THREADS", &threads);
+    let args = Args::parse();
+    // Every spec is checked before the model loads, so a typo fails at once.
+    for spec in &args.specs {
+        frugal_methods::validate(&spec.parse().with_context(|| format!("spec {spec}"))?)
+            .with_context(|| format!("spec {spec}"))?;
+    }
+    let (threads, lengths, samples, reps, specs) = (
+        args.threads,
+        args.lengths,
+        args.samples,
+        args.e2e_reps,
+        args.specs,
+    );
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
     }

@@ -65,8 +65,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, max_pool, probe_probabilities, probe_probabilities_fast, recall_budget,
-    recall_budget_ranked, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
+    column_importance, max_pool, probe_probabilities, probe_probabilities_fast, ranked_recall,
+    recall_budget, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -479,8 +479,8 @@ impl OmniAttention {
         let obs: Vec<usize> = (t.saturating_sub(slim.obs)..t).collect();
         let span = self.shared.lock().unwrap().span.clone();
         let in_span = |p: u32| span.get(p as usize).copied().unwrap_or(false);
-        // Per head: (importance, ranking, forced = outside the span, its own recall budget).
-        let heads: Vec<(Vec<f32>, Vec<f32>, Vec<bool>, usize)> = kv
+        // Per head: its span rows in keeping order, and how many its own recall needs.
+        let heads: Vec<(Vec<u32>, usize)> = kv
             .par_iter()
             .enumerate()
             .map(|(g, h)| {
@@ -488,25 +488,22 @@ impl OmniAttention {
                 let probs = probe_probabilities_fast(q, positions, &obs, g, h, n, shape);
                 let imp = column_importance(&probs, n, shape.group(), self.cfg.agg);
                 let rank = max_pool(&imp, slim.pool);
-                let forced: Vec<bool> = h.positions.iter().map(|&p| !in_span(p)).collect();
-                let k = recall_budget_ranked(&imp, &rank, &forced, slim.tau);
-                (imp, rank, forced, k)
+                let outside: Vec<bool> = h.positions.iter().map(|&p| !in_span(p)).collect();
+                ranked_recall(&imp, &rank, &outside, slim.tau)
             })
             .collect();
-        let shared_budget = heads.iter().map(|h| h.3).max().unwrap_or(0);
+        let shared_budget = heads.iter().map(|h| h.1).max().unwrap_or(0);
         let mut sh = self.shared.lock().unwrap();
         let (mut span_rows, mut kept_rows) = (0, 0);
-        for (g, (_, rank, forced, own)) in heads.iter().enumerate() {
-            let b = if slim.shared { shared_budget } else { *own };
-            let keep = select_rows(rank, forced, b);
-            let n_span = forced.iter().filter(|f| !**f).count();
-            span_rows += n_span;
-            kept_rows += keep.len() + n_span - forced.len();
-            let mut keep = keep.into_iter().peekable();
-            let drop: Vec<u32> = (0..forced.len() as u32)
-                .filter(|&j| keep.next_if_eq(&j).is_none())
-                .map(|j| kv[g].positions[j as usize])
+        for (g, (order, own)) in heads.iter().enumerate() {
+            let keep = if slim.shared { shared_budget } else { *own }.min(order.len());
+            span_rows += order.len();
+            kept_rows += keep;
+            let mut drop: Vec<u32> = order[keep..]
+                .iter()
+                .map(|&j| kv[g].positions[j as usize])
                 .collect();
+            drop.sort_unstable();
             sh.pending_drop[ctx.layer * kv.len() + g] = drop;
         }
         sh.slim_rows[ctx.layer] = (span_rows, kept_rows);

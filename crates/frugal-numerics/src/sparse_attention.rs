@@ -488,37 +488,38 @@ pub fn max_pool(importance: &[f32], radius: usize) -> Vec<f32> {
         .collect()
 }
 
-/// As [`recall_budget`], but the non-forced keys are taken in the order of `rank` (descending)
-/// rather than of `importance`: the fewest of them, in that order, whose `importance` added to
-/// the forced keys' reaches `tau` of the total. With `rank == importance` it equals
-/// [`recall_budget`]; any other order needs at least as many keys.
-pub fn recall_budget_ranked(importance: &[f32], rank: &[f32], forced: &[bool], tau: f64) -> usize {
-    let mut cand: Vec<usize> = (0..importance.len()).filter(|&j| !forced[j]).collect();
-    if tau >= 1.0 {
-        return cand.len();
-    }
+/// The non-forced rows in descending order of `rank` (ties broken by `importance`), and how
+/// many of them, taken in that order, bring the mass of the kept rows (forced ones included)
+/// to `tau` of the total `importance`. With `rank == importance` the count is
+/// [`recall_budget`]; any other order needs at least as many rows.
+pub fn ranked_recall(
+    importance: &[f32],
+    rank: &[f32],
+    forced: &[bool],
+    tau: f64,
+) -> (Vec<u32>, usize) {
+    let mut order: Vec<u32> = (0..importance.len() as u32)
+        .filter(|&j| !forced[j as usize])
+        .collect();
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (a as usize, b as usize);
+        rank[b]
+            .total_cmp(&rank[a])
+            .then(importance[b].total_cmp(&importance[a]))
+    });
     let total: f64 = importance.iter().map(|&x| x as f64).sum();
     let forced_mass: f64 = (0..importance.len())
         .filter(|&j| forced[j])
         .map(|j| importance[j] as f64)
         .sum();
     let need = tau * total - forced_mass;
-    if need <= 0.0 {
-        return 0;
-    }
-    cand.sort_unstable_by(|&a, &b| {
-        rank[b]
-            .total_cmp(&rank[a])
-            .then(importance[b].total_cmp(&importance[a]))
-    });
+    let mut count = if tau >= 1.0 { order.len() } else { 0 };
     let mut acc = 0f64;
-    for (i, &j) in cand.iter().enumerate() {
-        acc += importance[j] as f64;
-        if acc >= need {
-            return i + 1;
-        }
+    while count < order.len() && acc < need {
+        acc += importance[order[count] as usize] as f64;
+        count += 1;
     }
-    cand.len()
+    (order, count)
 }
 
 /// The forced rows plus the `b` most important non-forced rows, as ascending row indices.
@@ -683,15 +684,13 @@ mod tests {
         assert_eq!(recall_budget(&imp, &forced, 1.0), 5);
         // Ranked by importance itself, the ranked budget is the plain one; a worse order needs more.
         for tau in [0.2, 0.5, 0.8, 0.95, 1.0] {
-            assert_eq!(
-                recall_budget_ranked(&imp, &imp, &forced, tau),
-                recall_budget(&imp, &forced, tau)
-            );
+            let (order, count) = ranked_recall(&imp, &imp, &forced, tau);
+            assert_eq!(count, recall_budget(&imp, &forced, tau));
+            assert_eq!(order, vec![2, 5, 3, 4, 1]);
             let reversed: Vec<f32> = imp.iter().map(|x| -x).collect();
-            assert!(
-                recall_budget_ranked(&imp, &reversed, &forced, tau)
-                    >= recall_budget(&imp, &forced, tau)
-            );
+            let (order, count) = ranked_recall(&imp, &reversed, &forced, tau);
+            assert!(count >= recall_budget(&imp, &forced, tau));
+            assert_eq!(order, vec![1, 4, 3, 5, 2]);
         }
         assert_eq!(
             max_pool(&[0.0, 1.0, 0.0, 0.0, 2.0], 1),

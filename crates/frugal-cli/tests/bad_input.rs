@@ -220,7 +220,7 @@ fn eval_rejects_bad_plans_before_working() {
             "depth 1.5",
         ),
     ] {
-        let args = base(&extra.iter().map(|s| *s).collect::<Vec<_>>());
+        let args = base(&extra.to_vec());
         let o = frugal(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_clean_failure(&o, &[says]);
         assert!(

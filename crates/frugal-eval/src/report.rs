@@ -39,7 +39,7 @@ pub fn markdown(report: &EvalReport) -> String {
     );
     let _ = writeln!(s, "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|");
     let mut cells: Vec<&CellResult> = report.cells.iter().collect();
-    cells.sort_by(|a, b| (a.task, a.length).cmp(&(b.task, b.length)));
+    cells.sort_by_key(|a| (a.task, a.length));
     for c in cells {
         let mib = |b: f64| b / 1048576.0;
         let _ = writeln!(

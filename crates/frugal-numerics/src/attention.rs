@@ -464,7 +464,7 @@ mod tests {
     struct EvenKeysOnly;
     impl KeyMask for EvenKeysOnly {
         fn allows(&self, _h: usize, q_pos: u32, k_pos: u32) -> bool {
-            k_pos == q_pos || k_pos % 2 == 0
+            k_pos == q_pos || k_pos.is_multiple_of(2)
         }
     }
 

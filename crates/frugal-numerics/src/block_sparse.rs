@@ -112,7 +112,7 @@ impl BlockMap {
     ) -> Self {
         for a in 0..3 {
             assert!(
-                tile[a] > 0 && grid[a] % tile[a] == 0,
+                tile[a] > 0 && grid[a].is_multiple_of(tile[a]),
                 "tile must divide the grid"
             );
         }
@@ -147,8 +147,8 @@ impl BlockMap {
             lists.push(l);
         }
         for h in 0..heads {
-            for qb in 0..m.n_qb {
-                m.lists[h * m.n_qb + qb] = lists[qb].clone();
+            for (qb, l) in lists.iter().enumerate() {
+                m.lists[h * m.n_qb + qb] = l.clone();
             }
         }
         m

@@ -112,7 +112,7 @@ pub fn fake_quant(x: f32, scale: f32) -> f32 {
 /// E4M3 values (as f32, i.e. `decode(encode(x / s))`) and the per-tile scales, so a caller can
 /// reproduce the GPU's `(Q̂·K̂ᵀ)·s_q·s_k` ordering exactly.
 pub fn quantize_row_tiles(x: &[f32], d: usize, tile_rows: usize) -> (Vec<f32>, Vec<f32>) {
-    assert!(d > 0 && tile_rows > 0 && x.len() % d == 0);
+    assert!(d > 0 && tile_rows > 0 && x.len().is_multiple_of(d));
     let n = x.len() / d;
     let n_tiles = n.div_ceil(tile_rows);
     let mut q = vec![0f32; x.len()];
@@ -132,7 +132,7 @@ pub fn quantize_row_tiles(x: &[f32], d: usize, tile_rows: usize) -> (Vec<f32>, V
 /// Per-channel quantisation of a row-major `[n, d]` matrix: one scale per column over all rows.
 /// Returns the unscaled E4M3 values and the `d` scales.
 pub fn quantize_channels(x: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
-    assert!(d > 0 && x.len() % d == 0);
+    assert!(d > 0 && x.len().is_multiple_of(d));
     let mut am = vec![0f32; d];
     for row in x.chunks_exact(d) {
         for (m, v) in am.iter_mut().zip(row) {

@@ -26,7 +26,10 @@ impl RopeTable {
     /// Frequencies `θ^(-2i/d)` for `i < d/2`, computed in f64 then rounded, as the reference
     /// implementations do.
     pub fn new(head_dim: usize, theta: f64, max_positions: usize, pairing: RopePairing) -> Self {
-        assert!(head_dim % 2 == 0, "RoPE needs an even head dimension");
+        assert!(
+            head_dim.is_multiple_of(2),
+            "RoPE needs an even head dimension"
+        );
         let half_dim = head_dim / 2;
         let inv_freq: Vec<f64> = (0..half_dim)
             .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))

@@ -59,10 +59,13 @@ impl LlamaConfig {
         if self.n_layers == 0 {
             return bad("block_count (must be > 0)");
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad("attention.head_count_kv (must divide attention.head_count)");
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad("attention head dimension (must be even and > 0)");
         }
         if self.context_length == 0 {

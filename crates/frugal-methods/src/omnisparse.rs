@@ -49,7 +49,8 @@
 //!    fewest span tokens, in that order, that hold `slim_tau` of the queries' mass together
 //!    with everything outside the span — the recall rule of axis 1 applied to the store.
 //!    `slim_budget=shared` gives every head of the layer the flattest head's count (axis 1's
-//!    rule), `own` lets each head keep only what it needs. The other span rows are freed from
+//!    rule), `own` lets each head keep only what it needs, and `mean` gives every head the
+//!    layer's mean of those counts (the same bytes as `own`, spread evenly: the baseline). The other span rows are freed from
 //!    the store before the next call stores its tokens (irreversible). `slim_tau=1` is off.
 //!
 //! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
@@ -152,7 +153,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         KnobInfo { name: "slim_tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "1", doc: "token-level decode slimming: share of the last queries' span mass each KV head keeps in the store (1 = off) [ours]" },
         KnobInfo { name: "slim_obs", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "32", doc: "token-level slimming: the call's last queries that score the span [ours, after SnapKV]" },
         KnobInfo { name: "slim_pool", kind: KnobKind::Int { min: 0, max: 1 << 10 }, default: "16", doc: "token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV; 16 rather than its 3: at 3 the needle's last digits were freed, docs/results/omnisparse.md §3]" },
-        KnobInfo { name: "slim_budget", kind: KnobKind::Choice { options: &["own", "shared"] }, default: "own", doc: "token-level slimming: each head keeps what its recall needs, or every head of a layer the flattest head's count [ours]" },
+        KnobInfo { name: "slim_budget", kind: KnobKind::Choice { options: &["own", "shared", "mean"] }, default: "own", doc: "token-level slimming: each head keeps what its recall needs; every head of a layer the flattest head's count; or every head the layer's mean count (same bytes as own: the uniform baseline) [ours]" },
     ],
     keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
 };
@@ -235,8 +236,19 @@ pub struct TokenSlim {
     pub obs: usize,
     /// Max-pool radius of the ranking, in rows.
     pub pool: usize,
-    /// Every head of a layer keeps the flattest head's count.
-    pub shared: bool,
+    /// How many span rows each head of a layer keeps.
+    pub budget: SlimBudget,
+}
+
+/// Token-level slimming budget per KV head of a layer [ours].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlimBudget {
+    /// What the head's own recall needs.
+    Own,
+    /// The flattest head's count (axis 1's rule).
+    Shared,
+    /// The layer's mean of the own counts: the same bytes as `Own`, spread evenly.
+    Mean,
 }
 
 impl Config {
@@ -493,10 +505,18 @@ impl OmniAttention {
             })
             .collect();
         let shared_budget = heads.iter().map(|h| h.1).max().unwrap_or(0);
+        let mean_budget = (heads.iter().map(|h| h.1).sum::<usize>() as f64
+            / heads.len().max(1) as f64)
+            .round() as usize;
         let mut sh = self.shared.lock().unwrap();
         let (mut span_rows, mut kept_rows) = (0, 0);
         for (g, (order, own)) in heads.iter().enumerate() {
-            let keep = if slim.shared { shared_budget } else { *own }.min(order.len());
+            let keep = match slim.budget {
+                SlimBudget::Own => *own,
+                SlimBudget::Shared => shared_budget,
+                SlimBudget::Mean => mean_budget,
+            }
+            .min(order.len());
             span_rows += order.len();
             kept_rows += keep;
             let mut drop: Vec<u32> = order[keep..]
@@ -870,7 +890,11 @@ pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Co
         tau: slim_tau,
         obs: knobs.usize("slim_obs"),
         pool: knobs.usize("slim_pool"),
-        shared: knobs.choice("slim_budget") == "shared",
+        budget: match knobs.choice("slim_budget") {
+            "shared" => SlimBudget::Shared,
+            "mean" => SlimBudget::Mean,
+            _ => SlimBudget::Own,
+        },
     });
     build(spec, cfg, layout)
 }

@@ -214,7 +214,7 @@ fn shared_probe_plans_every_block() {
 /// Token-level decode slimming: after the prefill each KV head keeps only the span rows its
 /// recall needs; every row outside the span stays; the bytes freed are the rows the report
 /// says were dropped; a higher recall keeps more and stays closer to dense; the shared
-/// (flattest-head) count keeps at least as much as each head's own.
+/// (flattest-head) count keeps at least as much as each head's own, the mean count as much.
 #[test]
 fn token_slimming_keeps_recall_rows_and_frees_the_rest() {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
@@ -279,6 +279,13 @@ fn token_slimming_keeps_recall_rows_and_frees_the_rest() {
         assert!(
             shared_bytes >= bytes,
             "τ={tau}: shared {shared_bytes} < own {bytes}"
+        );
+        // The mean budget spreads the same rows evenly: per layer it rounds the mean count.
+        let (_, mean_bytes, _) = slim(tau, "mean");
+        let slack = (heads / 2 * per_row) as i64;
+        assert!(
+            (mean_bytes as i64 - bytes as i64).abs() <= slack,
+            "τ={tau}: mean {mean_bytes} vs own {bytes}"
         );
     }
 }

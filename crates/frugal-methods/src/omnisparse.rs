@@ -67,7 +67,7 @@ use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
     column_importance, max_pool, probe_probabilities, probe_probabilities_fast, ranked_recall,
-    recall_budget, select_rows, BlockPlan, GroupAgg, KeySet, LazyFill, SparsePlan,
+    recall_budget, select_rows, BlockPlan, ChunkKeys, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -75,7 +75,7 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 7] = [
+const COMMON_KNOBS: [KnobInfo; 8] = [
     KnobInfo {
         name: "probe",
         kind: KnobKind::Int { min: 1, max: 1 << 16 },
@@ -129,6 +129,12 @@ const COMMON_KNOBS: [KnobInfo; 7] = [
         default: "1",
         doc: "consecutive 64-query blocks sharing one probe + selection (probes spread over the group, one key set for all) [ours]",
     },
+    KnobInfo {
+        name: "chunk",
+        kind: KnobKind::Int { min: 0, max: 4096 },
+        default: "0",
+        doc: "0 = `probe` queries score every key; N = every query of the group scores means of N consecutive keys, and a chunk's score is spread over its rows [ours, after Quest]",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -143,6 +149,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
+        COMMON_KNOBS[7],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -170,6 +177,7 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
+        COMMON_KNOBS[7],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -186,6 +194,7 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[4],
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
+        COMMON_KNOBS[7],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -221,6 +230,8 @@ pub struct Config {
     pub tail: usize,
     /// Query blocks that share one probe + selection.
     pub share: usize,
+    /// 0 = probe queries over every key; N = every query over N-key chunk means.
+    pub chunk: usize,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
     /// Token-level decode slimming; `None` = off.
@@ -583,6 +594,11 @@ impl AttentionPolicy for OmniAttention {
         // Planning groups of `share` query blocks: one probe + selection per group.
         let span = BLOCK * cfg.share;
         type Stats = Option<(usize, usize, usize, Audit)>;
+        let chunk_keys: Option<Vec<ChunkKeys>> = (cfg.chunk > 0).then(|| {
+            kv.iter()
+                .map(|h| ChunkKeys::new(h, h.positions.len(), cfg.chunk, shape.head_dim))
+                .collect()
+        });
         let groups: Vec<(Vec<BlockPlan>, Stats)> = (0..t.div_ceil(span))
             .into_par_iter()
             .map(|gi| {
@@ -634,19 +650,42 @@ impl AttentionPolicy for OmniAttention {
                 if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
                     return (fill(&all), None);
                 }
-                // Probe: the group's last query and a stride through it.
-                let stride = ((t1 - t0) / cfg.probe).max(1);
-                let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
-                let imp: Vec<Vec<f32>> = kv
-                    .iter()
-                    .enumerate()
-                    .map(|(g, h)| {
-                        let probs = probe_probabilities_fast(
-                            q, positions, &probes, g, h, visible[g], shape,
-                        );
-                        column_importance(&probs, visible[g], shape.group(), cfg.agg)
-                    })
-                    .collect();
+                // Probe: the group's last query and a stride through it; or, with `chunk`,
+                // every query of the group over chunk means.
+                let imp: Vec<Vec<f32>> = match &chunk_keys {
+                    Some(ck) => {
+                        let toks: Vec<usize> = (t0..t1).collect();
+                        kv.iter()
+                            .enumerate()
+                            .map(|(g, h)| {
+                                ck[g].importance(
+                                    q,
+                                    positions,
+                                    &toks,
+                                    g,
+                                    h.positions,
+                                    visible[g],
+                                    shape,
+                                    cfg.agg,
+                                )
+                            })
+                            .collect()
+                    }
+                    None => {
+                        let stride = ((t1 - t0) / cfg.probe).max(1);
+                        let probes: Vec<usize> =
+                            (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
+                        kv.iter()
+                            .enumerate()
+                            .map(|(g, h)| {
+                                let probs = probe_probabilities_fast(
+                                    q, positions, &probes, g, h, visible[g], shape,
+                                );
+                                column_importance(&probs, visible[g], shape.group(), cfg.agg)
+                            })
+                            .collect()
+                    }
+                };
                 let budget = match cfg.budget {
                     Budget::Flattest { tau } => (0..kv.len())
                         .map(|g| recall_budget(&imp[g], &forced[g], tau))
@@ -850,6 +889,7 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         span_recent: 0,
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
+        chunk: knobs.usize("chunk"),
         audit: knobs.usize("audit") > 0,
         slim: None,
     }

@@ -53,6 +53,17 @@ fn sparse_path_skips_keys_and_queries_and_stays_close() {
         d_near > 0.0 && d_near < d_far,
         "τ=0.999 ({d_near}) must be closer to dense than 5% of keys ({d_far})"
     );
+    // Every query scoring chunk means of 8 keys: also sparse, also closer than 5 % of keys.
+    let (chunked, report) = prefill(
+        "omnisparse:tau=0.95,lazy=none,window=16,sink=1,chunk=8",
+        &ids,
+    );
+    assert!(!report.unwrap().contains("\"key_kept_fraction\":1.0000"));
+    let d_chunk = max_diff(&dense, &chunked);
+    assert!(
+        d_chunk > 0.0 && d_chunk < d_far,
+        "chunk=8: {d_chunk} vs 5% of keys {d_far}"
+    );
     // Lazy queries: θ=-1 makes every query lazy; keep_every=4 computes ~1/4 (+ block starts).
     let (_, report) = prefill(
         "omnisparse:tau=1,lazy=cos,theta=-1,keep_every=4,tail=0",

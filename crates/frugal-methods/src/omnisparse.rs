@@ -78,7 +78,7 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 8] = [
+const COMMON_KNOBS: [KnobInfo; 9] = [
     KnobInfo {
         name: "probe",
         kind: KnobKind::Int { min: 1, max: 1 << 16 },
@@ -138,6 +138,12 @@ const COMMON_KNOBS: [KnobInfo; 8] = [
         default: "0",
         doc: "0 = `probe` queries score every key; N = every query of the group scores means of N consecutive keys, and a chunk's score is spread over its rows [ours, after Quest]",
     },
+    KnobInfo {
+        name: "chunk_mix",
+        kind: KnobKind::Float { min: 0.0, max: 1.0 },
+        default: "0",
+        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone) [ours]",
+    },
 ];
 
 pub const INFO: PolicyInfo = PolicyInfo {
@@ -153,6 +159,7 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
+        COMMON_KNOBS[8],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -181,6 +188,7 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
+        COMMON_KNOBS[8],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -198,6 +206,7 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[5],
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
+        COMMON_KNOBS[8],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -235,6 +244,8 @@ pub struct Config {
     pub share: usize,
     /// 0 = probe queries over every key; N = every query over N-key chunk means.
     pub chunk: usize,
+    /// With `chunk`, the weight of the probes' importance in the mix (0 = chunks alone).
+    pub chunk_mix: f32,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
     /// Token-level decode slimming; `None` = off.
@@ -655,40 +666,44 @@ impl AttentionPolicy for OmniAttention {
                 }
                 // Probe: the group's last query and a stride through it; or, with `chunk`,
                 // every query of the group over chunk means.
-                let imp: Vec<Vec<f32>> = match &chunk_keys {
-                    Some(ck) => {
-                        let toks: Vec<usize> = (t0..t1).collect();
-                        kv.iter()
-                            .enumerate()
-                            .map(|(g, h)| {
-                                ck[g].importance(
-                                    q,
-                                    positions,
-                                    &toks,
-                                    g,
-                                    h.positions,
-                                    visible[g],
-                                    shape,
-                                    cfg.agg,
-                                )
-                            })
-                            .collect()
-                    }
-                    None => {
-                        let stride = ((t1 - t0) / cfg.probe).max(1);
-                        let probes: Vec<usize> =
-                            (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
-                        kv.iter()
-                            .enumerate()
-                            .map(|(g, h)| {
-                                let probs = probe_probabilities_fast(
-                                    q, positions, &probes, g, h, visible[g], shape,
-                                );
-                                column_importance(&probs, visible[g], shape.group(), cfg.agg)
-                            })
-                            .collect()
-                    }
-                };
+                let toks: Vec<usize> = (t0..t1).collect();
+                let stride = ((t1 - t0) / cfg.probe).max(1);
+                let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
+                let imp: Vec<Vec<f32>> = kv
+                    .iter()
+                    .enumerate()
+                    .map(|(g, h)| {
+                        let by_chunk = chunk_keys.as_ref().map(|ck| {
+                            ck[g].importance(
+                                q,
+                                positions,
+                                &toks,
+                                g,
+                                h.positions,
+                                visible[g],
+                                shape,
+                                cfg.agg,
+                            )
+                        });
+                        let by_probe = (by_chunk.is_none() || cfg.chunk_mix > 0.0).then(|| {
+                            let probs = probe_probabilities_fast(
+                                q, positions, &probes, g, h, visible[g], shape,
+                            );
+                            column_importance(&probs, visible[g], shape.group(), cfg.agg)
+                        });
+                        match (by_chunk, by_probe) {
+                            (Some(c), Some(p)) => {
+                                let w = cfg.chunk_mix;
+                                c.iter()
+                                    .zip(&p)
+                                    .map(|(c, p)| (1.0 - w) * c + w * p)
+                                    .collect()
+                            }
+                            (Some(c), None) => c,
+                            (None, p) => p.expect("probes run when chunks do not"),
+                        }
+                    })
+                    .collect();
                 let budget = match cfg.budget {
                     Budget::Flattest { tau } => (0..kv.len())
                         .map(|g| recall_budget(&imp[g], &forced[g], tau))
@@ -893,6 +908,7 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
         chunk: knobs.usize("chunk"),
+        chunk_mix: knobs.f64("chunk_mix") as f32,
         audit: knobs.usize("audit") > 0,
         slim: None,
     }

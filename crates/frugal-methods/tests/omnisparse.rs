@@ -64,6 +64,10 @@ fn sparse_path_skips_keys_and_queries_and_stays_close() {
         d_chunk > 0.0 && d_chunk < d_far,
         "chunk=8: {d_chunk} vs 5% of keys {d_far}"
     );
+    // chunk_mix=1 weighs the probes alone: the probe path's plan, bit for bit.
+    let probe_only = "omnisparse:tau=0.9,lazy=none,window=16,sink=1";
+    let (mixed, _) = prefill(&format!("{probe_only},chunk=8,chunk_mix=1"), &ids);
+    assert_eq!(prefill(probe_only, &ids).0, mixed);
     // Lazy queries: θ=-1 makes every query lazy; keep_every=4 computes ~1/4 (+ block starts).
     let (_, report) = prefill(
         "omnisparse:tau=1,lazy=cos,theta=-1,keep_every=4,tail=0",

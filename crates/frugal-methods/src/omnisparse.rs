@@ -53,8 +53,9 @@
 //!    with everything outside the span — the recall rule of axis 1 applied to the store.
 //!    `slim_budget=shared` gives every head of the layer the flattest head's count (axis 1's
 //!    rule), `own` lets each head keep only what it needs, and `mean` gives every head the
-//!    layer's mean of those counts (the same bytes as `own`, spread evenly: the baseline). The other span rows are freed from
-//!    the store before the next call stores its tokens (irreversible). `slim_tau=1` is off.
+//!    layer's mean of those counts (the same bytes as `own`, spread evenly: the baseline).
+//!    The other span rows are freed from the store before the next call stores its tokens
+//!    (irreversible). `slim_tau=1` is off.
 //!
 //! Baselines with the same probe, forced keys and kernel: `uniform-budget:keys=N` (every head
 //! of every block keeps `N` non-forced keys, set `N` to OmniSparse's measured mean to compare
@@ -666,9 +667,17 @@ impl AttentionPolicy for OmniAttention {
                 }
                 // Probe: the group's last query and a stride through it; or, with `chunk`,
                 // every query of the group over chunk means.
-                let toks: Vec<usize> = (t0..t1).collect();
-                let stride = ((t1 - t0) / cfg.probe).max(1);
-                let probes: Vec<usize> = (t0..t1).rev().step_by(stride).take(cfg.probe).collect();
+                // Chunk scoring reads every query of the group; the probe path a stride of them.
+                let toks: Vec<usize> = match chunk_keys {
+                    Some(_) => (t0..t1).collect(),
+                    None => Vec::new(),
+                };
+                let probes: Vec<usize> = if chunk_keys.is_none() || cfg.chunk_mix > 0.0 {
+                    let stride = ((t1 - t0) / cfg.probe).max(1);
+                    (t0..t1).rev().step_by(stride).take(cfg.probe).collect()
+                } else {
+                    Vec::new()
+                };
                 let imp: Vec<Vec<f32>> = kv
                     .iter()
                     .enumerate()

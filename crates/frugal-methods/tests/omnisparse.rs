@@ -88,30 +88,58 @@ fn sparse_path_skips_keys_and_queries_and_stays_close() {
     assert!(top.iter().flatten().all(|x| x.is_finite()));
 }
 
+/// What a decode-slimming test sees of one run of `spec` on the tiny model: 250 prompt tokens
+/// (10 prefix, 200 context = the slimmable span, 40 question) in one prefill, then 10 decode
+/// steps. Returns the decode steps' logits, the bytes held after the prefill and at the end,
+/// and the policy's report.
+struct SlimRun {
+    decoded: Vec<Vec<f32>>,
+    after_prefill: usize,
+    end: usize,
+    report: String,
+}
+
+fn slim_run(spec: &str) -> SlimRun {
+    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
+    let ids = ids(260);
+    let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
+    let mut s = TokenStructure::default();
+    s.push(TokenKind::Prefix, 0, 10);
+    s.push(TokenKind::Context, 0, 200);
+    s.push(TokenKind::Question, 0, 40);
+    seq.structure = Some(Arc::new(s));
+    lm.model
+        .forward(&ids[..250], &mut seq, LogitRows::Last)
+        .unwrap();
+    let after_prefill = seq.cache.resident_bytes();
+    let mut decoded = Vec::new();
+    for &id in &ids[250..] {
+        decoded.extend(
+            lm.model
+                .forward(&[id], &mut seq, LogitRows::Last)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+        );
+    }
+    SlimRun {
+        decoded,
+        after_prefill,
+        end: seq.cache.resident_bytes(),
+        report: seq.attention.report().unwrap(),
+    }
+}
+
 #[test]
 fn decode_slimming_frees_the_span_of_quiet_heads() {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
-    let cfg = lm.model.config().clone();
-    let ids = ids(260);
+    let cfg = tiny_model(GgmlDType::F32, 5)
+        .unwrap()
+        .model
+        .config()
+        .clone();
     let run = |spec: &str| {
-        let mut seq = build(&spec.parse().unwrap(), cfg.kv_layout()).unwrap();
-        let mut s = TokenStructure::default();
-        s.push(TokenKind::Prefix, 0, 10);
-        s.push(TokenKind::Context, 0, 200);
-        s.push(TokenKind::Question, 0, 40);
-        seq.structure = Some(Arc::new(s));
-        lm.model
-            .forward(&ids[..250], &mut seq, LogitRows::Last)
-            .unwrap();
-        let after_prefill = seq.cache.resident_bytes();
-        for &id in &ids[250..] {
-            lm.model.forward(&[id], &mut seq, LogitRows::Last).unwrap();
-        }
-        (
-            after_prefill,
-            seq.cache.resident_bytes(),
-            seq.attention.report().unwrap(),
-        )
+        let r = slim_run(spec);
+        (r.after_prefill, r.end, r.report)
     };
     let per_row = 2 * cfg.head_dim * 4 + 4;
     let heads = cfg.n_layers * cfg.n_kv_heads;
@@ -232,31 +260,14 @@ fn shared_probe_plans_every_block() {
 /// (flattest-head) count keeps at least as much as each head's own, the mean count as much.
 #[test]
 fn token_slimming_keeps_recall_rows_and_frees_the_rest() {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
-    let cfg = lm.model.config().clone();
-    let ids = ids(260);
+    let cfg = tiny_model(GgmlDType::F32, 5)
+        .unwrap()
+        .model
+        .config()
+        .clone();
     let run = |spec: &str| {
-        let mut seq = build(&spec.parse().unwrap(), cfg.kv_layout()).unwrap();
-        let mut s = TokenStructure::default();
-        s.push(TokenKind::Prefix, 0, 10);
-        s.push(TokenKind::Context, 0, 200);
-        s.push(TokenKind::Question, 0, 40);
-        seq.structure = Some(Arc::new(s));
-        lm.model
-            .forward(&ids[..250], &mut seq, LogitRows::Last)
-            .unwrap();
-        let mut rows = Vec::new();
-        for &id in &ids[250..] {
-            rows.extend(
-                lm.model
-                    .forward(&[id], &mut seq, LogitRows::Last)
-                    .unwrap()
-                    .to_vec2::<f32>()
-                    .unwrap(),
-            );
-        }
-        let report = report_json(seq.attention.report());
-        (rows, seq.cache.resident_bytes(), report)
+        let r = slim_run(spec);
+        (r.decoded, r.end, report_json(Some(r.report)))
     };
     let per_row = 2 * cfg.head_dim * 4 + 4;
     let heads = cfg.n_layers * cfg.n_kv_heads;

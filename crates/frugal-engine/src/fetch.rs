@@ -511,11 +511,19 @@ mod tests {
 
     /// A stand-in for `python3`: for `-m pip download … -d DIR SPEC` it copies a prepared wheel
     /// into DIR (or fails like pip would), so the whole flow runs offline.
+    ///
+    /// The executable is written by a `cp` child, never through a file descriptor of this
+    /// process: a test running in parallel that forks while such a descriptor is open would
+    /// hold it until its exec, and running the script then fails with ETXTBSY ("Text file
+    /// busy"), which made this test flaky.
     #[cfg(unix)]
     fn fake_python(dir: &Path, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
+        let src = dir.join("fake-python.txt");
+        std::fs::write(&src, format!("#!/bin/sh\n{body}\n")).unwrap();
         let p = dir.join("fake-python");
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let status = Command::new("cp").arg(&src).arg(&p).status().unwrap();
+        assert!(status.success(), "cp {} failed", src.display());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }

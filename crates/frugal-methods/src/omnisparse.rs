@@ -70,16 +70,18 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    column_importance, max_pool, probe_probabilities, probe_probabilities_fast, ranked_recall,
-    recall_budget, select_rows, BlockPlan, ChunkKeys, GroupAgg, KeySet, LazyFill, SparsePlan,
+    chunk_recall, chunk_rows, column_importance, max_pool, probe_probabilities,
+    probe_probabilities_fast, ranked_recall, recall_budget, select_rows, BlockPlan, ChunkEstimate,
+    ChunkKeys, ChunkMix, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 9] = [
+const COMMON_KNOBS: [KnobInfo; 12] = [
     KnobInfo {
         name: "probe",
         kind: KnobKind::Int { min: 1, max: 1 << 16 },
@@ -143,7 +145,25 @@ const COMMON_KNOBS: [KnobInfo; 9] = [
         name: "chunk_mix",
         kind: KnobKind::Float { min: 0.0, max: 1.0 },
         default: "0",
-        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone) [ours]",
+        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone, selected whole) [ours]",
+    },
+    KnobInfo {
+        name: "chunk_split",
+        kind: KnobKind::Int { min: 0, max: 1 },
+        default: "0",
+        doc: "with chunk_mix: 0 = add the probes' row importance; 1 = keep each chunk's total and let the probes split `chunk_mix` of it over the chunk's rows [ours]",
+    },
+    KnobInfo {
+        name: "chunk_rank",
+        kind: KnobKind::Int { min: 0, max: 4096 },
+        default: "0",
+        doc: "with chunk: score in the top-r principal directions of the call's keys per layer and KV head (0 = every dimension) [ours, after Loki]",
+    },
+    KnobInfo {
+        name: "chunk_spread",
+        kind: KnobKind::Int { min: 0, max: 1 },
+        default: "0",
+        doc: "with chunk: 1 = add half the keys' in-chunk variance along the query (q²·var/2) to each chunk's log-mass [ours]",
     },
 ];
 
@@ -161,6 +181,9 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
+        COMMON_KNOBS[9],
+        COMMON_KNOBS[10],
+        COMMON_KNOBS[11],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -190,6 +213,9 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
+        COMMON_KNOBS[9],
+        COMMON_KNOBS[10],
+        COMMON_KNOBS[11],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -208,6 +234,9 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
+        COMMON_KNOBS[9],
+        COMMON_KNOBS[10],
+        COMMON_KNOBS[11],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -243,10 +272,12 @@ pub struct Config {
     pub tail: usize,
     /// Query blocks that share one probe + selection.
     pub share: usize,
-    /// 0 = probe queries over every key; N = every query over N-key chunk means.
-    pub chunk: usize,
+    /// `None` = probe queries over every key; else every query scores chunk means.
+    pub chunk: Option<ChunkEstimate>,
     /// With `chunk`, the weight of the probes' importance in the mix (0 = chunks alone).
     pub chunk_mix: f32,
+    /// How the probes' rows enter the chunk estimate.
+    pub chunk_split: ChunkMix,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
     /// Token-level decode slimming; `None` = off.
@@ -283,6 +314,57 @@ impl Config {
             Budget::Flattest { tau } => tau >= 1.0,
             Budget::Uniform { keys } => keys >= 1 << 20,
             Budget::Ratio { ratio } => ratio >= 1.0,
+        }
+    }
+}
+
+/// One KV head's keys ranked for selection, by chunk or by row, with its recall budget.
+enum Ranked {
+    Chunks {
+        order: Vec<u32>,
+        chunk: usize,
+        budget: usize,
+    },
+    Rows {
+        imp: Vec<f32>,
+        forced: Vec<bool>,
+        budget: usize,
+    },
+}
+
+impl Ranked {
+    /// Whole chunks in order of importance per row (`imp` per chunk; chunk-granular budget).
+    fn chunks(imp: &[f32], chunk: usize, n: usize, free: Range<usize>, tau: f64) -> Self {
+        let (order, budget) = chunk_recall(imp, chunk, n, free, tau);
+        Ranked::Chunks {
+            order,
+            chunk,
+            budget,
+        }
+    }
+
+    fn rows(imp: Vec<f32>, n: usize, free: Range<usize>, tau: f64) -> Self {
+        let forced: Vec<bool> = (0..n).map(|j| !free.contains(&j)).collect();
+        let budget = recall_budget(&imp, &forced, tau);
+        Ranked::Rows {
+            imp,
+            forced,
+            budget,
+        }
+    }
+
+    /// Non-forced rows this head needs for its recall `tau`.
+    fn budget(&self) -> usize {
+        match self {
+            Ranked::Chunks { budget, .. } | Ranked::Rows { budget, .. } => *budget,
+        }
+    }
+
+    /// The forced rows plus (at least, for chunks) the `b` best free rows, ascending.
+    fn select(&self, b: usize, n: usize, free: Range<usize>) -> Vec<u32> {
+        match self {
+            Ranked::Chunks { order, chunk, .. } => chunk_rows(order, *chunk, n, free, b),
+            Ranked::Rows { imp, forced, .. } => select_rows(imp, forced, b),
         }
     }
 }
@@ -609,9 +691,9 @@ impl AttentionPolicy for OmniAttention {
         // Planning groups of `share` query blocks: one probe + selection per group.
         let span = BLOCK * cfg.share;
         type Stats = Option<(usize, usize, usize, Audit)>;
-        let chunk_keys: Option<Vec<ChunkKeys>> = (cfg.chunk > 0).then(|| {
+        let chunk_keys: Option<Vec<ChunkKeys>> = cfg.chunk.map(|est| {
             kv.iter()
-                .map(|h| ChunkKeys::new(h, h.positions.len(), cfg.chunk, shape.head_dim))
+                .map(|h| ChunkKeys::new(h, h.positions.len(), est, shape.head_dim))
                 .collect()
         });
         let groups: Vec<(Vec<BlockPlan>, Stats)> = (0..t.div_ceil(span))
@@ -648,25 +730,20 @@ impl AttentionPolicy for OmniAttention {
                     .iter()
                     .map(|h| h.positions.partition_point(|&p| p <= last))
                     .collect();
-                let forced: Vec<Vec<bool>> = kv
+                // Forced rows are a prefix (the sinks) and a suffix (the window and the group
+                // itself): each head's free rows are one range.
+                let free: Vec<Range<usize>> = kv
                     .iter()
                     .zip(&visible)
                     .map(|(h, &n)| {
-                        h.positions[..n]
-                            .iter()
-                            .map(|&p| p < cfg.sink || p + cfg.window >= first)
-                            .collect()
+                        let lead = h.positions[..n].partition_point(|&p| p < cfg.sink);
+                        let trail = h.positions[..n].partition_point(|&p| p + cfg.window < first);
+                        lead..trail.max(lead)
                     })
                     .collect();
-                let n_cand: Vec<usize> = forced
-                    .iter()
-                    .map(|f| f.iter().filter(|x| !**x).count())
-                    .collect();
-                if cfg.keeps_every_key() || n_cand.iter().all(|&c| c == 0) {
+                if cfg.keeps_every_key() || free.iter().all(|f| f.is_empty()) {
                     return (fill(&all), None);
                 }
-                // Probe: the group's last query and a stride through it; or, with `chunk`,
-                // every query of the group over chunk means.
                 // Chunk scoring reads every query of the group; the probe path a stride of them.
                 let toks: Vec<usize> = match chunk_keys {
                     Some(_) => (t0..t1).collect(),
@@ -678,49 +755,50 @@ impl AttentionPolicy for OmniAttention {
                 } else {
                     Vec::new()
                 };
-                let imp: Vec<Vec<f32>> = kv
-                    .iter()
-                    .enumerate()
-                    .map(|(g, h)| {
-                        let by_chunk = chunk_keys.as_ref().map(|ck| {
-                            ck[g].importance(
-                                q,
-                                positions,
-                                &toks,
-                                g,
-                                h.positions,
-                                visible[g],
-                                shape,
-                                cfg.agg,
-                            )
-                        });
-                        let by_probe = (by_chunk.is_none() || cfg.chunk_mix > 0.0).then(|| {
-                            let probs = probe_probabilities_fast(
-                                q, positions, &probes, g, h, visible[g], shape,
-                            );
-                            column_importance(&probs, visible[g], shape.group(), cfg.agg)
-                        });
-                        match (by_chunk, by_probe) {
-                            (Some(c), Some(p)) => {
-                                let w = cfg.chunk_mix;
-                                c.iter()
-                                    .zip(&p)
-                                    .map(|(c, p)| (1.0 - w) * c + w * p)
-                                    .collect()
-                            }
-                            (Some(c), None) => c,
-                            (None, p) => p.expect("probes run when chunks do not"),
-                        }
-                    })
-                    .collect();
+                // The recall count only matters for the flattest-head budget.
+                let tau = match cfg.budget {
+                    Budget::Flattest { tau } => tau,
+                    _ => 1.0,
+                };
+                let ranked: Vec<Ranked> =
+                    kv.iter()
+                        .enumerate()
+                        .map(|(g, h)| {
+                            let n = visible[g];
+                            let by_chunk = chunk_keys.as_ref().map(|ck| {
+                                let c = ck[g].importance(
+                                    q,
+                                    positions,
+                                    &toks,
+                                    g,
+                                    h.positions,
+                                    n,
+                                    shape,
+                                    cfg.agg,
+                                );
+                                (c, ck[g].chunk())
+                            });
+                            let by_probe = (by_chunk.is_none() || cfg.chunk_mix > 0.0).then(|| {
+                                let probs =
+                                    probe_probabilities_fast(q, positions, &probes, g, h, n, shape);
+                                column_importance(&probs, n, shape.group(), cfg.agg)
+                            });
+                            let imp = match (by_chunk, by_probe) {
+                                (Some((c, chunk)), None) => {
+                                    return Ranked::chunks(&c, chunk, n, free[g].clone(), tau)
+                                }
+                                (Some((c, _)), Some(p)) => chunk_keys.as_ref().unwrap()[g]
+                                    .mix_rows(&c, Some(&p), cfg.chunk_mix, cfg.chunk_split),
+                                (None, p) => p.expect("probes run when chunks do not"),
+                            };
+                            Ranked::rows(imp, n, free[g].clone(), tau)
+                        })
+                        .collect();
                 let budget = match cfg.budget {
-                    Budget::Flattest { tau } => (0..kv.len())
-                        .map(|g| recall_budget(&imp[g], &forced[g], tau))
-                        .max()
-                        .unwrap_or(0),
+                    Budget::Flattest { .. } => ranked.iter().map(|r| r.budget()).max().unwrap_or(0),
                     Budget::Uniform { keys } => keys,
                     Budget::Ratio { ratio } => {
-                        (ratio * *n_cand.iter().max().unwrap() as f64).ceil() as usize
+                        (ratio * free.iter().map(|f| f.len()).max().unwrap() as f64).ceil() as usize
                     }
                 };
                 let mut selected = 0;
@@ -732,7 +810,7 @@ impl AttentionPolicy for OmniAttention {
                     .unwrap_or(t1);
                 let keys: Vec<KeySet> = (0..kv.len())
                     .map(|g| {
-                        let rows = select_rows(&imp[g], &forced[g], budget);
+                        let rows = ranked[g].select(budget, visible[g], free[g].clone());
                         selected += rows.len();
                         if cfg.audit {
                             audit.add(&audit_recall(
@@ -916,8 +994,17 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         span_recent: 0,
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
-        chunk: knobs.usize("chunk"),
+        chunk: (knobs.usize("chunk") > 0).then(|| ChunkEstimate {
+            chunk: knobs.usize("chunk"),
+            rank: knobs.usize("chunk_rank"),
+            spread: knobs.usize("chunk_spread") > 0,
+        }),
         chunk_mix: knobs.f64("chunk_mix") as f32,
+        chunk_split: if knobs.usize("chunk_split") > 0 {
+            ChunkMix::Split
+        } else {
+            ChunkMix::Add
+        },
         audit: knobs.usize("audit") > 0,
         slim: None,
     }

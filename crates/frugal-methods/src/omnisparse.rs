@@ -21,8 +21,12 @@
 //!    of a block only on average — `audit=1` measures every query's true recall). `B` per
 //!    layer is reported. With `chunk=N` ([ours], after Quest's pooled key blocks) the probe is
 //!    replaced: *every* query of the group scores the means of N consecutive keys, at 1/N of
-//!    the exact cost, and each chunk's importance is spread over its rows (at 8k, 8 probes
-//!    lose +2.3 % perplexity at 40 % of keys where exact importance loses +0.23 % at 32 %).
+//!    the exact cost (at 8k, 8 probes lose +2.3 % perplexity at 40 % of keys where exact
+//!    importance loses +0.23 % at 32 %). Chunks alone are selected whole (the recall budget
+//!    counts their free rows); with `chunk_mix=w` each chunk's importance is spread evenly over
+//!    its rows and mixed with the probes' row importance, `(1-w)·chunk + w·probe`, which gives
+//!    the row detail chunks lack (at 8k, `chunk=8,chunk_mix=0.5,probe=2`: +0.94 % at 30 % of
+//!    keys; docs/results/omnisparse.md §1c).
 //! 2. **Query selection** (prefill; **off by default** [ours]: training-free, skipping a query
 //!    copies its neighbour's attention output, which breaks previous-token heads — passkey
 //!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy
@@ -71,8 +75,8 @@ use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
     chunk_recall, chunk_rows, column_importance, max_pool, probe_probabilities,
-    probe_probabilities_fast, ranked_recall, recall_budget, select_rows, BlockPlan, ChunkEstimate,
-    ChunkKeys, ChunkMix, GroupAgg, KeySet, LazyFill, SparsePlan,
+    probe_probabilities_fast, ranked_recall, recall_budget, select_rows, BlockPlan, ChunkKeys,
+    GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::ops::Range;
@@ -81,7 +85,7 @@ use std::sync::{Arc, Mutex};
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 12] = [
+const COMMON_KNOBS: [KnobInfo; 9] = [
     KnobInfo {
         name: "probe",
         kind: KnobKind::Int { min: 1, max: 1 << 16 },
@@ -145,25 +149,7 @@ const COMMON_KNOBS: [KnobInfo; 12] = [
         name: "chunk_mix",
         kind: KnobKind::Float { min: 0.0, max: 1.0 },
         default: "0",
-        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone, selected whole) [ours]",
-    },
-    KnobInfo {
-        name: "chunk_split",
-        kind: KnobKind::Int { min: 0, max: 1 },
-        default: "0",
-        doc: "with chunk_mix: 0 = add the probes' row importance; 1 = keep each chunk's total and let the probes split `chunk_mix` of it over the chunk's rows [ours]",
-    },
-    KnobInfo {
-        name: "chunk_rank",
-        kind: KnobKind::Int { min: 0, max: 4096 },
-        default: "0",
-        doc: "with chunk: score in the top-r principal directions of the call's keys per layer and KV head (0 = every dimension) [ours, after Loki]",
-    },
-    KnobInfo {
-        name: "chunk_spread",
-        kind: KnobKind::Int { min: 0, max: 1 },
-        default: "0",
-        doc: "with chunk: 1 = add half the keys' in-chunk variance along the query (q²·var/2) to each chunk's log-mass [ours]",
+        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone, selected whole chunks at a time) [ours]",
     },
 ];
 
@@ -181,9 +167,6 @@ pub const INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
-        COMMON_KNOBS[9],
-        COMMON_KNOBS[10],
-        COMMON_KNOBS[11],
         KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
         KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
         KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
@@ -213,9 +196,6 @@ pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
-        COMMON_KNOBS[9],
-        COMMON_KNOBS[10],
-        COMMON_KNOBS[11],
     ],
     keep_everything: "uniform-budget:keys=1048576",
 };
@@ -234,9 +214,6 @@ pub const TOPK_INFO: PolicyInfo = PolicyInfo {
         COMMON_KNOBS[6],
         COMMON_KNOBS[7],
         COMMON_KNOBS[8],
-        COMMON_KNOBS[9],
-        COMMON_KNOBS[10],
-        COMMON_KNOBS[11],
     ],
     keep_everything: "topk:ratio=1",
 };
@@ -272,12 +249,10 @@ pub struct Config {
     pub tail: usize,
     /// Query blocks that share one probe + selection.
     pub share: usize,
-    /// `None` = probe queries over every key; else every query scores chunk means.
-    pub chunk: Option<ChunkEstimate>,
+    /// 0 = probe queries over every key; N = every query over N-key chunk means.
+    pub chunk: usize,
     /// With `chunk`, the weight of the probes' importance in the mix (0 = chunks alone).
     pub chunk_mix: f32,
-    /// How the probes' rows enter the chunk estimate.
-    pub chunk_split: ChunkMix,
     /// Measure every query's true recall of the selected keys (costs a dense pass).
     pub audit: bool,
     /// Token-level decode slimming; `None` = off.
@@ -691,9 +666,9 @@ impl AttentionPolicy for OmniAttention {
         // Planning groups of `share` query blocks: one probe + selection per group.
         let span = BLOCK * cfg.share;
         type Stats = Option<(usize, usize, usize, Audit)>;
-        let chunk_keys: Option<Vec<ChunkKeys>> = cfg.chunk.map(|est| {
+        let chunk_keys: Option<Vec<ChunkKeys>> = (cfg.chunk > 0).then(|| {
             kv.iter()
-                .map(|h| ChunkKeys::new(h, h.positions.len(), est, shape.head_dim))
+                .map(|h| ChunkKeys::new(h, h.positions.len(), cfg.chunk, shape.head_dim))
                 .collect()
         });
         let groups: Vec<(Vec<BlockPlan>, Stats)> = (0..t.div_ceil(span))
@@ -788,7 +763,7 @@ impl AttentionPolicy for OmniAttention {
                                     return Ranked::chunks(&c, chunk, n, free[g].clone(), tau)
                                 }
                                 (Some((c, _)), Some(p)) => chunk_keys.as_ref().unwrap()[g]
-                                    .mix_rows(&c, Some(&p), cfg.chunk_mix, cfg.chunk_split),
+                                    .mix_rows(&c, n, Some((&p, cfg.chunk_mix))),
                                 (None, p) => p.expect("probes run when chunks do not"),
                             };
                             Ranked::rows(imp, n, free[g].clone(), tau)
@@ -994,17 +969,8 @@ fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
         span_recent: 0,
         tail: knobs.usize("tail"),
         share: knobs.usize("share"),
-        chunk: (knobs.usize("chunk") > 0).then(|| ChunkEstimate {
-            chunk: knobs.usize("chunk"),
-            rank: knobs.usize("chunk_rank"),
-            spread: knobs.usize("chunk_spread") > 0,
-        }),
+        chunk: knobs.usize("chunk"),
         chunk_mix: knobs.f64("chunk_mix") as f32,
-        chunk_split: if knobs.usize("chunk_split") > 0 {
-            ChunkMix::Split
-        } else {
-            ChunkMix::Add
-        },
         audit: knobs.usize("audit") > 0,
         slim: None,
     }

@@ -48,6 +48,11 @@ pub struct DepthResult {
     pub total: usize,
 }
 
+/// JSON has no NaN: serde_json writes it as `null`, which reads back as NaN here.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One (policy, task, length) cell.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellResult {
@@ -57,8 +62,10 @@ pub struct CellResult {
     pub metric: String,
     pub value: f64,
     /// 95% interval: Wilson for accuracy; for perplexity, exp of a t-interval on the
-    /// per-sample mean NLL.
+    /// per-sample mean NLL, NaN from a single sample (stored as JSON `null`).
+    #[serde(deserialize_with = "null_as_nan")]
     pub ci_low: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub ci_high: f64,
     pub samples: usize,
     /// Largest KV footprint reached in any sample, bytes held by the store.
@@ -321,8 +328,14 @@ fn summarise(
             let m = per.iter().sum::<f64>() / n as f64;
             let sd =
                 (per.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
-            let half = t_quantile_975(n.saturating_sub(1)) * sd / (n as f64).sqrt();
-            (mean.exp(), (mean - half).exp(), (mean + half).exp())
+            if n < 2 {
+                // One sample has no spread to build an interval from: NaN (null in the JSON),
+                // printed as "–" and drawn without an error bar.
+                (mean.exp(), f64::NAN, f64::NAN)
+            } else {
+                let half = t_quantile_975(n - 1) * sd / (n as f64).sqrt();
+                (mean.exp(), (mean - half).exp(), (mean + half).exp())
+            }
         }
         _ => {
             let k = outcomes.iter().filter(|o| o.score > 0.5).count();

@@ -17,6 +17,16 @@ pub(crate) fn register_font() {
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
 }
 
+/// A cell's 95 % interval, if it has one (a perplexity from one sample has none).
+fn interval(c: &CellResult) -> Option<(f64, f64)> {
+    (c.ci_low.is_finite() && c.ci_high.is_finite()).then_some((c.ci_low, c.ci_high))
+}
+
+/// The interval as the table prints it.
+fn ci(c: &CellResult) -> String {
+    interval(c).map_or("–".into(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+}
+
 pub fn markdown(report: &EvalReport) -> String {
     let r = &report.run;
     let mut s = String::new();
@@ -44,14 +54,13 @@ pub fn markdown(report: &EvalReport) -> String {
         let mib = |b: f64| b / 1048576.0;
         let _ = writeln!(
             s,
-            "| {} | {} | `{}` | {} | {:.4} | [{:.4}, {:.4}] | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
+            "| {} | {} | `{}` | {} | {:.4} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
             c.task.name(),
             c.length,
             c.policy,
             c.metric,
             c.value,
-            c.ci_low,
-            c.ci_high,
+            ci(c),
             mib(c.kv_peak_bytes as f64),
             mib(c.kv_end_bytes),
             c.compression_vs_f16,
@@ -219,8 +228,10 @@ where
         .map(|c| c.compression_vs_f16)
         .fold(1.0, f64::max)
         * 1.15;
+    // The y range covers every value and every interval that exists (one sample has none).
     let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| {
-        (lo.min(c.ci_low), hi.max(c.ci_high))
+        let (l, h) = interval(c).unwrap_or((c.value, c.value));
+        (lo.min(l).min(c.value), hi.max(h).max(c.value))
     });
     let pad = ((ymax - ymin) * 0.1).max(1e-3);
     let mut chart = ChartBuilder::on(&area)
@@ -254,14 +265,12 @@ where
             .label(format!("{len} tokens"))
             .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
         chart
-            .draw_series(pts.iter().map(|c| {
-                PathElement::new(
-                    vec![
-                        (c.compression_vs_f16, c.ci_low),
-                        (c.compression_vs_f16, c.ci_high),
-                    ],
+            .draw_series(pts.iter().filter_map(|c| {
+                let (lo, hi) = interval(c)?;
+                Some(PathElement::new(
+                    vec![(c.compression_vs_f16, lo), (c.compression_vs_f16, hi)],
                     colour,
-                )
+                ))
             }))
             .map_err(plot_err)?;
         chart

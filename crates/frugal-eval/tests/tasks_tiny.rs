@@ -283,6 +283,47 @@ fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
         .all(|p| std::fs::metadata(p).unwrap().len() > 1000));
 }
 
+/// One perplexity sample has no interval: the cell stores NaN (JSON `null`), reloads, prints
+/// "–" and plots without an error bar (a NaN bound once sent the plot's y range to ±f64::MAX
+/// and the plotting never finished).
+#[test]
+fn a_single_sample_perplexity_cell_saves_reloads_and_renders() {
+    let lm = tiny();
+    let t = text(&lm);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("one.json");
+    let plan = EvalPlan {
+        tasks: vec![TaskKind::Ppl],
+        policies: vec!["full".parse().unwrap()],
+        lengths: vec![LEN],
+        samples: 1,
+        seed: 1,
+        depths: vec![],
+    };
+    let mut report = EvalReport {
+        run: run_info(),
+        cells: vec![],
+    };
+    frugal_eval::harness::run_plan(&lm, &t, &plan, &mut report, &out, &mut Quiet(0), &|| false)
+        .unwrap();
+    let c = &report.cells[0];
+    assert!(c.value.is_finite() && c.ci_low.is_nan() && c.ci_high.is_nan());
+    let saved = EvalReport::load(&out).unwrap();
+    assert!(saved.cells[0].ci_low.is_nan());
+    let md = frugal_eval::report::markdown(&saved);
+    assert!(md.contains("| perplexity |") && md.contains("| – |") && !md.contains("NaN"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let plot_dir = dir.path().join("plots");
+    std::thread::spawn(move || tx.send(frugal_eval::report::plots(&saved, &plot_dir)));
+    let plots = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("plotting a single-sample cell must finish")
+        .unwrap();
+    assert!(plots
+        .iter()
+        .all(|p| std::fs::metadata(p).unwrap().len() > 1000));
+}
+
 #[test]
 #[ignore = "needs the real SmolLM2 model and the SOTU corpus (fetched on first use)"]
 fn full_attention_passes_passkey_at_1k_on_the_real_model() {

@@ -74,9 +74,8 @@ use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::sparse_attention::{
-    chunk_recall, chunk_rows, column_importance, max_pool, probe_probabilities,
-    probe_probabilities_fast, ranked_recall, recall_budget, select_rows, BlockPlan, ChunkKeys,
-    GroupAgg, KeySet, LazyFill, SparsePlan,
+    chunk_recall, chunk_rows, max_pool, probe_importance, probe_probabilities, ranked_recall,
+    recall_budget, select_rows, BlockPlan, ChunkKeys, GroupAgg, KeySet, LazyFill, SparsePlan,
 };
 use rayon::prelude::*;
 use std::ops::Range;
@@ -580,8 +579,7 @@ impl OmniAttention {
             .enumerate()
             .map(|(g, h)| {
                 let n = h.positions.len();
-                let probs = probe_probabilities_fast(q, positions, &obs, g, h, n, shape);
-                let imp = column_importance(&probs, n, shape.group(), self.cfg.agg);
+                let imp = probe_importance(q, positions, &obs, g, h, n, shape, self.cfg.agg);
                 let rank = max_pool(&imp, slim.pool);
                 let outside: Vec<bool> = h.positions.iter().map(|&p| !in_span(p)).collect();
                 ranked_recall(&imp, &rank, &outside, slim.tau)
@@ -754,9 +752,7 @@ impl AttentionPolicy for OmniAttention {
                                 (c, ck[g].chunk())
                             });
                             let by_probe = (by_chunk.is_none() || cfg.chunk_mix > 0.0).then(|| {
-                                let probs =
-                                    probe_probabilities_fast(q, positions, &probes, g, h, n, shape);
-                                column_importance(&probs, n, shape.group(), cfg.agg)
+                                probe_importance(q, positions, &probes, g, h, n, shape, cfg.agg)
                             });
                             let imp = match (by_chunk, by_probe) {
                                 (Some((c, chunk)), None) => {

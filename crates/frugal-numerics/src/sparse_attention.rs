@@ -305,7 +305,8 @@ fn gather_queries(
 /// Softmax attention probabilities of the probe tokens `toks` (every head of KV group `g`)
 /// over the first `n_keys` rows of `kv`, causal. Returns `[toks.len() · group, n_keys]`,
 /// rows ordered (token, head-in-group). Per-row key scales are honoured; value scales are
-/// irrelevant to probabilities. Exact `f32` softmax (`expf`); see [`probe_probabilities_fast`].
+/// irrelevant to probabilities. Exact `f32` softmax (`expf`); [`probe_importance`] is the
+/// fast path when only the column importance is wanted.
 pub fn probe_probabilities(
     q: &[f32],
     q_positions: &[u32],
@@ -315,62 +316,66 @@ pub fn probe_probabilities(
     n_keys: usize,
     shape: AttentionShape,
 ) -> Vec<f32> {
-    probabilities(q, q_positions, toks, g, kv, n_keys, shape, false)
-}
-
-/// As [`probe_probabilities`], with a vectorisable polynomial `exp` (relative error below
-/// 2e-5, masked keys exactly 0): the probe only ranks keys, and `expf` called once per
-/// (probe, key) was most of the planning time.
-pub fn probe_probabilities_fast(
-    q: &[f32],
-    q_positions: &[u32],
-    toks: &[usize],
-    g: usize,
-    kv: &KvSlices<'_>,
-    n_keys: usize,
-    shape: AttentionShape,
-) -> Vec<f32> {
-    probabilities(q, q_positions, toks, g, kv, n_keys, shape, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn probabilities(
-    q: &[f32],
-    q_positions: &[u32],
-    toks: &[usize],
-    g: usize,
-    kv: &KvSlices<'_>,
-    n_keys: usize,
-    shape: AttentionShape,
-    fast: bool,
-) -> Vec<f32> {
-    let d = shape.head_dim;
+    let (mut scores, vis, n) = probe_scores(q, q_positions, toks, g, kv, n_keys, shape);
     let group = shape.group();
-    let rows = toks.len() * group;
-    let n = n_keys.min(kv.positions.len());
-    let mut scores = vec![0f32; rows * n];
-    if rows == 0 || n == 0 {
-        return scores;
-    }
-    let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
-    matmul_bt(&mut scores, &qbuf, kv.keys, rows, n, d);
-    for (i, &tok) in toks.iter().enumerate() {
-        let vis = kv.positions[..n].partition_point(|&p| p <= q_positions[tok]);
+    for (i, &v) in vis.iter().enumerate() {
         for h in 0..group {
             let row = &mut scores[(i * group + h) * n..(i * group + h + 1) * n];
-            if let Some(s) = kv.key_scale {
-                row.iter_mut().zip(s).for_each(|(x, m)| *x *= m);
-            }
-            if fast {
-                row[vis..].iter_mut().for_each(|x| *x = 0.0);
-                fast_softmax_in_place(&mut row[..vis]);
-            } else {
-                row[vis..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                softmax_in_place(row);
-            }
+            row[v..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            softmax_in_place(row);
         }
     }
     scores
+}
+
+/// [`column_importance`] of [`probe_probabilities`], in one pass over the scores with a
+/// vectorisable polynomial `exp` (relative error below 2e-5): the probe only ranks keys, and
+/// `expf` called once per (probe, key) was most of the planning time.
+#[allow(clippy::too_many_arguments)]
+pub fn probe_importance(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    n_keys: usize,
+    shape: AttentionShape,
+    agg: GroupAgg,
+) -> Vec<f32> {
+    let (mut scores, vis, n) = probe_scores(q, q_positions, toks, g, kv, n_keys, shape);
+    softmax_mass(&mut scores, n, &vis, shape.group(), agg)
+}
+
+/// Scores `q·k/√d` (key scales applied) of the probe tokens' query heads against the first
+/// `n_keys` rows, `[toks · group, n]`; each token's causally visible row count; and `n`.
+fn probe_scores(
+    q: &[f32],
+    q_positions: &[u32],
+    toks: &[usize],
+    g: usize,
+    kv: &KvSlices<'_>,
+    n_keys: usize,
+    shape: AttentionShape,
+) -> (Vec<f32>, Vec<usize>, usize) {
+    let d = shape.head_dim;
+    let rows = toks.len() * shape.group();
+    let n = n_keys.min(kv.positions.len());
+    let mut scores = vec![0f32; rows * n];
+    let vis: Vec<usize> = toks
+        .iter()
+        .map(|&t| kv.positions[..n].partition_point(|&p| p <= q_positions[t]))
+        .collect();
+    if rows == 0 || n == 0 {
+        return (scores, vis, n);
+    }
+    let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
+    matmul_bt(&mut scores, &qbuf, kv.keys, rows, n, d);
+    if let Some(s) = kv.key_scale {
+        for row in scores.chunks_exact_mut(n) {
+            row.iter_mut().zip(s).for_each(|(x, m)| *x *= m);
+        }
+    }
+    (scores, vis, n)
 }
 
 /// `e^x` for `x ≤ 0` by `2^t = 2^⌊t⌋ · 2^{t-⌊t⌋}` with a degree-6 Taylor polynomial for the
@@ -389,24 +394,64 @@ fn exp_nonpositive(x: f32) -> f32 {
     p * f32::from_bits(((fi as i32 + 127) as u32) << 23)
 }
 
-/// Softmax of a row with no masked entries, using [`exp_nonpositive`].
-fn fast_softmax_in_place(row: &mut [f32]) {
-    if row.is_empty() {
-        return;
-    }
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max));
-    // Eight partial sums so the reduction vectorises.
-    let mut acc = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x;
+/// Column importance straight from scores `[vis.len() · group, n]` (rows ordered token, head):
+/// per row, softmax over its first `vis[token]` entries (polynomial `exp`; the rest count as
+/// masked), the group's heads combined by `agg`, then the mean over tokens. Equal to
+/// [`column_importance`] of the softmaxed rows, in three passes over a row instead of six.
+/// Overwrites `scores`.
+fn softmax_mass(
+    scores: &mut [f32],
+    n: usize,
+    vis: &[usize],
+    group: usize,
+    agg: GroupAgg,
+) -> Vec<f32> {
+    let mut imp = vec![0f32; n];
+    let mut head_max = vec![0f32; if agg == GroupAgg::Max { n } else { 0 }];
+    let per_token = 1.0 / vis.len().max(1) as f32;
+    for (i, &v) in vis.iter().enumerate() {
+        if v == 0 {
+            continue;
+        }
+        if agg == GroupAgg::Max {
+            head_max[..v].iter_mut().for_each(|x| *x = 0.0);
+        }
+        for h in 0..group {
+            let row = &mut scores[(i * group + h) * n..(i * group + h) * n + v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max));
+            // Eight partial sums so the reduction vectorises.
+            let mut acc = [0f32; 8];
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                acc.iter_mut().zip(c).for_each(|(a, x)| *a += x);
+            }
+            let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+            match agg {
+                GroupAgg::Sum => {
+                    let w = per_token / sum;
+                    imp[..v]
+                        .iter_mut()
+                        .zip(&*row)
+                        .for_each(|(a, x)| *a += x * w);
+                }
+                GroupAgg::Max => {
+                    let w = 1.0 / sum;
+                    head_max[..v]
+                        .iter_mut()
+                        .zip(&*row)
+                        .for_each(|(a, x)| *a = a.max(x * w));
+                }
+            }
+        }
+        if agg == GroupAgg::Max {
+            imp[..v]
+                .iter_mut()
+                .zip(&head_max[..v])
+                .for_each(|(a, x)| *a += x * per_token);
         }
     }
-    let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
+    imp
 }
 
 /// Keys of one KV head averaged over consecutive chunks of `chunk` rows: a cheap stand-in that
@@ -474,22 +519,22 @@ impl ChunkKeys {
         let qbuf = gather_queries(q, toks, g, shape, 1.0 / (d as f32).sqrt());
         let mut scores = vec![0f32; rows * n_ch];
         matmul_bt(&mut scores, &qbuf, &self.means[..n_ch * d], rows, n_ch, d);
+        let mut vis = Vec::with_capacity(toks.len());
         for (i, &tok) in toks.iter().enumerate() {
             let vis_rows = positions[..n].partition_point(|&p| p <= q_positions[tok]);
-            let vis = vis_rows.div_ceil(chunk);
+            let v = vis_rows.div_ceil(chunk);
             // `ln(rows)` is the same for every full chunk, so only a short last chunk needs
             // its difference (softmax ignores a common shift).
-            let short = vis_rows - vis.saturating_sub(1) * chunk;
-            for h in 0..group {
-                let row = &mut scores[(i * group + h) * n_ch..(i * group + h + 1) * n_ch];
-                if vis > 0 && short < chunk {
-                    row[vis - 1] += (short as f32 / chunk as f32).ln();
+            let short = vis_rows - v.saturating_sub(1) * chunk;
+            if v > 0 && short < chunk {
+                let delta = (short as f32 / chunk as f32).ln();
+                for h in 0..group {
+                    scores[(i * group + h) * n_ch + v - 1] += delta;
                 }
-                row[vis..].iter_mut().for_each(|x| *x = 0.0);
-                fast_softmax_in_place(&mut row[..vis]);
             }
+            vis.push(v);
         }
-        column_importance(&scores, n_ch, group, agg)
+        softmax_mass(&mut scores, n_ch, &vis, group, agg)
     }
 
     /// Row importance over `n_keys` rows: each chunk's importance spread evenly over its rows,
@@ -838,17 +883,20 @@ mod tests {
     }
 
     #[test]
-    fn fast_probe_probabilities_match_exact() {
+    fn fast_probe_importance_matches_exact() {
         let s = setup(70, 90);
         let toks: Vec<usize> = vec![0, 13, 40, 69];
         for g in 0..s.shape.n_kv_heads {
             let n = s.pos[g].len();
             let kv = s.slices();
-            let exact = probe_probabilities(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape);
-            let fast = probe_probabilities_fast(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape);
-            for (e, f) in exact.iter().zip(&fast) {
-                assert!((e - f).abs() <= 1e-4 * e.max(1e-3), "{e} vs {f}");
-                assert_eq!(*e == 0.0, *f == 0.0, "masked keys must be exactly 0");
+            let probs = probe_probabilities(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape);
+            for agg in [GroupAgg::Sum, GroupAgg::Max] {
+                let exact = column_importance(&probs, n, s.shape.group(), agg);
+                let fast = probe_importance(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape, agg);
+                for (e, f) in exact.iter().zip(&fast) {
+                    assert!((e - f).abs() <= 1e-4 * e.max(1e-3), "{agg:?}: {e} vs {f}");
+                    assert_eq!(*e == 0.0, *f == 0.0, "keys no probe sees must be exactly 0");
+                }
             }
         }
         for x in [0.0f32, -0.5, -1.0, -3.3, -10.0, -40.0, -80.0] {
@@ -890,12 +938,8 @@ mod tests {
         for g in 0..s.shape.n_kv_heads {
             let kv = s.slices();
             let n = s.pos[g].len();
-            let probe = column_importance(
-                &probe_probabilities_fast(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape),
-                n,
-                s.shape.group(),
-                GroupAgg::Sum,
-            );
+            let probe =
+                probe_importance(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape, GroupAgg::Sum);
             let one = chunk_rows_importance(&s, &kv[g], g, 1, &toks);
             assert!(max_diff(&probe, &one) < 1e-5, "g={g}");
             // Keys made equal within chunks of 4 rows: the chunk estimate is exact again.
@@ -905,12 +949,8 @@ mod tests {
                 keys.copy_within(first * d..(first + 1) * d, r * d);
             }
             let flat = KvSlices::new(&keys, &s.vals[g], &s.pos[g]);
-            let exact = column_importance(
-                &probe_probabilities_fast(&s.q, &s.q_pos, &toks, g, &flat, n, s.shape),
-                n,
-                s.shape.group(),
-                GroupAgg::Sum,
-            );
+            let exact =
+                probe_importance(&s.q, &s.q_pos, &toks, g, &flat, n, s.shape, GroupAgg::Sum);
             let four = chunk_rows_importance(&s, &flat, g, 4, &toks);
             // Causality cuts a chunk only at the diagonal, where the probe sees part of it.
             let far = n - 50;

@@ -142,7 +142,7 @@ const COMMON_KNOBS: [KnobInfo; 9] = [
         name: "chunk",
         kind: KnobKind::Int { min: 0, max: 4096 },
         default: "0",
-        doc: "0 = `probe` queries score every key; N = every query of the group scores means of N consecutive keys, and a chunk's score is spread over its rows [ours, after Quest]",
+        doc: "0 = `probe` queries score every key; N = every query of the group scores means of N consecutive keys; alone, whole chunks are selected [ours, after Quest]",
     },
     KnobInfo {
         name: "chunk_mix",
@@ -733,12 +733,16 @@ impl AttentionPolicy for OmniAttention {
                     Budget::Flattest { tau } => tau,
                     _ => 1.0,
                 };
-                let ranked: Vec<Ranked> =
-                    kv.iter()
-                        .enumerate()
-                        .map(|(g, h)| {
-                            let n = visible[g];
-                            let by_chunk = chunk_keys.as_ref().map(|ck| {
+                let ranked: Vec<Ranked> = kv
+                    .iter()
+                    .enumerate()
+                    .map(|(g, h)| {
+                        let n = visible[g];
+                        let probe =
+                            || probe_importance(q, positions, &probes, g, h, n, shape, cfg.agg);
+                        let imp = match &chunk_keys {
+                            None => probe(),
+                            Some(ck) => {
                                 let c = ck[g].importance(
                                     q,
                                     positions,
@@ -749,22 +753,15 @@ impl AttentionPolicy for OmniAttention {
                                     shape,
                                     cfg.agg,
                                 );
-                                (c, ck[g].chunk())
-                            });
-                            let by_probe = (by_chunk.is_none() || cfg.chunk_mix > 0.0).then(|| {
-                                probe_importance(q, positions, &probes, g, h, n, shape, cfg.agg)
-                            });
-                            let imp = match (by_chunk, by_probe) {
-                                (Some((c, chunk)), None) => {
-                                    return Ranked::chunks(&c, chunk, n, free[g].clone(), tau)
+                                if cfg.chunk_mix == 0.0 {
+                                    return Ranked::chunks(&c, cfg.chunk, n, free[g].clone(), tau);
                                 }
-                                (Some((c, _)), Some(p)) => chunk_keys.as_ref().unwrap()[g]
-                                    .mix_rows(&c, n, Some((&p, cfg.chunk_mix))),
-                                (None, p) => p.expect("probes run when chunks do not"),
-                            };
-                            Ranked::rows(imp, n, free[g].clone(), tau)
-                        })
-                        .collect();
+                                ck[g].mix_rows(&c, n, Some((&probe(), cfg.chunk_mix)))
+                            }
+                        };
+                        Ranked::rows(imp, n, free[g].clone(), tau)
+                    })
+                    .collect();
                 let budget = match cfg.budget {
                     Budget::Flattest { .. } => ranked.iter().map(|r| r.budget()).max().unwrap_or(0),
                     Budget::Uniform { keys } => keys,

@@ -2,14 +2,14 @@
 //! sparse path really skips keys and queries; decode slimming really frees the span's KV.
 
 use candle_core::quantized::GgmlDType;
-use frugal_engine::model::llama::LogitRows;
+use frugal_engine::model::llama::{LlamaConfig, LogitRows};
 use frugal_engine::structure::{TokenKind, TokenStructure};
 use frugal_engine::testing::tiny_model;
 use frugal_methods::build;
 use std::sync::Arc;
 
 mod common;
-use common::{ids, max_diff};
+use common::{decode_each, ids, max_diff};
 
 /// Logits of one prefill of `ids`, with the attention policy's report (which `common::run`
 /// does not return).
@@ -99,6 +99,19 @@ struct SlimRun {
     report: String,
 }
 
+/// The tiny model's config, the bytes one stored row costs (f32 K and V plus its position),
+/// and the number of (layer, KV head) stores.
+fn store_geometry() -> (LlamaConfig, usize, usize) {
+    let cfg = tiny_model(GgmlDType::F32, 5)
+        .unwrap()
+        .model
+        .config()
+        .clone();
+    let per_row = 2 * cfg.head_dim * 4 + 4;
+    let heads = cfg.n_layers * cfg.n_kv_heads;
+    (cfg, per_row, heads)
+}
+
 fn slim_run(spec: &str) -> SlimRun {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let ids = ids(260);
@@ -112,16 +125,7 @@ fn slim_run(spec: &str) -> SlimRun {
         .forward(&ids[..250], &mut seq, LogitRows::Last)
         .unwrap();
     let after_prefill = seq.cache.resident_bytes();
-    let mut decoded = Vec::new();
-    for &id in &ids[250..] {
-        decoded.extend(
-            lm.model
-                .forward(&[id], &mut seq, LogitRows::Last)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap(),
-        );
-    }
+    let decoded = decode_each(&lm, &mut seq, &ids[250..]);
     SlimRun {
         decoded,
         after_prefill,
@@ -132,17 +136,11 @@ fn slim_run(spec: &str) -> SlimRun {
 
 #[test]
 fn decode_slimming_frees_the_span_of_quiet_heads() {
-    let cfg = tiny_model(GgmlDType::F32, 5)
-        .unwrap()
-        .model
-        .config()
-        .clone();
+    let (_, per_row, heads) = store_geometry();
     let run = |spec: &str| {
         let r = slim_run(spec);
         (r.after_prefill, r.end, r.report)
     };
-    let per_row = 2 * cfg.head_dim * 4 + 4;
-    let heads = cfg.n_layers * cfg.n_kv_heads;
     // eps = 1: every head's span mass is below 1, so every head drops the 200 context rows.
     let (full, end, report) = run("omnisparse:tau=1,lazy=none,eps=1,recheck=3,span_recent=0");
     assert_eq!(full, 250 * heads * per_row);
@@ -260,17 +258,11 @@ fn shared_probe_plans_every_block() {
 /// (flattest-head) count keeps at least as much as each head's own, the mean count as much.
 #[test]
 fn token_slimming_keeps_recall_rows_and_frees_the_rest() {
-    let cfg = tiny_model(GgmlDType::F32, 5)
-        .unwrap()
-        .model
-        .config()
-        .clone();
+    let (cfg, per_row, heads) = store_geometry();
     let run = |spec: &str| {
         let r = slim_run(spec);
         (r.decoded, r.end, report_json(Some(r.report)))
     };
-    let per_row = 2 * cfg.head_dim * 4 + 4;
-    let heads = cfg.n_layers * cfg.n_kv_heads;
     let (dense, full_bytes, _) = run("omnisparse:tau=1,eps=0");
     assert_eq!(full_bytes, 260 * heads * per_row);
     let slim = |tau: f64, budget: &str| {

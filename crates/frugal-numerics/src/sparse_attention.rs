@@ -328,7 +328,8 @@ pub fn probe_probabilities(
     scores
 }
 
-/// [`column_importance`] of [`probe_probabilities`], in one pass over the scores with a
+/// Column importance of [`probe_probabilities`] (heads combined by `agg`, mean over the probe
+/// tokens), in one pass over the scores with a
 /// vectorisable polynomial `exp` (relative error below 2e-5): the probe only ranks keys, and
 /// `expf` called once per (probe, key) was most of the planning time.
 #[allow(clippy::too_many_arguments)]
@@ -396,8 +397,9 @@ fn exp_nonpositive(x: f32) -> f32 {
 
 /// Column importance straight from scores `[vis.len() · group, n]` (rows ordered token, head):
 /// per row, softmax over its first `vis[token]` entries (polynomial `exp`; the rest count as
-/// masked), the group's heads combined by `agg`, then the mean over tokens. Equal to
-/// [`column_importance`] of the softmaxed rows, in three passes over a row instead of six.
+/// masked), the group's heads combined by `agg`, then the mean over tokens. Equal to the
+/// mean over tokens of the softmaxed rows (heads combined by `agg`), in three passes over a row
+/// instead of the six that softmax then summing took.
 /// Overwrites `scores`.
 fn softmax_mass(
     scores: &mut [f32],
@@ -482,11 +484,6 @@ impl ChunkKeys {
             m.iter_mut().for_each(|x| *x *= inv);
         }
         ChunkKeys { chunk, n, means }
-    }
-
-    /// Rows per chunk.
-    pub fn chunk(&self) -> usize {
-        self.chunk
     }
 
     /// Chunk importance over the first `n_keys` rows (`n_keys.div_ceil(chunk)` values, the last
@@ -637,31 +634,6 @@ pub fn chunk_rows(
     rows
 }
 
-/// Column importance of one KV head from probe probabilities (`[n_probe · group, n]`): the
-/// group's heads combined by `agg`, then the mean over probe tokens.
-pub fn column_importance(probs: &[f32], n: usize, group: usize, agg: GroupAgg) -> Vec<f32> {
-    let mut imp = vec![0f32; n];
-    if n == 0 {
-        return imp;
-    }
-    let n_tok = probs.len() / n / group;
-    let mut tmp = vec![0f32; n];
-    for t in 0..n_tok {
-        tmp.copy_from_slice(&probs[(t * group) * n..(t * group + 1) * n]);
-        for h in 1..group {
-            let row = &probs[(t * group + h) * n..(t * group + h + 1) * n];
-            match agg {
-                GroupAgg::Sum => tmp.iter_mut().zip(row).for_each(|(a, b)| *a += b),
-                GroupAgg::Max => tmp.iter_mut().zip(row).for_each(|(a, b)| *a = a.max(*b)),
-            }
-        }
-        imp.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-    }
-    let inv = 1.0 / n_tok.max(1) as f32;
-    imp.iter_mut().for_each(|x| *x *= inv);
-    imp
-}
-
 /// Smallest number of non-forced keys whose importance, added to that of the forced keys,
 /// reaches `tau` of the total (the per-head recall budget `k_g`). `tau ≥ 1` means every
 /// non-forced key.
@@ -776,6 +748,32 @@ mod tests {
     use crate::attention::{causal_attention, naive_causal_attention, KeyMask};
 
     use crate::test_util::{max_diff, AttentionCase};
+
+    /// The definition [`softmax_mass`] computes in one pass: column importance of one KV head
+    /// from probe probabilities (`[n_probe · group, n]`), the group's heads combined by `agg`,
+    /// then the mean over probe tokens.
+    fn column_importance(probs: &[f32], n: usize, group: usize, agg: GroupAgg) -> Vec<f32> {
+        let mut imp = vec![0f32; n];
+        if n == 0 {
+            return imp;
+        }
+        let n_tok = probs.len() / n / group;
+        let mut tmp = vec![0f32; n];
+        for t in 0..n_tok {
+            tmp.copy_from_slice(&probs[(t * group) * n..(t * group + 1) * n]);
+            for h in 1..group {
+                let row = &probs[(t * group + h) * n..(t * group + h + 1) * n];
+                match agg {
+                    GroupAgg::Sum => tmp.iter_mut().zip(row).for_each(|(a, b)| *a += b),
+                    GroupAgg::Max => tmp.iter_mut().zip(row).for_each(|(a, b)| *a = a.max(*b)),
+                }
+            }
+            imp.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        }
+        let inv = 1.0 / n_tok.max(1) as f32;
+        imp.iter_mut().for_each(|x| *x *= inv);
+        imp
+    }
 
     /// KV head `g` drops every `(g+3)`-th token, so heads hold different token sets.
     fn setup(t: usize, past: usize) -> AttentionCase {

@@ -4,6 +4,8 @@
 
 use candle_core::quantized::GgmlDType;
 use frugal_engine::model::llama::LogitRows;
+use frugal_engine::model::LoadedModel;
+use frugal_engine::sequence::Sequence;
 use frugal_engine::testing::tiny_model;
 use frugal_methods::build;
 
@@ -26,16 +28,21 @@ pub fn run(spec: &str, ids: &[u32], split: usize) -> (Vec<Vec<f32>>, usize) {
     } else {
         Vec::new()
     };
-    for &id in &ids[split..] {
-        rows.extend(
+    rows.extend(decode_each(&lm, &mut seq, &ids[split..]));
+    (rows, seq.cache.resident_bytes())
+}
+
+/// Logits of `ids` fed one token per call to `seq` (decode steps).
+pub fn decode_each(lm: &LoadedModel, seq: &mut Sequence, ids: &[u32]) -> Vec<Vec<f32>> {
+    ids.iter()
+        .flat_map(|&id| {
             lm.model
-                .forward(&[id], &mut seq, LogitRows::Last)
+                .forward(&[id], seq, LogitRows::Last)
                 .unwrap()
                 .to_vec2::<f32>()
-                .unwrap(),
-        );
-    }
-    (rows, seq.cache.resident_bytes())
+                .unwrap()
+        })
+        .collect()
 }
 
 /// Largest |a − b| over all logits (the row counts must match).

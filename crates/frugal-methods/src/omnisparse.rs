@@ -9,8 +9,7 @@
 //! 1. **KV selection, shared head-level budget** (prefill). Per layer and planning group of
 //!    `share` query blocks of 64 tokens (default one block — sharing is [ours]): `probe`
 //!    queries of the group (the last one and a stride through it — [ours]) attend to every
-//!    visible key (softmax with a polynomial `exp`, relative error < 2e-5: the probe only
-//!    ranks keys — [ours]); per KV head, column importance `s_g(j)` = mean over probe tokens of
+//!    visible key; per KV head, column importance `s_g(j)` = mean over probe tokens of
 //!    the group's query heads' probabilities combined by `agg` (sum or max — paper unknown);
 //!    per-head recall budget `k_g` = fewest non-forced keys whose mass, added to the forced
 //!    keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the flattest head);

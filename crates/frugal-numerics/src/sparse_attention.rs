@@ -14,7 +14,9 @@
 //! With every key selected ([`KeySet::All`]) and every query computed, a task is the dense
 //! kernel's task, so the outputs match the dense kernel to f32 rounding (tested).
 
-use crate::attention::{matmul, matmul_bt, softmax_in_place, AttentionShape, KvSlices};
+use crate::attention::{
+    exp_nonpositive, lanes_fold, matmul, matmul_bt, softmax_in_place, AttentionShape, KvSlices,
+};
 use rayon::prelude::*;
 
 /// Which keys one (KV head, query block) visits.
@@ -305,8 +307,8 @@ fn gather_queries(
 /// Softmax attention probabilities of the probe tokens `toks` (every head of KV group `g`)
 /// over the first `n_keys` rows of `kv`, causal. Returns `[toks.len() · group, n_keys]`,
 /// rows ordered (token, head-in-group). Per-row key scales are honoured; value scales are
-/// irrelevant to probabilities. Exact `f32` softmax (`expf`); [`probe_importance`] is the
-/// fast path when only the column importance is wanted.
+/// irrelevant to probabilities. [`probe_importance`] is the fast path when only the column
+/// importance is wanted.
 pub fn probe_probabilities(
     q: &[f32],
     q_positions: &[u32],
@@ -329,9 +331,7 @@ pub fn probe_probabilities(
 }
 
 /// Column importance of [`probe_probabilities`] (heads combined by `agg`, mean over the probe
-/// tokens), in one pass over the scores with a
-/// vectorisable polynomial `exp` (relative error below 2e-5): the probe only ranks keys, and
-/// `expf` called once per (probe, key) was most of the planning time.
+/// tokens), fused into three passes over each score row ([`softmax_mass`]).
 #[allow(clippy::too_many_arguments)]
 pub fn probe_importance(
     q: &[f32],
@@ -379,25 +379,8 @@ fn probe_scores(
     (scores, vis, n)
 }
 
-/// `e^x` for `x ≤ 0` by `2^t = 2^⌊t⌋ · 2^{t-⌊t⌋}` with a degree-6 Taylor polynomial for the
-/// fraction (relative error < 2e-5); below `-87` it returns `2^-126`-scale values, never 0
-/// for finite input. Branch-free, so the loops calling it vectorise.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    let t = x.max(-87.0) * std::f32::consts::LOG2_E;
-    let fi = t.floor();
-    let f = t - fi;
-    let p = 1.0
-        + f * (std::f32::consts::LN_2
-            + f * (0.240_226_5
-                + f * (0.055_504_11
-                    + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
-    p * f32::from_bits(((fi as i32 + 127) as u32) << 23)
-}
-
 /// Column importance straight from scores `[vis.len() · group, n]` (rows ordered token, head):
-/// per row, softmax over its first `vis[token]` entries (polynomial `exp`; the rest count as
-/// masked), the group's heads combined by `agg`, then the mean over tokens. Equal to the
+/// per row, softmax over its first `vis[token]` entries (the rest count as masked), the group's heads combined by `agg`, then the mean over tokens. Equal to the
 /// mean over tokens of the softmaxed rows (heads combined by `agg`), in three passes over a row
 /// instead of the six that softmax then summing took.
 /// Overwrites `scores`.
@@ -420,15 +403,9 @@ fn softmax_mass(
         }
         for h in 0..group {
             let row = &mut scores[(i * group + h) * n..(i * group + h) * n + v];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
             row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - max));
-            // Eight partial sums so the reduction vectorises.
-            let mut acc = [0f32; 8];
-            let mut chunks = row.chunks_exact(8);
-            for c in &mut chunks {
-                acc.iter_mut().zip(c).for_each(|(a, x)| *a += x);
-            }
-            let sum: f32 = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+            let sum = lanes_fold(row, 0.0, |a, b| a + b);
             match agg {
                 GroupAgg::Sum => {
                     let w = per_token / sum;
@@ -489,7 +466,7 @@ impl ChunkKeys {
     /// Chunk importance over the first `n_keys` rows (`n_keys.div_ceil(chunk)` values, the last
     /// chunk possibly short) for query tokens `toks` of KV group `g`: each query head scores
     /// every causally visible chunk by `q·k̄/√d + ln(rows)` (the mass of `rows` keys equal to
-    /// their mean), softmax over chunks (polynomial `exp`), heads combined by `agg`, mean over
+    /// their mean), softmax over chunks, heads combined by `agg`, mean over
     /// tokens [ours; the chunk scoring follows the block-pooled estimates of Quest (arXiv
     /// 2406.10774) and MInference]. [`ChunkKeys::mix_rows`] turns it into row importance.
     #[allow(clippy::too_many_arguments)]
@@ -896,10 +873,6 @@ mod tests {
                     assert_eq!(*e == 0.0, *f == 0.0, "keys no probe sees must be exactly 0");
                 }
             }
-        }
-        for x in [0.0f32, -0.5, -1.0, -3.3, -10.0, -40.0, -80.0] {
-            let (e, f) = (x.exp(), exp_nonpositive(x));
-            assert!((e - f).abs() <= 2e-5 * e, "exp({x}): {e} vs {f}");
         }
     }
 

@@ -176,5 +176,8 @@ fn lv_knockout_on_a_shared_dense_prefix_equals_a_full_run() {
     // Only f32 summation order differs: the fork's query blocks start at `q`, the full run's
     // at multiples of 64, so the GEMMs split their sums differently (≈1e-5 on these logits).
     let diff = max_diff(&tail, &full[q..]);
-    assert!(diff < 5e-5, "forked run differs from the full run by {diff}");
+    assert!(
+        diff < 5e-5,
+        "forked run differs from the full run by {diff}"
+    );
 }

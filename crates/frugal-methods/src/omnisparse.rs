@@ -755,7 +755,7 @@ impl AttentionPolicy for OmniAttention {
                                 if cfg.chunk_mix == 0.0 {
                                     return Ranked::chunks(&c, cfg.chunk, n, free[g].clone(), tau);
                                 }
-                                ck[g].mix_rows(&c, n, Some((&probe(), cfg.chunk_mix)))
+                                ck[g].mix_rows(&c, n, &probe(), cfg.chunk_mix)
                             }
                         };
                         Ranked::rows(imp, n, free[g].clone(), tau)

@@ -112,6 +112,7 @@ fn store_geometry() -> (LlamaConfig, usize, usize) {
     (cfg, per_row, heads)
 }
 
+/// One [`SlimRun`] of `spec`.
 fn slim_run(spec: &str) -> SlimRun {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let ids = ids(260);

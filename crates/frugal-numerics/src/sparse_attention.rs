@@ -512,13 +512,8 @@ impl ChunkKeys {
     }
 
     /// Row importance over `n_keys` rows: each chunk's importance spread evenly over its rows,
-    /// and with `rows` (a row-level estimate, the probes') `(1-w)·even + w·rows` [ours].
-    pub fn mix_rows(
-        &self,
-        chunk_imp: &[f32],
-        n_keys: usize,
-        rows: Option<(&[f32], f32)>,
-    ) -> Vec<f32> {
+    /// mixed with a row-level estimate `rows` (the probes') as `(1-w)·even + w·rows` [ours].
+    pub fn mix_rows(&self, chunk_imp: &[f32], n_keys: usize, rows: &[f32], w: f32) -> Vec<f32> {
         let chunk = self.chunk;
         let n = n_keys.min(chunk_imp.len() * chunk);
         let mut out = Vec::with_capacity(n);
@@ -528,10 +523,7 @@ impl ChunkKeys {
                 break;
             }
             let even = x / (b - a) as f32;
-            match rows {
-                None => out.extend(std::iter::repeat_n(even, b - a)),
-                Some((r, w)) => out.extend(r[a..b].iter().map(|p| (1.0 - w) * even + w * p)),
-            }
+            out.extend(rows[a..b].iter().map(|p| (1.0 - w) * even + w * p));
         }
         out
     }
@@ -876,13 +868,14 @@ mod tests {
         }
     }
 
-    fn chunk_rows_importance(
+    /// The chunk estimate of KV head `g` (chunks of `chunk` rows) and its chunk importance.
+    fn chunk_importance(
         s: &AttentionCase,
         kv: &KvSlices<'_>,
         g: usize,
         chunk: usize,
         toks: &[usize],
-    ) -> Vec<f32> {
+    ) -> (ChunkKeys, Vec<f32>) {
         let n = s.pos[g].len();
         let ck = ChunkKeys::new(kv, n, chunk, s.shape.head_dim);
         let c = ck.importance(
@@ -896,7 +889,7 @@ mod tests {
             GroupAgg::Sum,
         );
         assert_eq!(c.len(), n.div_ceil(chunk));
-        ck.mix_rows(&c, n, None)
+        (ck, c)
     }
 
     /// Chunks of one row are the probe itself; chunks of identical keys score exactly as
@@ -911,7 +904,9 @@ mod tests {
             let n = s.pos[g].len();
             let probe =
                 probe_importance(&s.q, &s.q_pos, &toks, g, &kv[g], n, s.shape, GroupAgg::Sum);
-            let one = chunk_rows_importance(&s, &kv[g], g, 1, &toks);
+            let zeros = vec![0f32; n];
+            let (ck, c) = chunk_importance(&s, &kv[g], g, 1, &toks);
+            let one = ck.mix_rows(&c, n, &zeros, 0.0);
             assert!(max_diff(&probe, &one) < 1e-5, "g={g}");
             // Keys made equal within chunks of 4 rows: the chunk estimate is exact again.
             let mut keys = s.keys[g].clone();
@@ -922,23 +917,13 @@ mod tests {
             let flat = KvSlices::new(&keys, &s.vals[g], &s.pos[g]);
             let exact =
                 probe_importance(&s.q, &s.q_pos, &toks, g, &flat, n, s.shape, GroupAgg::Sum);
-            let four = chunk_rows_importance(&s, &flat, g, 4, &toks);
+            let (ck, c) = chunk_importance(&s, &flat, g, 4, &toks);
+            let four = ck.mix_rows(&c, n, &zeros, 0.0);
             // Causality cuts a chunk only at the diagonal, where the probe sees part of it.
             let far = n - 50;
             assert!(max_diff(&exact[..far], &four[..far]) < 1e-5, "g={g}");
             // Mixing the exact rows in at any weight leaves them exact there.
-            let ck = ChunkKeys::new(&flat, n, 4, d);
-            let c = ck.importance(
-                &s.q,
-                &s.q_pos,
-                &toks,
-                g,
-                &s.pos[g],
-                n,
-                s.shape,
-                GroupAgg::Sum,
-            );
-            let mixed = ck.mix_rows(&c, n, Some((&exact, 0.3)));
+            let mixed = ck.mix_rows(&c, n, &exact, 0.3);
             assert!(max_diff(&exact[..far], &mixed[..far]) < 1e-5, "g={g}");
         }
     }

@@ -14,7 +14,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace -- --include-ignored "$@" 2>&1 | tee "$log"
 
-# The HTTP server driven by the official `openai` Python client (issue 7).
+# The HTTP server driven by the official `openai` Python client.
 cargo build --release -p frugal-cli
 scripts/server/openai_client_test.sh
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One device call for issue 8: correctness + timings of our four variants, then PyTorch SDPA /
-# FlexAttention on the same card, joined into one table. Run from the repo root on the GPU
-# machine, with target/release/fps-bench built here
-# (`cargo build --release -p frugal-gpu --features cuda`) and carried:
-#   run(command="bash scripts/cuda/device_run.sh", carry=["target/release/fps-bench"], timeout_s=600)
+# FPSAttention kernels on a Hopper GPU: correctness + timings of our four variants, then PyTorch
+# SDPA / FlexAttention on the same card, joined into one table. Run from the repo root on the GPU
+# machine, with target/release/fps-bench built elsewhere
+# (`cargo build --release -p frugal-gpu --features cuda`) and copied there:
+#   OUT=results bash scripts/cuda/device_run.sh
 # Output: $OUT/ours.log, ours.json, torch.log, torch.json, table.md, sass.txt
 set -uo pipefail
 export PYTHONUNBUFFERED=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the CUDA 13.0 compiler from PyPI wheels into /work/main/.venv-cuda (or $VENV).
+# Installs the CUDA 13.0 compiler from PyPI wheels into .venv-cuda at the repo root (or $VENV).
 # Why 13.0.x: the cu12 wheels ship no nvcc, and 13.1+ emit PTX ISA newer than the GPU
-# machines' driver (CUDA 13.0) can JIT. See ../shared/stack-notes.md §5.
+# machines' driver (CUDA 13.0) can JIT.
 # Afterwards nvcc is at $VENV/lib/python3*/site-packages/nvidia/cu13/bin/nvcc; only PATH is needed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side-by-side for the FPSAttention kernels (issue 8).
+"""PyTorch side-by-side for the FPSAttention kernels.
 
 Reads the block maps that `fps-bench --maps-dir DIR` wrote (so FlexAttention gets exactly our
 mask), times on the same card in the same device call:

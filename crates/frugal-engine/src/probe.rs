@@ -2,7 +2,7 @@
 //!
 //! [`KvSimilarityProbe`] is a cache policy that stores like [`FullCache`] and, as each layer's
 //! K/V arrive, measures the cosine similarity of every (token, KV head) vector with the previous
-//! layer's: the premise of cross-layer merging (MiniCache, papers/attention-kv-methods.md §4.2).
+//! layer's: the premise of cross-layer merging (MiniCache, docs/methods/minicache.md).
 
 use crate::cache::{CachePolicy, FullCache, HeadView, KvLayout};
 use crate::sequence::Sequence;

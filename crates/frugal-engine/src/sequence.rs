@@ -67,8 +67,28 @@ impl Sequence {
         self.peak_kv_bytes
     }
 
+    /// What the policies gathered (the attention policy's report, with the cache policy's
+    /// fields merged in), as one JSON object.
+    pub fn report(&self) -> Option<String> {
+        match (self.attention.report(), self.cache.report()) {
+            (a, None) => a,
+            (None, c) => c,
+            (Some(a), Some(c)) => {
+                let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+                match (parse(&a), parse(&c)) {
+                    (Some(serde_json::Value::Object(mut a)), Some(serde_json::Value::Object(c))) => {
+                        a.extend(c);
+                        Some(serde_json::Value::Object(a).to_string())
+                    }
+                    _ => Some(format!("{{\"attention\":{a},\"cache\":{c}}}")),
+                }
+            }
+        }
+    }
+
     pub fn reset(&mut self) {
         self.cache.reset();
+        self.attention.reset();
         self.len = 0;
         self.peak_kv_bytes = 0;
     }

@@ -6,7 +6,7 @@
 use crate::perplexity::negative_log_likelihood;
 use crate::tasks::{generate_samples, Answer, Sample, TaskKind, TaskText};
 use anyhow::{Context, Result};
-use frugal_engine::generate::argmax;
+use frugal_engine::generate::{argmax, GenerateRequest, Generation};
 use frugal_engine::model::llama::LogitRows;
 use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
@@ -222,19 +222,21 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             expected,
             max_new_tokens,
         } => {
-            let logits = lm.model.forward(&s.tokens, seq, LogitRows::Last)?;
+            // Greedy, no stop strings: the engine's one generation loop.
+            let req = GenerateRequest {
+                max_tokens: *max_new_tokens,
+                ..Default::default()
+            };
+            let mut g = Generation::new(lm, seq, s.tokens.clone(), &req)?;
+            while !g.prefill_done() {
+                g.step(lm, seq, s.tokens.len())?;
+            }
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            let mut next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
-            let mut generated = Vec::new();
-            while generated.len() < *max_new_tokens && Some(next) != lm.tokenizer.eos_token_id() {
-                generated.push(next);
-                if seq.len() + 1 > lm.model.config().context_length {
-                    break;
-                }
-                let logits = lm.model.forward(&[next], seq, LogitRows::Last)?;
-                next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+            while g.finish().is_none() {
+                g.step(lm, seq, 1)?;
             }
+            let generated = g.tokens().to_vec();
             o.decode_secs = t1.elapsed().as_secs_f64();
             // Decode speed counts forward steps; the first token comes from the prefill.
             o.decode_tokens = generated.len().saturating_sub(1);
@@ -245,11 +247,7 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             o.score = (first_digit_run(&text) == Some(expected.as_str())) as u8 as f64;
         }
         Answer::Choice { candidates, gold } => {
-            let logits = lm
-                .model
-                .forward(&s.tokens, seq, LogitRows::Last)?
-                .squeeze(0)?
-                .to_vec1::<f32>()?;
+            let logits = lm.model.last_logits(&s.tokens, seq)?;
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let cand: Vec<f32> = candidates.iter().map(|&c| logits[c as usize]).collect();
             o.score = (argmax(&cand) as usize == *gold) as u8 as f64;
@@ -282,7 +280,7 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
     o.kv_peak = seq.peak_kv_bytes();
     o.kv_end = seq.cache.resident_bytes();
     o.context_tokens = seq.len();
-    o.report = seq.attention.report();
+    o.report = seq.report();
     Ok(o)
 }
 

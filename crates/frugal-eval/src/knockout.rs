@@ -1,4 +1,4 @@
-//! `frugal knockout`: the attention-knockout bench (papers/attention-kv-methods.md §2.6).
+//! `frugal knockout`: the attention-knockout bench (docs/methods/knockout.md).
 //!
 //! On structured inputs (a harness task such as `chunk-qa`, or a user's JSON file of segments)
 //! it runs, on the same samples in one process:
@@ -310,14 +310,6 @@ fn score(logits: &[f32], candidates: &[u32], gold: usize) -> (bool, usize, f64) 
     (top == gold, top, c[gold] - lse)
 }
 
-fn last_logits(lm: &LoadedModel, tokens: &[u32], seq: &mut Sequence) -> Result<Vec<f32>> {
-    Ok(lm
-        .model
-        .forward(tokens, seq, LogitRows::Last)?
-        .squeeze(0)?
-        .to_vec1::<f32>()?)
-}
-
 /// A full copy of what a cache holds, as a [`FullCache`] (for the LV shortcut).
 fn snapshot(cache: &dyn CachePolicy, layout: KvLayout) -> FullCache {
     let mut out = FullCache::new(layout);
@@ -399,12 +391,12 @@ pub fn run_sweeps(
                         build(&spec.parse()?, layout)?.attention;
                     let mut seq = Sequence::resume(Box::new(b.clone()), attention, q_start);
                     seq.structure = Some(structure.clone());
-                    last_logits(lm, &s.tokens[q_start..], &mut seq)?
+                    lm.model.last_logits(&s.tokens[q_start..], &mut seq)?
                 }
                 _ => {
                     let mut seq = sequence(&spec, layout, &structure)?;
                     let t0 = Instant::now();
-                    let l = last_logits(lm, &s.tokens, &mut seq)?;
+                    let l = lm.model.last_logits(&s.tokens, &mut seq)?;
                     o.prefill_secs = t0.elapsed().as_secs_f64();
                     o.kv_bytes = seq.cache.resident_bytes();
                     l

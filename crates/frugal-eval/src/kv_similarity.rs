@@ -1,5 +1,5 @@
-//! The adjacent-layer K/V cosine-similarity profile across depth (MiniCache's premise, brief
-//! §4.2/§4.7 step 1): windows of held-out text run through the model with the engine's
+//! The adjacent-layer K/V cosine-similarity profile across depth (MiniCache's premise,
+//! docs/methods/minicache.md): windows of held-out text run through the model with the engine's
 //! [`KvSimilarityProbe`]; per layer pair the mean and 10/50/90th percentiles of the per-(token,
 //! KV head) cosine of K and of V, as JSON, Markdown and a plot.
 

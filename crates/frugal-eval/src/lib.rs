@@ -1,6 +1,7 @@
-//! Layer 4 of frugal (see DESIGN.md): tasks, benchmarks and reports that measure the engine
+//! Layer 4 of frugal (see docs/design.md): tasks, benchmarks and reports that measure the engine
 //! and its policies against full attention on the same inputs.
 
+pub mod attention_bench;
 pub mod corpus;
 pub mod harness;
 pub mod knockout;

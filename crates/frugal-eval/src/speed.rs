@@ -10,8 +10,7 @@
 use frugal_engine::generate::argmax;
 use frugal_engine::model::llama::LogitRows;
 use frugal_engine::model::LoadedModel;
-use frugal_engine::sequence::Sequence;
-use frugal_engine::Result;
+use frugal_methods::PolicySpec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -27,6 +26,8 @@ pub struct SpeedConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct SpeedReport {
     pub engine: String,
+    /// The policy every run used (`full` unless asked otherwise).
+    pub policy: String,
     pub version: String,
     pub threads: usize,
     pub model: String,
@@ -54,14 +55,16 @@ pub fn run_speed_bench(
     lm: &LoadedModel,
     cfg: &SpeedConfig,
     threads: usize,
-    new_sequence: &dyn Fn() -> Sequence,
+    policy: &PolicySpec,
     on_step: &mut dyn FnMut(&str),
-) -> Result<SpeedReport> {
+) -> anyhow::Result<SpeedReport> {
+    let layout = lm.model.config().kv_layout();
+    let new_sequence = || frugal_methods::build(policy, layout);
     let rss_after_load_bytes = rss_bytes().0;
     let vocab = lm.model.config().vocab_size;
-    let time_prefill = |n: usize| -> Result<f64> {
+    let time_prefill = |n: usize| -> anyhow::Result<f64> {
         let ids = synthetic_prompt(n, vocab);
-        let mut seq = new_sequence();
+        let mut seq = new_sequence()?;
         let t = Instant::now();
         lm.model.forward(&ids, &mut seq, LogitRows::Last)?;
         Ok(t.elapsed().as_secs_f64())
@@ -85,18 +88,17 @@ pub fn run_speed_bench(
         "decode {} tokens after {}",
         cfg.decode_tokens, cfg.decode_depth
     ));
-    let mut seq = new_sequence();
+    let mut seq = new_sequence()?;
     let ids = synthetic_prompt(cfg.decode_depth.max(1), vocab);
-    let logits = lm.model.forward(&ids, &mut seq, LogitRows::Last)?;
-    let mut next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+    let mut next = argmax(&lm.model.last_logits(&ids, &mut seq)?);
     let t = Instant::now();
     for _ in 0..cfg.decode_tokens {
-        let logits = lm.model.forward(&[next], &mut seq, LogitRows::Last)?;
-        next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
+        next = argmax(&lm.model.last_logits(&[next], &mut seq)?);
     }
     let decode_tok_s = cfg.decode_tokens as f64 / t.elapsed().as_secs_f64();
     Ok(SpeedReport {
         engine: "frugal".into(),
+        policy: policy.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
         threads,
         model: lm.path.display().to_string(),

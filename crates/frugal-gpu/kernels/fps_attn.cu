@@ -8,7 +8,7 @@
 // counts[H][n_qb] and idx[H][n_qb][n_kb] (ascending key-block lists, BM=128 queries x BN=64
 // keys per block). causal=1 adds the element-wise j<=i mask.
 //
-// FP8 (per papers/attention-kv-methods.md §3): Q and K quantised to E4M3 per 64-token tile
+// FP8 (docs/methods/fps.md): Q and K quantised to E4M3 per 64-token tile
 // (scale = amax/448), V per channel (scale over the sequence), P = fp8(448 * p) with p the
 // running-max probabilities in [0,1]; O = (sum P^ V^) * s_v / (448 * l). V^ is stored
 // transposed ([H][128][Npad]) with keys permuted inside each 16-group so that the P

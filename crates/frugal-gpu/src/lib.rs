@@ -1,6 +1,6 @@
-//! Layer 7 of frugal (DESIGN.md): CUDA kernels, behind the `cuda` feature.
+//! Layer 7 of frugal (docs/design.md): CUDA kernels, behind the `cuda` feature.
 //!
-//! FPSAttention (papers/attention-kv-methods.md §3; issue 8): one FlashAttention-2-style kernel
+//! FPSAttention (docs/methods/fps.md): one FlashAttention-2-style kernel
 //! family for Hopper in four variants — BF16 dense, FP8 dense, BF16 block-sparse, FP8
 //! block-sparse — in `kernels/fps_attn.cu`, compiled to an sm_90a cubin by
 //! `scripts/cuda/build_kernels.sh` (CUDA 13.0 nvcc from PyPI) and embedded in the binary.

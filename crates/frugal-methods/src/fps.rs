@@ -1,6 +1,6 @@
-//! FPSAttention (arXiv 2506.04648; papers/attention-kv-methods.md §3) as an attention policy:
-//! a causal block window (the 1D, LLM-shaped form of the paper's tile-wise sparsity, §3.6 of
-//! the brief) and FP8 E4M3 fake quantisation of Q, K, V and P, emulated on the CPU with the
+//! FPSAttention (arXiv 2506.04648; docs/methods/fps.md) as an attention policy:
+//! a causal block window (the 1D, LLM-shaped form of the paper's tile-wise sparsity, as
+//! docs/methods/fps.md reads it) and FP8 E4M3 fake quantisation of Q, K, V and P, emulated on the CPU with the
 //! GPU kernel's granularity and order of operations (`frugal_numerics::fps_attention`).
 //!
 //! **Training-free, labelled as such.** The paper's quality claim rests on quantisation- and
@@ -15,29 +15,41 @@
 //! `qk`, `v`, `p` switch the quantisation of Q and K (per tile), V (per channel) and P (fixed
 //! scale 448) — all on by default, all off with `window=0` reproduces dense attention.
 
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
 use frugal_engine::attention::{AttentionPlan, AttentionPolicy, StepContext};
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::block_sparse::Fp8Opts;
 use frugal_numerics::fps_attention::CausalBlockWindow;
 
-const SWITCH: KnobKind = KnobKind::Int { min: 0, max: 1 };
+crate::policy_config! {
+    /// The block window and FP8 settings; the block and tile sizes are the GPU kernel's.
+    pub struct FpsConfig {
+        /// key blocks up to the diagonal each query block visits; 0 = all (FP8 only) [ours]
+        pub window: usize = 16, KnobKind::Int { min: 0, max: 1 << 20 };
+        /// key blocks at the start always visited [ours]
+        pub sink: usize = 1, KnobKind::Int { min: 0, max: 1 << 20 };
+        /// query block (tokens), the GPU kernel's
+        pub bm: usize = 128, KnobKind::Int { min: 1, max: 1 << 16 };
+        /// key block (tokens), the GPU kernel's
+        pub bn: usize = 64, KnobKind::Int { min: 1, max: 1 << 16 };
+        /// tokens per FP8 scale of Q and of K, the GPU kernel's
+        pub tile: usize = 64, KnobKind::Int { min: 1, max: 1 << 16 };
+        /// quantise Q and K to E4M3 per tile
+        pub qk: bool = true, KnobKind::Switch;
+        /// quantise V to E4M3 per channel
+        pub v: bool = true, KnobKind::Switch;
+        /// quantise P to E4M3 with the fixed scale 448
+        pub p: bool = true, KnobKind::Switch;
+    }
+}
 
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "fps",
-    doc: "FPSAttention emulated on the CPU: causal block window (sink + last `window` key blocks) and FP8 E4M3 fake quantisation of Q, K, V, P (training-free)",
-    knobs: &[
-        KnobInfo { name: "window", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "16", doc: "key blocks up to the diagonal each query block visits; 0 = all (FP8 only) [ours]" },
-        KnobInfo { name: "sink", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "1", doc: "key blocks at the start always visited [ours]" },
-        KnobInfo { name: "bm", kind: KnobKind::Int { min: 1, max: 1 << 16 }, default: "128", doc: "query block (tokens), the GPU kernel's" },
-        KnobInfo { name: "bn", kind: KnobKind::Int { min: 1, max: 1 << 16 }, default: "64", doc: "key block (tokens), the GPU kernel's" },
-        KnobInfo { name: "tile", kind: KnobKind::Int { min: 1, max: 1 << 16 }, default: "64", doc: "tokens per FP8 scale of Q and of K, the GPU kernel's" },
-        KnobInfo { name: "qk", kind: SWITCH, default: "1", doc: "quantise Q and K to E4M3 per tile" },
-        KnobInfo { name: "v", kind: SWITCH, default: "1", doc: "quantise V to E4M3 per channel" },
-        KnobInfo { name: "p", kind: SWITCH, default: "1", doc: "quantise P to E4M3 with the fixed scale 448" },
-    ],
-    keep_everything: "fps:window=0,qk=0,v=0,p=0",
-};
+pub const FPS: PolicyEntry = PolicyEntry::new(
+    "fps",
+    "FPSAttention emulated on the CPU: causal block window (sink + last `window` key blocks) and FP8 E4M3 fake quantisation of Q, K, V, P (training-free)",
+    FpsConfig::knobs,
+    "fps:window=0,qk=0,v=0,p=0",
+    |part, b| Ok(component(&configure(part)?, b.spec.clone())),
+);
 
 /// The policy: one block window and one quantisation setting for every layer.
 pub struct Fps {
@@ -54,7 +66,7 @@ impl AttentionPolicy for Fps {
         Some(Box::new(self.window))
     }
     fn plan<'a>(
-        &'a self,
+        &'a mut self,
         _ctx: &StepContext<'a>,
         _q: &[f32],
         _positions: &[u32],
@@ -68,29 +80,23 @@ impl AttentionPolicy for Fps {
     }
 }
 
-pub(crate) fn component(knobs: &Knobs<'_>, spec: String) -> Component {
-    let tile = knobs.usize("tile");
-    let (qk, v, p) = (
-        knobs.usize("qk") == 1,
-        knobs.usize("v") == 1,
-        knobs.usize("p") == 1,
-    );
-    let fp8 = (qk || v || p).then_some(Fp8Opts {
-        quant_qk: qk,
-        quant_v: v,
-        quant_p: p,
-        q_tile: tile,
-        k_tile: tile,
+fn component(c: &FpsConfig, spec: String) -> Component {
+    let fp8 = (c.qk || c.v || c.p).then_some(Fp8Opts {
+        quant_qk: c.qk,
+        quant_v: c.v,
+        quant_p: c.p,
+        q_tile: c.tile,
+        k_tile: c.tile,
     });
     Component {
         cache: None,
         attention: Some(Box::new(Fps {
             spec,
             window: CausalBlockWindow {
-                bm: knobs.usize("bm"),
-                bn: knobs.usize("bn"),
-                window: knobs.usize("window"),
-                sink: knobs.usize("sink"),
+                bm: c.bm,
+                bn: c.bn,
+                window: c.window,
+                sink: c.sink,
             },
             fp8,
         })),

@@ -17,8 +17,9 @@
 //! ([`PositionRuns`]); attention reads an owned dequantised copy (no fused integer kernel on the
 //! CPU path).
 
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
-use crate::spec::SpecError;
+use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
+pub use crate::policy::RowFormat;
+use crate::spec::{PartSpec, SpecError};
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns};
 use frugal_numerics::kivi::{
     code_at, group_params, packed_len, quantize_strided, range_strided, supported_bits, GroupParams,
@@ -26,67 +27,52 @@ use frugal_numerics::kivi::{
 use half::f16;
 use std::borrow::Cow;
 
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "kivi",
-    doc: "KIVI quantisation: keys per channel, values per token, in groups; recent tokens full precision",
-    knobs: &[
-        KnobInfo { name: "bits", kind: KnobKind::Int { min: 1, max: 8 }, default: "2", doc: "code width: 1, 2, 4 or 8 (paper: 2 and 4)" },
-        KnobInfo { name: "group", kind: KnobKind::Int { min: 1, max: 4096 }, default: "32", doc: "group size: tokens per key group, channels per value group (paper: 32)" },
-        KnobInfo { name: "residual", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "128", doc: "recent tokens kept in full precision (paper: 128)" },
-        KnobInfo { name: "fp", kind: KnobKind::Choice { options: &["16", "32"] }, default: "16", doc: "bits of a full-precision row: 16 (f16, the paper's fp16) or 32 (f32) [ours]" },
-    ],
-    keep_everything: "kivi:residual=1048576,fp=32",
+crate::policy_config! {
+    /// KIVI's quantisation; the defaults are the paper's KIVI-2.
+    pub struct KiviConfig {
+        /// code width: 1, 2, 4 or 8 (paper: 2 and 4)
+        pub bits: u32 = 2, KnobKind::Int { min: 1, max: 8 };
+        /// group size: tokens per key group, channels per value group (paper: 32)
+        pub group: usize = 32, KnobKind::Int { min: 1, max: 4096 };
+        /// recent tokens kept in full precision (paper: 128)
+        pub residual: usize = 128, KnobKind::Int { min: 0, max: 1 << 20 };
+        /// bits of a full-precision row: 16 (f16, the paper's fp16) or 32 (f32) [ours]
+        pub fp: u32 = 16, KnobKind::Choice { options: &["16", "32"] };
+    }
+}
+
+pub const KIVI: PolicyEntry = PolicyEntry {
+    row_format: Some(format),
+    ..PolicyEntry::new(
+        "kivi",
+        "KIVI quantisation: keys per channel, values per token, in groups; recent tokens full precision",
+        KiviConfig::knobs,
+        "kivi:residual=1048576,fp=32",
+        |part, b| {
+            Ok(Component {
+                cache: Some(Box::new(KiviCache::new(b.layout, format(part)?))),
+                attention: None,
+            })
+        },
+    )
 };
 
-/// How rows are encoded: `bits == 32` is plain f32 (nothing quantised).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RowFormat {
-    pub bits: u32,
-    pub group: usize,
-    pub residual: usize,
-    /// Full-precision rows are stored as f16 (else f32).
-    pub half_rows: bool,
-}
-
-impl RowFormat {
-    pub const F32: RowFormat = RowFormat {
-        bits: 32,
-        group: 1,
-        residual: usize::MAX,
-        half_rows: false,
-    };
-
-    pub fn quantises(&self) -> bool {
-        self.bits < 32 && self.residual < usize::MAX / 2
-    }
-
-    pub fn label(&self) -> String {
-        format!(
-            "kivi:bits={},group={},residual={},fp={}",
-            self.bits,
-            self.group,
-            self.residual,
-            if self.half_rows { 16 } else { 32 }
-        )
-    }
-}
-
-/// Reads a `kivi` part's knobs as a row format.
-pub fn format(knobs: &Knobs<'_>) -> Result<RowFormat, SpecError> {
-    let bits = knobs.usize("bits") as u32;
-    if !supported_bits(bits) {
+/// Reads a `kivi` part as a row format.
+pub fn format(part: &PartSpec) -> Result<RowFormat, SpecError> {
+    let cfg: KiviConfig = configure(part)?;
+    if !supported_bits(cfg.bits) {
         return Err(SpecError::BadValue {
             policy: "kivi".into(),
             knob: "bits".into(),
-            value: bits.to_string(),
+            value: cfg.bits.to_string(),
             expected: "1, 2, 4 or 8".into(),
         });
     }
     Ok(RowFormat {
-        bits,
-        group: knobs.usize("group"),
-        residual: knobs.usize("residual"),
-        half_rows: knobs.choice("fp") == "16",
+        bits: cfg.bits,
+        group: cfg.group,
+        residual: cfg.residual,
+        half_rows: cfg.fp == 16,
     })
 }
 
@@ -403,13 +389,6 @@ impl CachePolicy for KiviCache {
     fn reset(&mut self) {
         *self = KiviCache::new(self.layout, self.fmt);
     }
-}
-
-pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout) -> Result<Component, SpecError> {
-    Ok(Component {
-        cache: Some(Box::new(KiviCache::new(layout, format(knobs)?))),
-        attention: None,
-    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Attention knockouts (the Video-LLM study, arXiv 2508.15360; papers/attention-kv-methods.md §2)
+//! Attention knockouts (the Video-LLM study, arXiv 2508.15360; docs/methods/knockout.md)
 //! and the two efficiency policies built on its findings.
 //!
 //! Tokens carry a kind (prefix, context chunk = "frame", question = "language") from the
@@ -15,7 +15,7 @@
 //! paper's cut-off i); `width=w` limits it to the window `i..i+w`; `width=0` knocks out
 //! nothing (the "keep everything" setting).
 //!
-//! Our choices (the paper does not settle them, §2.5), labelled: a token always sees itself
+//! Our choices (the paper does not settle them), labelled: a token always sees itself
 //! (VS-K keeps the diagonal) and every prefix token (instructions / BOS), so no row is ever
 //! fully masked — [`KnockoutMask::new`] asserts it for every position. Tokens past the end of
 //! the structure (generated text) count as question tokens. Without a structure there is
@@ -30,48 +30,86 @@
 //!   (VT-K), question tokens still see everything. Our dense kernel still computes the masked
 //!   scores, so this saves no time here; the saving needs a block-sparse kernel.
 
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use crate::policy::{configure, Component, KnobKind, LayerRange, PolicyConfig, PolicyEntry};
 use frugal_engine::attention::{AttentionPolicy, StepContext};
 use frugal_engine::structure::{TokenKind, TokenStructure};
 use frugal_numerics::attention::KeyMask;
 
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "knockout",
-    doc: "block one attention path (lv: question→context, vt: across chunks, vs: within a chunk) in layers from..from+width",
-    knobs: &[
-        KnobInfo { name: "type", kind: KnobKind::Choice { options: &["lv", "vt", "vs"] }, default: "lv", doc: "the path knocked out" },
-        KnobInfo { name: "from", kind: KnobKind::Int { min: 0, max: 1 << 16 }, default: "0", doc: "first knocked-out layer (0-based)" },
-        KnobInfo { name: "width", kind: KnobKind::Int { min: 0, max: 1 << 16 }, default: "65536", doc: "layers knocked out from `from` (default: to the last)" },
-    ],
-    keep_everything: "knockout:type=lv,width=0",
-};
+crate::policy_config! {
+    /// One knockout: the path and the layer window.
+    pub struct KnockoutConfig {
+        /// the path knocked out
+        pub r#type: Path = Path::Lv, Path::KIND;
+        /// first knocked-out layer (0-based)
+        pub from: usize = 0, KnobKind::Int { min: 0, max: 1 << 16 };
+        /// layers knocked out from `from` (default: to the last)
+        pub width: usize = 65536, KnobKind::Int { min: 0, max: 1 << 16 };
+    }
+}
 
-pub const EARLY_EXIT_INFO: PolicyInfo = PolicyInfo {
-    name: "early-exit",
-    doc: "context tokens are not computed or cached from layer `layer` on (question tokens stop reading them)",
-    knobs: &[KnobInfo {
-        name: "layer",
-        kind: KnobKind::Int { min: 0, max: 1 << 16 },
-        default: "10",
-        doc: "layers 0..layer compute context tokens; later layers skip them",
-    }],
-    keep_everything: "early-exit:layer=65536",
-};
+crate::policy_config! {
+    /// Early exit of context tokens.
+    pub struct EarlyExitConfig {
+        /// layers 0..layer compute context tokens; later layers skip them [ours: 10]
+        pub layer: usize = 10, KnobKind::Int { min: 0, max: 1 << 16 };
+    }
+}
 
-pub const FRAME_LOCAL_INFO: PolicyInfo = PolicyInfo {
-    name: "frame-local",
-    doc: "context attention block-diagonal by chunk in layers a-b (question tokens see everything)",
-    knobs: &[KnobInfo {
-        name: "layers",
-        kind: KnobKind::Range {
-            min: 0,
-            max: 1 << 16,
-        },
-        default: "0-65536",
-        doc: "inclusive layer range a-b (0-based)",
-    }],
-    keep_everything: "frame-local:layers=65536",
-};
+crate::policy_config! {
+    /// Frame-local (block-diagonal) context attention.
+    pub struct FrameLocalConfig {
+        /// inclusive layer range a-b (0-based)
+        pub layers: LayerRange = LayerRange { first: 0, last: 65536 },
+            KnobKind::Range { min: 0, max: 1 << 16 };
+    }
+}
+
+pub const KNOCKOUT: PolicyEntry = PolicyEntry::new(
+    "knockout",
+    "block one attention path (lv: question→context, vt: across chunks, vs: within a chunk) in layers from..from+width",
+    KnockoutConfig::knobs,
+    "knockout:type=lv,width=0",
+    |part, _| {
+        let c: KnockoutConfig = configure(part)?;
+        Ok(attention_only(Knockout {
+            path: c.r#type,
+            from: c.from,
+            width: c.width,
+        }))
+    },
+);
+
+pub const EARLY_EXIT: PolicyEntry = PolicyEntry::new(
+    "early-exit",
+    "context tokens are not computed or cached from layer `layer` on (question tokens stop reading them)",
+    EarlyExitConfig::knobs,
+    "early-exit:layer=65536",
+    |part, _| {
+        let c: EarlyExitConfig = configure(part)?;
+        Ok(attention_only(EarlyExit { layer: c.layer }))
+    },
+);
+
+pub const FRAME_LOCAL: PolicyEntry = PolicyEntry::new(
+    "frame-local",
+    "context attention block-diagonal by chunk in layers a-b (question tokens see everything)",
+    FrameLocalConfig::knobs,
+    "frame-local:layers=65536",
+    |part, _| {
+        let c: FrameLocalConfig = configure(part)?;
+        Ok(attention_only(FrameLocal {
+            first: c.layers.first,
+            last: c.layers.last,
+        }))
+    },
+);
+
+fn attention_only(a: impl AttentionPolicy + 'static) -> Component {
+    Component {
+        cache: None,
+        attention: Some(Box::new(a)),
+    }
+}
 
 /// An attention pathway a knockout removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,8 +122,20 @@ pub enum Path {
     Vs,
 }
 
+impl crate::policy::KnobValue for Path {
+    fn parse_knob(text: &str) -> Option<Self> {
+        Path::parse(text.trim())
+    }
+    fn show_knob(&self) -> String {
+        self.name().into()
+    }
+}
+
 impl Path {
     pub const ALL: [Path; 3] = [Path::Lv, Path::Vt, Path::Vs];
+    pub const KIND: KnobKind = KnobKind::Choice {
+        options: &["lv", "vt", "vs"],
+    };
 
     pub fn name(self) -> &'static str {
         match self {
@@ -228,36 +278,6 @@ impl AttentionPolicy for FrameLocal {
             .structure
             .filter(|_| (self.first..=self.last).contains(&ctx.layer))?;
         Some(Box::new(KnockoutMask::new(Path::Vt, s)))
-    }
-}
-
-pub(crate) fn component(knobs: &Knobs<'_>) -> Component {
-    let path = Path::parse(knobs.choice("type")).expect("validated choice");
-    let k = Knockout {
-        path,
-        from: knobs.usize("from"),
-        width: knobs.usize("width"),
-    };
-    Component {
-        cache: None,
-        attention: Some(Box::new(k)),
-    }
-}
-
-pub(crate) fn early_exit_component(knobs: &Knobs<'_>) -> Component {
-    Component {
-        cache: None,
-        attention: Some(Box::new(EarlyExit {
-            layer: knobs.usize("layer"),
-        })),
-    }
-}
-
-pub(crate) fn frame_local_component(knobs: &Knobs<'_>) -> Component {
-    let (first, last) = knobs.range("layers");
-    Component {
-        cache: None,
-        attention: Some(Box::new(FrameLocal { first, last })),
     }
 }
 

@@ -3,18 +3,18 @@
 //! per (token, KV head, K|V), obtained by SLERP of their two directions; each layer keeps its own
 //! magnitude, restored inside the attention score (`m · q·e`, via the kernel's per-row scales, no
 //! dense copy); the most divergent tokens (largest angular distance) are retained unmerged and
-//! served as row patches. Brief: papers/attention-kv-methods.md §4; the paper's code is not public.
+//! served as row patches. Method notes: docs/methods/minicache.md; the paper's code is not public.
 //!
 //! Also here: `mean-merge`, the paper's "Average" baseline (both layers read `(x_a + x_b)/2`, no
 //! magnitudes, no retention).
 //!
-//! Knobs and their sources: `t = 0.6` ([R] in the brief, unverified), `gamma = 0.05` ([S], the
+//! Knobs and their sources: `t = 0.6` (the paper's value as we recall it, unverified), `gamma = 0.05` (the
 //! paper's chosen trade-off), `start = −1` = half depth ⌊L/2⌋ ([P] "begins merging from the
 //! half-layer depth").
 //!
 //! Our choices where the paper is silent (labelled):
 //! - pairs are `(start, start+1), (start+2, start+3), …`; a last unpaired layer stays alone (for
-//!   SmolLM2's 30 layers the default start 15 is the brief's option A, 14 layers merged; start 14
+//!   SmolLM2's 30 layers the default start 15 is the half-depth option, 14 layers merged; start 14
 //!   is option B, 16 layers);
 //! - merging granularity is one KV head's `head_dim` vector; K and V have independent retention
 //!   sets;
@@ -32,27 +32,61 @@
 //!   as runs of consecutive positions.
 
 use crate::kivi::{head_rows, Axis, Floats, QuantHead, QuantRows, RowFormat};
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PatchView, PositionRuns};
 use frugal_numerics::slerp::{merge_pair, normalised_distance};
 use std::borrow::Cow;
 
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "minicache",
-    doc: "cross-layer SLERP merge of adjacent layers from half depth, magnitudes per layer, outlier tokens retained",
-    knobs: &[
-        KnobInfo { name: "start", kind: KnobKind::Int { min: -1, max: 1 << 20 }, default: "-1", doc: "first merged layer; pairs (s,s+1),(s+2,s+3),…; -1 = half depth (paper)" },
-        KnobInfo { name: "t", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.6", doc: "SLERP interpolation towards the deeper layer (brief's recollection of the paper: 0.6)" },
-        KnobInfo { name: "gamma", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "retention threshold on normalised angular distance (paper: 0.05); 1 retains all" },
-    ],
-    keep_everything: "minicache:start=1048576",
+crate::policy_config! {
+    /// MiniCache's merge; the defaults are the paper's.
+    pub struct MiniCacheConfig {
+        /// first merged layer; pairs (s,s+1),(s+2,s+3),…; -1 = half depth (paper)
+        pub start: i64 = -1, KnobKind::Int { min: -1, max: 1 << 20 };
+        /// SLERP interpolation towards the deeper layer (the paper's setting as we read it: 0.6)
+        pub t: f64 = 0.6, KnobKind::Float { min: 0.0, max: 1.0 };
+        /// retention threshold on normalised angular distance (paper: 0.05); 1 retains all
+        pub gamma: f64 = 0.05, KnobKind::Float { min: 0.0, max: 1.0 };
+    }
+}
+
+crate::policy_config! {
+    /// The mean-merge baseline.
+    pub struct MeanMergeConfig {
+        /// first merged layer, as minicache; -1 = half depth
+        pub start: i64 = -1, KnobKind::Int { min: -1, max: 1 << 20 };
+    }
+}
+
+pub const MINICACHE: PolicyEntry = PolicyEntry {
+    takes_format: true,
+    ..PolicyEntry::new(
+        "minicache",
+        "cross-layer SLERP merge of adjacent layers from half depth, magnitudes per layer, outlier tokens retained",
+        MiniCacheConfig::knobs,
+        "minicache:start=1048576",
+        |part, b| {
+            let c: MiniCacheConfig = configure(part)?;
+            let mode = Mode::Slerp {
+                t: c.t,
+                gamma: c.gamma,
+            };
+            Ok(component(c.start, mode, b.layout, b.row_format))
+        },
+    )
 };
 
-pub const MEAN_INFO: PolicyInfo = PolicyInfo {
-    name: "mean-merge",
-    doc: "baseline: adjacent layers from half depth both read the average of their K/V (no magnitudes, no retention)",
-    knobs: &[KnobInfo { name: "start", kind: KnobKind::Int { min: -1, max: 1 << 20 }, default: "-1", doc: "first merged layer, as minicache; -1 = half depth" }],
-    keep_everything: "mean-merge:start=1048576",
+pub const MEAN_MERGE: PolicyEntry = PolicyEntry {
+    takes_format: true,
+    ..PolicyEntry::new(
+        "mean-merge",
+        "baseline: adjacent layers from half depth both read the average of their K/V (no magnitudes, no retention)",
+        MeanMergeConfig::knobs,
+        "mean-merge:start=1048576",
+        |part, b| {
+            let c: MeanMergeConfig = configure(part)?;
+            Ok(component(c.start, Mode::Mean, b.layout, b.row_format))
+        },
+    )
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -408,23 +442,14 @@ impl CachePolicy for MiniCache {
 }
 
 /// Builds `minicache` or `mean-merge`, its rows stored in `fmt` (f32 unless composed with kivi).
-pub(crate) fn component(
-    name: &str,
-    knobs: &Knobs<'_>,
-    layout: KvLayout,
-    fmt: RowFormat,
-) -> Component {
-    let start = knobs.f64("start") as i64;
-    let mode = if name == "mean-merge" {
-        Mode::Mean
-    } else {
-        Mode::Slerp {
-            t: knobs.f64("t"),
-            gamma: knobs.f64("gamma"),
-        }
-    };
+fn component(start: i64, mode: Mode, layout: KvLayout, fmt: Option<RowFormat>) -> Component {
     Component {
-        cache: Some(Box::new(MiniCache::new(layout, start, mode, fmt))),
+        cache: Some(Box::new(MiniCache::new(
+            layout,
+            start,
+            mode,
+            fmt.unwrap_or(RowFormat::F32),
+        ))),
         attention: None,
     }
 }

@@ -1,8 +1,8 @@
-//! OmniSparse, **training-free variant** (papers/attention-kv-methods.md §1; arXiv 2511.12201).
+//! OmniSparse, **training-free variant** (docs/methods/omnisparse.md; arXiv 2511.12201).
 //! The paper fine-tunes the model with its sparse pattern switched on; nothing here trains —
 //! this is the same mechanics applied to a frozen model, an ablation of the paper's method,
 //! not the method itself. The paper's equations are unavailable: every rule below follows the
-//! brief's formalisation (§1.4) and every choice is a knob, marked **[ours]** where the paper
+//! formalisation in docs/methods/omnisparse.md and every choice is a knob, marked **[ours]** where the paper
 //! is silent.
 //!
 //! Three axes:
@@ -15,7 +15,7 @@
 //!    keys' mass, reaches `tau` of the total; shared budget `B = max_g k_g` (the flattest head);
 //!    each head keeps its own top-`B` keys plus the forced keys: the first `sink` tokens and
 //!    the `window` tokens before the group together with the group itself ([ours], as the
-//!    brief recommends). The blocks holding the call's last `tail` tokens attend to every key
+//!    method notes recommend). The blocks holding the call's last `tail` tokens attend to every key
 //!    ([ours]: they produce the logits that answer; the probes stand in for the other queries
 //!    of a block only on average — `audit=1` measures every query's true recall). `B` per
 //!    layer is reported. With `chunk=N` ([ours], after Quest's pooled key blocks) the probe is
@@ -25,12 +25,12 @@
 //!    counts their free rows); with `chunk_mix=w` each chunk's importance is spread evenly over
 //!    its rows and mixed with the probes' row importance, `(1-w)·chunk + w·probe`, which gives
 //!    the row detail chunks lack (at 8k, `chunk=8,chunk_mix=0.5,probe=2`: +0.94 % at 30 % of
-//!    keys; docs/results/omnisparse.md §1c).
+//!    keys; docs/results/omnisparse.md §3a).
 //! 2. **Query selection** (prefill; **off by default** [ours]: training-free, skipping a query
 //!    copies its neighbour's attention output, which breaks previous-token heads — passkey
 //!    0/4 at 2k with 2.6 % of queries skipped, docs/results/omnisparse.md). A query is lazy
 //!    when its (post-RoPE, all heads) vector has cosine similarity ≥ `theta` with the previous
-//!    token's (`lazy=cos`, brief test (b)); among a run of lazy queries every `keep_every`-th
+//!    token's (`lazy=cos`, test (b) of the method notes); among a run of lazy queries every `keep_every`-th
 //!    is still computed ("most lazy queries are discarded"), as are each block's first token
 //!    and the tail ([ours]). Skipped rows are filled from the nearest computed query of the
 //!    block (`fill=copy`) or get zero attention output (`fill=residual`, only the residual
@@ -46,8 +46,8 @@
 //!    has its span rows freed from the KV store — resident bytes really drop, and the head
 //!    never reads the span again (irreversible; [ours]). The largest mass each head showed is
 //!    reported (`span_mass_max`).
-//! 4. **Token-level decode slimming** (**[ours]**, beyond the brief's head-level rule, which
-//!    frees little on text: most heads read the context span, docs/results/omnisparse.md §3).
+//! 4. **Token-level decode slimming** (**[ours]**, beyond the paper's head-level rule, which
+//!    frees little on text: most heads read the context span, docs/results/omnisparse.md §5b).
 //!    At the end of every multi-token call, per (layer, KV head), the call's last `slim_obs`
 //!    queries (the group's query heads combined by `agg`, mean over queries) give each span
 //!    token an importance; tokens are ranked by that importance max-pooled over `slim_pool`
@@ -67,8 +67,8 @@
 //!
 //! With `tau=1`, `lazy=none` and `eps=0` every step is the dense kernel itself (bit-identical).
 
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
-use frugal_engine::attention::{AttentionPlan, AttentionPolicy, StepContext};
+use crate::policy::{configure, Component, KnobKind, KnobValue, PolicyConfig, PolicyEntry};
+use frugal_engine::attention::{AttentionPlan, AttentionPolicy, Findings, StepContext};
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
@@ -78,143 +78,191 @@ use frugal_numerics::sparse_attention::{
 };
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Query block of the sparse kernel (the dense kernel's block).
 const BLOCK: usize = 64;
 
-const COMMON_KNOBS: [KnobInfo; 9] = [
-    KnobInfo {
-        name: "probe",
-        kind: KnobKind::Int { min: 1, max: 1 << 16 },
-        default: "8",
-        doc: "probe queries per planning group (`share` blocks of 64 queries): the last one + a stride [ours]",
-    },
-    KnobInfo {
-        name: "agg",
-        kind: KnobKind::Choice {
-            options: &["sum", "max"],
-        },
-        default: "sum",
-        doc: "how a GQA group's query heads combine into column importance (paper unknown)",
-    },
-    KnobInfo {
-        name: "sink",
-        kind: KnobKind::Int {
-            min: 0,
-            max: 1 << 20,
-        },
-        default: "4",
-        doc: "first tokens always kept [ours]",
-    },
-    KnobInfo {
-        name: "window",
-        kind: KnobKind::Int {
-            min: 0,
-            max: 1 << 20,
-        },
-        default: "64",
-        doc: "keys before each query block always kept, besides the block itself [ours]",
-    },
-    KnobInfo {
-        name: "tail",
-        kind: KnobKind::Int {
-            min: 0,
-            max: 1 << 20,
-        },
-        default: "64",
-        doc: "the call's last `tail` query tokens (their whole blocks) attend to every key [ours]",
-    },
-    KnobInfo {
-        name: "audit",
-        kind: KnobKind::Int { min: 0, max: 1 },
-        default: "0",
-        doc: "1 = measure every query's true recall of the kept keys (a dense pass; diagnostics only)",
-    },
-    KnobInfo {
-        name: "share",
-        kind: KnobKind::Int { min: 1, max: 1024 },
-        default: "1",
-        doc: "consecutive 64-query blocks sharing one probe + selection (probes spread over the group, one key set for all) [ours]",
-    },
-    KnobInfo {
-        name: "chunk",
-        kind: KnobKind::Int { min: 0, max: 4096 },
-        default: "0",
-        doc: "0 = `probe` queries score every key; N = every query of the group scores means of N consecutive keys; alone, whole chunks are selected [ours, after Quest]",
-    },
-    KnobInfo {
-        name: "chunk_mix",
-        kind: KnobKind::Float { min: 0.0, max: 1.0 },
-        default: "0",
-        doc: "with chunk: weight of the `probe` queries' row-level importance mixed into the chunk estimate (0 = chunks alone, selected whole chunks at a time) [ours]",
-    },
-];
-
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "omnisparse",
-    doc: "OmniSparse, training-free: flattest-head shared KV budget at recall tau, lazy-query skipping, decode-time per-head KV slimming",
-    knobs: &[
-        KnobInfo { name: "tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.95", doc: "attention recall each head keeps (1 = every key)" },
-        COMMON_KNOBS[0],
-        COMMON_KNOBS[1],
-        COMMON_KNOBS[2],
-        COMMON_KNOBS[3],
-        COMMON_KNOBS[4],
-        COMMON_KNOBS[5],
-        COMMON_KNOBS[6],
-        COMMON_KNOBS[7],
-        COMMON_KNOBS[8],
-        KnobInfo { name: "lazy", kind: KnobKind::Choice { options: &["cos", "none"] }, default: "none", doc: "lazy-query test: cosine similarity to the previous query, or none (every query computed; our default [ours]: training-free, skipping breaks previous-token heads, see docs/results/omnisparse.md)" },
-        KnobInfo { name: "theta", kind: KnobKind::Float { min: -1.0, max: 2.0 }, default: "0.9", doc: "cosine threshold above which a query is lazy [ours]" },
-        KnobInfo { name: "keep_every", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "every m-th query of a lazy run is still computed [ours]" },
-        KnobInfo { name: "fill", kind: KnobKind::Choice { options: &["copy", "residual"] }, default: "copy", doc: "output row of a skipped query: nearest computed neighbour's, or residual only" },
-        KnobInfo { name: "eps", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.05", doc: "decode slimming: a KV head whose span mass stays below eps stops reading the span (0 = off) [ours]" },
-        KnobInfo { name: "span_recent", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "64", doc: "decode slimming: context tokens among the prefill's last span_recent positions stay outside the slimmable span (local heads keep them) [ours]" },
-        KnobInfo { name: "recheck", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "4", doc: "decode steps between slimming checks" },
-        KnobInfo { name: "slim_tau", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "1", doc: "token-level decode slimming: share of the last queries' span mass each KV head keeps in the store (1 = off) [ours]" },
-        KnobInfo { name: "slim_obs", kind: KnobKind::Int { min: 1, max: 1 << 20 }, default: "32", doc: "token-level slimming: the call's last queries that score the span [ours, after SnapKV]" },
-        KnobInfo { name: "slim_pool", kind: KnobKind::Int { min: 0, max: 1 << 10 }, default: "16", doc: "token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV; 16 rather than its 3: at 3 the needle's last digits were freed, docs/results/omnisparse.md §3]" },
-        KnobInfo { name: "slim_budget", kind: KnobKind::Choice { options: &["own", "shared", "mean"] }, default: "own", doc: "token-level slimming: each head keeps what its recall needs; every head of a layer the flattest head's count; or every head the layer's mean count (same bytes as own: the uniform baseline) [ours]" },
-    ],
-    keep_everything: "omnisparse:tau=1,lazy=none,eps=0",
+const AGG: KnobKind = KnobKind::Choice {
+    options: &["sum", "max"],
 };
-
-pub const UNIFORM_INFO: PolicyInfo = PolicyInfo {
-    name: "uniform-budget",
-    doc: "OmniSparse baseline: every head of every query block keeps the same fixed number of top keys (plus sink/window)",
-    knobs: &[
-        KnobInfo { name: "keys", kind: KnobKind::Int { min: 0, max: 1 << 20 }, default: "512", doc: "non-forced keys each head keeps per query block" },
-        COMMON_KNOBS[0],
-        COMMON_KNOBS[1],
-        COMMON_KNOBS[2],
-        COMMON_KNOBS[3],
-        COMMON_KNOBS[4],
-        COMMON_KNOBS[5],
-        COMMON_KNOBS[6],
-        COMMON_KNOBS[7],
-        COMMON_KNOBS[8],
-    ],
-    keep_everything: "uniform-budget:keys=1048576",
+const FILL: KnobKind = KnobKind::Choice {
+    options: &["copy", "residual"],
 };
-
-pub const TOPK_INFO: PolicyInfo = PolicyInfo {
-    name: "topk",
-    doc: "OmniSparse baseline: every head keeps a fixed fraction of its visible keys (top by probe importance, plus sink/window)",
-    knobs: &[
-        KnobInfo { name: "ratio", kind: KnobKind::Float { min: 0.0, max: 1.0 }, default: "0.1", doc: "fraction of visible non-forced keys each head keeps" },
-        COMMON_KNOBS[0],
-        COMMON_KNOBS[1],
-        COMMON_KNOBS[2],
-        COMMON_KNOBS[3],
-        COMMON_KNOBS[4],
-        COMMON_KNOBS[5],
-        COMMON_KNOBS[6],
-        COMMON_KNOBS[7],
-        COMMON_KNOBS[8],
-    ],
-    keep_everything: "topk:ratio=1",
+const LAZY: KnobKind = KnobKind::Choice {
+    options: &["cos", "none"],
 };
+const COUNT: KnobKind = KnobKind::Int {
+    min: 0,
+    max: 1 << 20,
+};
+const SHARE: KnobKind = KnobKind::Float { min: 0.0, max: 1.0 };
+
+impl KnobValue for GroupAgg {
+    fn parse_knob(text: &str) -> Option<Self> {
+        match text.trim() {
+            "sum" => Some(GroupAgg::Sum),
+            "max" => Some(GroupAgg::Max),
+            _ => None,
+        }
+    }
+    fn show_knob(&self) -> String {
+        (if *self == GroupAgg::Max { "max" } else { "sum" }).into()
+    }
+}
+
+impl KnobValue for LazyFill {
+    fn parse_knob(text: &str) -> Option<Self> {
+        match text.trim() {
+            "copy" => Some(LazyFill::Copy),
+            "residual" => Some(LazyFill::Residual),
+            _ => None,
+        }
+    }
+    fn show_knob(&self) -> String {
+        (if *self == LazyFill::Residual { "residual" } else { "copy" }).into()
+    }
+}
+
+crate::knob_choice! {
+    /// The lazy-query test.
+    pub enum LazyTest {
+        /// Cosine similarity to the previous query.
+        Cos = "cos",
+        /// Every query computed.
+        None = "none",
+    }
+}
+
+crate::knob_choice! {
+    /// Token-level slimming budget per KV head of a layer [ours].
+    pub enum SlimBudget {
+        /// What the head's own recall needs.
+        Own = "own",
+        /// The flattest head's count (axis 1's rule).
+        Shared = "shared",
+        /// The layer's mean of the own counts: the same bytes as `Own`, spread evenly.
+        Mean = "mean",
+    }
+}
+
+crate::policy_config! {
+    /// The probe and selection knobs OmniSparse and its two baselines share.
+    pub struct Selection {
+        /// probe queries per planning group (`share` blocks of 64 queries): the last one + a stride [ours]
+        pub probe: usize = 8, KnobKind::Int { min: 1, max: 1 << 16 };
+        /// how a GQA group's query heads combine into column importance (paper unknown)
+        pub agg: GroupAgg = GroupAgg::Sum, AGG;
+        /// first tokens always kept [ours]
+        pub sink: u32 = 4, COUNT;
+        /// keys before each query block always kept, besides the block itself [ours]
+        pub window: u32 = 64, COUNT;
+        /// the call's last `tail` query tokens (their whole blocks) attend to every key [ours]
+        pub tail: usize = 64, COUNT;
+        /// 1 = measure every query's true recall of the kept keys (a dense pass; diagnostics only)
+        pub audit: bool = false, KnobKind::Switch;
+        /// consecutive 64-query blocks sharing one probe + selection (probes spread over the
+        /// group, one key set for all) [ours]
+        pub share: usize = 1, KnobKind::Int { min: 1, max: 1024 };
+        /// 0 = `probe` queries score every key; N = every query of the group scores means of N
+        /// consecutive keys; alone, whole chunks are selected [ours, after Quest]
+        pub chunk: usize = 0, KnobKind::Int { min: 0, max: 4096 };
+        /// with chunk: weight of the `probe` queries' row-level importance mixed into the chunk
+        /// estimate (0 = chunks alone, selected whole chunks at a time) [ours]
+        pub chunk_mix: f32 = 0.0, SHARE;
+    }
+}
+
+crate::policy_config! {
+    /// OmniSparse, training-free (see the module doc for the four axes).
+    pub struct OmniSparseConfig {
+        flatten pub selection: Selection;
+        /// attention recall each head keeps (1 = every key)
+        pub tau: f64 = 0.95, KnobKind::Float { min: 0.0, max: 1.0 };
+        /// lazy-query test: cosine similarity to the previous query, or none (every query
+        /// computed; our default [ours]: training-free, skipping breaks previous-token heads)
+        pub lazy: LazyTest = LazyTest::None, LAZY;
+        /// cosine threshold above which a query is lazy [ours]
+        pub theta: f32 = 0.9, KnobKind::Float { min: -1.0, max: 2.0 };
+        /// every m-th query of a lazy run is still computed [ours]
+        pub keep_every: usize = 4, KnobKind::Int { min: 1, max: 1 << 20 };
+        /// output row of a skipped query: nearest computed neighbour's, or residual only
+        pub fill: LazyFill = LazyFill::Copy, FILL;
+        /// decode slimming: a KV head whose span mass stays below eps stops reading the span
+        /// (0 = off) [ours]
+        pub eps: f32 = 0.05, KnobKind::Float { min: 0.0, max: 1.0 };
+        /// decode slimming: context tokens among the prefill's last span_recent positions stay
+        /// outside the slimmable span (local heads keep them) [ours]
+        pub span_recent: usize = 64, COUNT;
+        /// decode steps between slimming checks
+        pub recheck: usize = 4, KnobKind::Int { min: 1, max: 1 << 20 };
+        /// token-level decode slimming: share of the last queries' span mass each KV head
+        /// keeps in the store (1 = off) [ours]
+        pub slim_tau: f64 = 1.0, KnobKind::Float { min: 0.0, max: 1.0 };
+        /// token-level slimming: the call's last queries that score the span [ours, after SnapKV]
+        pub slim_obs: usize = 32, KnobKind::Int { min: 1, max: 1 << 20 };
+        /// token-level slimming: max-pool radius (rows) of the ranking [ours, after SnapKV; 16
+        /// rather than its 3: at 3 the needle's last digits were freed]
+        pub slim_pool: usize = 16, KnobKind::Int { min: 0, max: 1 << 10 };
+        /// token-level slimming: each head keeps what its recall needs; every head of a layer
+        /// the flattest head's count; or every head the layer's mean count (same bytes as own:
+        /// the uniform baseline) [ours]
+        pub slim_budget: SlimBudget = SlimBudget::Own, SlimBudget::KIND;
+    }
+}
+
+crate::policy_config! {
+    /// The uniform-budget baseline.
+    pub struct UniformBudgetConfig {
+        flatten pub selection: Selection;
+        /// non-forced keys each head keeps per query block
+        pub keys: usize = 512, COUNT;
+    }
+}
+
+crate::policy_config! {
+    /// The top-k baseline.
+    pub struct TopkConfig {
+        flatten pub selection: Selection;
+        /// fraction of visible non-forced keys each head keeps
+        pub ratio: f64 = 0.1, KnobKind::Float { min: 0.0, max: 1.0 };
+    }
+}
+
+pub const OMNISPARSE: PolicyEntry = PolicyEntry::new(
+    "omnisparse",
+    "OmniSparse, training-free: flattest-head shared KV budget at recall tau, lazy-query skipping, decode-time per-head KV slimming",
+    OmniSparseConfig::knobs,
+    "omnisparse:tau=1,lazy=none,eps=0",
+    |part, b| {
+        let c: OmniSparseConfig = configure(part)?;
+        Ok(build(b.spec.clone(), omnisparse_config(&c), b.layout))
+    },
+);
+
+pub const UNIFORM_BUDGET: PolicyEntry = PolicyEntry::new(
+    "uniform-budget",
+    "OmniSparse baseline: every head of every query block keeps the same fixed number of top keys (plus sink/window)",
+    UniformBudgetConfig::knobs,
+    "uniform-budget:keys=1048576",
+    |part, b| {
+        let c: UniformBudgetConfig = configure(part)?;
+        let cfg = common(&c.selection, Budget::Uniform { keys: c.keys });
+        Ok(build(b.spec.clone(), cfg, b.layout))
+    },
+);
+
+pub const TOPK: PolicyEntry = PolicyEntry::new(
+    "topk",
+    "OmniSparse baseline: every head keeps a fixed fraction of its visible keys (top by probe importance, plus sink/window)",
+    TopkConfig::knobs,
+    "topk:ratio=1",
+    |part, b| {
+        let c: TopkConfig = configure(part)?;
+        let cfg = common(&c.selection, Budget::Ratio { ratio: c.ratio });
+        Ok(build(b.spec.clone(), cfg, b.layout))
+    },
+);
 
 /// How the per-block key budget is set.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -268,17 +316,6 @@ pub struct TokenSlim {
     pub pool: usize,
     /// How many span rows each head of a layer keeps.
     pub budget: SlimBudget,
-}
-
-/// Token-level slimming budget per KV head of a layer [ours].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlimBudget {
-    /// What the head's own recall needs.
-    Own,
-    /// The flattest head's count (axis 1's rule).
-    Shared,
-    /// The layer's mean of the own counts: the same bytes as `Own`, spread evenly.
-    Mean,
 }
 
 impl Config {
@@ -390,52 +427,87 @@ impl Audit {
     }
 }
 
-/// State the attention policy and the cache policy of one spec share.
-#[derive(Debug, Default)]
-struct Shared {
+/// What the attention half found in one layer's step for the cache half (through the
+/// engine's findings hook, never shared state).
+struct OmniFindings {
+    /// The long-context span, when this step (re)defined it.
+    span: Option<Arc<Vec<bool>>>,
+    /// Span mass of the step's last token per KV head of the layer (axis 3).
+    mass: Vec<f32>,
+    /// Span rows each KV head of the layer frees before the next call (axis 4), ascending.
+    drops: Option<Vec<Vec<u32>>>,
+}
+
+/// The attention half: plans each step, measures the span, keeps the statistics it reports.
+struct OmniAttention {
+    name: String,
+    cfg: Config,
+    n_kv_heads: usize,
     /// `span[pos]`: position belongs to the long-context span.
-    span: Vec<bool>,
-    /// Largest span mass since the last check, per (layer, KV head); `None` = not observed.
-    mass: Vec<Option<f32>>,
-    slimmed: Vec<bool>,
-    /// Largest span mass ever observed per (layer, KV head) before it was slimmed (reported).
+    span: Arc<Vec<bool>>,
+    /// Largest span mass observed per (layer, KV head) (reported).
     mass_max: Vec<f32>,
-    decode_step: usize,
-    /// Span positions each (layer, KV head) frees before the next call stores (ascending).
-    pending_drop: Vec<Vec<u32>>,
     /// Per layer, from the last token-level selection: (span rows, span rows kept) over heads.
     slim_rows: Vec<(usize, usize)>,
     layers: Vec<LayerStats>,
     queries: usize,
     computed: usize,
+    findings: Option<OmniFindings>,
 }
 
-impl Shared {
-    fn new(layout: KvLayout) -> Self {
-        let heads = layout.n_layers * layout.n_kv_heads;
-        Shared {
-            mass: vec![None; heads],
-            slimmed: vec![false; heads],
-            mass_max: vec![0.0; heads],
-            pending_drop: vec![Vec::new(); heads],
-            slim_rows: vec![(0, 0); layout.n_layers],
-            layers: vec![LayerStats::default(); layout.n_layers],
-            ..Default::default()
-        }
-    }
-}
-
-struct OmniAttention {
-    name: String,
-    cfg: Config,
-    shared: Arc<Mutex<Shared>>,
-}
-
+/// The cache half: the store, and the eviction rules applied to what attention found.
 struct OmniCache {
     name: String,
     store: KvStore,
     cfg: Config,
-    shared: Arc<Mutex<Shared>>,
+    span: Arc<Vec<bool>>,
+    /// Largest span mass since the last check, per (layer, KV head); `None` = not observed.
+    mass: Vec<Option<f32>>,
+    slimmed: Vec<bool>,
+    decode_step: usize,
+    /// Span positions each (layer, KV head) frees before the next call stores (ascending).
+    pending_drop: Vec<Vec<u32>>,
+}
+
+impl OmniAttention {
+    fn new(name: String, cfg: Config, layout: KvLayout) -> Self {
+        OmniAttention {
+            name,
+            cfg,
+            n_kv_heads: layout.n_kv_heads,
+            span: Arc::default(),
+            mass_max: vec![0.0; layout.n_layers * layout.n_kv_heads],
+            slim_rows: vec![(0, 0); layout.n_layers],
+            layers: vec![LayerStats::default(); layout.n_layers],
+            queries: 0,
+            computed: 0,
+            findings: None,
+        }
+    }
+
+    fn findings(&mut self) -> &mut OmniFindings {
+        self.findings.get_or_insert_with(|| OmniFindings {
+            span: None,
+            mass: Vec::new(),
+            drops: None,
+        })
+    }
+}
+
+impl OmniCache {
+    fn new(name: String, cfg: Config, layout: KvLayout) -> Self {
+        let heads = layout.n_layers * layout.n_kv_heads;
+        OmniCache {
+            name,
+            store: KvStore::new(layout),
+            cfg,
+            span: Arc::default(),
+            mass: vec![None; heads],
+            slimmed: vec![false; heads],
+            decode_step: 0,
+            pending_drop: vec![Vec::new(); heads],
+        }
+    }
 }
 
 impl CachePolicy for OmniCache {
@@ -444,11 +516,10 @@ impl CachePolicy for OmniCache {
     }
 
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]) {
+        let n_kv = self.store.layout().n_kv_heads;
         if self.cfg.slim.is_some() {
-            let n_kv = self.store.layout().n_kv_heads;
-            let mut sh = self.shared.lock().unwrap();
             for g in 0..n_kv {
-                let drop = std::mem::take(&mut sh.pending_drop[layer * n_kv + g]);
+                let drop = std::mem::take(&mut self.pending_drop[layer * n_kv + g]);
                 if !drop.is_empty() {
                     self.store
                         .head_mut(layer, g)
@@ -457,26 +528,45 @@ impl CachePolicy for OmniCache {
             }
         }
         if self.cfg.eps > 0.0 && positions.len() == 1 && !self.store.head(layer, 0).is_empty() {
-            let n_kv = self.store.layout().n_kv_heads;
-            let mut sh = self.shared.lock().unwrap();
             if layer == 0 {
-                sh.decode_step += 1;
+                self.decode_step += 1;
             }
-            if (sh.decode_step - 1).is_multiple_of(self.cfg.recheck) {
+            if (self.decode_step - 1).is_multiple_of(self.cfg.recheck) {
                 for g in 0..n_kv {
                     let i = layer * n_kv + g;
-                    if !sh.slimmed[i] && sh.mass[i].is_some_and(|m| m < self.cfg.eps) {
-                        let span = &sh.span;
+                    if !self.slimmed[i] && self.mass[i].is_some_and(|m| m < self.cfg.eps) {
+                        let span = &self.span;
                         self.store
                             .head_mut(layer, g)
                             .retain(|p| !span.get(p as usize).copied().unwrap_or(false));
-                        sh.slimmed[i] = true;
+                        self.slimmed[i] = true;
                     }
-                    sh.mass[i] = None;
+                    self.mass[i] = None;
                 }
             }
         }
         self.store.append_layer(layer, positions, k, v);
+    }
+
+    fn observe(&mut self, layer: usize, findings: Findings) {
+        let Ok(f) = findings.downcast::<OmniFindings>() else {
+            return;
+        };
+        let n_kv = self.store.layout().n_kv_heads;
+        if let Some(span) = f.span {
+            self.span = span;
+        }
+        for (g, &m) in f.mass.iter().enumerate() {
+            let i = layer * n_kv + g;
+            if !self.slimmed[i] {
+                self.mass[i] = Some(self.mass[i].map_or(m, |x| x.max(m)));
+            }
+        }
+        if let Some(drops) = f.drops {
+            for (g, d) in drops.into_iter().enumerate() {
+                self.pending_drop[layer * n_kv + g] = d;
+            }
+        }
     }
 
     fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
@@ -488,8 +578,15 @@ impl CachePolicy for OmniCache {
     }
 
     fn reset(&mut self) {
-        self.store.clear();
-        *self.shared.lock().unwrap() = Shared::new(self.store.layout());
+        *self = OmniCache::new(self.name.clone(), self.cfg.clone(), self.store.layout());
+    }
+
+    fn report(&self) -> Option<String> {
+        Some(format!(
+            "{{\"slimmed_heads\":{},\"heads\":{}}}",
+            self.slimmed.iter().filter(|&&s| s).count(),
+            self.slimmed.len()
+        ))
     }
 }
 
@@ -525,7 +622,7 @@ impl OmniAttention {
 
     /// Span mass of the call's last token per KV head (max over the group's query heads).
     fn measure_span(
-        &self,
+        &mut self,
         ctx: &StepContext<'_>,
         q: &[f32],
         positions: &[u32],
@@ -534,12 +631,8 @@ impl OmniAttention {
     ) {
         let last = positions.len() - 1;
         let group = shape.group();
-        let mut sh = self.shared.lock().unwrap();
+        let mut mass = Vec::with_capacity(kv.len());
         for (g, head) in kv.iter().enumerate() {
-            let i = ctx.layer * shape.n_kv_heads + g;
-            if sh.slimmed[i] {
-                continue;
-            }
             let n = head.positions.len();
             let probs = probe_probabilities(q, positions, &[last], g, head, n, shape);
             let mut worst = 0f32;
@@ -547,20 +640,22 @@ impl OmniAttention {
                 let m: f32 = probs[h * n..(h + 1) * n]
                     .iter()
                     .zip(head.positions)
-                    .filter(|(_, &p)| sh.span.get(p as usize).copied().unwrap_or(false))
+                    .filter(|(_, &p)| self.span.get(p as usize).copied().unwrap_or(false))
                     .map(|(x, _)| x)
                     .sum();
                 worst = worst.max(m);
             }
-            sh.mass[i] = Some(sh.mass[i].map_or(worst, |m| m.max(worst)));
-            sh.mass_max[i] = sh.mass_max[i].max(worst);
+            let i = ctx.layer * shape.n_kv_heads + g;
+            self.mass_max[i] = self.mass_max[i].max(worst);
+            mass.push(worst);
         }
+        self.findings().mass = mass;
     }
 
     /// Token-level decode slimming (axis 4): which span rows each KV head frees before the
     /// next call.
     fn select_span_tokens(
-        &self,
+        &mut self,
         ctx: &StepContext<'_>,
         q: &[f32],
         positions: &[u32],
@@ -570,7 +665,7 @@ impl OmniAttention {
     ) {
         let t = positions.len();
         let obs: Vec<usize> = (t.saturating_sub(slim.obs)..t).collect();
-        let span = self.shared.lock().unwrap().span.clone();
+        let span = self.span.clone();
         let in_span = |p: u32| span.get(p as usize).copied().unwrap_or(false);
         // Per head: its span rows in keeping order, and how many its own recall needs.
         let heads: Vec<(Vec<u32>, usize)> = kv
@@ -588,7 +683,7 @@ impl OmniAttention {
         let mean_budget = (heads.iter().map(|h| h.1).sum::<usize>() as f64
             / heads.len().max(1) as f64)
             .round() as usize;
-        let mut sh = self.shared.lock().unwrap();
+        let mut drops = Vec::with_capacity(kv.len());
         let (mut span_rows, mut kept_rows) = (0, 0);
         for (g, (order, own)) in heads.iter().enumerate() {
             let keep = match slim.budget {
@@ -604,12 +699,13 @@ impl OmniAttention {
                 .map(|&j| kv[g].positions[j as usize])
                 .collect();
             drop.sort_unstable();
-            sh.pending_drop[ctx.layer * kv.len() + g] = drop;
+            drops.push(drop);
         }
-        sh.slim_rows[ctx.layer] = (span_rows, kept_rows);
+        self.findings().drops = Some(drops);
+        self.slim_rows[ctx.layer] = (span_rows, kept_rows);
     }
 
-    fn set_span(&self, ctx: &StepContext<'_>, positions: &[u32]) {
+    fn set_span(&mut self, ctx: &StepContext<'_>, positions: &[u32]) {
         let end = *positions.last().unwrap() as usize + 1;
         let recent = self.cfg.span_recent;
         let span: Vec<bool> = match ctx.structure {
@@ -623,7 +719,8 @@ impl OmniAttention {
                 .map(|p| p >= self.cfg.sink as usize && p + recent < end)
                 .collect(),
         };
-        self.shared.lock().unwrap().span = span;
+        self.span = Arc::new(span);
+        self.findings().span = Some(self.span.clone());
     }
 }
 
@@ -636,8 +733,21 @@ impl AttentionPolicy for OmniAttention {
         None
     }
 
+    fn take_findings(&mut self) -> Option<Findings> {
+        self.findings.take().map(|f| Box::new(f) as Findings)
+    }
+
+    fn reset(&mut self) {
+        let layout = KvLayout {
+            n_layers: self.layers.len(),
+            n_kv_heads: self.n_kv_heads,
+            head_dim: 0,
+        };
+        *self = OmniAttention::new(self.name.clone(), self.cfg.clone(), layout);
+    }
+
     fn plan<'a>(
-        &'a self,
+        &'a mut self,
         ctx: &StepContext<'a>,
         q: &[f32],
         positions: &[u32],
@@ -659,7 +769,8 @@ impl AttentionPolicy for OmniAttention {
         }
         let n_blocks = t.div_ceil(BLOCK);
         let row = shape.n_heads * shape.head_dim;
-        let cfg = &self.cfg;
+        let this = &*self;
+        let cfg = &this.cfg;
         // Planning groups of `share` query blocks: one probe + selection per group.
         let span = BLOCK * cfg.share;
         type Stats = Option<(usize, usize, usize, Audit)>;
@@ -687,7 +798,7 @@ impl AttentionPolicy for OmniAttention {
                             } else {
                                 BlockPlan {
                                     keys: keys.to_vec(),
-                                    computed: self.computed(q, b0, (b0 + BLOCK).min(t1), t, row),
+                                    computed: this.computed(q, b0, (b0 + BLOCK).min(t1), t, row),
                                 }
                             }
                         })
@@ -808,12 +919,12 @@ impl AttentionPolicy for OmniAttention {
             })
             .collect();
 
-        let mut sh = self.shared.lock().unwrap();
+        let fill = self.cfg.fill;
         let mut dense = true;
         let mut plan_blocks = Vec::with_capacity(n_blocks);
         for (bps, stats) in groups {
             if let Some((budget, selected, visible, audit)) = stats {
-                let l = &mut sh.layers[ctx.layer];
+                let l = &mut self.layers[ctx.layer];
                 l.blocks += 1;
                 l.budget_sum += budget;
                 l.selected_sum += selected;
@@ -823,8 +934,8 @@ impl AttentionPolicy for OmniAttention {
             for bp in bps {
                 let b = plan_blocks.len();
                 let len = ((b + 1) * BLOCK).min(t) - b * BLOCK;
-                sh.queries += len;
-                sh.computed += bp
+                self.queries += len;
+                self.computed += bp
                     .computed
                     .as_ref()
                     .map_or(len, |c| c.iter().filter(|&&x| x).count());
@@ -838,13 +949,13 @@ impl AttentionPolicy for OmniAttention {
         AttentionPlan::Sparse(SparsePlan {
             block: BLOCK,
             blocks: plan_blocks,
-            fill: cfg.fill,
+            fill,
         })
     }
 
     fn report(&self) -> Option<String> {
-        let sh = self.shared.lock().unwrap();
-        let n_kv = (sh.slimmed.len() / sh.layers.len().max(1)).max(1) as f64;
+        let sh = self;
+        let n_kv = self.n_kv_heads.max(1) as f64;
         let layers: Vec<String> = sh
             .layers
             .iter()
@@ -887,13 +998,11 @@ impl AttentionPolicy for OmniAttention {
             .iter()
             .fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
         Some(format!(
-            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slim_span_kept\":{:.4},\"slimmed_heads\":{},\"heads\":{},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
+            "{{\"policy\":\"{}\",\"query_kept_fraction\":{:.4},\"key_kept_fraction\":{:.4},\"slim_span_kept\":{:.4},\"span_tokens\":{},\"span_mass_max\":[{}],\"layers\":[{}]}}",
             self.name,
             sh.computed as f64 / sh.queries.max(1) as f64,
             sel as f64 / vis.max(1) as f64,
             kept_rows as f64 / span_rows.max(1) as f64,
-            sh.slimmed.iter().filter(|&&s| s).count(),
-            sh.slimmed.len(),
             sh.span.iter().filter(|&&s| s).count(),
             sh.mass_max
                 .iter()
@@ -942,98 +1051,49 @@ fn audit_recall(
     a
 }
 
-fn common(knobs: &Knobs<'_>, budget: Budget) -> Config {
+fn common(sel: &Selection, budget: Budget) -> Config {
     Config {
         budget,
-        probe: knobs.usize("probe"),
-        agg: if knobs.choice("agg") == "max" {
-            GroupAgg::Max
-        } else {
-            GroupAgg::Sum
-        },
-        sink: knobs.usize("sink") as u32,
-        window: knobs.usize("window") as u32,
+        probe: sel.probe,
+        agg: sel.agg,
+        sink: sel.sink,
+        window: sel.window,
         lazy_theta: None,
         keep_every: 1,
         fill: LazyFill::Copy,
         eps: 0.0,
         recheck: 1,
         span_recent: 0,
-        tail: knobs.usize("tail"),
-        share: knobs.usize("share"),
-        chunk: knobs.usize("chunk"),
-        chunk_mix: knobs.f64("chunk_mix") as f32,
-        audit: knobs.usize("audit") > 0,
+        tail: sel.tail,
+        share: sel.share,
+        chunk: sel.chunk,
+        chunk_mix: sel.chunk_mix,
+        audit: sel.audit,
         slim: None,
     }
 }
 
-fn build(name: String, cfg: Config, layout: KvLayout) -> Component {
-    let shared = Arc::new(Mutex::new(Shared::new(layout)));
-    Component {
-        cache: Some(Box::new(OmniCache {
-            name: name.clone(),
-            store: KvStore::new(layout),
-            cfg: cfg.clone(),
-            shared: shared.clone(),
-        })),
-        attention: Some(Box::new(OmniAttention { name, cfg, shared })),
+fn omnisparse_config(c: &OmniSparseConfig) -> Config {
+    Config {
+        lazy_theta: (c.lazy == LazyTest::Cos).then_some(c.theta),
+        keep_every: c.keep_every,
+        fill: c.fill,
+        eps: c.eps,
+        recheck: c.recheck,
+        span_recent: c.span_recent,
+        slim: (c.slim_tau < 1.0).then_some(TokenSlim {
+            tau: c.slim_tau,
+            obs: c.slim_obs,
+            pool: c.slim_pool,
+            budget: c.slim_budget,
+        }),
+        ..common(&c.selection, Budget::Flattest { tau: c.tau })
     }
 }
 
-pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    let mut cfg = common(
-        knobs,
-        Budget::Flattest {
-            tau: knobs.f64("tau"),
-        },
-    );
-    cfg.lazy_theta = (knobs.choice("lazy") == "cos").then(|| knobs.f64("theta") as f32);
-    cfg.keep_every = knobs.usize("keep_every");
-    cfg.fill = if knobs.choice("fill") == "residual" {
-        LazyFill::Residual
-    } else {
-        LazyFill::Copy
-    };
-    cfg.eps = knobs.f64("eps") as f32;
-    cfg.recheck = knobs.usize("recheck");
-    cfg.span_recent = knobs.usize("span_recent");
-    let slim_tau = knobs.f64("slim_tau");
-    cfg.slim = (slim_tau < 1.0).then(|| TokenSlim {
-        tau: slim_tau,
-        obs: knobs.usize("slim_obs"),
-        pool: knobs.usize("slim_pool"),
-        budget: match knobs.choice("slim_budget") {
-            "shared" => SlimBudget::Shared,
-            "mean" => SlimBudget::Mean,
-            _ => SlimBudget::Own,
-        },
-    });
-    build(spec, cfg, layout)
-}
-
-pub(crate) fn uniform_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    build(
-        spec,
-        common(
-            knobs,
-            Budget::Uniform {
-                keys: knobs.usize("keys"),
-            },
-        ),
-        layout,
-    )
-}
-
-pub(crate) fn topk_component(knobs: &Knobs<'_>, layout: KvLayout, spec: String) -> Component {
-    build(
-        spec,
-        common(
-            knobs,
-            Budget::Ratio {
-                ratio: knobs.f64("ratio"),
-            },
-        ),
-        layout,
-    )
+fn build(name: String, cfg: Config, layout: KvLayout) -> Component {
+    Component {
+        cache: Some(Box::new(OmniCache::new(name.clone(), cfg.clone(), layout))),
+        attention: Some(Box::new(OmniAttention::new(name, cfg, layout))),
+    }
 }

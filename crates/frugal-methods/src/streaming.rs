@@ -7,36 +7,28 @@
 //! keys before it), and keys no later query can see are freed from the store when the next
 //! call arrives, so resident bytes really drop.
 
-use crate::registry::{Component, KnobInfo, KnobKind, Knobs, PolicyInfo};
+use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
 use frugal_engine::attention::{AttentionPolicy, StepContext};
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, KvStore};
 use frugal_numerics::attention::KeyMask;
 
-pub const INFO: PolicyInfo = PolicyInfo {
-    name: "streaming",
-    doc: "attention sinks + recent window (StreamingLLM); everything else is evicted",
-    knobs: &[
-        KnobInfo {
-            name: "sink",
-            kind: KnobKind::Int {
-                min: 0,
-                max: 1 << 20,
-            },
-            default: "4",
-            doc: "first tokens always kept",
-        },
-        KnobInfo {
-            name: "window",
-            kind: KnobKind::Int {
-                min: 1,
-                max: 1 << 20,
-            },
-            default: "1024",
-            doc: "most recent tokens kept",
-        },
-    ],
-    keep_everything: "streaming:sink=0,window=1048576",
-};
+crate::policy_config! {
+    /// StreamingLLM's cache: the paper's setting is 4 sinks and a recent window.
+    pub struct StreamingConfig {
+        /// first tokens always kept
+        pub sink: u32 = 4, KnobKind::Int { min: 0, max: 1 << 20 };
+        /// most recent tokens kept (ours: 1024; the paper sweeps the cache size)
+        pub window: u32 = 1024, KnobKind::Int { min: 1, max: 1 << 20 };
+    }
+}
+
+pub const STREAMING: PolicyEntry = PolicyEntry::new(
+    "streaming",
+    "attention sinks + recent window (StreamingLLM); everything else is evicted",
+    StreamingConfig::knobs,
+    "streaming:sink=0,window=1048576",
+    |part, b| Ok(component(&configure(part)?, b.layout)),
+);
 
 #[derive(Clone, Copy, Debug)]
 struct Window {
@@ -105,10 +97,10 @@ impl AttentionPolicy for StreamingMask {
     }
 }
 
-pub(crate) fn component(knobs: &Knobs<'_>, layout: KvLayout) -> Component {
+fn component(cfg: &StreamingConfig, layout: KvLayout) -> Component {
     let w = Window {
-        sink: knobs.usize("sink") as u32,
-        window: knobs.usize("window") as u32,
+        sink: cfg.sink,
+        window: cfg.window,
     };
     Component {
         cache: Some(Box::new(StreamingCache {

@@ -1,4 +1,4 @@
-//! FPSAttention's CPU emulation as an engine policy (issue 8, item 6): the block window is cut
+//! FPSAttention's CPU emulation as an engine policy (docs/methods/fps.md): the block window is cut
 //! in token positions, so decoding token by token sees what one prefill sees; FP8 fake
 //! quantisation switches each reach the kernel.
 

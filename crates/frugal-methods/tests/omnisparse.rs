@@ -1,4 +1,4 @@
-//! OmniSparse-specific checks (issue 5): τ=1 with every query kept is the dense path; the
+//! OmniSparse-specific checks (docs/methods/omnisparse.md): τ=1 with every query kept is the dense path; the
 //! sparse path really skips keys and queries; decode slimming really frees the span's KV.
 
 use candle_core::quantized::GgmlDType;
@@ -22,7 +22,7 @@ fn prefill(spec: &str, ids: &[u32]) -> (Vec<Vec<f32>>, Option<String>) {
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    (rows, seq.attention.report())
+    (rows, seq.report())
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn slim_run(spec: &str) -> SlimRun {
         decoded,
         after_prefill,
         end: seq.cache.resident_bytes(),
-        report: seq.attention.report().unwrap(),
+        report: seq.report().unwrap(),
     }
 }
 

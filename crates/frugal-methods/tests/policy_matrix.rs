@@ -1,4 +1,4 @@
-//! The test every registered policy passes (DESIGN.md "one shared test matrix"): with its knobs
+//! The test every registered policy passes (docs/design.md: "the policy matrix"): with its knobs
 //! at "keep everything" it reproduces dense logits; at its defaults it never produces NaN; the
 //! bytes it reports are what its store holds (never more than the full store).
 

@@ -359,7 +359,7 @@ fn gemm_f32(
 /// Numerically stable softmax. A row that is entirely `-inf` becomes all zeros (no visible
 /// key) rather than NaN. The `exp` is [`exp_nonpositive`] and the max and the sum run over
 /// eight lanes, so the whole row vectorises: the scalar `expf` this replaced was ~40 % of the
-/// dense kernel's time at 8k context (perf, docs/results/omnisparse.md §1d).
+/// dense kernel's time at 8k context (perf, docs/results/omnisparse.md §1a).
 pub fn softmax_in_place(row: &mut [f32]) {
     let max = lanes_fold(row, f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {

@@ -1,6 +1,6 @@
 //! Block maps and the block-sparse attention reference for FPSAttention
-//! (papers/attention-kv-methods.md §3), optionally with FP8 E4M3 fake quantisation of Q, K, V
-//! and P as the brief describes. This is the CPU reference the GPU kernels
+//! (docs/methods/fps.md), optionally with FP8 E4M3 fake quantisation of Q, K, V
+//! and P as the paper describes. This is the CPU reference the GPU kernels
 //! (`crates/frugal-gpu`) are checked against.
 //!
 //! A [`BlockMap`] cuts the query sequence into blocks of `bm` tokens and the key sequence into
@@ -14,14 +14,14 @@
 //!   touches. When tiles are not a multiple of the kernel block (21×30×52 has no 64-token
 //!   tiling) this is a superset of the tile-level window — ours, labelled.
 //! - [`BlockMap::causal_window`]: LLM-shaped input, causal: each query block visits the last
-//!   `window` key blocks up to its diagonal plus `sink` blocks at the start (ours, from §3.6).
+//!   `window` key blocks up to its diagonal plus `sink` blocks at the start (ours).
 //!
 //! The FP8 reference ([`Fp8Opts`]) mirrors what the GPU kernel does, in the same order, so the
 //! comparison isolates kernel bugs from quantisation error: Q and K quantised per tile of
 //! `q_tile` / `k_tile` consecutive tokens (scale = amax/448), V per channel over the sequence,
 //! scores `(Q̂·K̂ᵀ)·s_q·s_k/√d`, an online softmax over key blocks in list order (base 2), the
 //! unnormalised probabilities `p = 2^(s − m_running) ∈ [0, 1]` quantised as `fp8(448·p)`
-//! (the fixed 1/448 scale of the brief, applied SageAttention2-style to the running-max
+//! (the fixed 1/448 scale, applied SageAttention2-style to the running-max
 //! probabilities — ours), the row sum taken over the unquantised `p` (ours), and
 //! `O = (Σ p̂ V̂)·s_v / (448·l)`.
 

@@ -1,5 +1,5 @@
 //! Bit-exact FP8 E4M3 (OCP "E4M3FN") fake quantisation, the CPU reference for FPSAttention
-//! (papers/attention-kv-methods.md §3).
+//! (docs/methods/fps.md).
 //!
 //! Format: 1 sign bit, 4 exponent bits (bias 7), 3 mantissa bits; no infinities; the only NaN
 //! codes are `S.1111.111` (0x7F / 0xFF); largest finite magnitude 448 (`0.1111.110`),
@@ -8,7 +8,7 @@
 //! `cvt.rn.satfinite.e4m3x2.f32`, which the GPU kernels use, so GPU and CPU quantised values
 //! agree bit for bit. NaN stays NaN.
 //!
-//! Scale helpers follow the brief's convention `scale = amax / 448` (so the largest element maps
+//! Scale helpers follow the convention `scale = amax / 448` (so the largest element maps
 //! to ±448); an all-zero group gets scale 1 (our choice: any positive scale is exact there).
 
 /// Largest finite E4M3 magnitude.

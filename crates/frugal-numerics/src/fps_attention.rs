@@ -1,4 +1,4 @@
-//! FPSAttention (papers/attention-kv-methods.md §3) emulated on the CPU over the engine's KV
+//! FPSAttention (docs/methods/fps.md) emulated on the CPU over the engine's KV
 //! layout: a causal block window (sink blocks + the last `window` key blocks up to the query
 //! block's diagonal) and FP8 E4M3 fake quantisation of Q, K, V and P, in the order of operations
 //! of our GPU kernel (`crates/frugal-gpu`, checked against [`crate::block_sparse`]).

@@ -1,4 +1,4 @@
-//! Layer 1 of frugal (see DESIGN.md): numerical kernels with no model knowledge.
+//! Layer 1 of frugal (see docs/design.md): numerical kernels with no model knowledge.
 
 pub mod attention;
 pub mod block_sparse;

@@ -1,10 +1,10 @@
 //! SLERP of unit directions, angular distance and magnitude/direction splitting: the numerics of
-//! MiniCache's cross-layer merge (papers/attention-kv-methods.md §4.3).
+//! MiniCache's cross-layer merge (docs/methods/minicache.md).
 //!
 //! A vector `x` is split into a magnitude `m = ‖x‖` and a unit direction `x / m`. Two directions
 //! at angle `Ω` are interpolated on the great circle:
 //! `e = sin((1−t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b`.
-//! Edge cases (brief §4.6): for `Ω` below [`SMALL_ANGLE`] SLERP's weights lose precision, so the
+//! Edge cases: for `Ω` below [`SMALL_ANGLE`] SLERP's weights lose precision, so the
 //! normalised linear interpolation (its limit) is used; for `Ω` within [`ANTIPODAL_MARGIN`] of
 //! `π`, and for a zero-norm input, the merge is undefined and [`merge_pair`] reports it, so the
 //! caller keeps the originals (token retention).

@@ -1,6 +1,6 @@
 //! Gather-then-dense sparse attention over per-(KV head, query block) key index lists, with
 //! skipped ("lazy") query rows, plus the probe and selection primitives OmniSparse needs
-//! (papers/attention-kv-methods.md §1.4, §1.6).
+//! (docs/methods/omnisparse.md).
 //!
 //! The kernel: for every (KV head, query block of `plan.block` tokens) task, the selected K/V
 //! rows (and their positions / per-row scales) are gathered into contiguous buffers of `B`

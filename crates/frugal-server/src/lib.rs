@@ -1,4 +1,4 @@
-//! `frugal serve`: an OpenAI-compatible HTTP server (layer 5 of DESIGN.md). It holds wire
+//! `frugal serve`: an OpenAI-compatible HTTP server (layer 5 of docs/design.md). It holds wire
 //! formats ([`api`]), HTTP routing (here), admission and scheduling ([`scheduler`]) and
 //! [`metrics`]; the model runs in the engine crate and policies are built by the methods
 //! registry, so a policy registered there is servable here without a change.
@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use cli::{serve, ServeArgs};
 use error::ApiError;
-use frugal_engine::generate::Sampler;
+use frugal_engine::generate::{GenerateRequest, Generation};
 use frugal_engine::model::LoadedModel;
 use frugal_methods::PolicySpec;
 use metrics::Metrics;
@@ -332,19 +332,26 @@ async fn complete(
             )
             .with_code("invalid_policy")
         })?;
-    let sampler =
-        Sampler::new(req.sampling.clone()).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let generation = Generation::new(
+        &st.lm,
+        &seq,
+        req.prompt_ids.clone(),
+        &GenerateRequest {
+            sampling: req.sampling.clone(),
+            max_tokens: req.max_tokens,
+            stop: req.stop.clone(),
+        },
+    )
+    .map_err(|e| ApiError::invalid(e.to_string()))?
+    .ignore_eos(req.ignore_eos);
     let reserve = (req.prompt_ids.len() + req.max_tokens) * st.full_bytes_per_token;
     let permit = st.admission.acquire(reserve).await?;
 
     let (events, rx) = tmpsc::unbounded_channel();
     let job = Job {
-        prompt: req.prompt_ids.clone(),
+        prompt_tokens: req.prompt_ids.len(),
         seq,
-        sampler,
-        max_tokens: req.max_tokens,
-        stop: req.stop.clone(),
-        ignore_eos: req.ignore_eos,
+        generation,
         policy: req.policy.to_string(),
         policy_label: req
             .policy

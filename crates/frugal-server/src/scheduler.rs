@@ -24,9 +24,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::{AdmissionSnapshot, KvUsage, Metrics};
-use frugal_engine::generate::{FinishReason, Sampler, StopFilter};
-use frugal_engine::model::llama::LogitRows;
-use frugal_engine::model::tokenizer::StreamDecoder;
+use frugal_engine::generate::{FinishReason, Generation, Step as GenStep};
 use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
 use std::collections::BTreeMap;
@@ -198,13 +196,10 @@ pub struct Summary {
 
 /// One admitted request, handed to the engine thread.
 pub struct Job {
-    pub prompt: Vec<u32>,
+    pub prompt_tokens: usize,
     pub seq: Sequence,
-    pub sampler: Sampler,
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-    /// Keep going past the end-of-sequence token (until `max_tokens`).
-    pub ignore_eos: bool,
+    /// The request's sampling, stop strings and limits, stepped by the engine thread.
+    pub generation: Generation,
     /// The spec as requested, for the response.
     pub policy: String,
     /// The policy's part names, the label of its KV metrics.
@@ -214,15 +209,19 @@ pub struct Job {
     pub permit: Permit,
 }
 
-/// A job in progress on the engine thread.
+/// A job in progress on the engine thread: its request and the engine's step-wise generation.
 struct Live {
     job: Job,
-    prefilled: usize,
-    logits: Vec<f32>,
-    generated: usize,
     last_token: Option<Instant>,
-    decoder: StreamDecoder,
-    filter: StopFilter,
+}
+
+impl From<Job> for Live {
+    fn from(job: Job) -> Self {
+        Live {
+            job,
+            last_token: None,
+        }
+    }
 }
 
 enum Step {
@@ -258,12 +257,12 @@ fn engine_loop(
     loop {
         if live.is_empty() {
             match rx.recv() {
-                Ok(job) => live.push(Live::new(job, lm)),
+                Ok(job) => live.push(Live::from(job)),
                 Err(_) => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
-            live.push(Live::new(job, lm));
+            live.push(Live::from(job));
         }
         // Dropping a finished `Live` drops its sequence (KV) and permit (reservation).
         let mut outbox = Vec::new();
@@ -291,24 +290,16 @@ fn engine_loop(
 }
 
 impl Live {
-    fn new(job: Job, lm: &LoadedModel) -> Self {
-        let filter = StopFilter::new(&job.stop);
-        Live {
-            job,
-            prefilled: 0,
-            logits: Vec::new(),
-            generated: 0,
-            last_token: None,
-            decoder: lm.tokenizer.stream_decoder(true),
-            filter,
-        }
+
+    fn generated(&self) -> usize {
+        self.job.generation.tokens().len()
     }
 
     fn summary(&self, finish: FinishReason) -> Summary {
         Summary {
             finish,
-            prompt_tokens: self.job.prompt.len(),
-            completion_tokens: self.generated,
+            prompt_tokens: self.job.prompt_tokens,
+            completion_tokens: self.generated(),
             peak_kv_bytes: self.job.seq.peak_kv_bytes(),
             policy: self.job.policy.clone(),
         }
@@ -317,7 +308,7 @@ impl Live {
 
 fn step(lm: &LoadedModel, s: &mut Live, metrics: &Metrics, prefill_chunk: usize) -> Step {
     if s.job.events.is_closed() {
-        metrics.finished("cancelled", s.job.prompt.len(), s.generated);
+        metrics.finished("cancelled", s.job.prompt_tokens, s.generated());
         return Step::Finished(None);
     }
     // A panic inside the model (a bug) fails this request only; the engine thread and every
@@ -336,21 +327,12 @@ fn step(lm: &LoadedModel, s: &mut Live, metrics: &Metrics, prefill_chunk: usize)
     match result {
         Ok(None) => Step::Continue,
         Ok(Some(finish)) => {
-            if finish != FinishReason::Stop {
-                // Flush what the detokeniser and the stop filter still hold.
-                let tail = s.decoder.finish().unwrap_or_default();
-                let mut text = s.filter.push(&tail).0;
-                text.push_str(&s.filter.finish());
-                if !text.is_empty() {
-                    let _ = s.job.events.send(Event::Text(text));
-                }
-            }
             let reason = crate::api::finish_reason(finish);
-            metrics.finished(reason, s.job.prompt.len(), s.generated);
+            metrics.finished(reason, s.job.prompt_tokens, s.generated());
             Step::Finished(Some((s.job.events.clone(), Event::Done(s.summary(finish)))))
         }
         Err(e) => {
-            metrics.finished("error", s.job.prompt.len(), s.generated);
+            metrics.finished("error", s.job.prompt_tokens, s.generated());
             Step::Finished(Some((s.job.events.clone(), Event::Failed(e))))
         }
     }
@@ -363,47 +345,22 @@ fn try_step(
     metrics: &Metrics,
     prefill_chunk: usize,
 ) -> frugal_engine::Result<Option<FinishReason>> {
-    let prompt_len = s.job.prompt.len();
-    if s.prefilled < prompt_len {
-        let end = (s.prefilled + prefill_chunk).min(prompt_len);
-        let logits = lm.model.forward(
-            &s.job.prompt[s.prefilled..end],
-            &mut s.job.seq,
-            LogitRows::Last,
-        )?;
-        s.prefilled = end;
-        if end == prompt_len {
-            s.logits = logits.squeeze(0)?.to_vec1::<f32>()?;
+    match s.job.generation.step(lm, &mut s.job.seq, prefill_chunk)? {
+        GenStep::Prefilled(_) => Ok(None),
+        GenStep::Token { text, finish, .. } => {
+            let now = Instant::now();
+            match s.last_token {
+                None => {
+                    metrics.time_to_first_token(now.duration_since(s.job.arrived).as_secs_f64())
+                }
+                Some(t) => metrics.inter_token(now.duration_since(t).as_secs_f64()),
+            }
+            s.last_token = Some(now);
+            if !text.is_empty() {
+                // A closed channel is noticed at the top of the next turn.
+                let _ = s.job.events.send(Event::Text(text));
+            }
+            Ok(finish)
         }
-        return Ok(None);
     }
-    let next = s.job.sampler.sample(&s.logits);
-    let now = Instant::now();
-    match s.last_token {
-        None => metrics.time_to_first_token(now.duration_since(s.job.arrived).as_secs_f64()),
-        Some(t) => metrics.inter_token(now.duration_since(t).as_secs_f64()),
-    }
-    s.last_token = Some(now);
-    if !s.job.ignore_eos && Some(next) == lm.tokenizer.eos_token_id() {
-        return Ok(Some(FinishReason::Eos));
-    }
-    s.generated += 1;
-    let piece = s.decoder.push(next)?;
-    let (text, stopped) = s.filter.push(&piece);
-    if !text.is_empty() {
-        // A closed channel is noticed at the top of the next turn.
-        let _ = s.job.events.send(Event::Text(text));
-    }
-    if stopped {
-        return Ok(Some(FinishReason::Stop));
-    }
-    if s.generated >= s.job.max_tokens || s.job.seq.len() >= lm.model.config().context_length {
-        return Ok(Some(FinishReason::Length));
-    }
-    s.logits = lm
-        .model
-        .forward(&[next], &mut s.job.seq, LogitRows::Last)?
-        .squeeze(0)?
-        .to_vec1::<f32>()?;
-    Ok(None)
 }

@@ -6,6 +6,7 @@
 //! and hands the attention step one [`KvSlices`] view per KV head. [`FullCache`] keeps
 //! everything and is the reference every compressing policy is measured against.
 
+use crate::attention::Findings;
 use frugal_numerics::attention::{KvSlices, RowPatch};
 use std::borrow::Cow;
 
@@ -283,6 +284,13 @@ pub trait CachePolicy: Send {
     fn resident_bytes(&self) -> usize;
     /// Drops everything (a new sequence starts).
     fn reset(&mut self);
+    /// Receives what this policy's attention half found in `layer`'s step (see
+    /// [`Findings`]); the default ignores it.
+    fn observe(&mut self, _layer: usize, _findings: Findings) {}
+    /// Statistics the policy gathered so far, as one JSON object; `None` for none.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Keeps every token of every head at full precision: the dense reference.

@@ -136,7 +136,7 @@ pub struct Llama {
     norm: Tensor,
     /// The LM head keeps candle's quantised kernel for every call: with the dequantise-for-
     /// long-calls rule applied here the tiny-model round trip no longer matched `--dtype f32`
-    /// (unexplained; see the closing note of 2026-11-27), so it was not adopted.
+    /// (unexplained, docs/results/engine.md), so it was not adopted.
     lm_head: QMatMul,
     rope: RopeTable,
     dequant_rows: usize,
@@ -249,6 +249,15 @@ impl Llama {
         self.logits(&hidden)
     }
 
+    /// The logits of the call's last token, as a vector: what sampling reads after a prefill
+    /// chunk or a decode step.
+    pub fn last_logits(&self, tokens: &[u32], seq: &mut Sequence) -> Result<Vec<f32>> {
+        Ok(self
+            .forward(tokens, seq, LogitRows::Last)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?)
+    }
+
     /// Logits for final hidden states from [`Llama::forward_hidden`]; callers scoring many
     /// rows call this in chunks, since `[rows, vocab]` f32 is 200 KB a row for a 49k vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -344,7 +353,14 @@ impl Llama {
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
-            let attn = attention_step(&ctx, &q, &positions, shape, &*seq.cache, &*seq.attention);
+            let attn = attention_step(
+                &ctx,
+                &q,
+                &positions,
+                shape,
+                &mut *seq.cache,
+                &mut *seq.attention,
+            );
             let attn = Tensor::from_vec(attn, (n, shape.n_heads * shape.head_dim), &Device::Cpu)?;
             x = (x + b.wo.forward(&attn, self.dequant_rows)?)?;
 

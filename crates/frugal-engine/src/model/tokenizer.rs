@@ -7,7 +7,7 @@
 //!   GPT-2/NeoX, Qwen, Llama 3 and most recent models use. The recipe (vocab + merges +
 //!   pre-tokenizer per `tokenizer.ggml.pre`, ByteLevel decoder, control tokens as special
 //!   added tokens) was checked against transformers' own GGUF conversion for SmolLM2: identical
-//!   ids (shared/stack-notes.md §2).
+//!   ids (docs/results/engine.md).
 //! * **tokenizer.json** ([`TextTokenizer::from_file`]) for safetensors model directories.
 //!
 //! The wrapped tokenizer sits behind an `Arc`, so [`TextTokenizer`] is cheap to clone; a
@@ -886,7 +886,7 @@ pub(crate) mod tests {
             assert_eq!(t.decode(&[*id], false).unwrap(), d.to_string());
         }
         // The SmolLM2 chat prompt that transformers' own GGUF conversion tokenizes to 42 ids
-        // (shared/stack-notes.md §2).
+        // (docs/results/engine.md).
         let chat = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France? Answer in two sentences.<|im_end|>\n<|im_start|>assistant\n";
         assert_eq!(t.encode(chat).unwrap().len(), 42);
         let prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";

@@ -1,0 +1,31 @@
+//! One file per command: its flags (`…Args`) and its `run`.
+
+pub mod bench;
+pub mod chat;
+pub mod eval;
+pub mod fetch;
+pub mod generate;
+pub mod knockout;
+pub mod policies;
+pub mod ppl;
+pub mod probe;
+
+use crate::args::{Cli, Command};
+use crate::session::Session;
+use anyhow::Result;
+
+pub fn run(cli: Cli) -> Result<()> {
+    let session = Session::new(cli.global)?;
+    match &cli.command {
+        Command::Fetch(a) => fetch::run(a),
+        Command::Policies(a) => policies::run(a),
+        Command::Generate(a) => generate::run(&session, a),
+        Command::Chat(a) => chat::run(&session, a),
+        Command::Ppl(a) => ppl::run(&session, a),
+        Command::Eval(a) => eval::run(&session, a),
+        Command::Probe(a) => probe::run(&session, a),
+        Command::Knockout(a) => knockout::run(&session, a),
+        Command::Bench(a) => bench::run(&session, a),
+        Command::Serve(a) => frugal_server::serve(session.load_model()?, a),
+    }
+}

@@ -48,7 +48,7 @@ impl Session {
             Some(d) => d.to_path_buf(),
             None => ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?,
         };
-        Ok(load_speeches(&dir)?)
+        load_speeches(&dir)
     }
 
     /// Provenance of a report made with `lm`.
@@ -63,8 +63,7 @@ impl Session {
             samples,
             machine: machine_name(),
             threads: self.threads,
-            date_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            date_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         }
     }
 }

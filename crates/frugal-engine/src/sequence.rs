@@ -76,7 +76,10 @@ impl Sequence {
             (Some(a), Some(c)) => {
                 let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
                 match (parse(&a), parse(&c)) {
-                    (Some(serde_json::Value::Object(mut a)), Some(serde_json::Value::Object(c))) => {
+                    (
+                        Some(serde_json::Value::Object(mut a)),
+                        Some(serde_json::Value::Object(c)),
+                    ) => {
                         a.extend(c);
                         Some(serde_json::Value::Object(a).to_string())
                     }

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod block_sparse;
 pub mod fp8;
 pub mod fps_attention;
+pub mod key_selection;
 pub mod kivi;
 pub mod rope;
 pub mod slerp;

@@ -149,4 +149,3 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<()> {
     );
     Ok(())
 }
-

@@ -126,10 +126,7 @@ fn first_argmax(v: &[f32]) -> usize {
 /// Start rule (the reference's): the view farthest from the mean of all centres. Then, with `d[v]`
 /// the squared distance from view `v` to the chosen set (initialised to 1e10 and lowered with a
 /// strict `<`; chosen views held at 0), repeatedly take the first view with the largest `d`.
-pub fn farthest_point_anchors(
-    centres: &[[f32; 3]],
-    n: usize,
-) -> Result<Vec<usize>, ZpressorError> {
+pub fn farthest_point_anchors(centres: &[[f32; 3]], n: usize) -> Result<Vec<usize>, ZpressorError> {
     let k = centres.len();
     if n == 0 || n > k {
         return Err(ZpressorError::TooFewViews {
@@ -242,10 +239,7 @@ pub fn kmeans_anchors(
         });
     }
     let d2 = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| ((x - y) as f64).powi(2))
-            .sum()
+        a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut best: Option<(f64, Vec<usize>, Vec<Vec<f32>>)> = None;
@@ -255,7 +249,12 @@ pub fn kmeans_anchors(
         while centres.len() < n {
             let w: Vec<f64> = features
                 .iter()
-                .map(|f| centres.iter().map(|c| d2(f, c)).fold(f64::INFINITY, f64::min))
+                .map(|f| {
+                    centres
+                        .iter()
+                        .map(|c| d2(f, c))
+                        .fold(f64::INFINITY, f64::min)
+                })
                 .collect();
             let total: f64 = w.iter().sum();
             let pick = if total <= 0.0 {
@@ -346,7 +345,12 @@ mod tests {
 
     #[test]
     fn fps_starts_farthest_from_mean_and_spreads() {
-        let c = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [10.0, 0.0, 0.0], [5.0, 0.0, 0.0]];
+        let c = [
+            [0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0],
+            [10.0, 0.0, 0.0],
+            [5.0, 0.0, 0.0],
+        ];
         // mean 4: view 2 is 6 away, the farthest; then view 0 (10 away), then view 3.
         assert_eq!(farthest_point_anchors(&c, 3).unwrap(), vec![2, 0, 3]);
         let a = posed_assignment(&c, 2).unwrap();

@@ -7,10 +7,10 @@
 //! `skipped` with the estimate (on the CPU a real out-of-memory kills the process instead of
 //! returning an error), and a run whose allocation fails (on a GPU) as `oom`.
 
+use crate::anchors::{self, Assignment};
 use crate::memory::measure_peak;
 use crate::standin::MultiViewTransformer;
 use crate::zpressor::{Zpressor, ZpressorConfig};
-use crate::anchors::{self, Assignment};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -170,7 +170,12 @@ pub fn run_scaling(
     let mut rows = Vec::new();
     for &k in &cfg.views {
         let cams = random_cameras(k, &mut rng, device)?;
-        let x = Tensor::randn(0f32, 1.0, (1, k, cfg.channels, cfg.height, cfg.width), device)?;
+        let x = Tensor::randn(
+            0f32,
+            1.0,
+            (1, k, cfg.channels, cfg.height, cfg.width),
+            device,
+        )?;
         let centres = zp.camera_centres(&cams)?;
         let asg: Assignment = anchors::posed_assignment(&centres[0], cfg.anchors)?;
         let largest = (0..cfg.anchors)
@@ -196,7 +201,8 @@ pub fn run_scaling(
         rows.push(row);
 
         // Baseline: the stand-in over every view.
-        let est = estimate_standin_mb(cfg, k) + 2.0 * (k * cfg.height * cfg.width * cfg.channels) as f64 * F32 / MIB;
+        let est = estimate_standin_mb(cfg, k)
+            + 2.0 * (k * cfg.height * cfg.width * cfg.channels) as f64 * F32 / MIB;
         let row = measure_path(cfg, device, k, "baseline", est, |times| {
             let t0 = Instant::now();
             let y = standin.forward(&x.squeeze(0)?)?;
@@ -287,17 +293,31 @@ mod tests {
             reps: 1,
             warmup: 0,
             mem_cap_mb: estimate_standin_mb(
-                &ScalingConfig { height: 4, width: 6, channels: 16, ..Default::default() },
+                &ScalingConfig {
+                    height: 4,
+                    width: 6,
+                    channels: 16,
+                    ..Default::default()
+                },
                 8,
             ),
             ..Default::default()
         };
         let rows = run_scaling(&cfg, &Device::Cpu, |_| {}).unwrap();
         assert_eq!(rows.len(), 4);
-        assert!(rows.iter().filter(|r| r.status == "ok").all(|r| r.ms.unwrap() > 0.0));
-        let base12 = rows.iter().find(|r| r.views == 12 && r.path == "baseline").unwrap();
+        assert!(rows
+            .iter()
+            .filter(|r| r.status == "ok")
+            .all(|r| r.ms.unwrap() > 0.0));
+        let base12 = rows
+            .iter()
+            .find(|r| r.views == 12 && r.path == "baseline")
+            .unwrap();
         assert_eq!(base12.status, "skipped", "{base12:?}");
-        let zp12 = rows.iter().find(|r| r.views == 12 && r.path == "zpressor").unwrap();
+        let zp12 = rows
+            .iter()
+            .find(|r| r.views == 12 && r.path == "zpressor")
+            .unwrap();
         assert_eq!(zp12.status, "ok", "{zp12:?}");
     }
 }

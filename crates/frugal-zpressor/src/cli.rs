@@ -177,7 +177,10 @@ pub struct TrainArgs {
 pub fn run_train(args: TrainArgs) -> Result<()> {
     use crate::toy;
     let tex = toy::textures::load(
-        &args.textures.clone().unwrap_or_else(toy::textures::default_dir),
+        &args
+            .textures
+            .clone()
+            .unwrap_or_else(toy::textures::default_dir),
         64,
     )?;
     let mut cfg = toy::TrainConfig {
@@ -194,8 +197,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     let bar = indicatif::ProgressBar::new(cfg.steps as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} loss {msg} [{elapsed}<{eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} loss {msg} [{elapsed}<{eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t0 = std::time::Instant::now();
     let mut avg = None::<f32>;
@@ -243,7 +248,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         bail!("--scenes must be at least 2 (for an interval)");
     }
     let tex = toy::textures::load(
-        &args.textures.clone().unwrap_or_else(toy::textures::default_dir),
+        &args
+            .textures
+            .clone()
+            .unwrap_or_else(toy::textures::default_dir),
         64,
     )?;
     let mut all = serde_json::Map::new();

@@ -23,7 +23,9 @@ pub enum ZpressorError {
         got: String,
     },
     /// The weights file lacks a parameter the configuration needs.
-    #[error("missing weight `{name}` (the configuration needs it; is the file for another config?)")]
+    #[error(
+        "missing weight `{name}` (the configuration needs it; is the file for another config?)"
+    )]
     MissingWeight { name: String },
     /// A configuration that cannot describe a module.
     #[error("invalid configuration: {0}")]

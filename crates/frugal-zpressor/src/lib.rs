@@ -11,11 +11,11 @@
 pub mod anchors;
 pub mod bench;
 pub mod cli;
+pub mod error;
 pub mod memory;
 pub mod ops;
 pub mod standin;
 pub mod toy;
-pub mod error;
 pub mod zpressor;
 
 pub use anchors::Assignment;

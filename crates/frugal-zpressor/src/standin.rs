@@ -46,7 +46,13 @@ impl Block {
                 .transpose(0, 1)?
                 .contiguous()
         };
-        let o = attend(&split(0)?, &split(1)?, &split(2)?, (d as f64).powf(-0.5), self.trainable)?;
+        let o = attend(
+            &split(0)?,
+            &split(1)?,
+            &split(2)?,
+            (d as f64).powf(-0.5),
+            self.trainable,
+        )?;
         let o = o.transpose(0, 1)?.reshape((t, c))?;
         let x = (self.out.forward(&o)? + x)?;
         let h = self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?;
@@ -85,6 +91,8 @@ impl MultiViewTransformer {
         for b in &self.blocks {
             x = b.forward(&x)?;
         }
-        x.reshape((v, h * w, c))?.transpose(1, 2)?.reshape((v, c, h, w))
+        x.reshape((v, h * w, c))?
+            .transpose(1, 2)?
+            .reshape((v, c, h, w))
     }
 }

@@ -8,8 +8,8 @@
 
 use crate::anchors::{self, Assignment, RigidTolerance};
 use crate::error::ZpressorError;
-use candle_core::{DType, Device, IndexOp, Module, Result as CResult, Tensor, D};
 use crate::ops::{attend, Norm};
+use candle_core::{DType, Device, IndexOp, Module, Result as CResult, Tensor, D};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 /// Shape of a ZPressor module. Defaults are the reference's for DepthSplat (width 128, 6 blocks,
@@ -81,7 +81,9 @@ impl Mlp {
 /// [n, heads·d] → [heads, n, d]
 fn split_heads(x: &Tensor, heads: usize) -> CResult<Tensor> {
     let (n, c) = x.dims2()?;
-    x.reshape((n, heads, c / heads))?.transpose(0, 1)?.contiguous()
+    x.reshape((n, heads, c / heads))?
+        .transpose(0, 1)?
+        .contiguous()
 }
 
 /// [heads, n, d] → [n, heads·d]
@@ -104,7 +106,13 @@ struct CrossAttentionBlock {
 }
 
 impl CrossAttentionBlock {
-    fn new(dim: usize, heads: usize, with_mlp: bool, trainable: bool, vb: VarBuilder) -> CResult<Self> {
+    fn new(
+        dim: usize,
+        heads: usize,
+        with_mlp: bool,
+        trainable: bool,
+        vb: VarBuilder,
+    ) -> CResult<Self> {
         Ok(Self {
             norm_query: Norm::new(dim, trainable, vb.pp("norm1"))?,
             norm_context: Norm::new(dim, trainable, vb.pp("norm2"))?,
@@ -418,10 +426,7 @@ impl Zpressor {
         }
         let lvl = &self.levels[level];
         // [B, V, F, H, W] → [B, V, HW, F]
-        let tokens = x
-            .reshape((b, v, f, h * w))?
-            .transpose(2, 3)?
-            .contiguous()?;
+        let tokens = x.reshape((b, v, f, h * w))?.transpose(2, 3)?.contiguous()?;
         let mut outs = Vec::with_capacity(b);
         for (bi, asg) in assignments.iter().enumerate() {
             let xb = tokens.i(bi)?; // [V, HW, F]
@@ -431,11 +436,11 @@ impl Zpressor {
                     if s.is_empty() {
                         return Ok(None);
                     }
-                    let idx = Tensor::new(
-                        s.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                        x.device(),
-                    )?;
-                    Ok(Some(xb.index_select(&idx, 0)?.reshape((s.len() * h * w, f))?))
+                    let idx =
+                        Tensor::new(s.iter().map(|&i| i as u32).collect::<Vec<_>>(), x.device())?;
+                    Ok(Some(
+                        xb.index_select(&idx, 0)?.reshape((s.len() * h * w, f))?,
+                    ))
                 })
                 .collect::<CResult<_>>()?;
             let mut cur: Vec<Tensor> = asg
@@ -535,11 +540,20 @@ mod tests {
             .unwrap()
             .reshape((1, 1, 1, 2, 2))
             .unwrap();
-        let l = information_bottleneck_loss(&x, 1.0).unwrap().to_scalar::<f32>().unwrap();
+        let l = information_bottleneck_loss(&x, 1.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(l.abs() < 1e-6, "{l}");
         // values 2, 4: μ = 3, σ = 1 → −½(1 + 0 − 9 − 1) = 4.5 nats → 4.5/ln2 bits, times weight 2
-        let x = Tensor::new(&[2f32, 4.], &dev).unwrap().reshape((1, 1, 1, 1, 2)).unwrap();
-        let l = information_bottleneck_loss(&x, 2.0).unwrap().to_scalar::<f32>().unwrap();
+        let x = Tensor::new(&[2f32, 4.], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 1, 2))
+            .unwrap();
+        let l = information_bottleneck_loss(&x, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let want = 2.0 * 4.5 / std::f32::consts::LN_2;
         assert!((l - want).abs() < 1e-4, "{l} vs {want}");
     }

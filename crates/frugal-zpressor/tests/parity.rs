@@ -22,11 +22,41 @@ struct Case {
 }
 
 const CASES: [Case; 5] = [
-    Case { name: "v12_n4", heads: 1, layers: 6, width: 128, no_self_attn: false },
-    Case { name: "v36_n6", heads: 1, layers: 6, width: 128, no_self_attn: false },
-    Case { name: "b2_v8_n3_heads2_noself", heads: 2, layers: 2, width: 64, no_self_attn: true },
-    Case { name: "v9_n3_ties", heads: 1, layers: 2, width: 32, no_self_attn: false },
-    Case { name: "v5_n5_empty_supports", heads: 1, layers: 2, width: 32, no_self_attn: false },
+    Case {
+        name: "v12_n4",
+        heads: 1,
+        layers: 6,
+        width: 128,
+        no_self_attn: false,
+    },
+    Case {
+        name: "v36_n6",
+        heads: 1,
+        layers: 6,
+        width: 128,
+        no_self_attn: false,
+    },
+    Case {
+        name: "b2_v8_n3_heads2_noself",
+        heads: 2,
+        layers: 2,
+        width: 64,
+        no_self_attn: true,
+    },
+    Case {
+        name: "v9_n3_ties",
+        heads: 1,
+        layers: 2,
+        width: 32,
+        no_self_attn: false,
+    },
+    Case {
+        name: "v5_n5_empty_supports",
+        heads: 1,
+        layers: 2,
+        width: 32,
+        no_self_attn: false,
+    },
 ];
 
 fn cfg(c: &Case) -> ZpressorConfig {
@@ -58,8 +88,16 @@ fn run_case(c: &Case) -> (f32, f32) {
     let want_anchors = to_usize(&t["centroids"]);
     let want_clusters = to_usize(&t["clusters"]);
     for (b, a) in asg.iter().enumerate() {
-        assert_eq!(a.anchors, want_anchors[b], "{}: anchors of batch {b}", c.name);
-        assert_eq!(a.clusters, want_clusters[b], "{}: clusters of batch {b}", c.name);
+        assert_eq!(
+            a.anchors, want_anchors[b],
+            "{}: anchors of batch {b}",
+            c.name
+        );
+        assert_eq!(
+            a.clusters, want_clusters[b],
+            "{}: clusters of batch {b}",
+            c.name
+        );
     }
     assert_eq!(out.dims(), t["out_f32"].dims(), "{}: output shape", c.name);
     let d = |r: &Tensor| -> f32 {
@@ -122,13 +160,21 @@ fn bad_inputs_are_clear_errors() {
     let e = model.forward(&x, &t["extrinsics"], 3).unwrap_err();
     assert!(e.to_string().contains("shape mismatch"), "{e}");
     // a scaled camera: non-rigid
-    let mut m = t["extrinsics"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut m = t["extrinsics"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     m[16 * 4] *= 2.0;
     m[16 * 4 + 1] *= 2.0;
     m[16 * 4 + 2] *= 2.0;
     let e2 = Tensor::from_vec(m, (1, 9, 4, 4), &dev).unwrap();
     let e = model.forward(&t["x"], &e2, 3).unwrap_err();
-    assert!(e.to_string().contains("non-rigid extrinsics: batch 0, view 4"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("non-rigid extrinsics: batch 0, view 4"),
+        "{e}"
+    );
     // extrinsics for a different number of views
     let e = model
         .forward(&t["x"], &t["extrinsics"].narrow(1, 0, 8).unwrap(), 3)

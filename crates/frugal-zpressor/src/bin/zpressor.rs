@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use frugal_zpressor::cli;
 
 #[derive(Parser)]
-#[command(name = "zpressor", about = "ZPressor: compress many views into a few anchors")]
+#[command(
+    name = "zpressor",
+    about = "ZPressor: compress many views into a few anchors"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -64,7 +64,11 @@ mod tests {
         let a: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
         assert!((ssim(&a, &a, 3, 16) - 1.0).abs() < 1e-9);
         assert!(psnr(&a, &a) > 100.0);
-        let b: Vec<f32> = a.iter().enumerate().map(|(i, v)| v + if i % 2 == 0 { 0.1 } else { -0.1 }).collect();
+        let b: Vec<f32> = a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + if i % 2 == 0 { 0.1 } else { -0.1 })
+            .collect();
         assert!((psnr(&a, &b) - 20.0).abs() < 1e-6, "MSE 0.01 is 20 dB");
         assert!(ssim(&a, &b, 3, 16) < 0.99);
     }

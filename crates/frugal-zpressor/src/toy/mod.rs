@@ -54,7 +54,9 @@ pub fn episode(seed: u64, k: usize, cfg: EpisodeConfig, textures: &[Texture]) ->
     let arc = cfg.arc_deg.to_radians();
     let tcam = orbit_camera(&mut rng, start, arc);
     let target = (tcam, render::render(&scene, &tcam, cfg.image, textures));
-    let mut crng = rand::rngs::StdRng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)));
+    let mut crng = rand::rngs::StdRng::seed_from_u64(
+        seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)),
+    );
     let context = (0..k)
         .map(|_| {
             let c = orbit_camera(&mut crng, start, arc);
@@ -193,7 +195,8 @@ pub fn save(dir: &Path, vm: &VarMap, cfg: &TrainConfig, losses: &[f32]) -> Resul
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("moving checkpoint to {}", dir.display()))?;
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("moving checkpoint to {}", dir.display()))?;
     Ok(())
 }
 
@@ -254,7 +257,11 @@ pub fn evaluate(
     for &k in views {
         if let Some(n) = model.cfg.zpressor_anchors {
             if n > k {
-                return Err(crate::ZpressorError::TooFewViews { views: k, anchors: n }.into());
+                return Err(crate::ZpressorError::TooFewViews {
+                    views: k,
+                    anchors: n,
+                }
+                .into());
             }
         }
         let (mut ps, mut ss, mut near, mut times) = (vec![], vec![], vec![], vec![]);
@@ -277,9 +284,7 @@ pub fn evaluate(
                 .context
                 .iter()
                 .min_by(|a, b| {
-                    let d = |c: &Camera| {
-                        (0..3).map(|j| (c.centre[j] - tc[j]).powi(2)).sum::<f32>()
-                    };
+                    let d = |c: &Camera| (0..3).map(|j| (c.centre[j] - tc[j]).powi(2)).sum::<f32>();
                     d(&a.0).total_cmp(&d(&b.0))
                 })
                 .expect("k >= 1");
@@ -315,7 +320,11 @@ mod tests {
                 rgb: (0..16)
                     .map(|i| {
                         let on = ((i % 4) + (i / 4) + t) % 2 == 0;
-                        if on { [0.9, 0.2 * t as f32, 0.1] } else { [0.1, 0.5, 0.8] }
+                        if on {
+                            [0.9, 0.2 * t as f32, 0.1]
+                        } else {
+                            [0.1, 0.5, 0.8]
+                        }
                     })
                     .collect(),
             })
@@ -335,7 +344,10 @@ mod tests {
                 zpressor_anchors: Some(2),
                 zpressor_blocks: 1,
             },
-            episodes: EpisodeConfig { image: 16, arc_deg: 180.0 },
+            episodes: EpisodeConfig {
+                image: 16,
+                arc_deg: 180.0,
+            },
             views: 4,
             steps: 60,
             batch: 4,
@@ -363,7 +375,14 @@ mod tests {
         let b = batch(std::slice::from_ref(&e), &dev).unwrap();
         let a = model.forward(&b).unwrap().0;
         let t = trained.forward(&b).unwrap().0;
-        let d = (a - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - t)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "loaded model differs by {d}");
         let rows = evaluate(&model, &[2, 6], 2, &tex, &dev, || {}).unwrap();
         assert!(rows.iter().all(|r| r.psnr.is_finite() && r.ssim <= 1.0));

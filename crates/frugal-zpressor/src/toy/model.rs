@@ -82,7 +82,9 @@ impl DecoderBlock {
         let tk = ctx.dim(1)?;
         let d = c / self.heads;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, d))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, n, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = heads(self.q.forward(&self.norm_q.forward(x)?)?, tq)?;
         let kv = self.kv.forward(&self.norm_kv.forward(ctx)?)?;

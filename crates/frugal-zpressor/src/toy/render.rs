@@ -51,11 +51,19 @@ impl Texture {
 
 #[derive(Debug, Clone)]
 enum Shape {
-    Sphere { centre: Vec3, radius: f32 },
+    Sphere {
+        centre: Vec3,
+        radius: f32,
+    },
     /// Axis-aligned box.
-    Cuboid { min: Vec3, max: Vec3 },
+    Cuboid {
+        min: Vec3,
+        max: Vec3,
+    },
     /// The plane y = 0, textured with `tile` repeats per unit.
-    Ground { tile: f32 },
+    Ground {
+        tile: f32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -329,19 +337,42 @@ mod tests {
             rgb: vec![[1.0, 0.0, 0.0]],
         }];
         let img = render(&scene, &cam, 16, &tex);
-        let px = |x: usize, y: usize| [img[y * 16 + x], img[256 + y * 16 + x], img[512 + y * 16 + x]];
-        assert_eq!(px(8, 15), [1.0, 0.0, 0.0], "ground, lit from straight above");
+        let px = |x: usize, y: usize| {
+            [
+                img[y * 16 + x],
+                img[256 + y * 16 + x],
+                img[512 + y * 16 + x],
+            ]
+        };
+        assert_eq!(
+            px(8, 15),
+            [1.0, 0.0, 0.0],
+            "ground, lit from straight above"
+        );
         assert!(px(8, 0)[2] > 0.5, "sky at the top: {:?}", px(8, 0));
         // A unit sphere in front of the camera occludes the ground.
         let cam = Camera::look_at([0.0, 1.0, -4.0], [0.0, 1.0, 0.0], 40.0);
         let mut s2 = scene.clone();
         s2.objects.push(Object {
-            shape: Shape::Sphere { centre: [0.0, 1.0, 0.0], radius: 1.0 },
+            shape: Shape::Sphere {
+                centre: [0.0, 1.0, 0.0],
+                radius: 1.0,
+            },
             texture: 1,
             uv_offset: [0.0, 0.0],
         });
-        let tex2 = [tex[0].clone(), Texture { width: 1, height: 1, rgb: vec![[0.0, 1.0, 0.0]] }];
+        let tex2 = [
+            tex[0].clone(),
+            Texture {
+                width: 1,
+                height: 1,
+                rgb: vec![[0.0, 1.0, 0.0]],
+            },
+        ];
         let img = render(&s2, &cam, 16, &tex2);
-        assert!(img[256 + 8 * 16 + 8] > 0.3 && img[8 * 16 + 8] == 0.0, "green sphere in the middle");
+        assert!(
+            img[256 + 8 * 16 + 8] > 0.3 && img[8 * 16 + 8] == 0.0,
+            "green sphere in the middle"
+        );
     }
 }

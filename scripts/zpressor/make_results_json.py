@@ -2,7 +2,8 @@
 """Assembles docs/results/zpressor.json from the raw data in docs/results/zpressor-data/:
 parity.txt (the parity test's printed figures), scaling-<device>*.json (zpressor bench --out) and
 toy-eval.json (zpressor eval --out). Keys follow the results page: parity_max_abs_f32,
-scaling.{cpu,gpu}.{K}.{ms,peak_mb} (zpressor path, with the baseline beside it), toy.{zpressor,baseline}.{K}: PSNR.
+scaling.{cpu,gpu}.{K}.{ms,peak_mb} (zpressor path, with the baseline beside it; filled from
+scaling-cpu.json / scaling-gpu.json, the full-size runs; other runs under scaling_other_runs), toy.{zpressor,baseline}.{K}: PSNR.
 
 usage: make_results_json.py [DATA_DIR] [OUT]
 """
@@ -36,8 +37,14 @@ for f in sorted(glob.glob(os.path.join(data, "scaling-*.json"))):
             e["baseline"] = {"ms": r["ms"], "peak_mb": r["peak_mb"], "status": r["status"],
                              "estimate_mb": r["estimate_mb"]}
     name = os.path.basename(f)[len("scaling-"):-len(".json")]
-    res["scaling"].setdefault(dev, {})[name] = {
-        "label": d.get("label", ""), "config": d["config"], "by_views": table}
+    if name in ("cpu", "gpu"):
+        # the full-size, quiet runs: the issue's shape, scaling.<dev>.<K> = {ms, peak_mb, ...}
+        res["scaling"][name] = table
+    else:
+        # other runs (reduced sizes, under load) go beside them, labelled
+        res.setdefault("scaling_other_runs", {})[name] = {
+            "device": dev, "label": d.get("label", ""), "config": d["config"], "by_views": table}
+res["scaling"].setdefault("cpu", {})
 res["scaling"].setdefault("gpu", {})
 
 toy = os.path.join(data, "toy-eval.json")

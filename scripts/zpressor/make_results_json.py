@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Assembles docs/results/zpressor.json from the raw data in docs/results/zpressor-data/:
-parity.txt (the parity test's printed figures), scaling-<device>*.json (zpressor bench --out) and
-toy-eval.json (zpressor eval --out). Keys follow the results page: parity_max_abs_f32,
+parity.txt (the parity test's printed figures), scaling-<device>*.json (frugal zpressor bench --out) and
+toy-eval.json (frugal zpressor eval --out). Keys follow the results page: parity_max_abs_f32,
 scaling.{cpu,gpu}.{K}.{ms,peak_mb} (zpressor path, with the baseline beside it; filled from
 scaling-cpu.json / scaling-gpu.json, the full-size runs; other runs under scaling_other_runs), toy.{zpressor,baseline}.{K}: PSNR.
 

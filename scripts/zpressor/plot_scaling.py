@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draws the scaling bench's rows (JSON written by `zpressor bench --out`) as an SVG: time and
+"""Draws the scaling bench's rows (JSON written by `frugal zpressor bench --out`) as an SVG: time and
 peak memory against the number of views K, one line per path, log-log axes. Runs that were
 skipped or ran out of memory are marked with a cross at the top of the plot.
 

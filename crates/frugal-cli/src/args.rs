@@ -87,6 +87,8 @@ pub enum Command {
     /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
     /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
     Serve(frugal_server::ServeArgs),
+    /// ZPressor: compress many camera views into a few anchors (scaling bench, trainable toy).
+    Zpressor(commands::zpressor::ZpressorArgs),
 }
 
 /// `--policy SPEC` for the commands that run one policy.

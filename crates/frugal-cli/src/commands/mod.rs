@@ -9,6 +9,7 @@ pub mod knockout;
 pub mod policies;
 pub mod ppl;
 pub mod probe;
+pub mod zpressor;
 
 use crate::args::{Cli, Command};
 use crate::session::Session;
@@ -16,16 +17,17 @@ use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
     let session = Session::new(cli.global)?;
-    match &cli.command {
-        Command::Fetch(a) => fetch::run(a),
-        Command::Policies(a) => policies::run(a),
-        Command::Generate(a) => generate::run(&session, a),
-        Command::Chat(a) => chat::run(&session, a),
-        Command::Ppl(a) => ppl::run(&session, a),
-        Command::Eval(a) => eval::run(&session, a),
-        Command::Probe(a) => probe::run(&session, a),
-        Command::Knockout(a) => knockout::run(&session, a),
-        Command::Bench(a) => bench::run(&session, a),
-        Command::Serve(a) => frugal_server::serve(session.load_model()?, a),
+    match cli.command {
+        Command::Fetch(a) => fetch::run(&a),
+        Command::Policies(a) => policies::run(&a),
+        Command::Generate(a) => generate::run(&session, &a),
+        Command::Chat(a) => chat::run(&session, &a),
+        Command::Ppl(a) => ppl::run(&session, &a),
+        Command::Eval(a) => eval::run(&session, &a),
+        Command::Probe(a) => probe::run(&session, &a),
+        Command::Knockout(a) => knockout::run(&session, &a),
+        Command::Bench(a) => bench::run(&session, &a),
+        Command::Serve(a) => frugal_server::serve(session.load_model()?, &a),
+        Command::Zpressor(a) => zpressor::run(a),
     }
 }

@@ -95,8 +95,7 @@ impl GpuPath {
         match self.build {
             Build::Bf16 => fps.attn_bf16(&dq, &dk, &dv, &mut o, &dm, &dummy)?,
             Build::Bf16Wgmma => {
-                let mut vt: CudaSlice<u16> =
-                    fps.stream.alloc_zeros(h * d * n.div_ceil(BN) * BN)?;
+                let mut vt: CudaSlice<u16> = fps.stream.alloc_zeros(h * d * n.div_ceil(BN) * BN)?;
                 fps.transpose_v(&dv, &mut vt, h, n)?;
                 fps.attn_bf16_wgmma(&dq, &dk, &vt, &mut o, &dm, &dummy)?
             }
@@ -207,10 +206,7 @@ fn cuda_kernels_match_the_naive_reference() {
         // The kernels read bf16: round the case's inputs so kernel and reference see the same
         // values.
         let mut c = Case::new(spec);
-        let round = |x: &mut Vec<f32>| {
-            x.iter_mut()
-                .for_each(|v| *v = bf16::from_f32(*v).to_f32())
-        };
+        let round = |x: &mut Vec<f32>| x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
         round(&mut c.q);
         for h in &mut c.heads {
             round(&mut h.keys);

@@ -53,7 +53,7 @@ enum Read {
 /// A cache built from `spec` over 2 layers, fed the case's tokens as the engine feeds them (the
 /// past in one call, this call's tokens in the next; layer 0 then layer 1), read at `read`.
 struct CachePath {
-    spec: &'static str,
+    spec: String,
     read: Read,
     /// Compare with the case's original rows instead of the view's (exact settings only).
     against_originals: bool,
@@ -99,7 +99,11 @@ impl KernelPath for CachePath {
             Read::Layer(l) => format!("layer {l}"),
             Read::Pending => "layer 0 pending".into(),
         };
-        let vs = if self.against_originals { " vs originals" } else { "" };
+        let vs = if self.against_originals {
+            " vs originals"
+        } else {
+            ""
+        };
         format!("{} {read}{vs}", self.spec)
     }
     fn applies(&self, c: &Case) -> bool {
@@ -142,9 +146,9 @@ impl KernelPath for CachePath {
 
 fn cache_paths() -> Vec<Box<dyn KernelPath>> {
     let mut out: Vec<Box<dyn KernelPath>> = Vec::new();
-    let path = |spec, read, against_originals| -> Box<dyn KernelPath> {
+    let path = |spec: &str, read, against_originals| -> Box<dyn KernelPath> {
         Box::new(CachePath {
-            spec,
+            spec: spec.into(),
             read,
             against_originals,
         })
@@ -202,12 +206,15 @@ fn cache_reads_match_the_naive_reference_on_the_grid() {
 fn kivi_reads_are_within_half_a_step_of_the_originals() {
     let (bits, group, residual) = (2u32, 8usize, 16usize);
     let spec = format!("kivi:bits={bits},group={group},residual={residual},fp=32");
-    for cs in consistency::ci_grid().into_iter().filter(|s| s.holes == Holes::None) {
+    for cs in consistency::ci_grid()
+        .into_iter()
+        .filter(|s| s.holes == Holes::None)
+    {
         let c = Case::new(cs);
         let d = c.shape.head_dim;
         let n = cs.past + cs.t;
         let path = CachePath {
-            spec: Box::leak(spec.clone().into_boxed_str()),
+            spec: spec.clone(),
             read: Read::Layer(0),
             against_originals: false,
         };
@@ -222,8 +229,16 @@ fn kivi_reads_are_within_half_a_step_of_the_originals() {
             let view = seq.cache.view(0, g);
             let (keys, vals) = (&view.keys[..], &view.values[..]);
             assert_eq!(keys.len(), n * d);
-            assert_eq!(&keys[quantised * d..], &h.keys[quantised * d..], "recent keys exact");
-            assert_eq!(&vals[quantised * d..], &h.values[quantised * d..], "recent values exact");
+            assert_eq!(
+                &keys[quantised * d..],
+                &h.keys[quantised * d..],
+                "recent keys exact"
+            );
+            assert_eq!(
+                &vals[quantised * d..],
+                &h.values[quantised * d..],
+                "recent values exact"
+            );
             let check = |got: &[f32], orig: &[f32], idx: &[usize], what: &str| {
                 let (lo, hi) = idx
                     .iter()
@@ -233,7 +248,11 @@ fn kivi_reads_are_within_half_a_step_of_the_originals() {
                 let bound = 0.5 * (hi - lo) / levels * 1.01 + lo.abs().max(hi.abs()) / 1024.0;
                 for &i in idx {
                     let e = (got[i] - orig[i]).abs();
-                    assert!(e <= bound, "{}: {what} element {i}: |Δ| {e} > {bound}", cs.label());
+                    assert!(
+                        e <= bound,
+                        "{}: {what} element {i}: |Δ| {e} > {bound}",
+                        cs.label()
+                    );
                 }
             };
             for b in (0..quantised).step_by(group) {
@@ -243,7 +262,8 @@ fn kivi_reads_are_within_half_a_step_of_the_originals() {
                 }
                 for r in b..b + group {
                     for c0 in (0..d).step_by(group) {
-                        let idx: Vec<usize> = (c0..(c0 + group).min(d)).map(|ch| r * d + ch).collect();
+                        let idx: Vec<usize> =
+                            (c0..(c0 + group).min(d)).map(|ch| r * d + ch).collect();
                         check(vals, &h.values, &idx, "value");
                     }
                 }

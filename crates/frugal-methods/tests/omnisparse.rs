@@ -189,10 +189,20 @@ fn prefill_recorded(
 /// the selection kept every visible key.
 fn planned_every_key(report: &serde_json::Value) {
     for l in report["layers"].as_array().unwrap() {
-        assert!(l["blocks"].as_u64().unwrap() > 0, "layer not planned: {report}");
-        assert_eq!(l["mean_selected_per_head"], l["mean_visible_per_head"], "{report}");
+        assert!(
+            l["blocks"].as_u64().unwrap() > 0,
+            "layer not planned: {report}"
+        );
+        assert_eq!(
+            l["mean_selected_per_head"], l["mean_visible_per_head"],
+            "{report}"
+        );
     }
-    assert_eq!(report["key_kept_fraction"].as_f64().unwrap(), 1.0, "{report}");
+    assert_eq!(
+        report["key_kept_fraction"].as_f64().unwrap(),
+        1.0,
+        "{report}"
+    );
 }
 
 #[test]
@@ -227,7 +237,10 @@ fn full_index_lists_through_the_sparse_kernel_equal_dense() {
     planned_every_key(&report);
     assert!(emitted.iter().all(|(_, e)| *e == Emitted::Dense));
     let d = max_diff(&dense, &forced);
-    assert!(d < 1e-4, "full lists through the sparse kernel: max |Δlogit| = {d}");
+    assert!(
+        d < 1e-4,
+        "full lists through the sparse kernel: max |Δlogit| = {d}"
+    );
 }
 
 #[test]

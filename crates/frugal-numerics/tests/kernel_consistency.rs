@@ -52,6 +52,10 @@ fn a_kernel_that_drops_one_key_fails() {
     let paths: Vec<Box<dyn KernelPath>> = vec![Box::new(Buggy)];
     let rows = check_all(&paths, &consistency::ci_grid());
     for r in &rows {
-        assert!(!r.pass, "an off-by-one mask passed on {}: {:e}", r.case, r.max_abs);
+        assert!(
+            !r.pass,
+            "an off-by-one mask passed on {}: {:e}",
+            r.case, r.max_abs
+        );
     }
 }

@@ -63,7 +63,10 @@ fn run(a: &Args) -> Result<bool, String> {
         println!("{} comparisons, {failed} failed", rows.len());
         return Ok(failed == 0);
     }
-    println!("perf mode: median of {} calls; measured on this machine under its current load", a.reps);
+    println!(
+        "perf mode: median of {} calls; measured on this machine under its current load",
+        a.reps
+    );
     println!(
         "{:<28} {:<48} {:>10} {:>10} {:>8}",
         "path", "case", "ms", "dense ms", "x dense"

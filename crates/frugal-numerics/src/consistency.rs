@@ -449,9 +449,9 @@ pub fn f32_bound(shape: AttentionShape, stats: &RefStats) -> f64 {
 
 /// Relative L2 tolerance of the f32 paths: `1e-5`. The element bound above, divided by the
 /// output's RMS, comes to ~1e-4–1e-3 on the grid, so this is tighter than the worst case; it
-/// holds because f32 rounding errors have random signs and average out (measured ≤ 6e-7 on the grid), and it
-/// is what catches a small systematic error (a scale applied twice to one column) that hides
-/// under the element bound.
+/// holds because f32 rounding errors have random signs and average out (measured ≤ 6e-7 on
+/// the grid), and it is what catches a small systematic error (a scale applied twice to one
+/// column) that hides under the element bound.
 pub const F32_REL_L2: f64 = 1e-5;
 
 /// The result of comparing one path with the reference on one case.
@@ -599,28 +599,39 @@ pub struct Timing {
     pub reps: usize,
 }
 
-/// Median of `reps` calls of `f` (after one warm-up call), in seconds.
-pub fn median_seconds(reps: usize, f: &dyn Fn() -> Vec<f32>) -> f64 {
-    std::hint::black_box(f());
-    let mut times: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t0 = Instant::now();
-            std::hint::black_box(f());
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+/// Median seconds of `reps` calls of `a` and of `b`, the calls interleaved (a, b, a, b, …)
+/// after one warm-up call each, so a change in the machine's load hits both alike.
+pub fn median_seconds_interleaved(
+    reps: usize,
+    a: &dyn Fn() -> Vec<f32>,
+    b: &dyn Fn() -> Vec<f32>,
+) -> (f64, f64) {
+    std::hint::black_box(a());
+    std::hint::black_box(b());
+    let time = |f: &dyn Fn() -> Vec<f32>| {
+        let t0 = Instant::now();
+        std::hint::black_box(f());
+        t0.elapsed().as_secs_f64()
+    };
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) {
+        ta.push(time(a));
+        tb.push(time(b));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(ta), median(tb))
 }
 
-/// Times `path` and the dense kernel on `case`, `reps` calls each (interleaved runs would be
-/// fairer under load; the binary says its numbers are measured under whatever load there is).
+/// Times `path` and the dense kernel on `case`, `reps` interleaved calls each. The `dense`
+/// path's own row measures the noise of the comparison (ideally 1.00).
 pub fn time_case(path: &dyn KernelPath, case: &Case, reps: usize) -> Timing {
     let slices = case.slices();
     let dense = || causal_attention(&case.q, &case.q_positions, &slices, case.shape, None);
-    let dense_seconds = median_seconds(reps, &dense);
     let kernel = path.kernel(case);
-    let seconds = median_seconds(reps, &*kernel);
+    let (seconds, dense_seconds) = median_seconds_interleaved(reps, &*kernel, &dense);
     Timing {
         path: path.name(),
         case: case.spec.label(),

@@ -440,7 +440,8 @@ pub fn quantised_inputs(c: &Case, fp8: Option<&Fp8Opts>) -> (Vec<f64>, Vec<RefHe
 /// round to nearest) and by at most half the subnormal step, 2⁻¹⁰/448, below it. The output
 /// `Σ p̂·v / Σ p` is then off by at most `V·(2⁻⁴ + n·2⁻¹⁰/448)` (the row sum is ≥ 1: the
 /// largest score contributes `p = 1`). The relative L2 tolerance, 2⁻⁴, is the level one-signed
-/// rounding errors would reach; E4M3 rounding errors have random signs and measure ≤ 2.5e-2 on the grid.
+/// rounding errors would reach; E4M3 rounding errors have random signs and measure ≤ 2.5e-2 on
+/// the grid.
 pub fn fp8_p_tolerance(shape: AttentionShape, stats: &RefStats) -> Tolerance {
     let v = stats.max_abs_value;
     let p = v * (1.0 / 16.0 + stats.max_keys as f64 / 1024.0 / 448.0);

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod block_sparse;
+pub mod consistency;
 pub mod fp8;
 pub mod fps_attention;
 pub mod key_selection;

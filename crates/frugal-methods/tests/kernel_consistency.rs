@@ -116,7 +116,20 @@ impl KernelPath for CachePath {
             n_layers: 2,
             structure: None,
         };
-        Box::new(move || attention_step(&ctx, &c.q, &c.q_positions, c.shape, &*seq.cache, &Dense))
+        // The step takes the cache mutably (it may hand it the attention's findings); dense
+        // attention finds nothing, so repeated calls read the same store.
+        let seq = std::cell::RefCell::new(seq);
+        Box::new(move || {
+            let mut seq = seq.borrow_mut();
+            attention_step(
+                &ctx,
+                &c.q,
+                &c.q_positions,
+                c.shape,
+                &mut *seq.cache,
+                &mut Dense,
+            )
+        })
     }
     fn reference<'c>(&'c self, c: &'c Case) -> Reference<'c> {
         let d = c.shape.head_dim;

@@ -2,7 +2,7 @@
 //! sparse path really skips keys and queries; decode slimming really frees the span's KV.
 
 use candle_core::quantized::GgmlDType;
-use frugal_engine::attention::{AttentionPlan, AttentionPolicy, StepContext};
+use frugal_engine::attention::{AttentionPlan, AttentionPolicy, Findings, StepContext};
 use frugal_engine::model::llama::{LlamaConfig, LogitRows};
 use frugal_engine::structure::{TokenKind, TokenStructure};
 use frugal_engine::testing::tiny_model;
@@ -49,13 +49,7 @@ enum Emitted {
 struct Recording {
     inner: Box<dyn AttentionPolicy>,
     force_lists: bool,
-    emitted: Mutex<Vec<(usize, Emitted)>>,
-}
-
-impl Recording {
-    fn emitted(&self) -> Vec<(usize, Emitted)> {
-        self.emitted.lock().unwrap().clone()
-    }
+    emitted: Arc<Mutex<Vec<(usize, Emitted)>>>,
 }
 
 fn full_lists(kv: &[KvSlices<'_>]) -> Vec<KeySet> {
@@ -72,7 +66,7 @@ impl AttentionPolicy for Recording {
         self.inner.mask(ctx)
     }
     fn plan<'a>(
-        &'a self,
+        &'a mut self,
         ctx: &StepContext<'a>,
         q: &[f32],
         positions: &[u32],
@@ -133,6 +127,12 @@ impl AttentionPolicy for Recording {
     fn computed_rows(&self, ctx: &StepContext<'_>, positions: &[u32]) -> Option<Vec<bool>> {
         self.inner.computed_rows(ctx, positions)
     }
+    fn take_findings(&mut self) -> Option<Findings> {
+        self.inner.take_findings()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
 }
 
 /// Logits of one prefill of `ids` under `spec` with its attention policy wrapped in
@@ -144,45 +144,22 @@ fn prefill_recorded(
 ) -> (Vec<Vec<f32>>, serde_json::Value, Vec<(usize, Emitted)>) {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
-    let rec = Arc::new(Recording {
+    let emitted = Arc::new(Mutex::new(Vec::new()));
+    let rec = Recording {
         inner: seq.attention,
         force_lists,
-        emitted: Mutex::new(Vec::new()),
-    });
-    struct Shared(Arc<Recording>);
-    impl AttentionPolicy for Shared {
-        fn name(&self) -> String {
-            self.0.name()
-        }
-        fn mask<'a>(&'a self, ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
-            self.0.mask(ctx)
-        }
-        fn plan<'a>(
-            &'a self,
-            ctx: &StepContext<'a>,
-            q: &[f32],
-            positions: &[u32],
-            shape: AttentionShape,
-            kv: &[KvSlices<'_>],
-        ) -> AttentionPlan<'a> {
-            self.0.plan(ctx, q, positions, shape, kv)
-        }
-        fn report(&self) -> Option<String> {
-            self.0.report()
-        }
-        fn computed_rows(&self, ctx: &StepContext<'_>, positions: &[u32]) -> Option<Vec<bool>> {
-            self.0.computed_rows(ctx, positions)
-        }
-    }
-    let mut seq = frugal_engine::sequence::Sequence::new(seq.cache, Box::new(Shared(rec.clone())));
+        emitted: emitted.clone(),
+    };
+    let mut seq = frugal_engine::sequence::Sequence::new(seq.cache, Box::new(rec));
     let rows = lm
         .model
         .forward(ids, &mut seq, LogitRows::All)
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    let report = report_json(seq.attention.report());
-    (rows, report, rec.emitted())
+    let report = report_json(seq.report());
+    let emitted = emitted.lock().unwrap().clone();
+    (rows, report, emitted)
 }
 
 /// Every layer of `report` ran the planner (probe + selection) on at least one query block, and

@@ -2,7 +2,10 @@
 //! functions, for the front-end to wire in.
 
 use crate::bvh::{mocapbank_clip_path, read_bvh, write_poses_bvh};
-use crate::experiment::{reference_metrics, run_dir, run_variant, ExperimentConfig, Prepared, RunMetrics, SplitMetrics, Variant};
+use crate::experiment::{
+    reference_metrics, run_dir, run_variant, ExperimentConfig, Prepared, RunMetrics, SplitMetrics,
+    Variant,
+};
 use crate::metrics::mean_ci95;
 use crate::skeleton::features_to_poses;
 use crate::tokenizer::{random_crops, MotionTokenizer, TokenizerConfig};
@@ -16,7 +19,11 @@ use std::path::{Path, PathBuf};
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
     s.split(',')
-        .map(|x| x.trim().parse::<u64>().with_context(|| format!("bad seed {x:?}")))
+        .map(|x| {
+            x.trim()
+                .parse::<u64>()
+                .with_context(|| format!("bad seed {x:?}"))
+        })
         .collect()
 }
 
@@ -71,7 +78,11 @@ pub struct TrainArgs {
 /// Prepares the shared stages, then trains and evaluates each variant × seed (each resumable).
 pub fn train(args: TrainArgs) -> Result<()> {
     let seeds = parse_seeds(&args.seeds)?;
-    let variants = if args.variant.is_empty() { Variant::ALL.to_vec() } else { args.variant.clone() };
+    let variants = if args.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        args.variant.clone()
+    };
     let prep = Prepared::prepare(&args.size.out, args.size.config())?;
     for v in variants {
         for &s in &seeds {
@@ -110,11 +121,17 @@ pub struct GenerateArgs {
 /// Generates a multi-instruction motion with a trained generator.
 pub fn generate(args: GenerateArgs) -> Result<()> {
     if !(40..=80).contains(&args.frames) || args.frames % 4 != 0 {
-        bail!("--frames must be a multiple of 4 between 40 and 80, got {}", args.frames);
+        bail!(
+            "--frames must be a multiple of 4 between 40 and 80, got {}",
+            args.frames
+        );
     }
     let ckpt = run_dir(&args.size.out, args.variant, args.seed).join("generator.safetensors");
     if !ckpt.is_file() {
-        bail!("no trained generator at {}; run `motion train` first", ckpt.display());
+        bail!(
+            "no trained generator at {}; run `motion train` first",
+            ckpt.display()
+        );
     }
     let prep = Prepared::prepare(&args.size.out, args.size.config())?;
     for t in &args.texts {
@@ -123,10 +140,16 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         }
     }
     let (gen, _vm) = prep.generator(&args.size.out, args.variant, args.seed)?;
-    let plan: Vec<(String, usize)> = args.texts.iter().map(|t| (t.clone(), args.frames / 4)).collect();
+    let plan: Vec<(String, usize)> = args
+        .texts
+        .iter()
+        .map(|t| (t.clone(), args.frames / 4))
+        .collect();
     let mut rng = StdRng::seed_from_u64(args.sample_seed);
     let aligned = matches!(args.variant, Variant::KeyframeAlign | Variant::Transformer);
-    let frames = prep.generate_sequences(&gen, &[plan], aligned, &mut rng)?.remove(0);
+    let frames = prep
+        .generate_sequences(&gen, &[plan], aligned, &mut rng)?
+        .remove(0);
     let poses = features_to_poses(&frames);
     let stem = args.output.clone();
     if let Some(dir) = stem.parent() {
@@ -135,9 +158,17 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         }
     }
     write_poses_bvh(&stem.with_extension("bvh"), &poses, 30.0)?;
-    crate::render::write_strip(&stem.with_extension("png"), &poses, 2 * args.texts.len() + 2)?;
+    crate::render::write_strip(
+        &stem.with_extension("png"),
+        &poses,
+        2 * args.texts.len() + 2,
+    )?;
     crate::render::write_gif(&stem.with_extension("gif"), &poses, 2)?;
-    eprintln!("wrote {}.{{bvh,png,gif}} ({} frames)", stem.display(), poses.len());
+    eprintln!(
+        "wrote {}.{{bvh,png,gif}} ({} frames)",
+        stem.display(),
+        poses.len()
+    );
     Ok(())
 }
 
@@ -182,7 +213,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let (gt_full, gt_d, rec_full, rec_d) = reference_metrics(&prep)?;
     let data_dir = args.results.join("kmm-data");
     std::fs::create_dir_all(&data_dir)?;
-    std::fs::write(data_dir.join("runs.json"), serde_json::to_string_pretty(&all)?)?;
+    std::fs::write(
+        data_dir.join("runs.json"),
+        serde_json::to_string_pretty(&all)?,
+    )?;
     std::fs::write(
         data_dir.join("reference.json"),
         serde_json::to_string_pretty(&serde_json::json!({
@@ -190,12 +224,20 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             "tokenizer_recon_full": split_json(&rec_full), "tokenizer_recon_d": split_json(&rec_d),
         }))?,
     )?;
-    std::fs::write(data_dir.join("config.json"), serde_json::to_string_pretty(&prep.cfg)?)?;
+    std::fs::write(
+        data_dir.join("config.json"),
+        serde_json::to_string_pretty(&prep.cfg)?,
+    )?;
     let mut json = serde_json::Map::new();
     println!("| variant | FID full | R@1 full | R@3 full | MM-Dist full | Div full | FID D | R@1 D | R@3 D | MM-Dist D | L/R acc D | backbone params | backbone FLOPs/seq |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let fmt = |j: &serde_json::Value| {
-        format!("{:.3} [{:.3}, {:.3}]", j["mean"].as_f64().unwrap(), j["ci95"][0].as_f64().unwrap(), j["ci95"][1].as_f64().unwrap())
+        format!(
+            "{:.3} [{:.3}, {:.3}]",
+            j["mean"].as_f64().unwrap(),
+            j["ci95"][0].as_f64().unwrap(),
+            j["ci95"][1].as_f64().unwrap()
+        )
     };
     for v in Variant::ALL {
         let runs: Vec<&RunMetrics> = all.iter().filter(|r| r.variant == v.key()).collect();
@@ -231,16 +273,28 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         );
         json.insert(v.key().into(), e);
     }
-    for (name, f, d) in [("real motion", &gt_full, &gt_d), ("tokenizer reconstruction", &rec_full, &rec_d)] {
+    for (name, f, d) in [
+        ("real motion", &gt_full, &gt_d),
+        ("tokenizer reconstruction", &rec_full, &rec_d),
+    ] {
         println!(
             "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | – | – |",
             f.fid, f.rprec[0], f.rprec[2], f.mmdist, f.diversity, d.fid, d.rprec[0], d.rprec[2], d.mmdist, d.lr_acc
         );
     }
-    json.insert("real".into(), serde_json::json!({"full": split_json(&gt_full), "d": split_json(&gt_d)}));
-    json.insert("tokenizer_recon".into(), serde_json::json!({"full": split_json(&rec_full), "d": split_json(&rec_d)}));
+    json.insert(
+        "real".into(),
+        serde_json::json!({"full": split_json(&gt_full), "d": split_json(&gt_d)}),
+    );
+    json.insert(
+        "tokenizer_recon".into(),
+        serde_json::json!({"full": split_json(&rec_full), "d": split_json(&rec_d)}),
+    );
     json.insert("config".into(), serde_json::to_value(prep.cfg)?);
-    std::fs::write(args.results.join("kmm.json"), serde_json::to_string_pretty(&serde_json::Value::Object(json))?)?;
+    std::fs::write(
+        args.results.join("kmm.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )?;
     Ok(())
 }
 
@@ -263,12 +317,16 @@ pub struct BvhCheckArgs {
 pub fn bvh_check(args: BvhCheckArgs) -> Result<()> {
     let path = match &args.bvh {
         Some(p) => p.clone(),
-        None => mocapbank_clip_path().context("bvh_anim's test_mocapbank.bvh is not in the cargo registry; pass --bvh")?,
+        None => mocapbank_clip_path()
+            .context("bvh_anim's test_mocapbank.bvh is not in the cargo registry; pass --bvh")?,
     };
     let clip = read_bvh(&path)?;
     let bytes = std::fs::read(&path)?;
     let (bvh, _) = crate::bvh::parse_bvh(&bytes)?;
-    let tmp = args.write.clone().unwrap_or_else(|| std::env::temp_dir().join("frugal-motion-roundtrip.bvh"));
+    let tmp = args
+        .write
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("frugal-motion-roundtrip.bvh"));
     crate::bvh::write_bvh(&tmp, &bvh)?;
     let back = read_bvh(&tmp)?;
     let worst = clip
@@ -316,7 +374,13 @@ pub fn tokenizer_on_clip(motion: &[Vec<f32>], steps: usize) -> Result<ClipRecon>
     tok.fit_normalization(&frames)?;
     let mut rng = StdRng::seed_from_u64(0);
     let seqs = vec![frames.clone()];
-    let tc = TrainConfig { steps, lr: 1e-3, warmup: 50, weight_decay: 0.0, checkpoint_every: usize::MAX };
+    let tc = TrainConfig {
+        steps,
+        lr: 1e-3,
+        warmup: 50,
+        weight_decay: 0.0,
+        checkpoint_every: usize::MAX,
+    };
     let losses = train_loop(&vm, &tc, None, "clip tokenizer", |_| {
         let x = random_crops(&seqs, 64, 16, &mut rng, &dev)?;
         Ok(tok.loss(&x, &mut rng)?.loss)
@@ -325,9 +389,26 @@ pub fn tokenizer_on_clip(motion: &[Vec<f32>], steps: usize) -> Result<ClipRecon>
     let recon = tok.reconstruct(&frames)?;
     let codes = tok.encode(&frames)?;
     let used: std::collections::BTreeSet<u32> = codes.iter().map(|c| c[0]).collect();
-    let mean: Vec<f64> = (0..c).map(|k| frames.iter().map(|f| f[k] as f64).sum::<f64>() / n as f64).collect();
-    let var: f64 = frames.iter().flat_map(|f| f.iter().enumerate().map(|(k, v)| (*v as f64 - mean[k]).powi(2))).sum::<f64>();
-    let err: f64 = frames.iter().zip(&recon).flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2))).sum();
+    let mean: Vec<f64> = (0..c)
+        .map(|k| frames.iter().map(|f| f[k] as f64).sum::<f64>() / n as f64)
+        .collect();
+    let var: f64 = frames
+        .iter()
+        .flat_map(|f| {
+            f.iter()
+                .enumerate()
+                .map(|(k, v)| (*v as f64 - mean[k]).powi(2))
+        })
+        .sum::<f64>();
+    let err: f64 = frames
+        .iter()
+        .zip(&recon)
+        .flat_map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        })
+        .sum();
     // windowed error (the training condition: 64-frame windows)
     let mut werr = 0.0;
     let mut wvar = 0.0;
@@ -341,7 +422,12 @@ pub fn tokenizer_on_clip(motion: &[Vec<f32>], steps: usize) -> Result<ClipRecon>
             }
         }
     }
-    Ok(ClipRecon { frames: n, window_nmse: werr / wvar, clip_nmse: err / var, codes_used: used.len() })
+    Ok(ClipRecon {
+        frames: n,
+        window_nmse: werr / wvar,
+        clip_nmse: err / var,
+        codes_used: used.len(),
+    })
 }
 
 /// Helper for the results page: does `path` exist as a non-empty file.
@@ -356,9 +442,18 @@ mod tests {
     #[test]
     fn quick_pipeline_trains_generates_and_evaluates() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("frugal-motion-quick-{}", std::process::id()));
-        let size = SizeArgs { out: dir.join("run"), quick: true, generator_steps: None };
-        eval(EvalArgs { size: size.clone(), seeds: "0".into(), results: dir.join("results") })?;
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results/kmm.json"))?)?;
+        let size = SizeArgs {
+            out: dir.join("run"),
+            quick: true,
+            generator_steps: None,
+        };
+        eval(EvalArgs {
+            size: size.clone(),
+            seeds: "0".into(),
+            results: dir.join("results"),
+        })?;
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results/kmm.json"))?)?;
         for k in ["random", "keyframe", "keyframe_align", "transformer"] {
             assert!(j[k]["fid"].as_f64().unwrap().is_finite(), "{k}");
         }

@@ -73,20 +73,90 @@ impl Primitive {
     pub fn phrasings(self) -> &'static [&'static str] {
         use Primitive::*;
         match self {
-            WalkForward => &["walk forward", "a person walks forwards", "move ahead by walking", "walk straight ahead"],
-            WalkBackward => &["walk backward", "a person walks backwards", "step back slowly", "move backwards by walking"],
-            TurnLeft => &["turn left", "a person turns to the left", "rotate to the left", "turn around to the left side"],
-            TurnRight => &["turn right", "a person turns to the right", "rotate to the right", "turn around to the right side"],
-            RaiseLeftArm => &["raise the left arm", "a person lifts the left arm", "put the left hand up", "raise left arm up high"],
-            RaiseRightArm => &["raise the right arm", "a person lifts the right arm", "put the right hand up", "raise right arm up high"],
-            KickLeft => &["kick with the left leg", "a person kicks with the left foot", "left leg kick", "kick forward with the left leg"],
-            KickRight => &["kick with the right leg", "a person kicks with the right foot", "right leg kick", "kick forward with the right leg"],
-            WaveLeft => &["wave the left hand", "a person waves with the left hand", "wave left hand hello", "greet by waving the left hand"],
-            WaveRight => &["wave the right hand", "a person waves with the right hand", "wave right hand hello", "greet by waving the right hand"],
-            StepLeft => &["step to the left", "a person sidesteps left", "move sideways to the left", "side step left"],
-            StepRight => &["step to the right", "a person sidesteps right", "move sideways to the right", "side step right"],
-            Jump => &["jump", "a person jumps up", "jump in place", "hop up into the air"],
-            Sit => &["sit down", "a person sits down", "take a seat", "lower down and sit"],
+            WalkForward => &[
+                "walk forward",
+                "a person walks forwards",
+                "move ahead by walking",
+                "walk straight ahead",
+            ],
+            WalkBackward => &[
+                "walk backward",
+                "a person walks backwards",
+                "step back slowly",
+                "move backwards by walking",
+            ],
+            TurnLeft => &[
+                "turn left",
+                "a person turns to the left",
+                "rotate to the left",
+                "turn around to the left side",
+            ],
+            TurnRight => &[
+                "turn right",
+                "a person turns to the right",
+                "rotate to the right",
+                "turn around to the right side",
+            ],
+            RaiseLeftArm => &[
+                "raise the left arm",
+                "a person lifts the left arm",
+                "put the left hand up",
+                "raise left arm up high",
+            ],
+            RaiseRightArm => &[
+                "raise the right arm",
+                "a person lifts the right arm",
+                "put the right hand up",
+                "raise right arm up high",
+            ],
+            KickLeft => &[
+                "kick with the left leg",
+                "a person kicks with the left foot",
+                "left leg kick",
+                "kick forward with the left leg",
+            ],
+            KickRight => &[
+                "kick with the right leg",
+                "a person kicks with the right foot",
+                "right leg kick",
+                "kick forward with the right leg",
+            ],
+            WaveLeft => &[
+                "wave the left hand",
+                "a person waves with the left hand",
+                "wave left hand hello",
+                "greet by waving the left hand",
+            ],
+            WaveRight => &[
+                "wave the right hand",
+                "a person waves with the right hand",
+                "wave right hand hello",
+                "greet by waving the right hand",
+            ],
+            StepLeft => &[
+                "step to the left",
+                "a person sidesteps left",
+                "move sideways to the left",
+                "side step left",
+            ],
+            StepRight => &[
+                "step to the right",
+                "a person sidesteps right",
+                "move sideways to the right",
+                "side step right",
+            ],
+            Jump => &[
+                "jump",
+                "a person jumps up",
+                "jump in place",
+                "hop up into the air",
+            ],
+            Sit => &[
+                "sit down",
+                "a person sits down",
+                "take a seat",
+                "lower down and sit",
+            ],
         }
     }
 
@@ -152,28 +222,58 @@ fn primitive_frame(p: Primitive, t: usize, n: usize, st: Style) -> Frame {
         }
         TurnLeft | TurnRight => {
             let s = if p == TurnLeft { 1.0 } else { -1.0 };
-            gait(&mut f, u, n, Style { amp: 0.4 * st.amp, speed: st.speed }, 1.0);
+            gait(
+                &mut f,
+                u,
+                n,
+                Style {
+                    amp: 0.4 * st.amp,
+                    speed: st.speed,
+                },
+                1.0,
+            );
             // a quarter to a half turn over the segment, smooth in time
             let total = (PI / 2.0) * (1.0 + 0.6 * (st.amp - 0.85) / 0.3);
             f.dyaw = s * total * (PI * u).sin() * PI / (2.0 * n as f32);
             f.angles[joint("Spine")][2] = s * 0.15 * (PI * u).sin();
         }
         RaiseLeftArm | RaiseRightArm => {
-            let (sh, s) = if p == RaiseLeftArm { ("LeftShoulder", 1.0) } else { ("RightShoulder", -1.0) };
+            let (sh, s) = if p == RaiseLeftArm {
+                ("LeftShoulder", 1.0)
+            } else {
+                ("RightShoulder", -1.0)
+            };
             f.angles[joint(sh)][0] = s * 2.6 * st.amp.min(1.1) * b;
         }
         KickLeft | KickRight => {
-            let (hip, knee, s) = if p == KickLeft { ("LeftHip", "LeftKnee", 1.0) } else { ("RightHip", "RightKnee", -1.0) };
+            let (hip, knee, s) = if p == KickLeft {
+                ("LeftHip", "LeftKnee", 1.0)
+            } else {
+                ("RightHip", "RightKnee", -1.0)
+            };
             let k = (PI * ((u - 0.2) / 0.6).clamp(0.0, 1.0)).sin();
             f.angles[joint(hip)][1] = -1.3 * st.amp * k;
-            f.angles[joint(knee)][1] = 1.2 * (1.0 - (2.0 * PI * ((u - 0.2) / 0.6).clamp(0.0, 1.0)).sin().max(0.0)) * k;
+            f.angles[joint(knee)][1] = 1.2
+                * (1.0
+                    - (2.0 * PI * ((u - 0.2) / 0.6).clamp(0.0, 1.0))
+                        .sin()
+                        .max(0.0))
+                * k;
             // lean back and swing the opposite arm
             f.angles[joint("Spine")][1] = 0.2 * k;
-            let other = if s > 0.0 { "RightShoulder" } else { "LeftShoulder" };
+            let other = if s > 0.0 {
+                "RightShoulder"
+            } else {
+                "LeftShoulder"
+            };
             f.angles[joint(other)][1] = -0.5 * k;
         }
         WaveLeft | WaveRight => {
-            let (sh, el, s) = if p == WaveLeft { ("LeftShoulder", "LeftElbow", 1.0) } else { ("RightShoulder", "RightElbow", -1.0) };
+            let (sh, el, s) = if p == WaveLeft {
+                ("LeftShoulder", "LeftElbow", 1.0)
+            } else {
+                ("RightShoulder", "RightElbow", -1.0)
+            };
             f.angles[joint(sh)][0] = s * 2.4 * b;
             let osc = (2.0 * PI * 3.0 * st.speed * u).sin();
             f.angles[joint(el)][0] = s * (0.5 + 0.4 * st.amp * osc) * b;
@@ -189,7 +289,8 @@ fn primitive_frame(p: Primitive, t: usize, n: usize, st: Style) -> Frame {
         }
         Jump => {
             // crouch, take off, flight, land
-            let crouch = (PI * (u / 0.35).clamp(0.0, 1.0)).sin().max(0.0) + (PI * ((u - 0.7) / 0.3).clamp(0.0, 1.0)).sin().max(0.0);
+            let crouch = (PI * (u / 0.35).clamp(0.0, 1.0)).sin().max(0.0)
+                + (PI * ((u - 0.7) / 0.3).clamp(0.0, 1.0)).sin().max(0.0);
             let flight = (PI * ((u - 0.35) / 0.35).clamp(0.0, 1.0)).sin();
             f.height = STAND_HEIGHT - 15.0 * crouch + 30.0 * st.amp * flight;
             for (h, k) in [("LeftHip", "LeftKnee"), ("RightHip", "RightKnee")] {
@@ -348,7 +449,9 @@ pub struct Dataset {
 pub fn build_dataset(seed: u64, n_train: usize, n_test: usize, cfg: &DataConfig) -> Dataset {
     let mk = |offset: u64, n: usize, d: bool| {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(offset));
-        (0..n).map(|_| random_sequence(cfg, d, &mut rng)).collect::<Vec<_>>()
+        (0..n)
+            .map(|_| random_sequence(cfg, d, &mut rng))
+            .collect::<Vec<_>>()
     };
     Dataset {
         train: mk(1, n_train, false),
@@ -377,7 +480,10 @@ mod tests {
         }
         for s in &ds.test_d {
             assert!(s.segments.iter().all(|g| g.primitive.side().is_some()));
-            assert!(s.segments.iter().all(|g| g.text.contains("left") || g.text.contains("right")));
+            assert!(s
+                .segments
+                .iter()
+                .all(|g| g.text.contains("left") || g.text.contains("right")));
         }
         for p in Primitive::ALL {
             assert!(p.phrasings().len() >= 3);
@@ -405,7 +511,9 @@ mod tests {
         assert!(sl.last().unwrap().root[0] > 10.0);
         let ra = run(Primitive::RaiseLeftArm, &mut rng);
         let mid = forward_kinematics(&ra[30]);
-        assert!(mid[crate::skeleton::joint("LeftWrist")][1] > mid[crate::skeleton::joint("Head")][1]);
+        assert!(
+            mid[crate::skeleton::joint("LeftWrist")][1] > mid[crate::skeleton::joint("Head")][1]
+        );
         let rr = run(Primitive::RaiseRightArm, &mut rng);
         let mid = forward_kinematics(&rr[30]);
         let rw = mid[crate::skeleton::joint("RightWrist")];

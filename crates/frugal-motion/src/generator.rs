@@ -19,13 +19,17 @@ use frugal_nn::mamba::{BiMambaLayer, MambaConfig};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum Backbone {
     Mamba,
     Transformer,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum Masking {
     /// Random positions (the MoMask baseline).
     Random,
@@ -140,7 +144,9 @@ impl TransformerLayer {
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
         let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let x = (x + self.proj.forward(&o)?)?;
-        let h = self.fc2.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?)?;
+        let h = self
+            .fc2
+            .forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?)?;
         Ok((x + h)?)
     }
     fn param_count(d: usize) -> usize {
@@ -202,7 +208,9 @@ impl MaskedGenerator {
         let layers = match cfg.backbone {
             Backbone::Mamba => Layers::Mamba(
                 (0..cfg.layers)
-                    .map(|l| BiMambaLayer::new(MambaConfig::with_d_model(d), vb.pp(format!("layer{l}"))))
+                    .map(|l| {
+                        BiMambaLayer::new(MambaConfig::with_d_model(d), vb.pp(format!("layer{l}")))
+                    })
                     .collect::<candle_core::Result<_>>()?,
             ),
             Backbone::Transformer => Layers::Transformer(
@@ -243,7 +251,13 @@ impl MaskedGenerator {
     }
 
     /// tokens `(B, S)`, text `(B, text_dim)`, keep_text `(B)` of 0/1 → logits `(B, S, K)`.
-    pub fn forward(&self, tokens: &Tensor, text: &Tensor, keep_text: &Tensor, fused: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        text: &Tensor,
+        keep_text: &Tensor,
+        fused: bool,
+    ) -> Result<Tensor> {
         let (b, s) = tokens.dims2()?;
         let d = self.cfg.d_model;
         let tok = self.tok_emb.forward(tokens)?;
@@ -259,7 +273,11 @@ impl MaskedGenerator {
         match &self.layers {
             Layers::Mamba(ls) => {
                 for l in ls {
-                    x = if fused { l.forward_fused(&x)? } else { l.forward(&x)? };
+                    x = if fused {
+                        l.forward_fused(&x)?
+                    } else {
+                        l.forward(&x)?
+                    };
                 }
             }
             Layers::Transformer(ls) => {
@@ -295,7 +313,13 @@ impl MaskedGenerator {
     }
 
     /// The masked-token loss on a batch (see the module doc).
-    pub fn loss<R: Rng>(&self, items: &[Item], masking: Masking, rng: &mut R, dev: &Device) -> Result<Tensor> {
+    pub fn loss<R: Rng>(
+        &self,
+        items: &[Item],
+        masking: Masking,
+        rng: &mut R,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let k = self.cfg.codebook_size as u32;
         let off = 1 + self.cfg.ctx_tokens;
         let s = self.cfg.seq_len();
@@ -308,7 +332,9 @@ impl MaskedGenerator {
                 bail!("segment of {l} tokens (max {})", self.cfg.max_tokens);
             }
             let u: f64 = rng.gen();
-            let n = ((std::f64::consts::FRAC_PI_2 * u).cos() * l as f64).ceil().clamp(1.0, l as f64) as usize;
+            let n = ((std::f64::consts::FRAC_PI_2 * u).cos() * l as f64)
+                .ceil()
+                .clamp(1.0, l as f64) as usize;
             let chosen: Vec<usize> = match masking {
                 Masking::Random => {
                     let mut p: Vec<usize> = (0..l).collect();
@@ -334,7 +360,15 @@ impl MaskedGenerator {
         let rows = self.layout(items, &inputs);
         let b = items.len();
         let tokens = Tensor::from_vec(rows, (b, s), dev)?;
-        let keep: Vec<f32> = (0..b).map(|_| if rng.gen::<f64>() < self.cfg.cond_drop { 0.0 } else { 1.0 }).collect();
+        let keep: Vec<f32> = (0..b)
+            .map(|_| {
+                if rng.gen::<f64>() < self.cfg.cond_drop {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
         let keep = Tensor::from_vec(keep, b, dev)?;
         let logits = self.forward(&tokens, &Self::text_tensor(items, dev)?, &keep, false)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
@@ -347,7 +381,13 @@ impl MaskedGenerator {
 
     /// Fills in the segment tokens of every item (their `target` gives only the length) by
     /// iterative confidence-based decoding with classifier-free guidance.
-    pub fn generate<R: Rng>(&self, items: &[Item], opts: &DecodeOptions, rng: &mut R, dev: &Device) -> Result<Vec<Vec<u32>>> {
+    pub fn generate<R: Rng>(
+        &self,
+        items: &[Item],
+        opts: &DecodeOptions,
+        rng: &mut R,
+        dev: &Device,
+    ) -> Result<Vec<Vec<u32>>> {
         let b = items.len();
         let s = self.cfg.seq_len();
         let off = 1 + self.cfg.ctx_tokens;
@@ -360,7 +400,13 @@ impl MaskedGenerator {
         let mut fixed: Vec<Vec<bool>> = lens.iter().map(|&l| vec![false; l]).collect();
         let text = Self::text_tensor(items, dev)?;
         let text2 = Tensor::cat(&[&text, &text], 0)?;
-        let keep = Tensor::cat(&[Tensor::ones(b, DType::F32, dev)?, Tensor::zeros(b, DType::F32, dev)?], 0)?;
+        let keep = Tensor::cat(
+            &[
+                Tensor::ones(b, DType::F32, dev)?,
+                Tensor::zeros(b, DType::F32, dev)?,
+            ],
+            0,
+        )?;
         let fused = self.cfg.backbone == Backbone::Mamba;
         let top_k = ((kk as f64 * opts.top_k_frac).ceil() as usize).max(1);
         for step in 0..opts.steps {
@@ -476,7 +522,13 @@ mod tests {
             cfg.ctx_tokens = 2;
             cfg.cond_drop = 0.0;
             let g = MaskedGenerator::new(cfg, vb)?;
-            let tc = crate::train::TrainConfig { steps: 120, lr: 1e-2, warmup: 10, weight_decay: 0.0, checkpoint_every: 1000 };
+            let tc = crate::train::TrainConfig {
+                steps: 120,
+                lr: 1e-2,
+                warmup: 10,
+                weight_decay: 0.0,
+                checkpoint_every: 1000,
+            };
             let losses = crate::train::train_loop(&varmap, &tc, None, "toy", |_| {
                 let items = toy_items(16, &mut rng);
                 g.loss(&items, Masking::Random, &mut rng, &dev)
@@ -484,7 +536,15 @@ mod tests {
             let (first, last) = crate::train::loss_drop(&losses, 10);
             assert!(last < 0.3 * first, "{backbone:?}: loss {first} -> {last}");
             let items = toy_items(8, &mut rng);
-            let out = g.generate(&items, &DecodeOptions { guidance: 1.0, ..Default::default() }, &mut rng, &dev)?;
+            let out = g.generate(
+                &items,
+                &DecodeOptions {
+                    guidance: 1.0,
+                    ..Default::default()
+                },
+                &mut rng,
+                &dev,
+            )?;
             let mut right = 0;
             let mut total = 0;
             for (it, o) in items.iter().zip(&out) {
@@ -492,7 +552,10 @@ mod tests {
                 right += o.iter().zip(&it.target).filter(|(a, b)| a == b).count();
                 total += o.len();
             }
-            assert!(right as f32 > 0.8 * total as f32, "{backbone:?}: {right}/{total}");
+            assert!(
+                right as f32 > 0.8 * total as f32,
+                "{backbone:?}: {right}/{total}"
+            );
         }
         Ok(())
     }

@@ -84,8 +84,17 @@ mod tests {
         // points at exactly 0 and 10
         let pts = [0.0f32, 0.3, -0.3, 0.5, -0.5, 10.0, 10.3, 9.7, 10.5];
         let x: Vec<Vec<f32>> = pts.iter().map(|&p| vec![p, 0.0]).collect();
-        let order = keyframe_order(&x, &KeyframeConfig::default());
+        // with a bandwidth at the within-cluster scale the centres win
+        let narrow = KeyframeConfig {
+            bandwidth_scale: 0.01,
+        };
+        let order = keyframe_order(&x, &narrow);
         let top2: std::collections::BTreeSet<usize> = order[..2].iter().copied().collect();
         assert_eq!(top2, [0usize, 5].into_iter().collect());
+        // with the default (median) bandwidth, density is global: the top two are still one
+        // per cluster, but each is the member nearest the other cluster
+        let order = keyframe_order(&x, &KeyframeConfig::default());
+        let (a, b) = (order[0].min(order[1]), order[0].max(order[1]));
+        assert!(a < 5 && b >= 5, "{order:?}");
     }
 }

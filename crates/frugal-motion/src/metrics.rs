@@ -46,12 +46,21 @@ pub fn fid(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
 }
 
 fn dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
 }
 
 /// R-precision at 1, 2, 3: for each motion, its own text among itself and 31 others drawn from
 /// the other rows, ranked by distance. `motion[i]` pairs with `text[i]`.
-pub fn r_precision<R: Rng>(motion: &[Vec<f32>], text: &[Vec<f32>], pool: usize, rng: &mut R) -> [f64; 3] {
+pub fn r_precision<R: Rng>(
+    motion: &[Vec<f32>],
+    text: &[Vec<f32>],
+    pool: usize,
+    rng: &mut R,
+) -> [f64; 3] {
     let n = motion.len();
     let mut hits = [0usize; 3];
     for i in 0..n {
@@ -59,7 +68,10 @@ pub fn r_precision<R: Rng>(motion: &[Vec<f32>], text: &[Vec<f32>], pool: usize, 
         others.shuffle(rng);
         others.truncate(pool - 1);
         let d_true = dist(&motion[i], &text[i]);
-        let rank = others.iter().filter(|&&j| dist(&motion[i], &text[j]) < d_true).count();
+        let rank = others
+            .iter()
+            .filter(|&&j| dist(&motion[i], &text[j]) < d_true)
+            .count();
         for (k, h) in hits.iter_mut().enumerate() {
             if rank <= k {
                 *h += 1;
@@ -71,7 +83,12 @@ pub fn r_precision<R: Rng>(motion: &[Vec<f32>], text: &[Vec<f32>], pool: usize, 
 
 /// Mean distance between each motion and its own text.
 pub fn mm_dist(motion: &[Vec<f32>], text: &[Vec<f32>]) -> f64 {
-    motion.iter().zip(text).map(|(m, t)| dist(m, t) as f64).sum::<f64>() / motion.len() as f64
+    motion
+        .iter()
+        .zip(text)
+        .map(|(m, t)| dist(m, t) as f64)
+        .sum::<f64>()
+        / motion.len() as f64
 }
 
 /// Mean distance between `pairs` random pairs of motions.
@@ -117,14 +134,20 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn gauss(n: usize, mean: [f32; 2], sd: [f32; 2], rng: &mut rand::rngs::StdRng) -> Vec<Vec<f32>> {
+    fn gauss(
+        n: usize,
+        mean: [f32; 2],
+        sd: [f32; 2],
+        rng: &mut rand::rngs::StdRng,
+    ) -> Vec<Vec<f32>> {
         (0..n)
             .map(|_| {
                 (0..2)
                     .map(|k| {
                         let u1: f32 = rng.gen_range(1e-7..1.0);
                         let u2: f32 = rng.gen();
-                        mean[k] + sd[k] * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                        mean[k]
+                            + sd[k] * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
                     })
                     .collect()
             })

@@ -54,14 +54,24 @@ fn draw_pose(p: &Pose, trail: &[[f32; 3]]) -> RgbImage {
     let mut img = RgbImage::from_pixel(W, H, Rgb([250, 250, 250]));
     let centre = [p.root[0], 0.0, p.root[2]];
     let floor = |q: [f32; 3]| project([q[0], 0.0, q[2]], centre);
-    line(&mut img, floor([centre[0] - 60.0, 0.0, centre[2]]), floor([centre[0] + 60.0, 0.0, centre[2]]), Rgb([210, 210, 210]));
+    line(
+        &mut img,
+        floor([centre[0] - 60.0, 0.0, centre[2]]),
+        floor([centre[0] + 60.0, 0.0, centre[2]]),
+        Rgb([210, 210, 210]),
+    );
     for w in trail.windows(2) {
         line(&mut img, floor(w[0]), floor(w[1]), Rgb([160, 160, 160]));
     }
     let pos = forward_kinematics(p);
     for j in 1..N_JOINTS {
         let par = JOINTS[j].parent.unwrap();
-        line(&mut img, project(pos[par], centre), project(pos[j], centre), colour(j));
+        line(
+            &mut img,
+            project(pos[par], centre),
+            project(pos[j], centre),
+            colour(j),
+        );
     }
     img
 }
@@ -73,7 +83,11 @@ pub fn strip(poses: &[Pose], panels: usize) -> Result<RgbImage> {
     }
     let mut out = RgbImage::from_pixel(W * panels as u32, H, Rgb([255, 255, 255]));
     for k in 0..panels {
-        let t = if panels == 1 { 0 } else { k * (poses.len() - 1) / (panels - 1) };
+        let t = if panels == 1 {
+            0
+        } else {
+            k * (poses.len() - 1) / (panels - 1)
+        };
         let trail: Vec<[f32; 3]> = poses[..=t].iter().map(|p| p.root).collect();
         let img = draw_pose(&poses[t], &trail);
         image::imageops::overlay(&mut out, &img, (k as u32 * W) as i64, 0);
@@ -98,7 +112,8 @@ pub fn write_gif(path: &Path, poses: &[Pose], every: usize) -> Result<()> {
     if poses.is_empty() {
         bail!("nothing to draw");
     }
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut enc = GifEncoder::new_with_speed(file, 10);
     enc.set_repeat(Repeat::Infinite)?;
     let every = every.max(1);

@@ -20,23 +20,91 @@ pub struct Joint {
 }
 
 pub const JOINTS: [Joint; 17] = [
-    Joint { name: "Hips", parent: None, offset: [0.0, 0.0, 0.0] },
-    Joint { name: "Spine", parent: Some(0), offset: [0.0, 10.0, 0.0] },
-    Joint { name: "Chest", parent: Some(1), offset: [0.0, 20.0, 0.0] },
-    Joint { name: "Neck", parent: Some(2), offset: [0.0, 20.0, 0.0] },
-    Joint { name: "Head", parent: Some(3), offset: [0.0, 10.0, 0.0] },
-    Joint { name: "LeftShoulder", parent: Some(2), offset: [18.0, 15.0, 0.0] },
-    Joint { name: "LeftElbow", parent: Some(5), offset: [0.0, -28.0, 0.0] },
-    Joint { name: "LeftWrist", parent: Some(6), offset: [0.0, -25.0, 0.0] },
-    Joint { name: "RightShoulder", parent: Some(2), offset: [-18.0, 15.0, 0.0] },
-    Joint { name: "RightElbow", parent: Some(8), offset: [0.0, -28.0, 0.0] },
-    Joint { name: "RightWrist", parent: Some(9), offset: [0.0, -25.0, 0.0] },
-    Joint { name: "LeftHip", parent: Some(0), offset: [10.0, 0.0, 0.0] },
-    Joint { name: "LeftKnee", parent: Some(11), offset: [0.0, -45.0, 0.0] },
-    Joint { name: "LeftAnkle", parent: Some(12), offset: [0.0, -43.0, 0.0] },
-    Joint { name: "RightHip", parent: Some(0), offset: [-10.0, 0.0, 0.0] },
-    Joint { name: "RightKnee", parent: Some(14), offset: [0.0, -45.0, 0.0] },
-    Joint { name: "RightAnkle", parent: Some(15), offset: [0.0, -43.0, 0.0] },
+    Joint {
+        name: "Hips",
+        parent: None,
+        offset: [0.0, 0.0, 0.0],
+    },
+    Joint {
+        name: "Spine",
+        parent: Some(0),
+        offset: [0.0, 10.0, 0.0],
+    },
+    Joint {
+        name: "Chest",
+        parent: Some(1),
+        offset: [0.0, 20.0, 0.0],
+    },
+    Joint {
+        name: "Neck",
+        parent: Some(2),
+        offset: [0.0, 20.0, 0.0],
+    },
+    Joint {
+        name: "Head",
+        parent: Some(3),
+        offset: [0.0, 10.0, 0.0],
+    },
+    Joint {
+        name: "LeftShoulder",
+        parent: Some(2),
+        offset: [18.0, 15.0, 0.0],
+    },
+    Joint {
+        name: "LeftElbow",
+        parent: Some(5),
+        offset: [0.0, -28.0, 0.0],
+    },
+    Joint {
+        name: "LeftWrist",
+        parent: Some(6),
+        offset: [0.0, -25.0, 0.0],
+    },
+    Joint {
+        name: "RightShoulder",
+        parent: Some(2),
+        offset: [-18.0, 15.0, 0.0],
+    },
+    Joint {
+        name: "RightElbow",
+        parent: Some(8),
+        offset: [0.0, -28.0, 0.0],
+    },
+    Joint {
+        name: "RightWrist",
+        parent: Some(9),
+        offset: [0.0, -25.0, 0.0],
+    },
+    Joint {
+        name: "LeftHip",
+        parent: Some(0),
+        offset: [10.0, 0.0, 0.0],
+    },
+    Joint {
+        name: "LeftKnee",
+        parent: Some(11),
+        offset: [0.0, -45.0, 0.0],
+    },
+    Joint {
+        name: "LeftAnkle",
+        parent: Some(12),
+        offset: [0.0, -43.0, 0.0],
+    },
+    Joint {
+        name: "RightHip",
+        parent: Some(0),
+        offset: [-10.0, 0.0, 0.0],
+    },
+    Joint {
+        name: "RightKnee",
+        parent: Some(14),
+        offset: [0.0, -45.0, 0.0],
+    },
+    Joint {
+        name: "RightAnkle",
+        parent: Some(15),
+        offset: [0.0, -43.0, 0.0],
+    },
 ];
 
 pub const N_JOINTS: usize = JOINTS.len();
@@ -46,7 +114,10 @@ pub const FEATURE_DIM: usize = 4 + 3 * (N_JOINTS - 1);
 
 /// Index of a joint by name.
 pub fn joint(name: &str) -> usize {
-    JOINTS.iter().position(|j| j.name == name).expect("known joint")
+    JOINTS
+        .iter()
+        .position(|j| j.name == name)
+        .expect("known joint")
 }
 
 /// One frame in absolute terms: root position and yaw, and per-joint Euler angles (radians,
@@ -191,7 +262,10 @@ mod tests {
             poses[t].root = [prev[0] + 2.0 * s, 90.0, prev[2] + 2.0 * c];
         }
         poses[0].root[1] = 90.0;
-        let feats: Vec<Vec<f32>> = poses_to_features(&poses).iter().map(|f| f.to_vec()).collect();
+        let feats: Vec<Vec<f32>> = poses_to_features(&poses)
+            .iter()
+            .map(|f| f.to_vec())
+            .collect();
         let back = features_to_poses(&feats);
         for (a, b) in poses.iter().zip(&back) {
             let pa = forward_kinematics(a);

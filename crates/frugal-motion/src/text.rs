@@ -119,7 +119,11 @@ impl FrozenTextEncoder {
 }
 
 fn l2n(x: &Tensor) -> candle_core::Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-6, f64::MAX)?;
+    let n = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-6, f64::MAX)?;
     x.broadcast_div(&n)
 }
 
@@ -167,7 +171,13 @@ pub struct MotionEncoder {
 }
 
 impl MotionEncoder {
-    pub fn new(in_dim: usize, width: usize, out: usize, normalize: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        width: usize,
+        out: usize,
+        normalize: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let p1 = Conv1dConfig {
             padding: 1,
             ..Default::default()
@@ -227,11 +237,18 @@ pub fn resample(x: &[Vec<f32>], len: usize) -> Vec<Vec<f32>> {
     let t = x.len();
     (0..len)
         .map(|i| {
-            let pos = if len == 1 { 0.0 } else { i as f32 * (t - 1) as f32 / (len - 1) as f32 };
+            let pos = if len == 1 {
+                0.0
+            } else {
+                i as f32 * (t - 1) as f32 / (len - 1) as f32
+            };
             let a = pos.floor() as usize;
             let b = (a + 1).min(t - 1);
             let w = pos - a as f32;
-            x[a].iter().zip(&x[b]).map(|(p, q)| (1.0 - w) * p + w * q).collect()
+            x[a].iter()
+                .zip(&x[b])
+                .map(|(p, q)| (1.0 - w) * p + w * q)
+                .collect()
         })
         .collect()
 }
@@ -241,7 +258,10 @@ pub fn batch_tensor(windows: &[Vec<Vec<f32>>], dev: &Device) -> Result<Tensor> {
     let b = windows.len();
     let t = windows[0].len();
     let c = windows[0][0].len();
-    let flat: Vec<f32> = windows.iter().flat_map(|w| w.iter().flatten().copied()).collect();
+    let flat: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| w.iter().flatten().copied())
+        .collect();
     Ok(Tensor::from_vec(flat, (b, t, c), dev)?.to_dtype(DType::F32)?)
 }
 

@@ -181,8 +181,7 @@ impl MambaBlock {
             "conv1d.weight",
             Init::Uniform { lo: -cb, up: cb },
         )?;
-        let conv_bias =
-            vb.get_with_hints(di, "conv1d.bias", Init::Uniform { lo: -cb, up: cb })?;
+        let conv_bias = vb.get_with_hints(di, "conv1d.bias", Init::Uniform { lo: -cb, up: cb })?;
         let x_proj = linear_init(di, r + 2 * n, false, &vb.pp("x_proj"))?;
         let dt_w = vb.pp("dt_proj").get_with_hints(
             (di, r),
@@ -247,7 +246,12 @@ impl MambaBlock {
         }
         let u = candle_nn::ops::silu(&conv)?;
         let xdbl = u.apply(&self.x_proj)?;
-        let delta = softplus(&xdbl.narrow(D::Minus1, 0, r)?.contiguous()?.apply(&self.dt_proj)?)?;
+        let delta = softplus(
+            &xdbl
+                .narrow(D::Minus1, 0, r)?
+                .contiguous()?
+                .apply(&self.dt_proj)?,
+        )?;
         let b = xdbl.narrow(D::Minus1, r, n)?.contiguous()?;
         let c = xdbl.narrow(D::Minus1, r + n, n)?.contiguous()?;
         let a = self.a_log.exp()?.neg()?;
@@ -303,7 +307,11 @@ impl MambaBlock {
         let di = self.cfg.d_inner();
         let n = self.cfg.d_state;
         let s = self.scan_inputs(xs)?;
-        let delta = s.delta.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let delta = s
+            .delta
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let u = s.u.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bm = s.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let cm = s.c.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -381,7 +389,10 @@ impl BiMamba {
         self.fwd.forward(xs)? + back
     }
     pub fn forward_fused(&self, xs: &Tensor) -> Result<Tensor> {
-        let back = self.bwd.forward_fused(&xs.flip(&[1])?.contiguous()?)?.flip(&[1])?;
+        let back = self
+            .bwd
+            .forward_fused(&xs.flip(&[1])?.contiguous()?)?
+            .flip(&[1])?;
         self.fwd.forward_fused(xs)? + back
     }
     pub fn param_count(&self) -> usize {
@@ -479,20 +490,24 @@ mod tests {
         // which only works for batch 1, so compare one sequence at a time
         let (b, t) = (1, 11);
         for seed in [7u64, 8] {
-        let x = rand_input(b, t, d_model, seed);
-        let y_ours = ours.forward(&x)?;
-        let mut state = candle_transformers::models::mamba::State::new(b, &cfg, DType::F32, &dev)?;
-        let mut steps = Vec::new();
-        for step in 0..t {
-            let xt = x.narrow(1, step, 1)?.squeeze(1)?;
-            steps.push(theirs.forward(&xt, &mut state)?.unsqueeze(1)?);
-            state.pos += 1;
-        }
-        let y_theirs = Tensor::cat(&steps, 1)?;
-        let diff = max_abs_diff(&y_ours, &y_theirs);
-        let scale = y_theirs.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(scale > 1e-3, "degenerate output");
-        assert!(diff < 1e-4 * scale.max(1.0), "max diff {diff} (scale {scale})");
+            let x = rand_input(b, t, d_model, seed);
+            let y_ours = ours.forward(&x)?;
+            let mut state =
+                candle_transformers::models::mamba::State::new(b, &cfg, DType::F32, &dev)?;
+            let mut steps = Vec::new();
+            for step in 0..t {
+                let xt = x.narrow(1, step, 1)?.squeeze(1)?;
+                steps.push(theirs.forward(&xt, &mut state)?.unsqueeze(1)?);
+                state.pos += 1;
+            }
+            let y_theirs = Tensor::cat(&steps, 1)?;
+            let diff = max_abs_diff(&y_ours, &y_theirs);
+            let scale = y_theirs.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(scale > 1e-3, "degenerate output");
+            assert!(
+                diff < 1e-4 * scale.max(1.0),
+                "max diff {diff} (scale {scale})"
+            );
         }
         Ok(())
     }
@@ -525,10 +540,16 @@ mod tests {
         let x2 = Tensor::cat(&[x.narrow(1, 0, 9)?, last], 1)?;
         let c1 = block.forward(&x)?.narrow(1, 0, 9)?;
         let c2 = block.forward(&x2)?.narrow(1, 0, 9)?;
-        assert!(max_abs_diff(&c1, &c2) < 1e-6, "causal block leaked the future");
+        assert!(
+            max_abs_diff(&c1, &c2) < 1e-6,
+            "causal block leaked the future"
+        );
         let b1 = bi.forward(&x)?.narrow(1, 0, 1)?;
         let b2 = bi.forward(&x2)?.narrow(1, 0, 1)?;
-        assert!(max_abs_diff(&b1, &b2) > 1e-6, "bidirectional block ignored the future");
+        assert!(
+            max_abs_diff(&b1, &b2) > 1e-6,
+            "bidirectional block ignored the future"
+        );
         Ok(())
     }
 
@@ -558,7 +579,9 @@ mod tests {
             if step == 0 {
                 let grads = loss.backward()?;
                 for v in &vars {
-                    let g = grads.get(v.as_tensor()).expect("parameter without gradient");
+                    let g = grads
+                        .get(v.as_tensor())
+                        .expect("parameter without gradient");
                     assert_eq!(g.dims(), v.dims());
                     let gn = g.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
                     assert!(gn > 0.0, "zero gradient");

@@ -138,7 +138,10 @@ impl VectorQuantizer {
         let dev = self.books[0].embed.device().clone();
         let mut out = Tensor::zeros((n, self.cfg.dim), DType::F32, &dev)?;
         for (l, b) in self.books.iter().enumerate() {
-            let idx: Vec<u32> = codes.iter().map(|c| c.get(l).copied().unwrap_or(0)).collect();
+            let idx: Vec<u32> = codes
+                .iter()
+                .map(|c| c.get(l).copied().unwrap_or(0))
+                .collect();
             let idx = Tensor::from_vec(idx, n, &dev)?;
             out = (out + b.embed.as_tensor().detach().index_select(&idx, 0)?)?;
         }
@@ -205,7 +208,8 @@ impl VectorQuantizer {
         for c in 0..k {
             ema_count[c] = decay * ema_count[c] + (1.0 - decay) * count[c];
             for d in 0..dim {
-                ema_sum[c * dim + d] = decay * ema_sum[c * dim + d] + (1.0 - decay) * sum[c * dim + d];
+                ema_sum[c * dim + d] =
+                    decay * ema_sum[c * dim + d] + (1.0 - decay) * sum[c * dim + d];
             }
         }
         let mut embed = vec![0f32; k * dim];
@@ -333,7 +337,11 @@ mod tests {
         assert!(ones.iter().all(|v| (v - 1.0).abs() < 1e-6));
         // decode_codes reproduces the forward value
         let dec = vq.decode_codes(&q.codes)?;
-        let diff = (dec - q.z_q.detach())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let diff = (dec - q.z_q.detach())?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5);
         Ok(())
     }

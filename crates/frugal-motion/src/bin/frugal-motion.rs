@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use frugal_motion::cli;
 
 #[derive(Parser)]
-#[command(name = "frugal-motion", about = "Long text-to-motion with KMM (key-frame masked Mamba)")]
+#[command(
+    name = "frugal-motion",
+    about = "Long text-to-motion with KMM (key-frame masked Mamba)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -181,6 +181,9 @@ pub struct EvalArgs {
     /// Folder for kmm.json and the raw per-run data (kmm-data/).
     #[arg(long, default_value = "docs/results")]
     pub results: PathBuf,
+    /// Only aggregate runs that exist (never train a missing one).
+    #[arg(long)]
+    pub existing_only: bool,
 }
 
 fn agg(runs: &[&RunMetrics], f: impl Fn(&RunMetrics) -> f64) -> serde_json::Value {
@@ -204,6 +207,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             let p = run_dir(&args.size.out, v, s).join("metrics.json");
             let m = if p.is_file() {
                 serde_json::from_str(&std::fs::read_to_string(&p)?)?
+            } else if args.existing_only {
+                continue;
             } else {
                 run_variant(&prep, &args.size.out, v, s)?
             };
@@ -241,6 +246,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     for v in Variant::ALL {
         let runs: Vec<&RunMetrics> = all.iter().filter(|r| r.variant == v.key()).collect();
+        if runs.is_empty() {
+            println!("| {} | not run | | | | | | | | | | | |", v.key());
+            continue;
+        }
         let fid = agg(&runs, |r| r.full.fid);
         let e = serde_json::json!({
             "fid": fid["mean"], "fid_ci": fid["ci95"],
@@ -451,6 +460,7 @@ mod tests {
             size: size.clone(),
             seeds: "0".into(),
             results: dir.join("results"),
+            existing_only: false,
         })?;
         let j: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("results/kmm.json"))?)?;

@@ -312,7 +312,7 @@ mod tests {
             .map(|s| s.features.iter().map(|f| f.to_vec()).collect())
             .collect();
         let vm = VarMap::new();
-        let mut cfg = TokenizerConfig::for_dim(crate::skeleton::FEATURE_DIM);
+        let cfg = TokenizerConfig::for_dim(crate::skeleton::FEATURE_DIM);
         let tok = MotionTokenizer::new(cfg, &vm, &dev)?;
         tok.fit_normalization(&seqs.iter().flatten().cloned().collect::<Vec<_>>())?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);

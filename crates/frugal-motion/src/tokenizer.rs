@@ -162,7 +162,13 @@ impl MotionTokenizer {
                 var[k] += (f[k] - mean[k]).powi(2) / n;
             }
         }
-        let std: Vec<f32> = var.iter().map(|v| v.sqrt().max(1e-3)).collect();
+        // A channel that barely moves in the fitting set must not be blown up by its tiny
+        // spread: the floor is a share of the channels' typical spread (ours: 5 % of the
+        // median), never below 1e-3.
+        let mut spread: Vec<f32> = var.iter().map(|v| v.sqrt()).collect();
+        spread.sort_by(f32::total_cmp);
+        let floor = (0.05 * spread.get(spread.len() / 2).copied().unwrap_or(0.0)).max(1e-3);
+        let std: Vec<f32> = var.iter().map(|v| v.sqrt().max(floor)).collect();
         candle_core::Var::from_tensor(&self.mean)?
             .set(&Tensor::new(mean.as_slice(), self.mean.device())?)?;
         candle_core::Var::from_tensor(&self.std)?

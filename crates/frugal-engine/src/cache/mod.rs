@@ -283,7 +283,16 @@ pub trait CachePolicy: Send {
     fn resident_bytes(&self) -> usize;
     /// Drops everything (a new sequence starts).
     fn reset(&mut self);
+    /// No later query of `layer` will read keys at positions before `position` (a
+    /// sliding-window layer: the model says so after each call). A policy may free them; the
+    /// default keeps them, which stays correct because the attention step enforces the window,
+    /// but then [`CachePolicy::resident_bytes`] counts keys no query can use.
+    fn forget_before(&mut self, _layer: usize, _position: u32) {}
 }
+
+/// Rows a sliding-window layer lets pile up beyond its window before [`FullCache`] compacts
+/// them away (ours): dropping one row per decode step would move the whole window each step.
+pub const FORGET_SLACK: usize = 32;
 
 /// Keeps every token of every head at full precision: the dense reference.
 #[derive(Clone, Debug)]
@@ -322,6 +331,15 @@ impl CachePolicy for FullCache {
 
     fn reset(&mut self) {
         self.store.clear();
+    }
+
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        for g in 0..self.store.layout.n_kv_heads {
+            let head = self.store.head_mut(layer, g);
+            if head.positions.partition_point(|&p| p < position) >= FORGET_SLACK {
+                head.retain(|p| p >= position);
+            }
+        }
     }
 }
 

@@ -132,7 +132,7 @@ fn gemma3_windows_are_shown_to_policies_and_free_the_full_store() {
         assert_eq!(w, windows[layer], "layer {layer}");
     }
     // Sliding layers hold at most window + slack rows; the global layer holds every token.
-    let row = 2 * cfg.head_dim * 4 + 4;
+    let row = 2 * cfg.head_dim * frugal_engine::cache::KvDtype::default().bytes() + 4;
     let total = n + 3;
     let global = total * row * cfg.n_kv_heads;
     let sliding_max = 2 * (TINY_WINDOW + FORGET_SLACK) * row * cfg.n_kv_heads;

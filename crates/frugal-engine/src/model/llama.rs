@@ -102,10 +102,10 @@ pub trait TensorSource {
 pub const DEFAULT_DEQUANT_ROWS: usize = 32;
 
 /// A projection `y = x · Wᵀ`.
-struct Linear(QMatMul);
+pub(crate) struct Linear(pub(crate) QMatMul);
 
 impl Linear {
-    fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
         match &self.0 {
             QMatMul::QTensor(q) if x.dim(0)? >= dequant_rows => {
                 let w = q.dequantize(&Device::Cpu)?;
@@ -306,6 +306,7 @@ impl Llama {
                 layer,
                 n_layers: self.cfg.n_layers,
                 structure: seq.structure.as_deref(),
+                window: None,
             };
             if let Some(keep) = seq
                 .attention
@@ -398,7 +399,7 @@ impl Llama {
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last dimension.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
     let inv = (mean_sq + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)

@@ -162,7 +162,7 @@ impl DigitNet {
                     )?,
                     block: TransformerBlock::new(*embed, *heads, 2, vb.pp("block"))?,
                     ln: layers::layer_norm(*embed, 1e-5, vb.pp("ln"))?,
-                    head: layers::linear(*embed, 10, vb.pp("head"))?,
+                    head: layers::linear(t * embed, 10, vb.pp("head"))?,
                 }
             }
             DigitArch::Cnn3x3 { c1, c2 } => Body::Cnn {
@@ -193,7 +193,7 @@ impl DigitNet {
             } => {
                 let tok = layers::to_tokens(&pe.forward(x)?)?.broadcast_add(pos)?;
                 let tok = ln.forward(&block.forward(&tok)?)?;
-                head.forward(&tok.mean(1)?)
+                head.forward(&tok.flatten_from(1)?)
             }
             Body::Cnn { c1, c2, head } => {
                 let h = layers::max_pool2(&c1.forward(x)?.relu()?)?;

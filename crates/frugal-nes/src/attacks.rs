@@ -183,10 +183,16 @@ mod tests {
         // A flat grey image plus a 4x4 pattern repeated on each tile: the attack recovers the
         // flat image up to 8-bit rounding.
         let pat: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) / 40.0).collect();
-        let data: Vec<f32> = (0..64).map(|p| 0.5 + pat[(p / 8 % 4) * 4 + p % 8 % 4]).collect();
+        let data: Vec<f32> = (0..64)
+            .map(|p| 0.5 + pat[(p / 8 % 4) * 4 + p % 8 % 4])
+            .collect();
         let img = ImageF32::new(1, 8, 8, data)?;
         let out = tile_median(&img, 4);
-        assert!(out.data.iter().all(|v| (v - 0.5).abs() <= 1.0 / 255.0), "{:?}", out.data);
+        assert!(
+            out.data.iter().all(|v| (v - 0.5).abs() <= 1.0 / 255.0),
+            "{:?}",
+            out.data
+        );
         Ok(())
     }
 }

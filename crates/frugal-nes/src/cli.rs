@@ -95,7 +95,10 @@ pub fn run_protect(args: &ProtectArgs) -> Result<()> {
     } else if sub.channels == 1 {
         Channels::Gray
     } else {
-        anyhow::bail!("models with {} input channels are not supported", sub.channels);
+        anyhow::bail!(
+            "models with {} input channels are not supported",
+            sub.channels
+        );
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut results = vec![];
@@ -118,8 +121,7 @@ pub fn run_protect(args: &ProtectArgs) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let stage = parent.join(format!(
         ".{}.partial-{}",
         args.out_dir
@@ -143,7 +145,10 @@ pub fn run_protect(args: &ProtectArgs) -> Result<()> {
             "seed": args.seed,
             "images": manifest,
         });
-        std::fs::write(stage.join("protect.json"), serde_json::to_vec_pretty(&meta)?)?;
+        std::fs::write(
+            stage.join("protect.json"),
+            serde_json::to_vec_pretty(&meta)?,
+        )?;
         if args.out_dir.exists() {
             std::fs::remove_dir(&args.out_dir)?; // empty, checked above
         }

@@ -109,8 +109,14 @@ mod tests {
         for &l in &d.labels {
             counts[l as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (170..=190).contains(&c)), "{counts:?}");
-        assert!(d.images.iter().all(|im| im.data.iter().all(|&v| (0.0..=1.0).contains(&v))));
+        assert!(
+            counts.iter().all(|&c| (170..=190).contains(&c)),
+            "{counts:?}"
+        );
+        assert!(d
+            .images
+            .iter()
+            .all(|im| im.data.iter().all(|&v| (0.0..=1.0).contains(&v))));
         let (tr, te) = Digits::split()?;
         assert_eq!(tr.len() + te.len(), 1797);
         assert_eq!(te.len(), 539);

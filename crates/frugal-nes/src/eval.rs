@@ -100,8 +100,9 @@ fn arch_name(net: &DigitNet) -> String {
 }
 
 fn name_seed(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn predict_all(models: &[DigitNet], images: &[ImageF32]) -> Result<Vec<Vec<u32>>> {
@@ -309,7 +310,10 @@ fn run_attacks(
         .map(|im| attacks::illumination(im, 0.1, &mut rng))
         .collect();
     sets.push(("illumination_0.1".into(), v, None));
-    let v = released.iter().map(|im| attacks::tile_median(im, k)).collect();
+    let v = released
+        .iter()
+        .map(|im| attacks::tile_median(im, k))
+        .collect();
     sets.push(("tile_median".into(), v, None));
     sets.push(("denoiser".into(), denoiser.apply(&released)?, None));
     sets.push(("averaging".into(), averaging(&released, train_mean), None));

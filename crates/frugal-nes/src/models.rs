@@ -55,9 +55,30 @@ impl ModelSpec {
 /// The zoo of the results page: the authorized architecture and the unauthorized ones.
 pub fn zoo(seeds: &[u64]) -> Vec<ModelSpec> {
     let archs = [
-        ("patch4", DigitArch::Patch { patch: 4, embed: 8, heads: 2 }),
-        ("patch4_wide", DigitArch::Patch { patch: 4, embed: 24, heads: 4 }),
-        ("patch2", DigitArch::Patch { patch: 2, embed: 8, heads: 2 }),
+        (
+            "patch4",
+            DigitArch::Patch {
+                patch: 4,
+                embed: 8,
+                heads: 2,
+            },
+        ),
+        (
+            "patch4_wide",
+            DigitArch::Patch {
+                patch: 4,
+                embed: 24,
+                heads: 4,
+            },
+        ),
+        (
+            "patch2",
+            DigitArch::Patch {
+                patch: 2,
+                embed: 8,
+                heads: 2,
+            },
+        ),
         ("cnn3x3", DigitArch::Cnn3x3 { c1: 16, c2: 32 }),
         ("mlp", DigitArch::Mlp { hidden: 64 }),
     ];
@@ -231,11 +252,11 @@ impl DigitNet {
     /// Load a checkpoint written by training (architecture from its state sidecar).
     pub fn load(path: &Path) -> Result<Self> {
         let sp = frugal_nn::checkpoint::state_path(path);
-        let state: frugal_nn::checkpoint::TrainState = serde_json::from_slice(
-            &std::fs::read(&sp)
-                .with_context(|| format!("model {}: cannot read {}", path.display(), sp.display()))?,
-        )
-        .with_context(|| format!("parsing {}", sp.display()))?;
+        let state: frugal_nn::checkpoint::TrainState =
+            serde_json::from_slice(&std::fs::read(&sp).with_context(|| {
+                format!("model {}: cannot read {}", path.display(), sp.display())
+            })?)
+            .with_context(|| format!("parsing {}", sp.display()))?;
         let spec: ModelSpec = serde_json::from_value(state.model.clone())
             .with_context(|| format!("{}: not a digit-model description", sp.display()))?;
         let (net, vm) = Self::build(&spec)?;

@@ -356,7 +356,9 @@ mod tests {
 
     fn layer(c_out: usize, k: usize, seed: u64) -> FirstLayer {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let w: Vec<f32> = (0..c_out * k * k).map(|_| normal(&mut rng) as f32).collect();
+        let w: Vec<f32> = (0..c_out * k * k)
+            .map(|_| normal(&mut rng) as f32)
+            .collect();
         FirstLayer::Conv {
             weight: Tensor::from_vec(w, (c_out, 1, k, k), &Device::Cpu).unwrap(),
             stride: k,
@@ -376,8 +378,15 @@ mod tests {
             let t = Tensor::from_vec(d.clone(), (1, 1, 8, 8), &Device::Cpu)?;
             let out = a.apply(&t)?.abs()?.max_all()?.to_scalar::<f32>()?;
             let energy = d.iter().map(|v| v.abs()).fold(0f32, f32::max);
-            assert!(energy > 0.1 && out < 1e-5, "pattern {energy}, response {out}");
-            let other = layer(8, 4, 2).apply(&t)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                energy > 0.1 && out < 1e-5,
+                "pattern {energy}, response {out}"
+            );
+            let other = layer(8, 4, 2)
+                .apply(&t)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
             assert!(other > 0.1, "{other}");
         }
         // λ is 0 for the authorized layer and positive for another.
@@ -419,7 +428,11 @@ mod tests {
         for target in [40.0, 20.0, 10.0] {
             let r = calibrate(&x, &d, target)?;
             // 8-bit steps make the PSNR a step function of s; it lands within a small margin.
-            assert!((r.true_psnr - target).abs() < 0.3, "{target} -> {}", r.true_psnr);
+            assert!(
+                (r.true_psnr - target).abs() < 0.3,
+                "{target} -> {}",
+                r.true_psnr
+            );
             assert_eq!(r.released, r.released.quantized());
         }
         assert!(calibrate(&x, &d, -1.0).is_err());

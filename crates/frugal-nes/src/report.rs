@@ -60,7 +60,11 @@ fn spearman(x: &[f64], y: &[f64]) -> f64 {
 pub fn write(report: &EvalReport, out: &Path, seeds: &[u64], attack_psnr: f64) -> Result<()> {
     let data = out.join("nes-data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let exact: Vec<&Cell> = report.cells.iter().filter(|c| c.mode == Mode::Exact).collect();
+    let exact: Vec<&Cell> = report
+        .cells
+        .iter()
+        .filter(|c| c.mode == Mode::Exact)
+        .collect();
     // Authorized fidelity (exact mode): worst drop over strengths and authorized seeds.
     let auth: Vec<&&Cell> = exact.iter().filter(|c| c.is_authorized).collect();
     let drop_float = auth
@@ -80,17 +84,28 @@ pub fn write(report: &EvalReport, out: &Path, seeds: &[u64], attack_psnr: f64) -
         .map(|c| c.ne_released_acc)
         .fold(f64::MIN, f64::max);
     let at = |f: &dyn Fn(&Cell) -> bool, g: &dyn Fn(&Cell) -> f64| -> f64 {
-        mean(&exact.iter().filter(|c| f(c)).map(|c| g(c)).collect::<Vec<_>>())
+        mean(
+            &exact
+                .iter()
+                .filter(|c| f(c))
+                .map(|c| g(c))
+                .collect::<Vec<_>>(),
+        )
     };
-    let gauss_auth = at(&|c| c.is_authorized && c.target_psnr == 10.0, &|c| c.gauss_acc);
-    let gauss_unauth = at(&|c| !c.is_authorized && c.target_psnr == 10.0, &|c| c.gauss_acc);
+    let gauss_auth = at(&|c| c.is_authorized && c.target_psnr == 10.0, &|c| {
+        c.gauss_acc
+    });
+    let gauss_unauth = at(&|c| !c.is_authorized && c.target_psnr == 10.0, &|c| {
+        c.gauss_acc
+    });
     // Degradation vs λ at 10 dB over (authorized, model) pairs of the exact mode.
     let mut lam = vec![];
     let mut drop = vec![];
     for p in &report.pairs {
-        if let Some(c) = exact.iter().find(|c| {
-            c.authorized == p.authorized && c.model == p.model && c.target_psnr == 10.0
-        }) {
+        if let Some(c) = exact
+            .iter()
+            .find(|c| c.authorized == p.authorized && c.model == p.model && c.target_psnr == 10.0)
+        {
             lam.push(p.leakage_ratio);
             drop.push(c.clean_acc - c.ne_released_acc);
         }
@@ -132,9 +147,18 @@ pub fn write(report: &EvalReport, out: &Path, seeds: &[u64], attack_psnr: f64) -
         "attack_true_psnr_db": attack_psnr,
     });
     std::fs::write(out.join("nes.json"), serde_json::to_vec_pretty(&summary)?)?;
-    std::fs::write(data.join("cells.json"), serde_json::to_vec_pretty(&report.cells)?)?;
-    std::fs::write(data.join("pairs.json"), serde_json::to_vec_pretty(&report.pairs)?)?;
-    std::fs::write(data.join("attacks.json"), serde_json::to_vec_pretty(&report.attacks)?)?;
+    std::fs::write(
+        data.join("cells.json"),
+        serde_json::to_vec_pretty(&report.cells)?,
+    )?;
+    std::fs::write(
+        data.join("pairs.json"),
+        serde_json::to_vec_pretty(&report.pairs)?,
+    )?;
+    std::fs::write(
+        data.join("attacks.json"),
+        serde_json::to_vec_pretty(&report.attacks)?,
+    )?;
     std::fs::write(data.join("tables.md"), tables(report)?)?;
     plot(report, &data.join("accuracy-vs-psnr.svg"))?;
     let rows: Vec<Vec<_>> = report.strip.iter().map(|(_, v)| v.clone()).collect();
@@ -182,7 +206,10 @@ fn tables(report: &EvalReport) -> Result<String> {
             100.0 * m(&|c| c.gauss_acc),
         )?;
     }
-    writeln!(s, "\n| authorized | model | leakage ratio λ | spectral gap |")?;
+    writeln!(
+        s,
+        "\n| authorized | model | leakage ratio λ | spectral gap |"
+    )?;
     writeln!(s, "|---|---|---|---|")?;
     for p in &report.pairs {
         writeln!(
@@ -191,7 +218,10 @@ fn tables(report: &EvalReport) -> Result<String> {
             p.authorized, p.model, p.leakage_ratio, p.spectral_gap
         )?;
     }
-    writeln!(s, "\n| attack | authorized | authorized acc | unauthorized mean acc |")?;
+    writeln!(
+        s,
+        "\n| attack | authorized | authorized acc | unauthorized mean acc |"
+    )?;
     writeln!(s, "|---|---|---|---|")?;
     for a in &report.attacks {
         writeln!(
@@ -216,7 +246,10 @@ fn plot(report: &EvalReport, path: &Path) -> Result<()> {
         }
         let x = mean(&cells.iter().map(|c| c.ne_true_psnr).collect::<Vec<_>>());
         let y = mean(&cells.iter().map(|c| c.ne_released_acc).collect::<Vec<_>>());
-        series.entry(format!("{grp} on NE")).or_default().push((x, 100.0 * y));
+        series
+            .entry(format!("{grp} on NE"))
+            .or_default()
+            .push((x, 100.0 * y));
         if grp == "authorized" {
             let xg = mean(&cells.iter().map(|c| c.gauss_true_psnr).collect::<Vec<_>>());
             let yg = mean(&cells.iter().map(|c| c.gauss_acc).collect::<Vec<_>>());
@@ -248,7 +281,9 @@ fn plot(report: &EvalReport, path: &Path) -> Result<()> {
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
     }
     chart

@@ -68,5 +68,8 @@ pub fn train_one(
         &cfg,
     )?;
     let xt = to_tensor(&test_set.images, &dev)?;
-    Ok(frugal_nn::metrics::top1(&net.forward(&xt)?, &test_set.labels)?)
+    Ok(frugal_nn::metrics::top1(
+        &net.forward(&xt)?,
+        &test_set.labels,
+    )?)
 }

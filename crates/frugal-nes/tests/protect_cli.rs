@@ -35,11 +35,21 @@ fn args(model: &Path, psnr: f64, input: &Path, out: &Path) -> ProtectArgs {
 }
 
 fn first_layer_response(layer: &FirstLayer, img: &ImageF32) -> Vec<f32> {
-    let t = Tensor::from_vec(img.data.clone(), (1, 1, img.height, img.width), &Device::Cpu)
+    let t = Tensor::from_vec(
+        img.data.clone(),
+        (1, 1, img.height, img.width),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(DType::F32)
+    .unwrap();
+    layer
+        .apply(&t)
         .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    layer.apply(&t).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -50,7 +60,9 @@ fn protect_writes_pngs_at_the_true_psnr_and_refuses_bad_input() {
     std::fs::create_dir_all(&input).unwrap();
     // Two mid-grey 16x16 test images with some structure (no clipping at 30 dB).
     for k in 0..2 {
-        let data = (0..256).map(|i| 0.3 + 0.4 * ((i * (k + 3)) % 17) as f32 / 17.0).collect();
+        let data = (0..256)
+            .map(|i| 0.3 + 0.4 * ((i * (k + 3)) % 17) as f32 / 17.0)
+            .collect();
         ImageF32::new(1, 16, 16, data)
             .unwrap()
             .save_png(&input.join(format!("im{k}.png")))
@@ -72,8 +84,15 @@ fn protect_writes_pngs_at_the_true_psnr_and_refuses_bad_input() {
         assert!((p - 30.0).abs() < 0.5, "true PSNR {p}");
         // The authorized first layer barely moves (8-bit rounding only); another one moves a lot.
         let diff = |l: &FirstLayer| {
-            let (x, y) = (first_layer_response(l, &clean), first_layer_response(l, &rec));
-            x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt()
+            let (x, y) = (
+                first_layer_response(l, &clean),
+                first_layer_response(l, &rec),
+            );
+            x.iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt()
                 / x.iter().map(|a| a * a).sum::<f32>().sqrt()
         };
         let (da, du) = (diff(&a), diff(&u));

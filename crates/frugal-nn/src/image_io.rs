@@ -69,9 +69,9 @@ impl ImageF32 {
         let px = self.to_u8();
         let hw = self.height * self.width;
         Ok(match self.channels {
-            1 => DynamicImage::ImageLuma8(
-                GrayImage::from_raw(w, h, px).context("gray buffer size")?,
-            ),
+            1 => {
+                DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, px).context("gray buffer size")?)
+            }
             3 => {
                 let mut img: RgbImage = ImageBuffer::new(w, h);
                 for (i, p) in img.pixels_mut().enumerate() {
@@ -86,7 +86,11 @@ impl ImageF32 {
     fn from_dynamic(img: &DynamicImage, want: Channels) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let data = match want {
-            Channels::Gray => img.to_luma8().pixels().map(|p| p.0[0] as f32 / 255.0).collect(),
+            Channels::Gray => img
+                .to_luma8()
+                .pixels()
+                .map(|p| p.0[0] as f32 / 255.0)
+                .collect(),
             Channels::Rgb => {
                 let rgb = img.to_rgb8();
                 let mut d = vec![0f32; 3 * h * w];
@@ -119,7 +123,11 @@ impl ImageF32 {
         let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
         self.to_dynamic()?.write_with_encoder(enc)?;
         let img = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg)?;
-        let want = if self.channels == 1 { Channels::Gray } else { Channels::Rgb };
+        let want = if self.channels == 1 {
+            Channels::Gray
+        } else {
+            Channels::Rgb
+        };
         Ok(Self::from_dynamic(&img, want))
     }
 
@@ -130,7 +138,11 @@ impl ImageF32 {
             height as u32,
             image::imageops::FilterType::Triangle,
         );
-        let want = if self.channels == 1 { Channels::Gray } else { Channels::Rgb };
+        let want = if self.channels == 1 {
+            Channels::Gray
+        } else {
+            Channels::Rgb
+        };
         Ok(Self::from_dynamic(&img, want))
     }
 }
@@ -147,7 +159,10 @@ pub fn load(path: &Path, want: Channels) -> Result<ImageF32> {
     let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
     let is_gray = matches!(
         img.color(),
-        image::ColorType::L8 | image::ColorType::L16 | image::ColorType::La8 | image::ColorType::La16
+        image::ColorType::L8
+            | image::ColorType::L16
+            | image::ColorType::La8
+            | image::ColorType::La16
     );
     if want == Channels::Rgb && is_gray {
         anyhow::bail!(
@@ -160,7 +175,12 @@ pub fn load(path: &Path, want: Channels) -> Result<ImageF32> {
 
 /// A grey image from 8-bit pixels (row-major).
 pub fn gray_from_u8(height: usize, width: usize, px: &[u8]) -> Result<ImageF32> {
-    ImageF32::new(1, height, width, px.iter().map(|&p| p as f32 / 255.0).collect())
+    ImageF32::new(
+        1,
+        height,
+        width,
+        px.iter().map(|&p| p as f32 / 255.0).collect(),
+    )
 }
 
 /// Lay equally sized grey images side by side (columns) and stacked (rows), scaled up by

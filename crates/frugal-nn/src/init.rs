@@ -21,7 +21,10 @@ pub struct SeededVarMap {
 
 impl SeededVarMap {
     pub fn new(seed: u64) -> Self {
-        Self { map: VarMap::new(), seed }
+        Self {
+            map: VarMap::new(),
+            seed,
+        }
     }
 
     /// A builder whose `get_with_hints` creates (or returns) variables in this store.
@@ -77,10 +80,14 @@ pub fn seeded_values(init: &Init, shape: &Shape, seed: u64) -> Vec<f32> {
             };
             let std = non_linearity.gain() / (fan.max(1) as f64).sqrt();
             match dist {
-                NormalOrUniform::Normal => (0..n).map(|_| (std * normal(&mut rng)) as f32).collect(),
+                NormalOrUniform::Normal => {
+                    (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
+                }
                 NormalOrUniform::Uniform => {
                     let bound = 3f64.sqrt() * std;
-                    (0..n).map(|_| rng.gen_range(-bound..bound) as f32).collect()
+                    (0..n)
+                        .map(|_| rng.gen_range(-bound..bound) as f32)
+                        .collect()
                 }
             }
         }

@@ -188,7 +188,9 @@ mod tests {
         let blk = TransformerBlock::new(6, 2, 2, vb.pp("blk"))?;
         assert_eq!(blk.forward(&tok)?.dims(), &[2, 4, 6]);
         assert_eq!(global_avg_pool(&y)?.dims(), &[2, 6]);
-        assert!(pe.forward(&Tensor::zeros((1, 1, 6, 6), DType::F32, &dev)?).is_err());
+        assert!(pe
+            .forward(&Tensor::zeros((1, 1, 6, 6), DType::F32, &dev)?)
+            .is_err());
         Ok(())
     }
 

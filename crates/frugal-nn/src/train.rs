@@ -27,7 +27,10 @@ pub trait TrainModel {
 pub enum LrSchedule {
     Constant,
     /// Linear warm-up over `warmup` steps, then cosine decay to `min_frac` × the peak rate.
-    WarmupCosine { warmup: usize, min_frac: f64 },
+    WarmupCosine {
+        warmup: usize,
+        min_frac: f64,
+    },
 }
 
 impl LrSchedule {
@@ -134,8 +137,10 @@ pub fn train<M: TrainModel>(
         indicatif::ProgressBar::hidden()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps, loss {msg} [{elapsed}<{eta}]")
-            .expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps, loss {msg} [{elapsed}<{eta}]",
+        )
+        .expect("static template"),
     );
     bar.set_position(start as u64);
     let save = |losses: &Vec<f32>, step: usize, vars: &VarMap| -> Result<()> {
@@ -244,7 +249,12 @@ mod tests {
         let path = dir.join("m.safetensors");
         let _ = std::fs::remove_dir_all(&dir);
         let (m, vm) = model(2);
-        train(&m, &mut vm.varmap().clone(), batch, &cfg(60, Some(path.clone())))?;
+        train(
+            &m,
+            &mut vm.varmap().clone(),
+            batch,
+            &cfg(60, Some(path.clone())),
+        )?;
         let x = batch(999)?.0;
         let want = m.mlp.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
         // A fresh model with another seed, loaded from the checkpoint, computes the same outputs.
@@ -255,7 +265,12 @@ mod tests {
         let got = m2.mlp.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(want, got);
         // Resuming to 80 steps runs only the 20 missing steps and keeps the history.
-        let r = train(&m2, &mut vm2.varmap().clone(), batch, &cfg(80, Some(path.clone())))?;
+        let r = train(
+            &m2,
+            &mut vm2.varmap().clone(),
+            batch,
+            &cfg(80, Some(path.clone())),
+        )?;
         assert_eq!(r.start_step, 60);
         assert_eq!(r.losses.len(), 80);
         assert_eq!(checkpoint::load(&mut vm2.varmap().clone(), &path)?.step, 80);

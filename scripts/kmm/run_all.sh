@@ -3,7 +3,7 @@
 # aggregate table and JSON, the BVH check and the three generated strips.
 set -euo pipefail
 OUT=${OUT:-runs/kmm}
-BIN="cargo run --release -p frugal-motion --bin frugal-motion --"
+BIN="cargo run --release -p frugal-cli -- motion"
 $BIN train --out "$OUT" --variant random --seeds 0,1,2
 $BIN train --out "$OUT" --variant keyframe --seeds 0,1,2
 $BIN train --out "$OUT" --variant keyframe-align --seeds 0,1,2

@@ -6,9 +6,11 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod knockout;
+pub mod motion;
 pub mod policies;
 pub mod ppl;
 pub mod probe;
+pub mod protect;
 pub mod zpressor;
 
 use crate::args::{Cli, Command};
@@ -29,5 +31,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&session, &a),
         Command::Serve(a) => frugal_server::serve(session.load_model()?, &a),
         Command::Zpressor(a) => zpressor::run(a),
+        Command::Motion(a) => motion::run(a),
+        Command::Protect(a) => protect::run_protect(&a),
+        Command::ProtectTrain(a) => protect::run_train(&a),
+        Command::ProtectEval(a) => protect::run_eval(&a),
     }
 }

@@ -249,15 +249,6 @@ impl Llama {
         self.logits(&hidden)
     }
 
-    /// The logits of the call's last token, as a vector: what sampling reads after a prefill
-    /// chunk or a decode step.
-    pub fn last_logits(&self, tokens: &[u32], seq: &mut Sequence) -> Result<Vec<f32>> {
-        Ok(self
-            .forward(tokens, seq, LogitRows::Last)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?)
-    }
-
     /// Logits for final hidden states from [`Llama::forward_hidden`]; callers scoring many
     /// rows call this in chunks, since `[rows, vocab]` f32 is 200 KB a row for a 49k vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {

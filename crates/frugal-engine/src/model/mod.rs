@@ -64,6 +64,15 @@ impl Model {
     }
 
     /// See [`Llama::forward`].
+    /// The logits of the call's last token, as a vector: what sampling reads after a prefill
+    /// chunk or a decode step.
+    pub fn last_logits(&self, tokens: &[u32], seq: &mut Sequence) -> crate::Result<Vec<f32>> {
+        Ok(self
+            .forward(tokens, seq, LogitRows::Last)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?)
+    }
+
     pub fn forward(
         &self,
         tokens: &[u32],

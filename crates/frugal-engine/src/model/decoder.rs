@@ -339,7 +339,14 @@ impl Decoder {
             rope.apply(&mut q, &positions, self.cfg.n_heads);
             rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             seq.cache.store(layer, &positions, &k, &v);
-            let attn = attention_step(&ctx, &q, &positions, shape, &mut *seq.cache, &mut *seq.attention);
+            let attn = attention_step(
+                &ctx,
+                &q,
+                &positions,
+                shape,
+                &mut *seq.cache,
+                &mut *seq.attention,
+            );
             if let (Some(w), Some(&last)) = (b.window, positions.last()) {
                 // No later query (position > last) sees a key at or before `last + 1 - w`.
                 seq.cache

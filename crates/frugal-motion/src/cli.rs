@@ -187,7 +187,7 @@ pub struct EvalArgs {
 }
 
 fn agg(runs: &[&RunMetrics], f: impl Fn(&RunMetrics) -> f64) -> serde_json::Value {
-    let v: Vec<f64> = runs.iter().map(|r| f(*r)).collect();
+    let v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
     let (m, ci) = mean_ci95(&v);
     serde_json::json!({"mean": m, "ci95": ci, "values": v})
 }

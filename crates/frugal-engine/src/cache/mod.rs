@@ -571,7 +571,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 4,
         };
-        let mut full = FullCache::new(layout);
+        let mut full = FullCache::with_dtype(layout, KvDtype::F16);
         let k = [1.0f32, -2.5, 0.1, 1000.3];
         let v = [3.0f32, 1e-3, -7.75, 65504.0];
         full.store(0, &[0], &k, &v);

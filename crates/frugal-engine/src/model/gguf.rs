@@ -138,10 +138,8 @@ impl GgufFile {
             .contains_key(&key("rope.dimension_count"))
         {
             self.usize(&key("rope.dimension_count"))?
-        } else if n_heads > 0 {
-            d_model / n_heads
         } else {
-            0
+            d_model.checked_div(n_heads).unwrap_or(0)
         };
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims()[0],

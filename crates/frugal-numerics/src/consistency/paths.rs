@@ -88,7 +88,7 @@ struct HeadStripes;
 
 impl KeyMask for HeadStripes {
     fn allows(&self, q_head: usize, q_pos: u32, k_pos: u32) -> bool {
-        k_pos == q_pos || (k_pos as usize + 4 - q_head % 4) % 4 != 0
+        k_pos == q_pos || !(k_pos as usize + 4 - q_head % 4).is_multiple_of(4)
     }
 }
 

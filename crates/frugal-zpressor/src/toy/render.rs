@@ -40,7 +40,7 @@ pub struct Texture {
 
 impl Texture {
     /// Nearest-texel lookup with wrap-around.
-    pub fn sample(&self, u: f32, v: f32) -> [f32; 3] {
+    pub fn color_at(&self, u: f32, v: f32) -> [f32; 3] {
         let fx = u - u.floor();
         let fy = v - v.floor();
         let x = ((fx * self.width as f32) as usize).min(self.width - 1);
@@ -209,7 +209,7 @@ impl Scene {
     pub fn shade(&self, o: Vec3, d: Vec3, textures: &[Texture]) -> [f32; 3] {
         match self.hit(o, d) {
             Some((_, n, uv, tex)) => {
-                let albedo = textures[tex].sample(uv[0], uv[1]);
+                let albedo = textures[tex].color_at(uv[0], uv[1]);
                 let l = 0.35 + 0.65 * dot(n, self.light).max(0.0);
                 [albedo[0] * l, albedo[1] * l, albedo[2] * l]
             }

@@ -43,7 +43,7 @@ impl Sequence {
         }
     }
 
-    /// Full KV store (default dtype, f16) and dense attention: the reference configuration.
+    /// Full KV store (default dtype, f32) and dense attention: the reference configuration.
     pub fn dense(layout: KvLayout) -> Self {
         Sequence::new(Box::new(FullCache::new(layout)), Box::new(Dense))
     }

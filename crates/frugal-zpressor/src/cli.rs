@@ -169,6 +169,9 @@ pub struct TrainArgs {
     /// $HOME/.cache/frugal/zpressor-textures.
     #[arg(long)]
     pub textures: Option<PathBuf>,
+    /// cpu or cuda (the model and its training on that device; scenes are ray-cast on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Checkpoint folder to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -204,7 +207,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     );
     let t0 = std::time::Instant::now();
     let mut avg = None::<f32>;
-    let (vm, losses) = toy::train(&cfg, &tex, &Device::Cpu, |_, l| {
+    let device = device_from_name(&args.device)?;
+    let (vm, losses) = toy::train(&cfg, &tex, &device, |_, l| {
         let a = avg.map_or(l, |a| 0.98 * a + 0.02 * l);
         avg = Some(a);
         bar.set_message(format!("{a:.4}"));
@@ -237,6 +241,9 @@ pub struct EvalArgs {
     pub scenes: usize,
     #[arg(long)]
     pub textures: Option<PathBuf>,
+    /// cpu or cuda (where the models run; time and peak memory are the device's).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Where to write the rows as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -254,16 +261,17 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             .unwrap_or_else(toy::textures::default_dir),
         64,
     )?;
+    let device = device_from_name(&args.device)?;
     let mut all = serde_json::Map::new();
     for ck in &args.checkpoint {
-        let (model, cfg) = toy::load(ck, &Device::Cpu)?;
+        let (model, cfg) = toy::load(ck, &device)?;
         let name = match cfg.model.zpressor_anchors {
             Some(_) => "zpressor",
             None => "baseline",
         };
         let bar = indicatif::ProgressBar::new((args.views.len() * args.scenes) as u64);
         bar.set_message(name);
-        let rows = toy::evaluate(&model, &args.views, args.scenes, &tex, &Device::Cpu, || {
+        let rows = toy::evaluate(&model, &args.views, args.scenes, &tex, &device, || {
             bar.inc(1)
         })?;
         bar.finish_and_clear();
@@ -284,7 +292,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         }
         all.insert(
             name.to_string(),
-            serde_json::json!({"checkpoint": ck, "config": cfg, "rows": rows}),
+            serde_json::json!({"checkpoint": ck, "config": cfg, "device": args.device, "rows": rows}),
         );
     }
     if let Some(out) = &args.out {

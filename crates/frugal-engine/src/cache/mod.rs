@@ -252,7 +252,7 @@ pub struct HeadStore {
 }
 
 impl Default for HeadStore {
-    /// An empty store of the default dtype ([`KvDtype::F16`]).
+    /// An empty store of the default dtype ([`KvDtype::F32`]).
     fn default() -> Self {
         HeadStore::new(KvDtype::default())
     }
@@ -366,7 +366,7 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    /// An empty store holding the default dtype ([`KvDtype::F16`]).
+    /// An empty store holding the default dtype ([`KvDtype::F32`]).
     pub fn new(layout: KvLayout) -> Self {
         KvStore::with_dtype(layout, KvDtype::default())
     }
@@ -468,7 +468,7 @@ pub struct FullCache {
 }
 
 impl FullCache {
-    /// The full store at the default dtype ([`KvDtype::F16`]).
+    /// The full store at the default dtype ([`KvDtype::F32`]).
     pub fn new(layout: KvLayout) -> Self {
         FullCache::with_dtype(layout, KvDtype::default())
     }

@@ -25,8 +25,8 @@ if [[ ",$WHAT," == *",bench,"* ]]; then
   "$BIN" zpressor bench --device cuda --mem-cap-gb 1000 --out "$OUT/scaling-gpu.json" --label "$card, alone on the machine" 2>&1 | tee -a "$OUT/run.log"
 fi
 if [[ ",$WHAT," == *",toy,"* ]]; then
-  "$BIN" zpressor train --device cuda --steps "$STEPS" --textures "$TEXTURES" --out /tmp/ck/zpressor 2>&1 | tee -a "$OUT/run.log"
-  "$BIN" zpressor train --device cuda --no-zpressor --steps "$STEPS" --textures "$TEXTURES" --out /tmp/ck/baseline 2>&1 | tee -a "$OUT/run.log"
+  "$BIN" zpressor train --device cuda --steps "$STEPS" --time-budget-s "${BUDGET_S:-150}" --textures "$TEXTURES" --out /tmp/ck/zpressor 2>&1 | tee -a "$OUT/run.log"
+  "$BIN" zpressor train --device cuda --no-zpressor --steps "$STEPS" --time-budget-s "${BUDGET_S:-150}" --textures "$TEXTURES" --out /tmp/ck/baseline 2>&1 | tee -a "$OUT/run.log"
   for m in zpressor baseline; do cp "/tmp/ck/$m/config.json" "$OUT/toy-train-$m.json"; done
   "$BIN" zpressor eval --device cuda --checkpoint /tmp/ck/zpressor /tmp/ck/baseline --views 8,12,24,36,100 --scenes 50 --textures "$TEXTURES" --out "$OUT/toy-eval.json" 2>&1 | tee -a "$OUT/run.log"
 fi

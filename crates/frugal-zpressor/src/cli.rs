@@ -169,6 +169,10 @@ pub struct TrainArgs {
     /// $HOME/.cache/frugal/zpressor-textures.
     #[arg(long)]
     pub textures: Option<PathBuf>,
+    /// Stop after this many seconds even if --steps are not done (the checkpoint records the
+    /// steps taken).
+    #[arg(long)]
+    pub time_budget_s: Option<f64>,
     /// cpu or cuda (the model and its training on that device; scenes are ray-cast on the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -192,6 +196,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         batch: args.batch,
         lr: args.lr,
         seed: args.seed,
+        time_budget_s: args.time_budget_s,
         ..Default::default()
     };
     cfg.model.zpressor_anchors = (!args.no_zpressor).then_some(args.anchors);
@@ -215,6 +220,12 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    if losses.is_empty() {
+        bail!(
+            "no training step fitted in the time budget of {:?} s",
+            cfg.time_budget_s
+        );
+    }
     toy::save(&args.out, &vm, &cfg, &losses)?;
     let k = losses.len().min(50);
     println!(

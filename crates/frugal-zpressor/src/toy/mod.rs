@@ -102,6 +102,11 @@ pub struct TrainConfig {
     pub lr: f64,
     pub ib_weight: f64,
     pub seed: u64,
+    /// Stop after this many seconds of training even if `steps` are not done (ours: lets a
+    /// fixed-length lease of a GPU hold a whole run); the steps actually taken are the length
+    /// of the saved loss curve.
+    #[serde(default)]
+    pub time_budget_s: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +120,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             ib_weight: 1e-5,
             seed: 0,
+            time_budget_s: None,
         }
     }
 }
@@ -159,7 +165,14 @@ pub fn train(
         },
     )?;
     let mut losses = Vec::with_capacity(cfg.steps);
+    let started = std::time::Instant::now();
     for step in 0..cfg.steps {
+        if cfg
+            .time_budget_s
+            .is_some_and(|b| started.elapsed().as_secs_f64() >= b)
+        {
+            break;
+        }
         let eps: Vec<Episode> = (0..cfg.batch)
             .map(|i| {
                 let seed = cfg.seed.wrapping_mul(1_000_003) + (step * cfg.batch + i) as u64;
@@ -354,6 +367,7 @@ mod tests {
             lr: 3e-3,
             ib_weight: 1e-5,
             seed: 3,
+            time_budget_s: None,
         };
         let dev = Device::Cpu;
         let (vm, losses) = train(&cfg, &tex, &dev, |_, _| {}).unwrap();

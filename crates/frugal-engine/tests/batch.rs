@@ -68,17 +68,19 @@ fn a_batched_call_gives_every_sequence_its_solo_logits() {
     for arch in TINY_ARCHITECTURES {
         let lm = tiny_model_of(arch, GgmlDType::F32, 5).unwrap();
         let vocab = lm.model.config().vocab_size;
-        // Four sequences: long and short histories, dense and early-exit policies.
+        // Long, short and no histories; dense and early-exit policies. The fifth starts
+        // empty, so its first call's early exits land in the compared rows.
         let history = [
             ids(20, 0, vocab),
             ids(7, 1, vocab),
             ids(33, 2, vocab),
             ids(4, 3, vocab),
+            vec![],
         ];
-        let exits = [false, true, false, true];
+        let exits = [false, true, false, true, true];
         let mut solo: Vec<Sequence> = exits.iter().map(|&e| fresh(&lm, e)).collect();
         let mut batched: Vec<Sequence> = exits.iter().map(|&e| fresh(&lm, e)).collect();
-        for (i, h) in history.iter().enumerate() {
+        for (i, h) in history.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
             lm.model.forward(h, &mut solo[i], LogitRows::Last).unwrap();
         }
         // The histories themselves prefilled as one batch of four prompts.
@@ -86,20 +88,28 @@ fn a_batched_call_gives_every_sequence_its_solo_logits() {
             let mut items: Vec<BatchItem> = batched
                 .iter_mut()
                 .zip(&history)
+                .filter(|(_, h)| !h.is_empty())
                 .map(|(s, h)| BatchItem::new(h, s, LogitRows::Last))
                 .collect();
             lm.model.forward_batch(&mut items).unwrap();
         }
         // Then a mixed step: two decode tokens, a prefill chunk asking for every row, and a
         // chunk asking for its tail.
-        let step: Vec<Vec<u32>> = vec![vec![5], ids(9, 4, vocab), vec![17], ids(6, 5, vocab)];
+        let step: Vec<Vec<u32>> = vec![
+            vec![5],
+            ids(9, 4, vocab),
+            vec![17],
+            ids(6, 5, vocab),
+            ids(6, 6, vocab),
+        ];
         let rows = [
             LogitRows::Last,
             LogitRows::All,
             LogitRows::Last,
             LogitRows::From(2),
+            LogitRows::All,
         ];
-        let want: Vec<Vec<Vec<f32>>> = (0..4)
+        let want: Vec<Vec<Vec<f32>>> = (0..5)
             .map(|i| rows_of(&lm.model.forward(&step[i], &mut solo[i], rows[i]).unwrap()))
             .collect();
         let got: Vec<Vec<Vec<f32>>> = {
@@ -116,7 +126,7 @@ fn a_batched_call_gives_every_sequence_its_solo_logits() {
                 .map(rows_of)
                 .collect()
         };
-        for i in 0..4 {
+        for i in 0..5 {
             assert_eq!(got[i].len(), want[i].len(), "{arch} item {i}: output rows");
             for (g, w) in got[i].iter().zip(&want[i]) {
                 assert!(max_diff(g, w) < 1e-4, "{arch} item {i}: {}", max_diff(g, w));

@@ -252,7 +252,7 @@ pub struct Job {
     /// The policy's part names, the label of its KV metrics.
     pub policy_label: String,
     pub arrived: Instant,
-    pub events: tmpsc::UnboundedSender<(usize, Event)>,
+    pub events: EventSender,
     pub permit: Permit,
     /// Report each sampled token's log-probability and this many most likely alternatives.
     pub logprobs: Option<usize>,
@@ -289,11 +289,14 @@ struct Live {
     snapshots: Vec<usize>,
 }
 
+/// Where a request's events go: each tagged with its choice index.
+pub type EventSender = tmpsc::UnboundedSender<(usize, Event)>;
+
 enum Outcome {
     Continue,
     /// Done; the last event goes out only after the sequence is dropped and the metrics are
     /// updated, so a client that has its answer sees its KV already freed.
-    Finished(Option<(tmpsc::UnboundedSender<(usize, Event)>, usize, Event)>),
+    Finished(Option<(EventSender, usize, Event)>),
 }
 
 /// Starts the engine thread; it ends when every sender of its job channel is gone.

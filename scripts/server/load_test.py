@@ -8,6 +8,16 @@ planned 429/503 are acceptable) and the server's RSS before the load and after e
 (a leak shows as growth from round to round). Exits non-zero on unplanned errors.
 
   scripts/server/load_test.py --clients 4 --seconds 30 --rounds 2
+
+Sweep mode: the same streaming clients at each concurrency of --sweep, against frugal serve
+and, with --llamacpp, against llama.cpp's OpenAI-compatible server (`python -m
+llama_cpp.server` from llama-cpp-python) on the same GGUF with the same thread count, in one
+invocation. Every request is written to --raw as one JSON line; --json gets the summary
+({"clients": {"1": {"frugal_tok_s": ..., "llamacpp_tok_s": ...}, ...}}) with each
+percentile's n.
+
+  scripts/server/load_test.py --sweep 1,2,4,8,16 --seconds 30 --threads 2 --llamacpp \
+      --raw docs/results/server-data/sweep.jsonl --json docs/results/server-data/sweep.json
 """
 import argparse
 import collections
@@ -52,11 +62,13 @@ PROMPTS = [
 ]
 
 
-def one_request(port, model, max_tokens, i, stats):
-    body = json.dumps({
+def one_request(port, model, max_tokens, i, stats, extra=None):
+    req = {
         "model": model, "stream": True, "max_tokens": max_tokens, "temperature": 0.7, "seed": i,
         "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-    })
+    }
+    req.update(extra or {})
+    body = json.dumps(req)
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
@@ -66,6 +78,7 @@ def one_request(port, model, max_tokens, i, stats):
             resp.read()
             return ("http_%d" % resp.status, None)
         first, last, gaps, chunks, done = None, None, [], 0, False
+        usage_tokens = None
         while True:
             line = resp.readline()
             if not line:
@@ -80,6 +93,8 @@ def one_request(port, model, max_tokens, i, stats):
             ev = json.loads(data)
             if "error" in ev:
                 return ("stream_error", None)
+            if ev.get("usage"):
+                usage_tokens = ev["usage"].get("completion_tokens")
             if any(c.get("delta", {}).get("content") for c in ev["choices"]):
                 now = time.perf_counter()
                 if first is None:
@@ -91,14 +106,16 @@ def one_request(port, model, max_tokens, i, stats):
         if not done:
             return ("truncated_stream", None)
         return ("ok", {"ttft": (first or time.perf_counter()) - t0, "latency": time.perf_counter() - t0,
-                       "gaps": gaps, "chunks": chunks})
+                       "gaps": gaps, "chunks": chunks,
+                       "tokens": usage_tokens if usage_tokens is not None else chunks,
+                       "start": t0})
     except (OSError, http.client.HTTPException) as e:
         return (type(e).__name__, None)
     finally:
         conn.close()
 
 
-def run_round(port, model, clients, seconds, max_tokens):
+def run_round(port, model, clients, seconds, max_tokens, extra=None):
     stop_at = time.perf_counter() + seconds
     lock = threading.Lock()
     results = collections.Counter()
@@ -107,7 +124,7 @@ def run_round(port, model, clients, seconds, max_tokens):
     def client(k):
         n = 0
         while time.perf_counter() < stop_at:
-            kind, r = one_request(port, model, max_tokens, k * 100000 + n, None)
+            kind, r = one_request(port, model, max_tokens, k * 100000 + n, None, extra)
             n += 1
             with lock:
                 results[kind] += 1
@@ -136,6 +153,123 @@ def server_completion_tokens(port):
     return 0.0
 
 
+def wait_listening(port, proc, what, tries=1200):
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"{what} exited: " + proc.stderr.read().decode(errors="replace"))
+            time.sleep(0.1)
+    sys.exit(f"{what} did not start listening")
+
+
+def summarise(server, clients, ok, results, wall):
+    tokens = sum(r["tokens"] for r in ok)
+    ttft = [r["ttft"] for r in ok]
+    gaps = [g for r in ok for g in r["gaps"]]
+    errors = {k: v for k, v in results.items() if k != "ok"}
+    return {
+        "server": server, "clients": clients, "requests_ok": len(ok), "errors": errors,
+        "wall_s": wall, "tokens": tokens, "tok_s": tokens / wall if wall > 0 else float("nan"),
+        "ttft_s": {"p50": pct(ttft, 50), "p90": pct(ttft, 90), "p99": pct(ttft, 99), "n": len(ttft)},
+        "itl_ms": {"p50": pct(gaps, 50) * 1000, "p90": pct(gaps, 90) * 1000,
+                   "p99": pct(gaps, 99) * 1000, "n": len(gaps)},
+    }
+
+
+def sweep_server(name, port, proc, args, levels, extra, raw):
+    wait_listening(port, proc, name)
+    one_request(port, "m", 8, 0, None, extra)  # warm-up
+    rows = []
+    for c in levels:
+        results, ok, wall = run_round(port, "m", c, args.seconds, args.max_tokens, extra)
+        for r in ok:
+            raw.write(json.dumps({"server": name, "clients": c, "ttft_s": r["ttft"],
+                                  "latency_s": r["latency"], "tokens": r["tokens"],
+                                  "itl_s": r["gaps"]}) + "\n")
+        row = summarise(name, c, ok, results, wall)
+        rows.append(row)
+        print(f"{name:9s} {c:3d} clients: {row['tok_s']:8.2f} tok/s  {row['requests_ok']} ok  "
+              f"TTFT p50 {row['ttft_s']['p50']:.3f} s (n={row['ttft_s']['n']})  "
+              f"ITL p50/p90/p99 {row['itl_ms']['p50']:.1f}/{row['itl_ms']['p90']:.1f}/"
+              f"{row['itl_ms']['p99']:.1f} ms (n={row['itl_ms']['n']})  errors {row['errors'] or 'none'}",
+              flush=True)
+    return rows
+
+
+def without_flags(argv, names):
+    """`argv` without the given `--flag value` pairs (the sweep sets them itself)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not any(a.startswith(n + "=") for n in names):
+            out.append(a)
+    return out
+
+
+def run_sweep(args, model_path):
+    levels = [int(x) for x in args.sweep.split(",") if x.strip()]
+    most = max(levels)
+    env = dict(os.environ)
+    if args.threads:
+        env["RAYON_NUM_THREADS"] = str(args.threads)
+    raw = open(args.raw, "w") if args.raw else open(os.devnull, "w")
+    summary = {"clients": {str(c): {} for c in levels}, "max_tokens": args.max_tokens,
+               "seconds_per_level": args.seconds, "threads": args.threads, "model": model_path}
+    servers = [("frugal", None)]
+    if args.llamacpp:
+        servers.append(("llamacpp", None))
+    for name, _ in servers:
+        port = free_port()
+        if name == "frugal":
+            cmd = [args.binary, "--model", model_path, "serve", "--host", "127.0.0.1", "--port",
+                   str(port), "--served-model-name", "m", "--max-concurrent", str(most),
+                   "--max-queue", str(most)] + without_flags(args.serve_args.split(),
+                                                            ("--max-concurrent", "--max-queue"))
+            # Exactly max_tokens per request, so both servers' requests are the same length
+            # where llama.cpp's also runs to the limit.
+            extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
+        else:
+            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host",
+                   "127.0.0.1", "--port", str(port), "--model_alias", "m"]
+            if args.threads:
+                cmd += ["--n_threads", str(args.threads)]
+            cmd += args.llamacpp_args.split()
+            extra = {}
+        print(f"command: {' '.join(cmd)}", flush=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            rows = sweep_server(name, port, proc, args, levels, extra, raw)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        for row in rows:
+            entry = summary["clients"][str(row["clients"])]
+            entry[f"{name}_tok_s"] = row["tok_s"]
+            entry[name] = row
+    raw.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    base = summary["clients"].get(str(min(levels)), {}).get("frugal_tok_s")
+    for c in levels:
+        e = summary["clients"][str(c)]
+        line = f"{c:3d} clients: frugal {e.get('frugal_tok_s', float('nan')):.2f} tok/s"
+        if base:
+            line += f" ({e.get('frugal_tok_s', 0) / base:.2f}x its {min(levels)}-client figure)"
+        if "llamacpp_tok_s" in e:
+            line += f", llama.cpp {e['llamacpp_tok_s']:.2f} tok/s"
+        print(line)
+    if any(r for c in summary["clients"].values() for k, r in c.items()
+           if isinstance(r, dict) and any(e not in ("http_429", "http_503") for e in r["errors"])):
+        sys.exit("unplanned errors (only 429/503 are planned)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=4)
@@ -146,9 +280,25 @@ def main():
     ap.add_argument("--model", help="model path (default: the fetched default model)")
     ap.add_argument("--serve-args", default="--max-concurrent 4 --kv-budget 512M",
                     help="extra flags for frugal serve")
+    ap.add_argument("--sweep", help="comma-separated client counts, e.g. 1,2,4,8,16 (sweep mode)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="compute threads for both servers (RAYON_NUM_THREADS / --n_threads); 0 = their default")
+    ap.add_argument("--llamacpp", action="store_true",
+                    help="also sweep llama_cpp.server (pip install 'llama-cpp-python[server]') on the same GGUF")
+    ap.add_argument("--llamacpp-args", default="--n_ctx 2048", help="extra flags for llama_cpp.server")
+    ap.add_argument("--raw", help="sweep mode: write one JSON line per request here")
+    ap.add_argument("--json", help="sweep mode: write the summary here")
     args = ap.parse_args()
 
     model_path = args.model or subprocess.check_output([args.binary, "fetch", "--print-path"], text=True).strip()
+    if args.sweep:
+        if args.llamacpp:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError:
+                sys.exit("--llamacpp needs llama-cpp-python: pip install 'llama-cpp-python[server]'")
+        run_sweep(args, model_path)
+        return
     port = free_port()
     cmd = [args.binary, "--model", model_path, "serve", "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", "m"] + args.serve_args.split()

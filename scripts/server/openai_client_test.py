@@ -77,6 +77,23 @@ try:
 except openai.BadRequestError as e:
     check("negative temperature is a 400", e.body.get("param") == "temperature", e.body)
 
+lp = client.chat.completions.create(model=model, messages=question, max_tokens=6, temperature=0,
+                                    logprobs=True, top_logprobs=3)
+content = lp.choices[0].logprobs.content
+check("chat logprobs: one entry per token, 3 alternatives each, the greedy token first",
+      len(content) == lp.usage.completion_tokens
+      and all(len(c.top_logprobs) == 3 and abs(c.logprob - c.top_logprobs[0].logprob) < 1e-5
+              for c in content), lp.choices[0].logprobs)
+many = client.completions.create(model=model, prompt="The sky is", max_tokens=6, temperature=1.0,
+                                 seed=3, n=3)
+check("n=3 gives three choices", sorted(c.index for c in many.choices) == [0, 1, 2], many)
+echo = client.completions.create(model=model, prompt="The sky is blue", max_tokens=1, temperature=0,
+                                 logprobs=1, echo=True)
+tl = echo.choices[0].logprobs.token_logprobs
+check("echo with logprobs scores the prompt (the first token null, then log-probabilities)",
+      tl[0] is None and all(x <= 0 for x in tl[1:]) and echo.choices[0].text.startswith("The sky is blue"),
+      echo.choices[0].logprobs)
+
 after = client.chat.completions.create(model=model, messages=question, max_tokens=4, temperature=0)
 check("server still serves after errors", len(after.choices) == 1)
 

@@ -160,6 +160,28 @@ pub struct Generation {
     ignore_eos: bool,
     tokens: Vec<u32>,
     finish: Option<FinishReason>,
+    /// The forward call a [`Turn::Forward`] asked for and [`Generation::complete`] has not yet
+    /// answered.
+    pending: Option<Pending>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    /// A prefill chunk that ends at this prompt index.
+    Prefill(usize),
+    /// The sampled token, fed back.
+    Decode,
+}
+
+/// The first half of a step ([`Generation::prepare`]): the forward call it needs, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Run `tokens` through the model (after what the sequence holds) and hand the logits of
+    /// the last one to [`Generation::complete`]; `step` is what this step did. The server's
+    /// scheduler stacks the `tokens` of many generations into one batched forward call.
+    Forward { tokens: Vec<u32>, step: Step },
+    /// The generation ended without needing a forward call.
+    Done(Step),
 }
 
 /// What one [`Generation::step`] did.
@@ -203,7 +225,37 @@ impl Generation {
             ignore_eos: false,
             tokens: Vec::new(),
             finish: None,
+            pending: None,
         })
+    }
+
+    /// Marks the first `n` prompt tokens as already in the sequence (a cached prefix the
+    /// caller resumed the sequence from); at least one prompt token must remain to be run, so
+    /// the logits of the prompt's end come from a forward call.
+    pub fn assume_prefilled(&mut self, n: usize) -> Result<()> {
+        if self.prefilled != 0 || self.pending.is_some() || n >= self.prompt.len() {
+            return Err(EngineError::Internal(format!(
+                "cannot assume {n} of {} prompt tokens prefilled",
+                self.prompt.len()
+            )));
+        }
+        self.prefilled = n;
+        Ok(())
+    }
+
+    /// The prompt, as given.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Prompt tokens run (or assumed) so far.
+    pub fn prefilled(&self) -> usize {
+        self.prefilled
+    }
+
+    /// The logits the next token is drawn from (empty until the prompt is prefilled).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
     }
 
     /// Keep going past the end-of-sequence token (until `max_tokens`): for benchmarks.
@@ -232,56 +284,105 @@ impl Generation {
     }
 
     /// Runs the next prefill chunk (at most `prefill_chunk` tokens) or samples the next token
-    /// and feeds it back. Calling it again after the last step is an error.
+    /// and feeds it back: [`Generation::prepare`], the forward call, [`Generation::complete`].
+    /// Calling it again after the last step is an error.
     pub fn step(
         &mut self,
         lm: &LoadedModel,
         seq: &mut Sequence,
         prefill_chunk: usize,
     ) -> Result<Step> {
+        match self.prepare(lm, seq, prefill_chunk)? {
+            Turn::Done(step) => Ok(step),
+            Turn::Forward { tokens, step } => {
+                let logits = lm.model.last_logits(&tokens, seq)?;
+                self.complete(logits)?;
+                Ok(step)
+            }
+        }
+    }
+
+    /// The first half of a step: picks the next prefill chunk (at most `prefill_chunk`
+    /// tokens), or samples the next token, settles its text and checks the stop conditions.
+    /// Unless the generation ended, the caller runs the returned tokens through the model on
+    /// `seq` and passes the logits of the last one to [`Generation::complete`].
+    pub fn prepare(
+        &mut self,
+        lm: &LoadedModel,
+        seq: &Sequence,
+        prefill_chunk: usize,
+    ) -> Result<Turn> {
         if self.finish.is_some() {
             return Err(EngineError::Internal(
                 "generation stepped after it finished".into(),
             ));
         }
+        if self.pending.is_some() {
+            return Err(EngineError::Internal(
+                "generation stepped before its forward call completed".into(),
+            ));
+        }
         if !self.prefill_done() {
             let end = (self.prefilled + prefill_chunk.max(1)).min(self.prompt.len());
-            let chunk = &self.prompt[self.prefilled..end];
-            let logits = lm.model.last_logits(chunk, seq)?;
-            let n = end - self.prefilled;
-            self.prefilled = end;
-            if end == self.prompt.len() {
-                self.logits = logits;
-            }
-            return Ok(Step::Prefilled(n));
+            self.pending = Some(Pending::Prefill(end));
+            return Ok(Turn::Forward {
+                tokens: self.prompt[self.prefilled..end].to_vec(),
+                step: Step::Prefilled(end - self.prefilled),
+            });
         }
         if self.tokens.len() >= self.max_tokens {
-            return Ok(self.end(FinishReason::Length, None, String::new()));
+            return Ok(Turn::Done(self.end(
+                FinishReason::Length,
+                None,
+                String::new(),
+            )));
         }
         let next = self.sampler.sample(&self.logits);
         if !self.ignore_eos && Some(next) == lm.tokenizer.eos_token_id() {
-            return Ok(self.end(FinishReason::Eos, None, String::new()));
+            return Ok(Turn::Done(self.end(FinishReason::Eos, None, String::new())));
         }
         self.tokens.push(next);
         let piece = self.decoder.push(next)?;
         let (text, stopped) = self.filter.push(&piece);
         if stopped {
             self.finish = Some(FinishReason::Stop);
-            return Ok(Step::Token {
+            return Ok(Turn::Done(Step::Token {
                 id: Some(next),
                 text,
                 finish: self.finish,
-            });
+            }));
         }
         if self.tokens.len() >= self.max_tokens || seq.len() >= lm.model.config().context_length {
-            return Ok(self.end(FinishReason::Length, Some(next), text));
+            return Ok(Turn::Done(self.end(FinishReason::Length, Some(next), text)));
         }
-        self.logits = lm.model.last_logits(&[next], seq)?;
-        Ok(Step::Token {
-            id: Some(next),
-            text,
-            finish: None,
+        self.pending = Some(Pending::Decode);
+        Ok(Turn::Forward {
+            tokens: vec![next],
+            step: Step::Token {
+                id: Some(next),
+                text,
+                finish: None,
+            },
         })
+    }
+
+    /// The second half of a step: the logits of the last token the forward call ran.
+    pub fn complete(&mut self, logits: Vec<f32>) -> Result<()> {
+        match self.pending.take() {
+            Some(Pending::Prefill(end)) => {
+                self.prefilled = end;
+                if end == self.prompt.len() {
+                    self.logits = logits;
+                }
+            }
+            Some(Pending::Decode) => self.logits = logits,
+            None => {
+                return Err(EngineError::Internal(
+                    "forward call completed with no step pending".into(),
+                ))
+            }
+        }
+        Ok(())
     }
 
     /// Finishes for a reason other than a stop string: what the detokeniser and the stop
@@ -344,6 +445,50 @@ pub fn generate(
         prefill_secs,
         decode_secs: t1.elapsed().as_secs_f64(),
     })
+}
+
+/// A token's log-probability under the model, with the most likely tokens at that step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-softmax of the raw logits (before temperature, top-k or top-p, as OpenAI's and
+/// vLLM's `logprobs` report the model's own distribution) at token `id`, and the `top` most
+/// likely tokens. The normaliser is summed in f64.
+pub fn token_logprob(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |l: f32| (l as f64 - lse) as f32;
+    let mut top_ids: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(logits.len());
+    if top > 0 && top < top_ids.len() {
+        top_ids.select_nth_unstable_by(top - 1, |&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+    }
+    top_ids.truncate(top);
+    top_ids.sort_unstable_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    TokenLogprob {
+        id,
+        logprob: logits
+            .get(id as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: top_ids
+            .iter()
+            .map(|&t| (t, lp(logits[t as usize])))
+            .collect(),
+    }
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -483,6 +628,21 @@ mod tests {
         .unwrap();
         let seen: std::collections::HashSet<u32> = (0..200).map(|_| k2.sample(&logits)).collect();
         assert_eq!(seen, [1, 2].into_iter().collect());
+    }
+
+    #[test]
+    fn token_logprobs_are_a_log_softmax_with_the_top_tokens_first() {
+        let logits = [1.0f32, 3.0, 2.0, -1.0];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let lp = token_logprob(&logits, 2, 2);
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
+        let total: f64 = (0..4)
+            .map(|i| (token_logprob(&logits, i, 0).logprob as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6, "probabilities sum to one");
+        assert_eq!(token_logprob(&logits, 0, 9).top.len(), 4);
     }
 
     #[test]

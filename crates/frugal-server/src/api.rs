@@ -3,11 +3,19 @@
 //! chunks are built with OpenAI's field names so a stock client parses them.
 //!
 //! Fields a stock client sends that change nothing here (`user`, `stream_options`, zero
-//! penalties, …) are accepted; fields asking for something we do not do (`n` > 1, `logprobs`,
-//! non-zero penalties, tools) are refused with a 400 rather than silently ignored.
+//! penalties, …) are accepted; fields asking for something we do not do (non-zero penalties,
+//! tools, `logit_bias`) are refused with a 400 rather than silently ignored, and so is a field
+//! this server does not know at all (a misspelt `max_token` would otherwise be dropped
+//! without a word).
+//!
+//! `logprobs` follow OpenAI's two shapes: the legacy completions object (`tokens`,
+//! `token_logprobs`, `top_logprobs`, `text_offset`; with `echo` the prompt's tokens come first,
+//! the first with `null`, which is what lm-evaluation-harness's log-likelihood tasks read) and
+//! the chat object (`content`: one entry per token with its `top_logprobs`). Log-probabilities
+//! are of the model's own distribution (log-softmax of the raw logits), as vLLM reports them.
 
 use crate::error::ApiError;
-use frugal_engine::generate::{FinishReason, SamplingParams};
+use frugal_engine::generate::{FinishReason, SamplingParams, TokenLogprob};
 use frugal_engine::model::chat_template::ChatMessage;
 use frugal_engine::model::LoadedModel;
 use frugal_methods::PolicySpec;
@@ -29,11 +37,24 @@ pub struct RequestContext<'a> {
     pub default_max_tokens: usize,
 }
 
+/// Most `top_logprobs` a request may ask for (OpenAI allows 20 on chat, 5 on completions).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// Most choices (`n`) a request may ask for.
+pub const MAX_N: usize = 16;
+
 /// A request that passed every check and is ready for the scheduler.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub endpoint: Endpoint,
-    pub prompt_ids: Vec<u32>,
+    /// One prompt, or several for a completions batch; each runs `n` times.
+    pub prompts: Vec<Vec<u32>>,
+    /// Choices per prompt.
+    pub n: usize,
+    /// Report the sampled tokens' log-probabilities with this many alternatives each.
+    pub logprobs: Option<usize>,
+    /// Completions' `echo`: the answer starts with the prompt (and, with `logprobs`, the
+    /// prompt tokens' log-probabilities).
+    pub echo: bool,
     pub sampling: SamplingParams,
     pub max_tokens: usize,
     pub stop: Vec<String>,
@@ -43,6 +64,61 @@ pub struct Prepared {
     pub policy: PolicySpec,
     /// vLLM's `ignore_eos` extension: generate exactly `max_tokens` (for load tests).
     pub ignore_eos: bool,
+}
+
+/// Fields both endpoints know (OpenAI's, plus vLLM's `top_k` and `ignore_eos`, plus ours).
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "user",
+    "ignore_eos",
+    "frugal",
+];
+const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "tools",
+    "functions",
+    "function_call",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "metadata",
+    "store",
+    "service_tier",
+];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "suffix", "best_of"];
+
+/// A field neither OpenAI's API (for this endpoint) nor this server knows is refused by name.
+fn check_known(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+    let own = match endpoint {
+        Endpoint::Chat => CHAT_FIELDS,
+        Endpoint::Completion => COMPLETION_FIELDS,
+    };
+    match obj
+        .keys()
+        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !own.contains(&k.as_str()))
+    {
+        Some(k) => Err(ApiError::invalid_param(
+            k,
+            format!("unknown field `{k}`: this server does not recognise it"),
+        )
+        .with_code("unknown_parameter")),
+        None => Ok(()),
+    }
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -128,6 +204,7 @@ pub fn prepare_chat(body: &[u8], cx: &RequestContext) -> Result<Prepared, ApiErr
     let obj = parse_object(body)?;
     let f = Fields(&obj);
     check_model(&f, cx)?;
+    check_known(&obj, Endpoint::Chat)?;
     let messages = match f.get("messages") {
         None => {
             return Err(ApiError::invalid_param(
@@ -160,13 +237,45 @@ pub fn prepare_chat(body: &[u8], cx: &RequestContext) -> Result<Prepared, ApiErr
         ApiError::invalid_param("messages", format!("cannot apply the chat template: {e}"))
     })?;
     let ids = encode(cx, &prompt, "messages")?;
+    // Chat's `logprobs` is a boolean; `top_logprobs` asks for alternatives and needs it.
+    let top = f.int("top_logprobs")?;
+    let logprobs = match (f.bool("logprobs")?.unwrap_or(false), top) {
+        (false, Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                "`top_logprobs` needs `logprobs` set to true",
+            ))
+        }
+        (false, None) => None,
+        (true, top) => Some(top_count("top_logprobs", top.unwrap_or(0))?),
+    };
     finish_prepare(
         Endpoint::Chat,
         &f,
-        ids,
+        vec![ids],
         cx,
         &["max_completion_tokens", "max_tokens"],
+        Extras {
+            logprobs,
+            echo: false,
+        },
     )
+}
+
+fn top_count(name: &str, k: i64) -> Result<usize, ApiError> {
+    if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) {
+        return Err(ApiError::invalid_param(
+            name,
+            format!("`{name}` must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        ));
+    }
+    Ok(k as usize)
+}
+
+/// What only one endpoint parses but [`finish_prepare`] carries.
+struct Extras {
+    logprobs: Option<usize>,
+    echo: bool,
 }
 
 fn is_text_format(v: Option<&Value>) -> bool {
@@ -223,37 +332,68 @@ fn parse_message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage { role, content })
 }
 
-/// Checks a `/v1/completions` body: `prompt` is a string, a one-element array of strings, or
-/// an array of token ids.
+/// Checks a `/v1/completions` body: `prompt` is a string, an array of token ids, or a batch:
+/// an array of strings or of token-id arrays (each prompt gets its own choices).
 pub fn prepare_completion(body: &[u8], cx: &RequestContext) -> Result<Prepared, ApiError> {
     let obj = parse_object(body)?;
     let f = Fields(&obj);
     check_model(&f, cx)?;
-    let ids = match f.get("prompt") {
-        None => return Err(ApiError::invalid_param("prompt", "`prompt` is required")),
-        Some(Value::String(s)) => encode(cx, s, "prompt")?,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => encode(cx, a[0].as_str().unwrap_or(""), "prompt")?,
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-            let vocab = cx.model.model.config().vocab_size as u64;
-            a.iter()
-                .map(|v| match v.as_u64() {
-                    Some(id) if id < vocab => Ok(id as u32),
-                    _ => Err(ApiError::invalid_param("prompt", format!("token id {v} is outside the vocabulary of {vocab}"))),
-                })
-                .collect::<Result<_, _>>()?
+    check_known(&obj, Endpoint::Completion)?;
+    let vocab = cx.model.model.config().vocab_size as u64;
+    let ids_of = |a: &Vec<Value>, param: &str| -> Result<Vec<u32>, ApiError> {
+        if a.is_empty() {
+            return Err(ApiError::invalid_param(
+                param,
+                format!("`{param}` is an empty list of token ids"),
+            ));
         }
+        a.iter()
+            .map(|v| match v.as_u64() {
+                Some(id) if id < vocab => Ok(id as u32),
+                _ => Err(ApiError::invalid_param(
+                    param,
+                    format!("token id {v} in `{param}` is not in the vocabulary of {vocab}"),
+                )),
+            })
+            .collect()
+    };
+    let prompts = match f.get("prompt") {
+        None => return Err(ApiError::invalid_param("prompt", "`prompt` is required")),
+        Some(Value::String(s)) => vec![encode(cx, s, "prompt")?],
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => {
+            vec![ids_of(a, "prompt")?]
+        }
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let param = format!("prompt[{i}]");
+                match p {
+                    Value::String(s) => encode(cx, s, &param),
+                    Value::Array(ids) => ids_of(ids, &param),
+                    other => Err(Fields::wrong(
+                        &param,
+                        "a string or an array of token ids",
+                        other,
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
         Some(Value::Array(_)) => {
             return Err(ApiError::invalid_param(
                 "prompt",
-                "`prompt` must be a string, one string in an array, or an array of token ids (batches of prompts are not supported)",
+                "`prompt` is an empty array",
             ))
         }
         Some(other) => return Err(Fields::wrong("prompt", "a string or an array", other)),
     };
-    if f.bool("echo")?.unwrap_or(false) {
+    if prompts.len() > MAX_N {
         return Err(ApiError::invalid_param(
-            "echo",
-            "`echo` is not supported by this server",
+            "prompt",
+            format!(
+                "at most {MAX_N} prompts in one request, got {}",
+                prompts.len()
+            ),
         ));
     }
     if f.get("suffix").is_some() {
@@ -262,7 +402,31 @@ pub fn prepare_completion(body: &[u8], cx: &RequestContext) -> Result<Prepared, 
             "`suffix` is not supported by this server",
         ));
     }
-    finish_prepare(Endpoint::Completion, &f, ids, cx, &["max_tokens"])
+    let echo = f.bool("echo")?.unwrap_or(false);
+    // Completions' `logprobs` is the number of alternatives (0: only the sampled token's).
+    let logprobs = match f.get("logprobs") {
+        None | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(0),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(k) => Some(top_count("logprobs", k)?),
+            None => {
+                return Err(Fields::wrong(
+                    "logprobs",
+                    "an integer",
+                    &Value::Number(n.clone()),
+                ))
+            }
+        },
+        Some(other) => return Err(Fields::wrong("logprobs", "an integer", other)),
+    };
+    finish_prepare(
+        Endpoint::Completion,
+        &f,
+        prompts,
+        cx,
+        &["max_tokens"],
+        Extras { logprobs, echo },
+    )
 }
 
 fn check_model(f: &Fields, cx: &RequestContext) -> Result<(), ApiError> {
@@ -294,11 +458,15 @@ fn encode(cx: &RequestContext, text: &str, param: &str) -> Result<Vec<u32>, ApiE
 fn finish_prepare(
     endpoint: Endpoint,
     f: &Fields,
-    prompt_ids: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     cx: &RequestContext,
     max_names: &[&str],
+    extras: Extras,
 ) -> Result<Prepared, ApiError> {
     let context = cx.model.model.config().context_length;
+    // The longest prompt of a batch decides what room is left.
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let prompt_ids = &prompts[prompts.iter().position(|p| p.len() == longest).unwrap_or(0)];
     if prompt_ids.len() >= context {
         return Err(ApiError::invalid_param(
             max_names.last().copied().unwrap_or("max_tokens"),
@@ -313,10 +481,12 @@ fn finish_prepare(
     let mut max_tokens = None;
     for name in max_names {
         if let Some(n) = f.int(name)? {
-            if n < 1 {
+            // `echo` with `max_tokens` 0 scores the prompt without generating.
+            let least = if extras.echo { 0 } else { 1 };
+            if n < least {
                 return Err(ApiError::invalid_param(
                     name,
-                    format!("`{name}` must be at least 1, got {n}"),
+                    format!("`{name}` must be at least {least}, got {n}"),
                 ));
             }
             if n as u64 > room as u64 {
@@ -334,7 +504,7 @@ fn finish_prepare(
             break;
         }
     }
-    let max_tokens = max_tokens.unwrap_or(cx.default_max_tokens.min(room)).max(1);
+    let max_tokens = max_tokens.unwrap_or(cx.default_max_tokens.min(room).max(1));
 
     // OpenAI's default temperature is 1 and its range [0, 2].
     let temperature = f.f32("temperature")?.unwrap_or(1.0);
@@ -374,11 +544,21 @@ fn finish_prepare(
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
 
-    if let Some(n) = f.int("n")? {
-        if n != 1 {
+    let n = match f.int("n")? {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
             return Err(ApiError::invalid_param(
                 "n",
-                format!("only `n` = 1 is supported, got {n}"),
+                format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            ))
+        }
+    };
+    if let Some(b) = f.int("best_of")? {
+        if b != n as i64 {
+            return Err(ApiError::invalid_param(
+                "best_of",
+                format!("`best_of` other than `n` is not supported (got {b}, n = {n})"),
             ));
         }
     }
@@ -390,18 +570,12 @@ fn finish_prepare(
             ));
         }
     }
-    let wants_logprobs = match f.get("logprobs") {
-        None | Some(Value::Bool(false)) => false,
-        Some(_) => true,
-    };
-    if wants_logprobs
-        || f.get("top_logprobs").is_some()
-        || f.get("logit_bias")
-            .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+    if f.get("logit_bias")
+        .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
     {
         return Err(ApiError::invalid_param(
-            "logprobs",
-            "`logprobs`, `top_logprobs` and `logit_bias` are not supported by this server",
+            "logit_bias",
+            "`logit_bias` is not supported by this server",
         ));
     }
 
@@ -434,11 +608,20 @@ fn finish_prepare(
             .unwrap_or(false),
         None => false,
     };
+    if stream && extras.echo && extras.logprobs.is_some() {
+        return Err(ApiError::invalid_param(
+            "echo",
+            "`echo` with `logprobs` is answered whole, not streamed: drop `stream` or one of them",
+        ));
+    }
     let policy = parse_policy(f, cx.default_policy)?;
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     Ok(Prepared {
         endpoint,
-        prompt_ids,
+        prompts,
+        n,
+        logprobs: extras.logprobs,
+        echo: extras.echo,
         sampling,
         max_tokens,
         stop,
@@ -502,12 +685,14 @@ pub fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-/// `usage` as OpenAI counts it.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// `usage` as OpenAI counts it; `prompt_tokens_details.cached_tokens` counts prompt tokens
+/// resumed from the prefix cache rather than prefilled.
+pub fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     })
 }
 
@@ -518,40 +703,51 @@ pub struct ResponseMeta {
     pub model: String,
 }
 
+/// One choice of a whole response.
+pub struct ChoiceOut {
+    pub index: usize,
+    pub text: String,
+    pub finish: &'static str,
+    /// The endpoint's `logprobs` object, or `null`.
+    pub logprobs: Value,
+}
+
 /// A whole (non-streaming) response. `frugal` is our extension: the policy that ran and the
 /// KV bytes it held at its peak, so a client can see what the policy saved.
 pub fn full_response(
     endpoint: Endpoint,
     meta: &ResponseMeta,
-    text: &str,
-    finish: &str,
+    choices: &[ChoiceOut],
     usage: Value,
     frugal: Value,
 ) -> Value {
-    let (object, choice) = match endpoint {
-        Endpoint::Chat => (
-            "chat.completion",
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
-        ),
-        Endpoint::Completion => (
-            "text_completion",
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-        ),
+    let object = match endpoint {
+        Endpoint::Chat => "chat.completion",
+        Endpoint::Completion => "text_completion",
     };
+    let choices: Vec<Value> = choices
+        .iter()
+        .map(|c| match endpoint {
+            Endpoint::Chat => json!({"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": c.logprobs, "finish_reason": c.finish}),
+            Endpoint::Completion => json!({"index": c.index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish}),
+        })
+        .collect();
     json!({
         "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
-        "choices": [choice], "usage": usage, "system_fingerprint": null, "frugal": frugal,
+        "choices": choices, "usage": usage, "system_fingerprint": null, "frugal": frugal,
     })
 }
 
-/// One stream chunk: `text` is a content delta (the first chat chunk also carries the role),
-/// `finish` closes the choice.
+/// One stream chunk of choice `index`: `text` is a content delta (the first chat chunk also
+/// carries the role), `finish` closes the choice, `logprobs` covers the chunk's tokens.
 pub fn chunk(
     endpoint: Endpoint,
     meta: &ResponseMeta,
+    index: usize,
     text: Option<&str>,
     first: bool,
     finish: Option<&str>,
+    logprobs: Value,
 ) -> Value {
     let (object, choice) = match endpoint {
         Endpoint::Chat => {
@@ -564,12 +760,12 @@ pub fn chunk(
             }
             (
                 "chat.completion.chunk",
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
             )
         }
         Endpoint::Completion => (
             "text_completion",
-            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}),
         ),
     };
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": [choice]})
@@ -582,4 +778,74 @@ pub fn usage_chunk(endpoint: Endpoint, meta: &ResponseMeta, usage: Value) -> Val
         Endpoint::Completion => "text_completion",
     };
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": [], "usage": usage})
+}
+
+/// A token as text, for `logprobs` (a piece of a multi-byte character decodes lossily; the
+/// chat shape's `bytes` field carries its exact bytes).
+pub fn token_text(lm: &LoadedModel, id: u32) -> String {
+    lm.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// Finite log-probabilities for JSON (an impossible token's −∞ becomes the f32 minimum, as
+/// JSON has no infinity).
+fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp
+    } else {
+        f32::MIN
+    }
+}
+
+/// The legacy completions `logprobs` object for `tokens` (`None`: a position with no
+/// log-probability, the first prompt token under `echo`), offsets counted in bytes from
+/// `offset`.
+pub fn completion_logprobs(
+    lm: &LoadedModel,
+    tokens: &[(u32, Option<TokenLogprob>)],
+    offset: usize,
+) -> Value {
+    let mut texts = Vec::with_capacity(tokens.len());
+    let mut lps = Vec::with_capacity(tokens.len());
+    let mut tops = Vec::with_capacity(tokens.len());
+    let mut offsets = Vec::with_capacity(tokens.len());
+    let mut at = offset;
+    for (id, lp) in tokens {
+        let text = token_text(lm, *id);
+        offsets.push(at);
+        at += text.len();
+        texts.push(text);
+        match lp {
+            None => {
+                lps.push(Value::Null);
+                tops.push(Value::Null);
+            }
+            Some(lp) => {
+                lps.push(json!(finite(lp.logprob)));
+                let mut top = Map::new();
+                for (t, l) in &lp.top {
+                    top.entry(token_text(lm, *t)).or_insert(json!(finite(*l)));
+                }
+                tops.push(Value::Object(top));
+            }
+        }
+    }
+    json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+/// The chat `logprobs` object: `content`, one entry per sampled token.
+pub fn chat_logprobs(lm: &LoadedModel, tokens: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let text = token_text(lm, id);
+        let bytes: Vec<u8> = text.as_bytes().to_vec();
+        json!({"token": text, "logprob": finite(lp), "bytes": bytes})
+    };
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.id, t.logprob);
+            e["top_logprobs"] = Value::Array(t.top.iter().map(|&(i, l)| entry(i, l)).collect());
+            e
+        })
+        .collect();
+    json!({"content": content})
 }

@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// reserves what a full cache would hold for its prompt + max_tokens.
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     pub kv_budget: usize,
-    /// Requests decoding at once (interleaved one token each, round-robin).
+    /// Sequences running at once: every step advances all of them in one batched forward
+    /// pass (a request with `n` > 1 or several prompts runs several).
     #[arg(long, default_value_t = 4)]
     pub max_concurrent: usize,
     /// Requests that may wait for capacity; beyond that they get 429 with Retry-After.
@@ -39,12 +40,33 @@ pub struct ServeArgs {
     /// max_tokens for requests that give none (clamped to the rest of the context).
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
-    /// Prompt tokens per prefill step; smaller interleaves long prompts more finely.
+    /// Prompt tokens prefilled per batched step, over all prefilling requests; smaller keeps
+    /// decoding streams smoother while long prompts come in.
     #[arg(long, default_value_t = 256)]
     pub prefill_chunk: usize,
+    /// Bytes of prompt prefixes kept for reuse (suffixes K, M, G; 0 = off): a request that
+    /// starts with a cached prefix under the same policy resumes from its cache, kept as the
+    /// policy stores it (compressed), evicted least-recently-used. Under a compressing policy
+    /// a resumed prefix was compressed without the request's question in view.
+    #[arg(long, default_value = "0", value_parser = parse_bytes_or_zero)]
+    pub prefix_cache_bytes: usize,
+    /// Prefixes are cached at multiples of this many tokens (the last two before each
+    /// prompt's end).
+    #[arg(long, default_value_t = 64)]
+    pub prefix_block: usize,
+    /// How many of the last block boundaries before each prompt's end are cached.
+    #[arg(long, default_value_t = 2)]
+    pub prefix_snapshots: usize,
     /// Model id clients send as `model` (default: the model file's stem).
     #[arg(long)]
     pub served_model_name: Option<String>,
+}
+
+fn parse_bytes_or_zero(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "0" => Ok(0),
+        other => parse_bytes(other),
+    }
 }
 
 fn parse_policy(s: &str) -> Result<PolicySpec, String> {
@@ -67,6 +89,7 @@ impl ServeArgs {
             ("--max-concurrent", self.max_concurrent),
             ("--default-max-tokens", self.default_max_tokens),
             ("--prefill-chunk", self.prefill_chunk),
+            ("--prefix-block", self.prefix_block),
         ] {
             if v == 0 {
                 anyhow::bail!("invalid {name} 0: must be at least 1");
@@ -84,6 +107,9 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             default_max_tokens: self.default_max_tokens,
             prefill_chunk: self.prefill_chunk,
+            prefix_cache_bytes: self.prefix_cache_bytes,
+            prefix_block: self.prefix_block,
+            prefix_snapshots: self.prefix_snapshots,
         })
     }
 }

@@ -6,11 +6,17 @@
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both also as SSE streams
 //! ending in `data: [DONE]`), `GET /v1/models`, `GET /health`, `GET /metrics`. A request picks
 //! its KV/attention policy with the extension field `"frugal": {"policy": "<spec>"}`.
+//!
+//! Running requests advance together, one batched forward pass per step, whatever policy each
+//! uses ([`scheduler`]). `n` > 1 and completions prompt batches run as several sequences of one
+//! request; `logprobs` (with `echo`, the prompt's too) come from the model's own distribution;
+//! prompts that begin with a cached prefix resume from it ([`prefix`], opt-in).
 
 pub mod api;
 pub mod cli;
 pub mod error;
 pub mod metrics;
+pub mod prefix;
 pub mod scheduler;
 
 use api::{Endpoint, Prepared, RequestContext, ResponseMeta};
@@ -24,11 +30,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use cli::{serve, ServeArgs};
 use error::ApiError;
-use frugal_engine::generate::{GenerateRequest, Generation};
+use frugal_engine::generate::{GenerateRequest, Generation, SamplingParams, TokenLogprob};
 use frugal_engine::model::LoadedModel;
 use frugal_methods::PolicySpec;
 use metrics::Metrics;
-use scheduler::{Admission, Event, Job, Limits, Summary};
+use scheduler::{Admission, EngineConfig, Event, Job, Limits, Summary};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -58,8 +64,18 @@ pub struct ServerConfig {
     /// `max_tokens` for requests that give none (OpenAI's default is the rest of the context;
     /// a bound keeps the worst-case KV reservation of such requests reasonable).
     pub default_max_tokens: usize,
-    /// Prompt tokens per prefill step; smaller interleaves more finely with other requests.
+    /// Prompt tokens prefilled per batched step, over all prefilling requests; smaller keeps
+    /// decoding streams smoother while long prompts come in.
     pub prefill_chunk: usize,
+    /// Bytes the prefix cache may hold (0: off). Off by default: a request resumed from a
+    /// cached prefix under a compressing policy gets that prefix compressed without its
+    /// question in view (see [`prefix`]), so reuse is the operator's choice.
+    pub prefix_cache_bytes: usize,
+    /// Prefixes are cached at multiples of this many tokens.
+    pub prefix_block: usize,
+    /// How many of the last block boundaries before each prompt's end are cached (ours: 2,
+    /// so a follow-up question up to one block long always finds the shared part cached).
+    pub prefix_snapshots: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +92,9 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             default_max_tokens: 512,
             prefill_chunk: 256,
+            prefix_cache_bytes: 0,
+            prefix_block: 64,
+            prefix_snapshots: 2,
         }
     }
 }
@@ -170,7 +189,19 @@ pub fn spawn(lm: LoadedModel, cfg: ServerConfig) -> anyhow::Result<RunningServer
     let full_bytes_per_token = layout.n_layers * layout.n_kv_heads * (2 * layout.head_dim * 4 + 4);
     let lm = Arc::new(lm);
     let metrics = Arc::new(Metrics::default());
-    let (jobs, engine) = scheduler::start_engine(lm.clone(), metrics.clone(), cfg.prefill_chunk)?;
+    if cfg.prefill_chunk == 0 || cfg.prefix_block == 0 {
+        anyhow::bail!("invalid --prefill-chunk or --prefix-block 0: must be at least 1");
+    }
+    let (jobs, engine) = scheduler::start_engine(
+        lm.clone(),
+        metrics.clone(),
+        EngineConfig {
+            prefill_tokens: cfg.prefill_chunk,
+            prefix_cache_bytes: cfg.prefix_cache_bytes,
+            prefix_block: cfg.prefix_block,
+            prefix_snapshots: cfg.prefix_snapshots,
+        },
+    )?;
     let admission = Admission::new(Limits {
         kv_budget: cfg.kv_budget,
         max_concurrent: cfg.max_concurrent,
@@ -303,7 +334,8 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Checks, admits and runs one completion request; answers JSON or an SSE stream.
+/// Checks, admits and runs one completion request (one sequence per prompt and choice);
+/// answers JSON or an SSE stream.
 async fn complete(
     st: &Arc<AppState>,
     endpoint: Endpoint,
@@ -324,51 +356,69 @@ async fn complete(
         Endpoint::Chat => api::prepare_chat(&body, &cx)?,
         Endpoint::Completion => api::prepare_completion(&body, &cx)?,
     };
-    let seq =
-        frugal_methods::build(&req.policy, st.lm.model.config().kv_layout()).map_err(|e| {
-            ApiError::invalid_param(
-                "frugal.policy",
-                format!("invalid policy `{}`: {e}", req.policy),
+    let layout = st.lm.model.config().kv_layout();
+    let mut parts = Vec::with_capacity(req.prompts.len() * req.n);
+    let mut reserves = Vec::with_capacity(req.prompts.len() * req.n);
+    for (p, ids) in req.prompts.iter().enumerate() {
+        for j in 0..req.n {
+            let seq = frugal_methods::build(&req.policy, layout).map_err(|e| {
+                ApiError::invalid_param(
+                    "frugal.policy",
+                    format!("invalid policy `{}`: {e}", req.policy),
+                )
+                .with_code("invalid_policy")
+            })?;
+            // The choices of one prompt draw with consecutive seeds, so they differ.
+            let sampling = SamplingParams {
+                seed: req.sampling.seed.wrapping_add(j as u64),
+                ..req.sampling.clone()
+            };
+            let generation = Generation::new(
+                &st.lm,
+                &seq,
+                ids.clone(),
+                &GenerateRequest {
+                    sampling,
+                    max_tokens: req.max_tokens,
+                    stop: req.stop.clone(),
+                },
             )
-            .with_code("invalid_policy")
-        })?;
-    let generation = Generation::new(
-        &st.lm,
-        &seq,
-        req.prompt_ids.clone(),
-        &GenerateRequest {
-            sampling: req.sampling.clone(),
-            max_tokens: req.max_tokens,
-            stop: req.stop.clone(),
-        },
-    )
-    .map_err(|e| ApiError::invalid(e.to_string()))?
-    .ignore_eos(req.ignore_eos);
-    let reserve = (req.prompt_ids.len() + req.max_tokens) * st.full_bytes_per_token;
-    let permit = st.admission.acquire(reserve).await?;
+            .map_err(|e| ApiError::invalid(e.to_string()))?
+            .ignore_eos(req.ignore_eos);
+            reserves.push((ids.len() + req.max_tokens) * st.full_bytes_per_token);
+            parts.push((p * req.n + j, seq, generation));
+        }
+    }
+    let permits = st.admission.acquire(&reserves).await?;
 
     let (events, rx) = tmpsc::unbounded_channel();
-    let job = Job {
-        prompt_tokens: req.prompt_ids.len(),
-        seq,
-        generation,
-        policy: req.policy.to_string(),
-        policy_label: req
-            .policy
-            .parts
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join("+"),
-        arrived,
-        events,
-        permit,
-    };
-    st.jobs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job)
-        .map_err(|_| ApiError::internal("the engine thread has stopped"))?;
+    let policy_label = req
+        .policy
+        .parts
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    {
+        let jobs = st.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        for ((index, seq, generation), permit) in parts.into_iter().zip(permits) {
+            jobs.send(Job {
+                index,
+                seq,
+                generation,
+                spec: req.policy.clone(),
+                policy: req.policy.to_string(),
+                policy_label: policy_label.clone(),
+                arrived,
+                events: events.clone(),
+                permit,
+                logprobs: req.logprobs,
+                score_prompt: req.echo && req.logprobs.is_some(),
+            })
+            .map_err(|_| ApiError::internal("the engine thread has stopped"))?;
+        }
+    }
+    drop(events);
 
     let meta = ResponseMeta {
         id: format!(
@@ -386,36 +436,103 @@ async fn complete(
         model: st.model_id.clone(),
     };
     if req.stream {
-        return Ok(stream_response(endpoint, meta, req.include_usage, rx));
+        return Ok(stream_response(st.clone(), endpoint, meta, req, rx));
     }
+    let count = req.prompts.len() * req.n;
+    let mut texts = vec![String::new(); count];
+    let mut sampled: Vec<Vec<TokenLogprob>> = vec![Vec::new(); count];
+    let mut summaries: Vec<Option<Summary>> = vec![None; count];
     let mut rx = rx;
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(sum) => {
-                let body = api::full_response(
-                    endpoint,
-                    &meta,
-                    &text,
-                    api::finish_reason(sum.finish),
-                    api::usage(sum.prompt_tokens, sum.completion_tokens),
-                    frugal_extension(&sum),
-                );
-                return Ok(Json(body).into_response());
+    let mut remaining = count;
+    while remaining > 0 {
+        match rx.recv().await {
+            Some((i, Event::Token { text, logprob })) => {
+                texts[i].push_str(&text);
+                sampled[i].extend(logprob);
             }
-            Event::Failed(msg) => {
+            Some((i, Event::Done(sum))) => {
+                summaries[i] = Some(sum);
+                remaining -= 1;
+            }
+            Some((_, Event::Failed(msg))) => {
                 return Err(ApiError::internal(format!("generation failed: {msg}")))
+            }
+            None => {
+                return Err(ApiError::internal(
+                    "the engine dropped the request without an answer",
+                ))
             }
         }
     }
-    Err(ApiError::internal(
-        "the engine dropped the request without an answer",
-    ))
+    let summaries: Vec<Summary> = summaries.into_iter().flatten().collect();
+    let mut choices = Vec::with_capacity(count);
+    for (i, sum) in summaries.iter().enumerate() {
+        let ids = &req.prompts[i / req.n];
+        let prompt_text = match req.echo || req.logprobs.is_some() {
+            true => st.lm.tokenizer.decode(ids, true).unwrap_or_default(),
+            false => String::new(),
+        };
+        let logprobs = match (endpoint, req.logprobs) {
+            (_, None) => serde_json::Value::Null,
+            (Endpoint::Chat, Some(_)) => api::chat_logprobs(&st.lm, &sampled[i]),
+            (Endpoint::Completion, Some(_)) => {
+                let mut list: Vec<(u32, Option<TokenLogprob>)> = Vec::new();
+                if req.echo {
+                    list.extend(
+                        ids.iter().copied().zip(
+                            sum.prompt_logprobs
+                                .iter()
+                                .cloned()
+                                .chain(std::iter::repeat(None)),
+                        ),
+                    );
+                }
+                list.extend(sampled[i].iter().map(|t| (t.id, Some(t.clone()))));
+                // Offsets count from the start of the prompt, as OpenAI's do.
+                let offset = if req.echo { 0 } else { prompt_text.len() };
+                api::completion_logprobs(&st.lm, &list, offset)
+            }
+        };
+        choices.push(api::ChoiceOut {
+            index: i,
+            text: match req.echo {
+                true => prompt_text + &texts[i],
+                false => std::mem::take(&mut texts[i]),
+            },
+            finish: api::finish_reason(sum.finish),
+            logprobs,
+        });
+    }
+    let body = api::full_response(
+        endpoint,
+        &meta,
+        &choices,
+        usage_of(&req, &summaries),
+        frugal_extension(&summaries),
+    );
+    Ok(Json(body).into_response())
 }
 
-fn frugal_extension(sum: &Summary) -> serde_json::Value {
-    json!({"policy": sum.policy, "kv_peak_bytes": sum.peak_kv_bytes})
+/// Usage over a request's sequences: each prompt counted once (as OpenAI counts `n` > 1),
+/// every choice's completion tokens, and the prompt tokens its first choice resumed from the
+/// prefix cache.
+fn usage_of(req: &Prepared, summaries: &[Summary]) -> serde_json::Value {
+    let prompt: usize = req.prompts.iter().map(Vec::len).sum();
+    let completion: usize = summaries.iter().map(|s| s.completion_tokens).sum();
+    let cached: usize = summaries
+        .iter()
+        .step_by(req.n.max(1))
+        .map(|s| s.cached_tokens)
+        .sum();
+    api::usage(prompt, completion, cached)
+}
+
+fn frugal_extension(summaries: &[Summary]) -> serde_json::Value {
+    let policy = summaries
+        .first()
+        .map_or(String::new(), |s| s.policy.clone());
+    let peak = summaries.iter().map(|s| s.peak_kv_bytes).max().unwrap_or(0);
+    json!({"policy": policy, "kv_peak_bytes": peak})
 }
 
 fn random_id() -> u64 {
@@ -423,32 +540,62 @@ fn random_id() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
-/// The SSE stream: chunks as text settles, a closing chunk with `finish_reason`, optionally a
-/// `usage` chunk, then `data: [DONE]`. When the client goes away, hyper drops this stream and
-/// with it the event receiver, which is how the engine learns to free the sequence.
+/// The SSE stream: chunks as text settles (each tagged with its choice index), a closing
+/// chunk with `finish_reason` per choice, optionally a `usage` chunk once every choice is
+/// done, then `data: [DONE]`. When the client goes away, hyper drops this stream and with it
+/// the event receiver, which is how the engine learns to free the sequences.
 fn stream_response(
+    st: Arc<AppState>,
     endpoint: Endpoint,
     meta: ResponseMeta,
-    include_usage: bool,
-    rx: tmpsc::UnboundedReceiver<Event>,
+    req: Prepared,
+    rx: tmpsc::UnboundedReceiver<(usize, scheduler::Event)>,
 ) -> Response {
     struct S {
-        rx: tmpsc::UnboundedReceiver<Event>,
+        rx: tmpsc::UnboundedReceiver<(usize, scheduler::Event)>,
         pending: VecDeque<String>,
+        remaining: usize,
+        summaries: Vec<Option<Summary>>,
         done: bool,
     }
+    let count = req.prompts.len() * req.n;
     let mut pending = VecDeque::new();
-    if endpoint == Endpoint::Chat {
-        pending.push_back(api::chunk(endpoint, &meta, Some(""), true, None).to_string());
+    for i in 0..count {
+        let echoed = match req.echo {
+            true => Some(
+                st.lm
+                    .tokenizer
+                    .decode(&req.prompts[i / req.n], true)
+                    .unwrap_or_default(),
+            ),
+            false => None,
+        };
+        if endpoint == Endpoint::Chat || echoed.is_some() {
+            let first = api::chunk(
+                endpoint,
+                &meta,
+                i,
+                Some(echoed.as_deref().unwrap_or("")),
+                true,
+                None,
+                serde_json::Value::Null,
+            );
+            pending.push_back(first.to_string());
+        }
     }
     let init = S {
         rx,
         pending,
+        remaining: count,
+        summaries: vec![None; count],
         done: false,
     };
     let meta = Arc::new(meta);
+    let req = Arc::new(req);
     let stream = futures_util::stream::unfold(init, move |mut s| {
         let meta = meta.clone();
+        let req = req.clone();
+        let st = st.clone();
         async move {
             loop {
                 if let Some(d) = s.pending.pop_front() {
@@ -459,24 +606,51 @@ fn stream_response(
                 }
                 let failed = |msg: String| ApiError::internal(msg).body().to_string();
                 match s.rx.recv().await {
-                    Some(Event::Text(t)) => {
+                    Some((i, Event::Token { text, logprob })) => {
+                        let logprobs = match (endpoint, logprob) {
+                            (_, None) => serde_json::Value::Null,
+                            (Endpoint::Chat, Some(lp)) => api::chat_logprobs(&st.lm, &[lp]),
+                            (Endpoint::Completion, Some(lp)) => {
+                                api::completion_logprobs(&st.lm, &[(lp.id, Some(lp))], 0)
+                            }
+                        };
                         s.pending.push_back(
-                            api::chunk(endpoint, &meta, Some(&t), false, None).to_string(),
+                            api::chunk(endpoint, &meta, i, Some(&text), false, None, logprobs)
+                                .to_string(),
                         );
                         continue;
                     }
-                    Some(Event::Done(sum)) => {
+                    Some((i, Event::Done(sum))) => {
                         let finish = api::finish_reason(sum.finish);
                         s.pending.push_back(
-                            api::chunk(endpoint, &meta, None, false, Some(finish)).to_string(),
+                            api::chunk(
+                                endpoint,
+                                &meta,
+                                i,
+                                None,
+                                false,
+                                Some(finish),
+                                serde_json::Value::Null,
+                            )
+                            .to_string(),
                         );
-                        if include_usage {
-                            let usage = api::usage(sum.prompt_tokens, sum.completion_tokens);
-                            s.pending
-                                .push_back(api::usage_chunk(endpoint, &meta, usage).to_string());
+                        s.summaries[i] = Some(sum);
+                        s.remaining -= 1;
+                        if s.remaining > 0 {
+                            continue;
+                        }
+                        if req.include_usage {
+                            let sums: Vec<Summary> = std::mem::take(&mut s.summaries)
+                                .into_iter()
+                                .flatten()
+                                .collect();
+                            s.pending.push_back(
+                                api::usage_chunk(endpoint, &meta, usage_of(&req, &sums))
+                                    .to_string(),
+                            );
                         }
                     }
-                    Some(Event::Failed(msg)) => s
+                    Some((_, Event::Failed(msg))) => s
                         .pending
                         .push_back(failed(format!("generation failed: {msg}"))),
                     None => s

@@ -19,6 +19,13 @@ const ITL_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Sequences in one batched forward step.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
+/// Tokens in one batched forward step (decode tokens plus prefill chunks).
+const BATCH_TOKEN_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+
 #[derive(Clone, Debug)]
 struct Histogram {
     bounds: &'static [f64],
@@ -69,6 +76,18 @@ pub struct KvUsage {
     pub full_f16_bytes: usize,
 }
 
+/// What the engine thread holds, reported after every step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineGauges {
+    /// Sequences in the engine (prefilling or decoding).
+    pub running: usize,
+    /// Of those, still prefilling their prompt.
+    pub prefilling: usize,
+    /// Prefixes held by the prefix cache, and their bytes (cache policy bytes plus tokens).
+    pub prefix_entries: usize,
+    pub prefix_bytes: usize,
+}
+
 /// Admission figures, read from the scheduler when metrics are rendered.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AdmissionSnapshot {
@@ -88,6 +107,15 @@ struct Inner {
     ttft: Histogram,
     itl: Histogram,
     kv: BTreeMap<String, KvUsage>,
+    tpot: Histogram,
+    batch_seqs: Histogram,
+    batch_tokens: Histogram,
+    steps: u64,
+    engine: EngineGauges,
+    prefix_queried_tokens: u64,
+    prefix_hit_tokens: u64,
+    prefix_hits: u64,
+    prefix_lookups: u64,
 }
 
 /// Everything `/metrics` reports; shared by the HTTP handlers and the engine thread.
@@ -107,6 +135,15 @@ impl Default for Metrics {
                 ttft: Histogram::new(TTFT_BUCKETS),
                 itl: Histogram::new(ITL_BUCKETS),
                 kv: BTreeMap::new(),
+                tpot: Histogram::new(ITL_BUCKETS),
+                batch_seqs: Histogram::new(BATCH_BUCKETS),
+                batch_tokens: Histogram::new(BATCH_TOKEN_BUCKETS),
+                steps: 0,
+                engine: EngineGauges::default(),
+                prefix_queried_tokens: 0,
+                prefix_hit_tokens: 0,
+                prefix_hits: 0,
+                prefix_lookups: 0,
             }),
         }
     }
@@ -141,6 +178,48 @@ impl Metrics {
         self.with(|m| m.itl.observe(secs));
     }
 
+    /// A request's mean time per output token after the first (vLLM's
+    /// `time_per_output_token`), observed once per request with at least two tokens.
+    pub fn time_per_output_token(&self, secs: f64) {
+        self.with(|m| m.tpot.observe(secs));
+    }
+
+    /// One batched forward step over `sequences` sequences and `tokens` tokens.
+    pub fn batch(&self, sequences: usize, tokens: usize) {
+        self.with(|m| {
+            m.batch_seqs.observe(sequences as f64);
+            m.batch_tokens.observe(tokens as f64);
+            m.steps += 1;
+        });
+    }
+
+    /// A prefix-cache lookup for a prompt of `prompt_tokens`, `hit_tokens` of which were found.
+    pub fn prefix_lookup(&self, prompt_tokens: usize, hit_tokens: usize) {
+        self.with(|m| {
+            m.prefix_lookups += 1;
+            m.prefix_hits += u64::from(hit_tokens > 0);
+            m.prefix_queried_tokens += prompt_tokens as u64;
+            m.prefix_hit_tokens += hit_tokens as u64;
+        });
+    }
+
+    pub fn set_engine(&self, g: EngineGauges) {
+        self.with(|m| m.engine = g);
+    }
+
+    /// The largest batch (in sequences) any step has run so far: 0 before the first.
+    pub fn max_batch_sequences(&self) -> usize {
+        self.with(|m| {
+            m.batch_seqs
+                .bounds
+                .iter()
+                .zip(&m.batch_seqs.counts)
+                .rev()
+                .find(|(_, c)| **c > 0)
+                .map_or(0, |(b, _)| *b as usize)
+        })
+    }
+
     /// Replaces the KV figures; policies no longer live stay listed with zeros.
     pub fn set_kv(&self, now: BTreeMap<String, KvUsage>) {
         self.with(|m| {
@@ -171,6 +250,36 @@ impl Metrics {
             let _ = writeln!(o, "# HELP frugal_completion_tokens_total Tokens generated.\n# TYPE frugal_completion_tokens_total counter\nfrugal_completion_tokens_total {}", m.completion_tokens);
             m.ttft.render(&mut o, "frugal_time_to_first_token_seconds", "From request arrival (queue included) to the first sampled token.");
             m.itl.render(&mut o, "frugal_inter_token_latency_seconds", "Between consecutive sampled tokens of one sequence.");
+            m.tpot.render(&mut o, "frugal_time_per_output_token_seconds", "Per request: (last token time - first token time) / (output tokens - 1).");
+            m.batch_seqs.render(&mut o, "frugal_batch_size", "Sequences in one batched forward step.");
+            m.batch_tokens.render(&mut o, "frugal_batch_tokens", "Tokens in one batched forward step (decode tokens plus prefill chunks).");
+            let _ = writeln!(o, "# HELP frugal_engine_steps_total Batched forward steps run.\n# TYPE frugal_engine_steps_total counter\nfrugal_engine_steps_total {}", m.steps);
+            let e = m.engine;
+            let waiting = adm.queued;
+            let rate = match m.prefix_queried_tokens {
+                0 => 0.0,
+                q => m.prefix_hit_tokens as f64 / q as f64,
+            };
+            let engine_gauges: [(&str, &str, String); 6] = [
+                ("frugal_num_requests_running", "Sequences in the engine's batch (prefilling or decoding), as vLLM's num_requests_running.", e.running.to_string()),
+                ("frugal_num_requests_prefilling", "Of the running sequences, those still prefilling their prompt.", e.prefilling.to_string()),
+                ("frugal_num_requests_waiting", "Requests waiting for a slot or KV budget, as vLLM's num_requests_waiting.", waiting.to_string()),
+                ("frugal_prefix_cache_entries", "Prompt prefixes held by the prefix cache (--prefix-cache-bytes).", e.prefix_entries.to_string()),
+                ("frugal_prefix_cache_bytes", "Bytes the prefix cache holds: each prefix's cache as its policy stores it, plus its tokens.", e.prefix_bytes.to_string()),
+                ("frugal_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / prompt tokens looked up, since start.", format!("{rate:.4}")),
+            ];
+            for (name, help, v) in engine_gauges {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+            let counters: [(&str, &str, u64); 4] = [
+                ("frugal_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", m.prefix_queried_tokens),
+                ("frugal_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not prefilled again).", m.prefix_hit_tokens),
+                ("frugal_prefix_cache_lookups_total", "Requests that looked up the prefix cache.", m.prefix_lookups),
+                ("frugal_prefix_cache_request_hits_total", "Requests that resumed from a cached prefix.", m.prefix_hits),
+            ];
+            for (name, help, v) in counters {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            }
             let gauges: [(&str, &str, usize); 5] = [
                 ("frugal_queue_depth", "Requests waiting for a slot or KV budget.", adm.queued),
                 ("frugal_active_sequences", "Requests admitted to the engine (prefilling or decoding).", adm.active),

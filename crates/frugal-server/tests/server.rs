@@ -4,8 +4,11 @@
 //! raw HTTP/1.1 over `TcpStream`, so the tests can also hang up mid-stream.
 
 use candle_core::quantized::GgmlDType;
-use frugal_engine::generate::{generate, GenerateRequest, SamplingParams};
+use frugal_engine::generate::{
+    generate, token_logprob, GenerateRequest, Generation, SamplingParams, Step,
+};
 use frugal_engine::model::chat_template::ChatMessage;
+use frugal_engine::model::llama::LogitRows;
 use frugal_engine::model::{self, llama::WeightFormat, LoadedModel};
 use frugal_engine::sequence::Sequence;
 use frugal_engine::testing::{write_tiny_gguf, TinyGgufOptions};
@@ -215,6 +218,14 @@ fn models_health_and_metrics_endpoints() {
         "frugal_queue_depth 0",
         "frugal_kv_resident_bytes{policy=\"full\"} 0",
         "frugal_kv_compression_ratio",
+        "frugal_num_requests_running 0",
+        "frugal_num_requests_waiting 0",
+        "frugal_batch_size_bucket{le=\"1\"}",
+        "frugal_batch_tokens_count",
+        "frugal_time_per_output_token_seconds_count",
+        "frugal_prefix_cache_hit_rate 0",
+        "frugal_prefix_cache_bytes 0",
+        "frugal_engine_steps_total",
     ] {
         assert!(
             metrics.body.contains(name),
@@ -470,7 +481,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         ("negative temperature", chat, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": -0.5}).to_string().into(), 400, "temperature"),
         ("temperature a string", chat, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}).to_string().into(), 400, "temperature"),
         ("zero max_tokens", chat, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}).to_string().into(), 400, "at least 1"),
-        ("n > 1", chat, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}).to_string().into(), 400, "`n`"),
+        ("n out of range", chat, json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 99}).to_string().into(), 400, "`n` must be between 1 and 16"),
         ("oversized body", chat, big.to_string().into(), 413, "4096"),
         ("missing prompt", "/v1/completions", json!({"model": MODEL}).to_string().into(), 400, "`prompt` is required"),
         ("prompt over context", "/v1/completions", json!({"model": MODEL, "prompt": "word ".repeat(700)}).to_string().into(), 400, "maximum context length"),
@@ -695,4 +706,509 @@ fn concurrent_requests_interleave_and_match_their_solo_answers() {
         latest_first < earliest_last,
         "every stream started before any ended: {results:?}"
     );
+}
+
+/// A request run alone through the engine's own single-sequence loop: `policy`, greedy,
+/// prefill in chunks of `chunk` tokens, past the end-of-sequence token.
+fn engine_alone(prompt: &str, policy: &str, max_tokens: usize, chunk: usize) -> (String, Vec<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = load_tiny(&dir);
+    let ids = lm.tokenizer.encode(prompt).unwrap();
+    let mut seq =
+        frugal_methods::build(&policy.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
+    let req = GenerateRequest {
+        sampling: SamplingParams::default(),
+        max_tokens,
+        stop: vec![],
+    };
+    let mut g = Generation::new(&lm, &seq, ids, &req)
+        .unwrap()
+        .ignore_eos(true);
+    let mut text = String::new();
+    loop {
+        if let Step::Token {
+            text: t, finish, ..
+        } = g.step(&lm, &mut seq, chunk).unwrap()
+        {
+            text.push_str(&t);
+            if finish.is_some() {
+                break;
+            }
+        }
+    }
+    (text, g.tokens().to_vec())
+}
+
+const MIXED_POLICIES: [&str; 3] = [
+    "full",
+    "kivi:bits=4,group=8,residual=8",
+    "omnisparse:tau=0.9,window=16,sink=1",
+];
+
+#[test]
+fn batched_steps_mixing_policies_match_each_request_run_alone() {
+    let (srv, _dir) = start(ServerConfig {
+        max_concurrent: 8,
+        prefill_chunk: 16,
+        ..Default::default()
+    });
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("{} request number {i} asks", &long_prompt()[..100 + 30 * i]))
+        .collect();
+    let addr = srv.addr;
+    let handles: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let policy = MIXED_POLICIES[i % 3];
+            let body = json!({"model": MODEL, "prompt": p, "max_tokens": 40, "temperature": 0,
+                              "ignore_eos": true, "frugal": {"policy": policy}});
+            std::thread::spawn(move || post(addr, "/v1/completions", &body))
+        })
+        .collect();
+    let answers: Vec<Value> = handles
+        .into_iter()
+        .map(|h| {
+            let r = h.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()
+        })
+        .collect();
+    for (i, (p, v)) in prompts.iter().zip(&answers).enumerate() {
+        let policy = MIXED_POLICIES[i % 3];
+        assert_eq!(v["frugal"]["policy"], policy);
+        let (alone, tokens) = engine_alone(p, policy, 40, 16);
+        assert_eq!(tokens.len(), 40);
+        assert_eq!(
+            v["choices"][0]["text"].as_str().unwrap(),
+            alone,
+            "request {i} ({policy}): batched greedy text differs from the request run alone"
+        );
+    }
+    let most = srv.metrics.max_batch_sequences();
+    assert!(
+        most >= 3,
+        "steps ran several sequences in one forward call (largest batch {most})"
+    );
+    assert!(
+        metric(srv.addr, "frugal_batch_size_count") < 6.0 * 50.0,
+        "fewer forward steps than sequence steps: the sequences shared them"
+    );
+    wait_until("KV to be freed", || {
+        metric(srv.addr, "frugal_num_requests_running") == 0.0
+    });
+    for policy in ["full", "kivi", "omnisparse"] {
+        assert_eq!(
+            metric(
+                srv.addr,
+                &format!("frugal_kv_resident_bytes{{policy=\"{policy}\"}}")
+            ),
+            0.0
+        );
+    }
+}
+
+/// The engine's log-softmax for a prompt: each row's logits as a vector.
+fn engine_logits(ids: &[u32]) -> Vec<Vec<f32>> {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = load_tiny(&dir);
+    let mut seq = Sequence::dense(lm.model.config().kv_layout());
+    lm.model
+        .forward(ids, &mut seq, LogitRows::All)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+fn prompt_ids(text: &str) -> Vec<u32> {
+    let dir = tempfile::tempdir().unwrap();
+    load_tiny(&dir).tokenizer.encode(text).unwrap()
+}
+
+#[test]
+fn logprobs_on_completions_and_chat_are_the_models_log_softmax() {
+    let (srv, _dir) = start(ServerConfig::default());
+    let ids = prompt_ids("Once upon a time");
+    let body = json!({"model": MODEL, "prompt": ids, "max_tokens": 6, "temperature": 0,
+                      "logprobs": 3, "ignore_eos": true});
+    let v = post(srv.addr, "/v1/completions", &body).json();
+    let lp = &v["choices"][0]["logprobs"];
+    let token_lps = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_lps.len(), 6);
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(lp["text_offset"].as_array().unwrap().len(), 6);
+    let first = token_logprob(&engine_logits(&ids).pop().unwrap(), 0, 3);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        let own = token_lps[i].as_f64().unwrap();
+        assert!(own <= 0.0);
+        assert!(
+            (own - best).abs() < 1e-5,
+            "greedy: each token is its step's most likely"
+        );
+        if i == 0 {
+            assert!(
+                (best - first.top[0].1 as f64).abs() < 1e-4,
+                "{best} vs {first:?}"
+            );
+        }
+    }
+
+    let mut chat = chat_body("hi there", 5);
+    chat["logprobs"] = json!(true);
+    chat["top_logprobs"] = json!(2);
+    let v = post(srv.addr, "/v1/chat/completions", &chat).json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for e in content {
+        let tops = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(tops.len(), 2);
+        assert!(tops[0]["logprob"].as_f64() >= tops[1]["logprob"].as_f64());
+        assert!(
+            (e["logprob"].as_f64().unwrap() - tops[0]["logprob"].as_f64().unwrap()).abs() < 1e-6
+        );
+        assert!(e["bytes"].is_array() && e["token"].is_string());
+    }
+    // Streaming carries each token's logprobs in its chunk.
+    chat["stream"] = json!(true);
+    let events = post(srv.addr, "/v1/chat/completions", &chat).events();
+    let streamed: usize = events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .map(Vec::len)
+        })
+        .sum();
+    assert_eq!(streamed, content.len());
+}
+
+#[test]
+fn echo_with_logprobs_scores_the_prompt_as_lm_eval_reads_it() {
+    let (srv, _dir) = start(ServerConfig {
+        prefill_chunk: 4,
+        ..Default::default()
+    });
+    let ids = prompt_ids("the quick brown fox jumps over the lazy dog");
+    assert!(ids.len() > 6, "several prefill chunks");
+    let rows = engine_logits(&ids);
+    // lm-evaluation-harness's `local-completions` log-likelihood request.
+    let body = json!({"model": MODEL, "prompt": [ids.clone()], "max_tokens": 1, "temperature": 0,
+                      "logprobs": 1, "echo": true, "seed": 1234});
+    let v = post(srv.addr, "/v1/completions", &body).json();
+    let lp = &v["choices"][0]["logprobs"];
+    let token_lps = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(
+        token_lps.len(),
+        ids.len() + 1,
+        "the prompt's tokens, then the generated one"
+    );
+    assert!(token_lps[0].is_null() && lp["top_logprobs"][0].is_null());
+    for i in 1..ids.len() {
+        let want = token_logprob(&rows[i - 1], ids[i], 1).logprob as f64;
+        let got = token_lps[i].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-4,
+            "prompt token {i}: {got} vs {want}"
+        );
+    }
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("the quick brown fox"), "echo: {text:?}");
+
+    // max_tokens 0 scores only; two prompts give two choices.
+    let other = prompt_ids("a b c d");
+    let body = json!({"model": MODEL, "prompt": [ids.clone(), other.clone()], "max_tokens": 0,
+                      "logprobs": 0, "echo": true});
+    let v = post(srv.addr, "/v1/completions", &body).json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(
+        choices[1]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        other.len()
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len() + other.len());
+}
+
+#[test]
+fn n_choices_are_separate_sequences_in_one_answer() {
+    let (srv, _dir) = start(ServerConfig {
+        max_concurrent: 8,
+        ..Default::default()
+    });
+    let body = json!({"model": MODEL, "prompt": "abc", "max_tokens": 12, "temperature": 1.0,
+                      "seed": 5, "n": 3, "ignore_eos": true});
+    let v = post(srv.addr, "/v1/completions", &body).json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let texts: Vec<&str> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "length");
+    }
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "sampled choices differ: {texts:?}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 36);
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        prompt_ids("abc").len() as u64,
+        "the prompt counts once"
+    );
+    // The same request streamed: chunks tagged by index rebuild the same three texts.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let events = post(srv.addr, "/v1/completions", &stream).events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut rebuilt = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        rebuilt[i].push_str(ch["text"].as_str().unwrap_or(""));
+        finished += usize::from(ch["finish_reason"].is_string());
+    }
+    assert_eq!(finished, 3);
+    assert_eq!(rebuilt, texts);
+    // n beyond the slots the server runs at once is refused up front.
+    let mut many = body.clone();
+    many["n"] = json!(9);
+    let r = post(srv.addr, "/v1/completions", &many);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "too_many_sequences");
+}
+
+#[test]
+fn bad_values_of_the_client_fields_are_named_400s() {
+    let (srv, _dir) = start(ServerConfig::default());
+    let chat = "/v1/chat/completions";
+    let comp = "/v1/completions";
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(&str, &str, Value, &str, &str)> = vec![
+        (
+            "unknown field",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "max_token": 3}),
+            "max_token",
+            "unknown field",
+        ),
+        (
+            "unknown chat field",
+            chat,
+            json!({"model": MODEL, "messages": msg, "echo": true}),
+            "echo",
+            "unknown field",
+        ),
+        (
+            "top_logprobs without logprobs",
+            chat,
+            json!({"model": MODEL, "messages": msg, "top_logprobs": 2}),
+            "top_logprobs",
+            "needs `logprobs`",
+        ),
+        (
+            "top_logprobs too many",
+            chat,
+            json!({"model": MODEL, "messages": msg, "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+            "between 0 and 20",
+        ),
+        (
+            "logprobs negative",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "logprobs": -1}),
+            "logprobs",
+            "between 0 and 20",
+        ),
+        (
+            "logprobs a string",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "logprobs": "yes"}),
+            "logprobs",
+            "an integer",
+        ),
+        (
+            "n zero",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "n": 0}),
+            "n",
+            "between 1 and 16",
+        ),
+        (
+            "best_of",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "best_of": 3}),
+            "best_of",
+            "not supported",
+        ),
+        (
+            "streamed echo logprobs",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "echo": true, "logprobs": 1, "stream": true}),
+            "echo",
+            "not streamed",
+        ),
+        (
+            "max_tokens 0 without echo",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "max_tokens": 0}),
+            "max_tokens",
+            "at least 1",
+        ),
+        (
+            "empty token list",
+            comp,
+            json!({"model": MODEL, "prompt": [[]]}),
+            "prompt[0]",
+            "empty",
+        ),
+        (
+            "token outside vocab",
+            comp,
+            json!({"model": MODEL, "prompt": [[1, 999999]]}),
+            "prompt[0]",
+            "vocabulary",
+        ),
+        (
+            "prompt batch of numbers and text",
+            comp,
+            json!({"model": MODEL, "prompt": ["a", 3]}),
+            "prompt[1]",
+            "must be",
+        ),
+        (
+            "logit_bias",
+            comp,
+            json!({"model": MODEL, "prompt": "a", "logit_bias": {"3": 1}}),
+            "logit_bias",
+            "not supported",
+        ),
+    ];
+    for (what, path, body, param, says) in cases {
+        let r = post(srv.addr, path, &body);
+        assert_eq!(r.status, 400, "{what}: {}", r.body);
+        let e = &r.json()["error"];
+        assert_eq!(e["param"], param, "{what}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{what}: {e}");
+    }
+    assert_eq!(
+        post(
+            srv.addr,
+            comp,
+            &json!({"model": MODEL, "prompt": "a", "max_tokens": 2})
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn a_cached_prefix_gives_the_same_answer_as_a_cold_prefill_for_full() {
+    // A question shorter than one block (16 tokens here): the second-to-last block boundary
+    // of the first prompt then lies inside the shared document.
+    let document = long_prompt();
+    let ask = |q: &str| format!("{document}Q: {q}");
+    let cold_cfg = ServerConfig {
+        prefill_chunk: 32,
+        ..Default::default()
+    };
+    let (cold, _d1) = start(cold_cfg.clone());
+    let (warm, _d2) = start(ServerConfig {
+        prefix_cache_bytes: 64 << 20,
+        prefix_block: 16,
+        ..cold_cfg
+    });
+    let body = |q: &str, policy: &str| {
+        json!({"model": MODEL, "prompt": ask(q), "max_tokens": 24, "temperature": 0,
+               "ignore_eos": true, "frugal": {"policy": policy}})
+    };
+    let first = post(warm.addr, "/v1/completions", &body("who?", "full")).json();
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert!(metric(warm.addr, "frugal_prefix_cache_entries") >= 1.0);
+    assert!(metric(warm.addr, "frugal_prefix_cache_bytes") > 0.0);
+    for q in ["why?", "how so?"] {
+        let reused = post(warm.addr, "/v1/completions", &body(q, "full")).json();
+        let cached = reused["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        let prompt = reused["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(
+            cached >= 16 && cached < prompt,
+            "resumed from a cached prefix: {cached} of {prompt}"
+        );
+        let fresh = post(cold.addr, "/v1/completions", &body(q, "full")).json();
+        assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(
+            reused["choices"][0]["text"], fresh["choices"][0]["text"],
+            "{q}: the cached prefix and a cold prefill give the same answer"
+        );
+    }
+    assert!(metric(warm.addr, "frugal_prefix_cache_hits_total") >= 32.0);
+    assert!(metric(warm.addr, "frugal_prefix_cache_hit_rate") > 0.0);
+    // Another policy never reads full's prefixes; KV of live sequences is back to zero while
+    // the prefix cache still holds its bytes.
+    let other = post(
+        warm.addr,
+        "/v1/completions",
+        &body("who?", "streaming:sink=2,window=64"),
+    )
+    .json();
+    assert_eq!(other["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    wait_until("live KV to be freed", || {
+        metric(warm.addr, "frugal_num_requests_running") == 0.0
+    });
+    assert_eq!(
+        metric(warm.addr, "frugal_kv_resident_bytes{policy=\"full\"}"),
+        0.0
+    );
+    assert!(metric(warm.addr, "frugal_prefix_cache_bytes") > 0.0);
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_hold_the_engine_or_its_kv() {
+    let (srv, _dir) = start(ServerConfig::default());
+    let body = json!({"model": MODEL, "prompt": "a b c", "max_tokens": 200, "temperature": 0.8,
+                      "seed": 9, "stream": true, "ignore_eos": true});
+    // Reads the first event, then neither reads nor hangs up.
+    let stalled = open_stream(srv.addr, &body);
+    // Others are served meanwhile; the stalled request runs to its end and frees its KV,
+    // its remaining events waiting for the client in the answer's buffer.
+    assert_eq!(
+        post(srv.addr, "/v1/chat/completions", &chat_body("meanwhile", 4)).status,
+        200
+    );
+    wait_until("the unread request to finish", || {
+        metric(srv.addr, "frugal_completion_tokens_total") >= 200.0
+    });
+    wait_until("its KV to be freed", || {
+        metric(srv.addr, "frugal_kv_reserved_bytes") == 0.0
+            && metric(srv.addr, "frugal_kv_resident_bytes{policy=\"full\"}") == 0.0
+    });
+    assert_eq!(metric(srv.addr, "frugal_num_requests_running"), 0.0);
+    // The client can still read its whole answer afterwards.
+    let mut r = stalled;
+    let mut rest = String::new();
+    while let Some(c) = read_chunk(&mut r) {
+        rest.push_str(&String::from_utf8(c).unwrap());
+    }
+    assert!(rest.contains("[DONE]"), "the answer ends properly");
 }

@@ -455,6 +455,13 @@ pub trait CachePolicy: Send {
     /// default keeps them, which stays correct because the attention step enforces the window,
     /// but then [`CachePolicy::resident_bytes`] counts keys no query can use.
     fn forget_before(&mut self, _layer: usize, _position: u32) {}
+    /// A deep copy of everything the policy holds, as it holds it (compressed where it
+    /// compresses), from which another sequence can continue: what a prefix cache keeps to
+    /// resume later requests that share the prompt's beginning. `None` (the default) when the
+    /// policy cannot be copied; such requests then prefill their whole prompt.
+    fn fork(&self) -> Option<Box<dyn CachePolicy>> {
+        None
+    }
 }
 
 /// Rows a sliding-window layer lets pile up beyond its window before [`FullCache`] compacts
@@ -504,6 +511,10 @@ impl CachePolicy for FullCache {
 
     fn reset(&mut self) {
         self.store.clear();
+    }
+
+    fn fork(&self) -> Option<Box<dyn CachePolicy>> {
+        Some(Box::new(self.clone()))
     }
 
     fn forget_before(&mut self, layer: usize, position: u32) {

@@ -9,13 +9,13 @@
 //!
 //! Attention goes through the same cache-policy and attention-policy calls as llama
 //! ([`crate::cache`], [`crate::attention`]), so every policy runs on these architectures. A
-//! sliding-window layer tells the policies twice: [`StepContext::window`] names the window at
+//! sliding-window layer tells the policies twice: [`StepContext::window`](crate::attention::StepContext::window) names the window at
 //! every step (the step itself enforces it), and after each call the cache policy hears
 //! [`CachePolicy::forget_before`](crate::cache::CachePolicy::forget_before), so it need not
 //! keep keys no later query of that layer can see.
 
+use super::batch::{check_items, stacked_ids, BatchItem, BatchRows};
 use super::llama::{rms_norm, Linear, LlamaConfig, LogitRows, TensorSource, WeightFormat};
-use crate::attention::{attention_step, StepContext};
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -251,76 +251,38 @@ impl Decoder {
         seq: &mut Sequence,
         rows: LogitRows,
     ) -> Result<Tensor> {
-        let t = tokens.len();
-        let start = seq.len();
-        if t == 0 {
-            return Err(EngineError::Tokenizer("empty input: nothing to run".into()));
-        }
-        if start + t > self.cfg.context_length {
-            return Err(EngineError::ContextOverflow {
-                tokens: start + t,
-                limit: self.cfg.context_length,
-            });
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            return Err(EngineError::Tokenizer(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.cfg.vocab_size
-            )));
-        }
-        let mut positions: Vec<u32> = (start as u32..(start + t) as u32).collect();
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
+        self.forward_batch_hidden(&mut [BatchItem::new(tokens, seq, rows)])
+    }
+
+    /// See [`super::llama::Llama::forward_batch_hidden`].
+    pub fn forward_batch_hidden(&self, items: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        check_items(items, &self.cfg)?;
+        let ids = Tensor::new(stacked_ids(items).as_slice(), &Device::Cpu)?;
+        let mut x0 = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
         if let Some(s) = self.arch.embed_scale {
-            x = (x * s as f64)?;
+            x0 = (x0 * s as f64)?;
         }
+        let mut x = Some(x0);
         let shape = self.cfg.attention_shape();
         let eps = self.cfg.rms_eps;
         let dq = self.dequant_rows;
-        let mut rows_of: Vec<usize> = Vec::new();
-        let mut exited: Vec<(usize, Tensor)> = Vec::new();
+        let n_layers = self.cfg.n_layers;
+        let mut book = BatchRows::new(items);
 
         for (layer, b) in self.blocks.iter().enumerate() {
-            let ctx = StepContext {
+            let Some(xs) = book.select(
+                x.take().expect("rows remain"),
+                items,
                 layer,
-                n_layers: self.cfg.n_layers,
-                structure: seq.structure.as_deref(),
-                window: b.window,
+                n_layers,
+                b.window,
+            )?
+            else {
+                break;
             };
-            if let Some(keep) = seq
-                .attention
-                .computed_rows(&ctx, &positions)
-                .filter(|k| k.iter().any(|&c| !c))
-            {
-                assert_eq!(
-                    keep.len(),
-                    positions.len(),
-                    "computed_rows must answer for every row"
-                );
-                if rows_of.is_empty() {
-                    rows_of = (0..t).collect();
-                }
-                let kept: Vec<u32> = (0..keep.len())
-                    .filter(|&i| keep[i])
-                    .map(|i| i as u32)
-                    .collect();
-                for i in (0..keep.len()).filter(|&i| !keep[i]) {
-                    exited.push((rows_of[i], x.get(i)?));
-                }
-                if kept.is_empty() {
-                    positions.clear();
-                    rows_of.clear();
-                    break;
-                }
-                x = x.index_select(&Tensor::new(kept.as_slice(), &Device::Cpu)?, 0)?;
-                positions = kept.iter().map(|&i| positions[i as usize]).collect();
-                rows_of = kept.iter().map(|&i| rows_of[i as usize]).collect();
-            }
+            let positions = book.positions();
             let n = positions.len();
-            let h = rms_norm(&x, &b.attn_norm, eps)?;
+            let h = rms_norm(&xs, &b.attn_norm, eps)?;
             let project = |w: &Linear, bias: &Option<Tensor>, norm: &Option<Tensor>, heads| {
                 let mut y = w.forward(&h, dq)?;
                 if let Some(bias) = bias {
@@ -338,28 +300,15 @@ impl Decoder {
             let rope = &self.ropes[b.rope];
             rope.apply(&mut q, &positions, self.cfg.n_heads);
             rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
-            seq.cache.store(layer, &positions, &k, &v);
-            let attn = attention_step(
-                &ctx,
-                &q,
-                &positions,
-                shape,
-                &mut *seq.cache,
-                &mut *seq.attention,
-            );
-            if let (Some(w), Some(&last)) = (b.window, positions.last()) {
-                // No later query (position > last) sees a key at or before `last + 1 - w`.
-                seq.cache
-                    .forget_before(layer, (last + 2).saturating_sub(w as u32));
-            }
+            let attn = book.attend(items, layer, n_layers, b.window, &q, &k, &v, shape);
             let attn = Tensor::from_vec(attn, (n, shape.n_heads * shape.head_dim), &Device::Cpu)?;
             let mut o = b.wo.forward(&attn, dq)?;
             if let Some(norm) = &b.post_attn_norm {
                 o = rms_norm(&o, norm, eps)?;
             }
-            x = (x + o)?;
+            let xs = (xs + o)?;
 
-            let h = rms_norm(&x, &b.ffn_norm, eps)?;
+            let h = rms_norm(&xs, &b.ffn_norm, eps)?;
             let gate = b.w_gate.forward(&h, dq)?;
             let gate = match self.arch.activation {
                 Activation::Silu => gate.silu()?,
@@ -370,32 +319,10 @@ impl Decoder {
             if let Some(norm) = &b.post_ffn_norm {
                 m = rms_norm(&m, norm, eps)?;
             }
-            x = (x + m)?;
+            x = Some((xs + m)?);
         }
-        seq.advance(t);
-        if !exited.is_empty() {
-            // Put the early-exited rows back in place: every token has an output row.
-            let d = self.cfg.d_model;
-            let mut full = vec![0f32; t * d];
-            let computed = if rows_of.is_empty() {
-                Vec::new()
-            } else {
-                x.to_vec2::<f32>()?
-            };
-            for (row, r) in computed.iter().zip(&rows_of) {
-                full[r * d..(r + 1) * d].copy_from_slice(row);
-            }
-            for (r, state) in &exited {
-                full[r * d..(r + 1) * d].copy_from_slice(&state.to_vec1::<f32>()?);
-            }
-            x = Tensor::from_vec(full, (t, d), &Device::Cpu)?;
-        }
-        let x = match rows {
-            LogitRows::Last => x.narrow(0, t - 1, 1)?,
-            LogitRows::All => x,
-            LogitRows::From(i) => x.narrow(0, i.min(t - 1), t - i.min(t - 1))?,
-        };
-        rms_norm(&x, &self.norm, eps)
+        let out = book.finish(x, items, self.cfg.d_model)?;
+        rms_norm(&out, &self.norm, eps)
     }
 }
 

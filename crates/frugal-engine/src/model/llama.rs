@@ -6,7 +6,7 @@
 //! candle's `QMatMul`, so weights stay in their GGUF quantisation (Q4_0/Q4_1/Q8_0/K-quants) or
 //! are dequantised to f32 once at load ([`WeightFormat::F32`]).
 
-use crate::attention::{attention_step, StepContext};
+use super::batch::{check_items, stacked_ids, BatchItem, BatchRows};
 use crate::cache::KvLayout;
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
@@ -262,74 +262,30 @@ impl Llama {
         seq: &mut Sequence,
         rows: LogitRows,
     ) -> Result<Tensor> {
-        let t = tokens.len();
-        let start = seq.len();
-        if t == 0 {
-            return Err(EngineError::Tokenizer("empty input: nothing to run".into()));
-        }
-        if start + t > self.cfg.context_length {
-            return Err(EngineError::ContextOverflow {
-                tokens: start + t,
-                limit: self.cfg.context_length,
-            });
-        }
-        if let Some(&bad) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.cfg.vocab_size)
-        {
-            return Err(EngineError::Tokenizer(format!(
-                "token id {bad} is outside the vocabulary of {} tokens",
-                self.cfg.vocab_size
-            )));
-        }
-        let positions: Vec<u32> = (start as u32..(start + t) as u32).collect();
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
+        self.forward_batch_hidden(&mut [BatchItem::new(tokens, seq, rows)])
+    }
+
+    /// One forward pass over every item of the batch (see [`super::batch`]): projections and
+    /// MLP over the stacked rows, attention per item through its own policies. Returns the
+    /// final-norm hidden states of every item's output rows, stacked in item order
+    /// ([`super::batch::split_rows`] splits them).
+    pub fn forward_batch_hidden(&self, items: &mut [BatchItem<'_>]) -> Result<Tensor> {
+        check_items(items, &self.cfg)?;
+        let ids = Tensor::new(stacked_ids(items).as_slice(), &Device::Cpu)?;
+        let mut x = Some(self.embed.embedding(&ids)?.to_dtype(DType::F32)?);
         let shape = self.cfg.attention_shape();
-        // Rows of `x` are the tokens still computed (`rows_of[i]` is row i's index in this
-        // call); tokens the attention policy lets exit early keep their hidden state here.
-        let mut positions = positions;
-        let mut rows_of: Vec<usize> = Vec::new();
-        let mut exited: Vec<(usize, Tensor)> = Vec::new();
+        let mut book = BatchRows::new(items);
+        let n_layers = self.cfg.n_layers;
 
         for (layer, b) in self.blocks.iter().enumerate() {
-            let ctx = StepContext {
-                layer,
-                n_layers: self.cfg.n_layers,
-                structure: seq.structure.as_deref(),
-                window: None,
+            let Some(xs) =
+                book.select(x.take().expect("rows remain"), items, layer, n_layers, None)?
+            else {
+                break;
             };
-            if let Some(keep) = seq
-                .attention
-                .computed_rows(&ctx, &positions)
-                .filter(|k| k.iter().any(|&c| !c))
-            {
-                assert_eq!(
-                    keep.len(),
-                    positions.len(),
-                    "computed_rows must answer for every row"
-                );
-                if rows_of.is_empty() {
-                    rows_of = (0..t).collect();
-                }
-                let kept: Vec<u32> = (0..keep.len())
-                    .filter(|&i| keep[i])
-                    .map(|i| i as u32)
-                    .collect();
-                for i in (0..keep.len()).filter(|&i| !keep[i]) {
-                    exited.push((rows_of[i], x.get(i)?));
-                }
-                if kept.is_empty() {
-                    positions.clear();
-                    rows_of.clear();
-                    break;
-                }
-                x = x.index_select(&Tensor::new(kept.as_slice(), &Device::Cpu)?, 0)?;
-                positions = kept.iter().map(|&i| positions[i as usize]).collect();
-                rows_of = kept.iter().map(|&i| rows_of[i as usize]).collect();
-            }
+            let positions = book.positions();
             let n = positions.len();
-            let h = rms_norm(&x, &b.attn_norm, self.cfg.rms_eps)?;
+            let h = rms_norm(&xs, &b.attn_norm, self.cfg.rms_eps)?;
             let mut q =
                 b.wq.forward(&h, self.dequant_rows)?
                     .flatten_all()?
@@ -344,48 +300,17 @@ impl Llama {
                     .to_vec1::<f32>()?;
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
-            seq.cache.store(layer, &positions, &k, &v);
-            let attn = attention_step(
-                &ctx,
-                &q,
-                &positions,
-                shape,
-                &mut *seq.cache,
-                &mut *seq.attention,
-            );
+            let attn = book.attend(items, layer, n_layers, None, &q, &k, &v, shape);
             let attn = Tensor::from_vec(attn, (n, shape.n_heads * shape.head_dim), &Device::Cpu)?;
-            x = (x + b.wo.forward(&attn, self.dequant_rows)?)?;
+            let xs = (xs + b.wo.forward(&attn, self.dequant_rows)?)?;
 
-            let h = rms_norm(&x, &b.ffn_norm, self.cfg.rms_eps)?;
+            let h = rms_norm(&xs, &b.ffn_norm, self.cfg.rms_eps)?;
             let gate = b.w_gate.forward(&h, self.dequant_rows)?.silu()?;
             let up = b.w_up.forward(&h, self.dequant_rows)?;
-            x = (x + b.w_down.forward(&(gate * up)?, self.dequant_rows)?)?;
+            x = Some((xs + b.w_down.forward(&(gate * up)?, self.dequant_rows)?)?);
         }
-        seq.advance(t);
-        if !exited.is_empty() {
-            // Put the early-exited rows back in place: every token has an output row.
-            let d = self.cfg.d_model;
-            let mut full = vec![0f32; t * d];
-            let computed = if rows_of.is_empty() {
-                Vec::new()
-            } else {
-                x.to_vec2::<f32>()?
-            };
-            for (row, r) in computed.iter().zip(&rows_of) {
-                full[r * d..(r + 1) * d].copy_from_slice(row);
-            }
-            for (r, state) in &exited {
-                full[r * d..(r + 1) * d].copy_from_slice(&state.to_vec1::<f32>()?);
-            }
-            x = Tensor::from_vec(full, (t, d), &Device::Cpu)?;
-        }
-
-        let x = match rows {
-            LogitRows::Last => x.narrow(0, t - 1, 1)?,
-            LogitRows::All => x,
-            LogitRows::From(i) => x.narrow(0, i.min(t - 1), t - i.min(t - 1))?,
-        };
-        rms_norm(&x, &self.norm, self.cfg.rms_eps)
+        let out = book.finish(x, items, self.cfg.d_model)?;
+        rms_norm(&out, &self.norm, self.cfg.rms_eps)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Model loading (GGUF files and Hugging Face checkpoint directories) and architectures.
 
+pub mod batch;
 pub mod chat_template;
 pub mod decoder;
 pub mod gemma3;
@@ -12,6 +13,7 @@ pub mod sentencepiece;
 pub mod tokenizer;
 
 use crate::error::{EngineError, Result};
+use batch::{split_rows, BatchItem};
 use candle_core::Tensor;
 use chat_template::ChatTemplate;
 use decoder::Decoder;
@@ -96,6 +98,17 @@ impl Model {
             Model::Llama(m) => m.forward_hidden(tokens, seq, rows),
             Model::Decoder(m) => m.forward_hidden(tokens, seq, rows),
         }
+    }
+
+    /// One forward pass over several sequences (continuous batching, see [`batch`]): each
+    /// item's logits `[output rows, vocab]`, in item order. The LM head runs once over every
+    /// item's output rows.
+    pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> crate::Result<Vec<Tensor>> {
+        let hidden = match self {
+            Model::Llama(m) => m.forward_batch_hidden(items)?,
+            Model::Decoder(m) => m.forward_batch_hidden(items)?,
+        };
+        split_rows(&self.logits(&hidden)?, items)
     }
 
     /// See [`Llama::logits`].

@@ -7,7 +7,7 @@ use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
 use frugal_engine::structure::TokenKind;
 use frugal_engine::testing::tiny_model;
-use frugal_eval::harness::{run_sample, EvalPlan, EvalReport, Progress, RunInfo};
+use frugal_eval::harness::{run_sample, EvalPlan, Mode, EvalReport, Progress, RunInfo};
 use frugal_eval::perplexity::negative_log_likelihood;
 use frugal_eval::tasks::{generate_samples, Answer, TaskKind, TaskText};
 
@@ -149,7 +149,7 @@ fn chunk_qa_labels_every_frame_and_scores_by_candidate_rank() {
         .max_by(|a, b| logits[*a.1 as usize].total_cmp(&logits[*b.1 as usize]))
         .unwrap()
         .0;
-    let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
+    let o = run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0).unwrap();
     assert_eq!(o.score, (best == *gold) as u8 as f64);
 }
 
@@ -162,7 +162,7 @@ fn perplexity_scorer_equals_the_nll_of_one_full_pass() {
         panic!()
     };
     let layout = lm.model.config().kv_layout();
-    let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
+    let o = run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0).unwrap();
     let logits = lm
         .model
         .forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::All)
@@ -217,6 +217,8 @@ fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
         samples: 3,
         seed: 1,
         depths: vec![0.0, 0.5, 1.0],
+        mode: Mode::QuestionAware,
+        prefill_chunk: 0,
     };
     let mut report = EvalReport {
         run: run_info(),
@@ -299,6 +301,8 @@ fn a_single_sample_perplexity_cell_saves_reloads_and_renders() {
         samples: 1,
         seed: 1,
         depths: vec![],
+        mode: Mode::QuestionAware,
+        prefill_chunk: 0,
     };
     let mut report = EvalReport {
         run: run_info(),
@@ -350,7 +354,7 @@ fn full_attention_passes_passkey_at_1k_on_the_real_model() {
     let correct: f64 = samples
         .iter()
         .map(|s| {
-            run_sample(&lm, &mut Sequence::dense(layout), s)
+            run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0)
                 .unwrap()
                 .score
         })

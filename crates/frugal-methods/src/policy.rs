@@ -399,6 +399,21 @@ impl PolicyEntry {
             takes_format: false,
         }
     }
+
+    /// An entry that owns a store and keeps its rows in the row format a storage-format part
+    /// beside it supplies (`snapkv+kivi:bits=4`), f32 rows when none does.
+    pub const fn taking_format(
+        name: &'static str,
+        doc: &'static str,
+        knobs: fn() -> Vec<KnobInfo>,
+        keep_everything: &'static str,
+        build: fn(&PartSpec, &Build) -> Result<Component, SpecError>,
+    ) -> Self {
+        PolicyEntry {
+            takes_format: true,
+            ..PolicyEntry::new(name, doc, knobs, keep_everything, build)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,5 +26,7 @@ pub fn sample(text: &TaskText, length: usize, index: usize) -> Result<Sample> {
         structure,
         answer: Answer::Perplexity { score_from },
         depth: None,
+        context_end: score_from,
+        phrasing: None,
     })
 }

@@ -146,7 +146,8 @@ pub fn run(
     let full: PolicySpec = "full".parse()?;
     let threads = cfg.threads;
     for &length in &cfg.lengths {
-        let prompts = generate_samples(TaskKind::Passkey, lm, text, length, cfg.samples, 0, &[0.5])?;
+        let prompts =
+            generate_samples(TaskKind::Passkey, lm, text, length, cfg.samples, 0, &[0.5])?;
         let (mut full_wall, mut full_kernel) = (0.0, 0.0);
         for s in &prompts {
             let mut seq = frugal_methods::build(&full, layout)?;

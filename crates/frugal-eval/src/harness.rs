@@ -56,9 +56,7 @@ impl Mode {
         [Mode::QuestionAware, Mode::QuestionAgnostic]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                format!("unknown mode `{s}` (modes: question-aware, question-agnostic)")
-            })
+            .ok_or_else(|| format!("unknown mode `{s}` (modes: question-aware, question-agnostic)"))
     }
 }
 
@@ -276,12 +274,7 @@ pub struct Outcome {
 }
 
 /// Prefills `tokens` in calls of at most `chunk` tokens (0: one call); the last call's logits.
-fn prefill(
-    lm: &LoadedModel,
-    seq: &mut Sequence,
-    tokens: &[u32],
-    chunk: usize,
-) -> Result<Vec<f32>> {
+fn prefill(lm: &LoadedModel, seq: &mut Sequence, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
     let step = if chunk == 0 { tokens.len() } else { chunk };
     let mut logits = Vec::new();
     for part in tokens.chunks(step.max(1)) {

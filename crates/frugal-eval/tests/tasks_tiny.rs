@@ -7,7 +7,7 @@ use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
 use frugal_engine::structure::TokenKind;
 use frugal_engine::testing::tiny_model;
-use frugal_eval::harness::{run_sample, EvalPlan, Mode, EvalReport, Progress, RunInfo};
+use frugal_eval::harness::{run_sample, EvalPlan, EvalReport, Mode, Progress, RunInfo};
 use frugal_eval::perplexity::negative_log_likelihood;
 use frugal_eval::tasks::{generate_samples, Answer, TaskKind, TaskText};
 

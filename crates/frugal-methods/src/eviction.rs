@@ -26,7 +26,7 @@
 //! chunked prefill re-quantises earlier chunks' kept rows when it rebuilds a head; ours).
 
 use crate::kivi::{QuantHead, RowFormat};
-use crate::policy::{Component, KnobKind, PolicyConfig};
+use crate::policy::{Component, KnobKind};
 use frugal_engine::attention::{AttentionPlan, AttentionPolicy, Findings, StepContext};
 use frugal_engine::cache::{CachePolicy, HeadView, KvLayout};
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
@@ -201,8 +201,20 @@ impl CachePolicy for EvictingCache {
         }
         for g in 0..n_kv_heads {
             let h = &mut self.heads[layer * n_kv_heads + g];
-            h.k.push(&crate::kivi::head_rows(k, positions.len(), n_kv_heads, d, g));
-            h.v.push(&crate::kivi::head_rows(v, positions.len(), n_kv_heads, d, g));
+            h.k.push(&crate::kivi::head_rows(
+                k,
+                positions.len(),
+                n_kv_heads,
+                d,
+                g,
+            ));
+            h.v.push(&crate::kivi::head_rows(
+                v,
+                positions.len(),
+                n_kv_heads,
+                d,
+                g,
+            ));
             h.positions.extend(positions);
             // A compressed call's rows are quantised after its eviction (observe).
             if !defer {
@@ -222,7 +234,8 @@ impl CachePolicy for EvictingCache {
 
     fn reset(&mut self) {
         let (layout, fmt) = (self.layout, self.fmt);
-        self.heads = vec![QuantHead::new(layout.head_dim, fmt); layout.n_layers * layout.n_kv_heads];
+        self.heads =
+            vec![QuantHead::new(layout.head_dim, fmt); layout.n_layers * layout.n_kv_heads];
         self.compressed_seen = vec![0; layout.n_layers];
         self.protected = vec![Vec::new(); layout.n_layers];
         self.evictions = 0;
@@ -498,7 +511,17 @@ pub(crate) mod tests {
         let keep = select(&scores, &pos, &prot, Budget::Uniform, 2, 4, 0, 1, 0.5);
         assert_eq!(keep, vec![vec![1, 2, 4], vec![0, 1, 4]]);
         // Head-wise: 4 rows over both heads, safeguard 0.5 → each head first keeps its best one.
-        let keep = select(&scores, &pos, &prot, Budget::HeadWise { alpha: 0.5 }, 2, 4, 0, 1, 0.5);
+        let keep = select(
+            &scores,
+            &pos,
+            &prot,
+            Budget::HeadWise { alpha: 0.5 },
+            2,
+            4,
+            0,
+            1,
+            0.5,
+        );
         assert_eq!(keep, vec![vec![1, 4], vec![0, 1, 2, 4]]);
     }
 

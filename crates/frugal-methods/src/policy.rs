@@ -206,7 +206,8 @@ pub fn knob_name(field: &'static str) -> &'static str {
 /// A knob value checked against its kind, then converted to the field's type.
 pub fn parse_checked<T: KnobValue>(kind: KnobKind, text: &str) -> Result<T, KnobError> {
     kind.check(text).map_err(KnobError::Bad)?;
-    T::parse_knob(text).ok_or_else(|| KnobError::Bad(format!("a value of the knob's type ({kind:?})")))
+    T::parse_knob(text)
+        .ok_or_else(|| KnobError::Bad(format!("a value of the knob's type ({kind:?})")))
 }
 
 /// Declares a policy config struct with one knob per field: `pub name: Type = default, KIND;`,

@@ -60,7 +60,9 @@ fn every_scorer_evicts_to_its_budget_and_keeps_a_short_call_whole() {
             .to_vec2::<f32>()
             .unwrap();
         assert!(logits[0].iter().all(|x| x.is_finite()), "{spec}");
-        let after: usize = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads).iter().sum();
+        let after: usize = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads)
+            .iter()
+            .sum();
         assert_eq!(after, total + 20 * cfg.n_layers * cfg.n_kv_heads, "{spec}");
         for l in 0..cfg.n_layers {
             for g in 0..cfg.n_kv_heads {
@@ -83,7 +85,10 @@ fn adakv_leaves_different_holes_per_head() {
         .forward(&common::ids(256), &mut seq, LogitRows::Last)
         .unwrap();
     let rows = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads);
-    assert_eq!(rows.iter().sum::<usize>(), 64 * cfg.n_layers * cfg.n_kv_heads);
+    assert_eq!(
+        rows.iter().sum::<usize>(),
+        64 * cfg.n_layers * cfg.n_kv_heads
+    );
     assert!(rows.iter().any(|&r| r != 64), "{rows:?}");
     // The safeguard: every head keeps at least 20 % of a uniform head budget.
     assert!(rows.iter().all(|&r| r >= 12), "{rows:?}");
@@ -118,7 +123,11 @@ fn eviction_composes_with_the_kivi_format() {
     let ids = common::ids(300);
     let (dense, full_bytes) = common::run("full", &ids, 250);
     let (evict, evict_bytes) = common::run("snapkv:ratio=0.5", &ids, 250);
-    let (both, both_bytes) = common::run("snapkv:ratio=0.5+kivi:bits=4,group=16,residual=16", &ids, 250);
+    let (both, both_bytes) = common::run(
+        "snapkv:ratio=0.5+kivi:bits=4,group=16,residual=16",
+        &ids,
+        250,
+    );
     assert!(both.iter().flatten().all(|x| x.is_finite()));
     assert!(
         evict_bytes < full_bytes * 7 / 10,

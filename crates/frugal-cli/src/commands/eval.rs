@@ -160,4 +160,3 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<()> {
     );
     Ok(())
 }
-

@@ -108,7 +108,9 @@ pub fn passkey(
     let (qi, ni) = phrasing(i);
     let key = rng.gen_range(10000..100000u32).to_string();
     let frame = ChatFrame::question_last(lm, PASSKEY_QUESTIONS[qi])?;
-    let needle = lm.tokenizer.encode(&fill(PASSKEY_NEEDLES[ni], "", &key, 0))?;
+    let needle = lm
+        .tokenizer
+        .encode(&fill(PASSKEY_NEEDLES[ni], "", &key, 0))?;
     let hay_len = frame
         .context_budget(length.saturating_sub(USER_ANSWER_TOKENS))?
         .saturating_sub(needle.len());

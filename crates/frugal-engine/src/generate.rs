@@ -273,8 +273,7 @@ impl Generation {
                 finish: self.finish,
             });
         }
-        if self.tokens.len() >= self.max_tokens || seq.len() >= lm.model.config().context_length
-        {
+        if self.tokens.len() >= self.max_tokens || seq.len() >= lm.model.config().context_length {
             return Ok(self.end(FinishReason::Length, Some(next), text));
         }
         self.logits = lm.model.last_logits(&[next], seq)?;
@@ -321,7 +320,12 @@ pub fn generate(
     let t1 = Instant::now();
     let mut text = String::new();
     let finish = loop {
-        let Step::Token { text: piece, finish, .. } = g.step(lm, seq, prompt.len())? else {
+        let Step::Token {
+            text: piece,
+            finish,
+            ..
+        } = g.step(lm, seq, prompt.len())?
+        else {
             continue;
         };
         text.push_str(&piece);

@@ -1,7 +1,7 @@
 //! The state of one sequence being processed: its cache policy, attention policy and length.
 
 use crate::attention::{AttentionPolicy, Dense};
-use crate::cache::{CachePolicy, FullCache, KvLayout};
+use crate::cache::{CachePolicy, FullCache, KvDtype, KvLayout};
 use crate::structure::TokenStructure;
 use std::sync::Arc;
 
@@ -43,9 +43,17 @@ impl Sequence {
         }
     }
 
-    /// Full KV store and dense attention: the reference configuration.
+    /// Full KV store (default dtype, f16) and dense attention: the reference configuration.
     pub fn dense(layout: KvLayout) -> Self {
         Sequence::new(Box::new(FullCache::new(layout)), Box::new(Dense))
+    }
+
+    /// As [`Sequence::dense`], with the store holding `dtype` (`F32`: exact keys and values).
+    pub fn dense_with_dtype(layout: KvLayout, dtype: KvDtype) -> Self {
+        Sequence::new(
+            Box::new(FullCache::with_dtype(layout, dtype)),
+            Box::new(Dense),
+        )
     }
 
     /// Tokens processed so far (the position of the next token).
@@ -76,7 +84,10 @@ impl Sequence {
             (Some(a), Some(c)) => {
                 let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
                 match (parse(&a), parse(&c)) {
-                    (Some(serde_json::Value::Object(mut a)), Some(serde_json::Value::Object(c))) => {
+                    (
+                        Some(serde_json::Value::Object(mut a)),
+                        Some(serde_json::Value::Object(c)),
+                    ) => {
                         a.extend(c);
                         Some(serde_json::Value::Object(a).to_string())
                     }

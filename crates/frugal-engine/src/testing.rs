@@ -108,7 +108,7 @@ pub fn tiny_model(dtype: GgmlDType, seed: u64) -> Result<LoadedModel> {
     let vocab = tokenizer.vocab_size().div_ceil(32) * 32;
     let cfg = tiny_config(vocab);
     let mut weights = random_weights(&cfg, dtype, seed)?;
-    let model = Llama::load(cfg, &mut weights, WeightFormat::Native)?;
+    let model = Llama::load(cfg, &mut weights, WeightFormat::Native)?.into();
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -265,4 +265,99 @@ pub fn write_tiny_safetensors_dir(dir: &Path, seed: u64) -> Result<()> {
         serde_json::to_string_pretty(&tcfg).expect("json"),
     )?;
     Ok(())
+}
+
+/// The tiny model's sliding window for the Gemma 3 variant: small enough that a 300-token
+/// policy test runs far past it.
+pub const TINY_WINDOW: usize = 16;
+
+/// The architectures [`tiny_model_of`] builds.
+pub const TINY_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3"];
+
+/// A tiny random model of `arch` (one of [`TINY_ARCHITECTURES`]) with the same shape, tokenizer
+/// and chat template as [`tiny_model`], and the tensors its family adds: Q/K/V biases (qwen2),
+/// QK-norm (qwen3, gemma3), sandwich norms, scaled embeddings, GeGLU and every third layer
+/// global with the others sliding over [`TINY_WINDOW`] tokens at a second RoPE base (gemma3).
+/// `tiny_model_of("llama", …)` is [`tiny_model`].
+pub fn tiny_model_of(arch: &str, dtype: GgmlDType, seed: u64) -> Result<LoadedModel> {
+    use crate::model::decoder::{Activation, ArchFlags, Decoder};
+    use crate::model::gemma3::{layer_plan, Gemma3Options};
+    use crate::model::qwen::{self, QwenFamily};
+    use crate::model::Model;
+    if arch == "llama" {
+        return tiny_model(dtype, seed);
+    }
+    let lm = tiny_model(dtype, seed)?;
+    let mut cfg = lm.model.config().clone();
+    cfg.rope_pairing = RopePairing::Half;
+    let mut weights = random_weights(&cfg, dtype, seed)?;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9);
+    let mut vector = |n: usize, scale: f32, offset: f32| -> Result<QTensor> {
+        let data: Vec<f32> = (0..n)
+            .map(|_| offset + scale * (rng.gen::<f32>() * 2.0 - 1.0))
+            .collect();
+        Ok(QTensor::quantize(
+            &Tensor::from_vec(data, n, &Device::Cpu)?,
+            GgmlDType::F32,
+        )?)
+    };
+    let (q, kv, hd) = (
+        cfg.n_heads * cfg.head_dim,
+        cfg.n_kv_heads * cfg.head_dim,
+        cfg.head_dim,
+    );
+    for i in 0..cfg.n_layers {
+        let mut add = |name: &str, t: QTensor| {
+            weights.tensors.insert(format!("blk.{i}.{name}"), t);
+        };
+        match arch {
+            "qwen2" => {
+                add("attn_q.bias", vector(q, 0.5, 0.0)?);
+                add("attn_k.bias", vector(kv, 0.5, 0.0)?);
+                add("attn_v.bias", vector(kv, 0.5, 0.0)?);
+            }
+            "qwen3" | "gemma3" => {
+                add("attn_q_norm.weight", vector(hd, 0.1, 1.0)?);
+                add("attn_k_norm.weight", vector(hd, 0.1, 1.0)?);
+                if arch == "gemma3" {
+                    add("post_attention_norm.weight", vector(cfg.d_model, 0.1, 1.0)?);
+                    add("post_ffw_norm.weight", vector(cfg.d_model, 0.1, 1.0)?);
+                }
+            }
+            other => {
+                return Err(crate::EngineError::UnsupportedArchitecture {
+                    arch: other.into(),
+                    path: PathBuf::from("<tiny random model>"),
+                    supported: TINY_ARCHITECTURES.join(", "),
+                })
+            }
+        }
+    }
+    let model = match QwenFamily::from_name(arch) {
+        Some(family) => qwen::load(family, cfg, &mut weights, WeightFormat::Native)?,
+        None => {
+            let opts = Gemma3Options {
+                global_every: 3,
+                ..Gemma3Options::default()
+            };
+            let (windows, rope_bases) =
+                layer_plan(cfg.n_layers, TINY_WINDOW, 1e6, opts.local_rope_base, &opts);
+            let flags = ArchFlags {
+                name: "gemma3".into(),
+                activation: Activation::GeluTanh,
+                // Smaller than Gemma's sqrt(d_model): the tiny embeddings are already O(1).
+                embed_scale: Some(2.0),
+                windows,
+                rope_bases,
+            };
+            Decoder::load(cfg, flags, &mut weights, WeightFormat::Native)?
+        }
+    };
+    Ok(LoadedModel {
+        model: Model::Decoder(model),
+        tokenizer: lm.tokenizer,
+        chat_template: lm.chat_template,
+        path: PathBuf::from(format!("<tiny random {arch}>")),
+        description: format!("tiny random {arch} ({dtype:?})"),
+    })
 }

@@ -184,7 +184,7 @@ impl EvalReport {
 /// What the harness reports while it runs.
 pub trait Progress {
     fn start(&mut self, total_samples: u64);
-    fn sample_done(&mut self, label: &str);
+    fn prompt_done(&mut self, label: &str);
     fn skip(&mut self, samples: u64);
 }
 
@@ -235,7 +235,7 @@ pub fn run_plan(
                     let mut seq = build(spec, layout)?;
                     seq.structure = Some(std::sync::Arc::new(s.structure.clone()));
                     outcomes.push(run_sample(lm, &mut seq, s, plan.mode, plan.prefill_chunk)?);
-                    progress.sample_done(&label);
+                    progress.prompt_done(&label);
                 }
                 let mut cell = summarise(
                     spec.to_string(),

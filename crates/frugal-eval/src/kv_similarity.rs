@@ -3,7 +3,7 @@
 //! [`KvSimilarityProbe`]; per layer pair the mean and 10/50/90th percentiles of the per-(token,
 //! KV head) cosine of K and of V, as JSON, Markdown and a plot.
 
-use crate::report::plot_err;
+use crate::plot::{plot_err, save, Figure};
 use crate::tasks::TaskText;
 use anyhow::{bail, Context, Result};
 use frugal_engine::model::llama::LogitRows;
@@ -100,76 +100,75 @@ pub fn run(
     })
 }
 
-fn draw<DB: DrawingBackend>(
-    area: DrawingArea<DB, plotters::coord::Shift>,
-    r: &KvSimilarityReport,
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    area.fill(&WHITE).map_err(plot_err)?;
-    let n = r.pairs.len() as f64;
-    let ymin = r
-        .pairs
-        .iter()
-        .map(|p| p.k.p10.min(p.v.p10))
-        .fold(0.0, f64::min)
-        - 0.05;
-    let mut chart = ChartBuilder::on(&area)
-        .caption(
-            format!(
-                "adjacent-layer cosine similarity ({} × {} tokens)",
-                r.samples, r.length
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.5..n - 0.5, ymin..1.0)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("layer pair (l, l+1), by l")
-        .y_desc("cosine")
-        .draw()
-        .map_err(plot_err)?;
-    for (name, colour, pick) in [("K", BLUE, 0usize), ("V", RED, 1)] {
-        let get = |p: &PairRow| if pick == 0 { p.k.clone() } else { p.v.clone() };
+impl Figure for KvSimilarityReport {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, plotters::coord::Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let r = self;
+        area.fill(&WHITE).map_err(plot_err)?;
+        let n = r.pairs.len() as f64;
+        let ymin = r
+            .pairs
+            .iter()
+            .map(|p| p.k.p10.min(p.v.p10))
+            .fold(0.0, f64::min)
+            - 0.05;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(
+                format!(
+                    "adjacent-layer cosine similarity ({} × {} tokens)",
+                    r.samples, r.length
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..n - 0.5, ymin..1.0)
+            .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(
-                r.pairs.iter().map(|p| (p.layer as f64, get(p).mean)),
-                colour.stroke_width(2),
-            ))
-            .map_err(plot_err)?
-            .label(format!("{name} mean"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-            });
-        for q in [0usize, 1] {
+            .configure_mesh()
+            .x_desc("layer pair (l, l+1), by l")
+            .y_desc("cosine")
+            .draw()
+            .map_err(plot_err)?;
+        for (name, colour, pick) in [("K", BLUE, 0usize), ("V", RED, 1)] {
+            let get = |p: &PairRow| if pick == 0 { p.k.clone() } else { p.v.clone() };
             chart
                 .draw_series(LineSeries::new(
-                    r.pairs
-                        .iter()
-                        .map(|p| (p.layer as f64, if q == 0 { get(p).p10 } else { get(p).p90 })),
-                    colour.mix(0.35),
+                    r.pairs.iter().map(|p| (p.layer as f64, get(p).mean)),
+                    colour.stroke_width(2),
                 ))
-                .map_err(plot_err)?;
+                .map_err(plot_err)?
+                .label(format!("{name} mean"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+            for q in [0usize, 1] {
+                chart
+                    .draw_series(LineSeries::new(
+                        r.pairs.iter().map(|p| {
+                            (p.layer as f64, if q == 0 { get(p).p10 } else { get(p).p90 })
+                        }),
+                        colour.mix(0.35),
+                    ))
+                    .map_err(plot_err)?;
+            }
         }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        area.present().map_err(plot_err)?;
+        Ok(())
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
-    area.present().map_err(plot_err)?;
-    Ok(())
 }
 
 /// Writes `out` (JSON) and, beside it, `.md` and `.svg`/`.png` plots.
 pub fn write(r: &KvSimilarityReport, out: &Path) -> Result<()> {
-    crate::report::register_font();
     std::fs::write(out, serde_json::to_string_pretty(r)?)
         .with_context(|| format!("writing {}", out.display()))?;
     let mut md = String::new();
@@ -195,13 +194,6 @@ pub fn write(r: &KvSimilarityReport, out: &Path) -> Result<()> {
         )?;
     }
     std::fs::write(out.with_extension("md"), md)?;
-    draw(
-        SVGBackend::new(&out.with_extension("svg"), (720, 420)).into_drawing_area(),
-        r,
-    )?;
-    draw(
-        BitMapBackend::new(&out.with_extension("png"), (720, 420)).into_drawing_area(),
-        r,
-    )?;
+    save(r, &out.with_extension(""), (720, 420))?;
     Ok(())
 }

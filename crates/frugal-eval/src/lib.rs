@@ -7,6 +7,7 @@ pub mod harness;
 pub mod knockout;
 pub mod kv_similarity;
 pub mod perplexity;
+pub(crate) mod plot;
 pub mod report;
 pub mod speed;
 pub mod tasks;

@@ -1,21 +1,13 @@
 //! Reports of an eval run: a Markdown table and plots (PNG and SVG, drawn with plotters).
 
 use crate::harness::{CellResult, EvalReport};
+use crate::plot::{file_safe, plot_err, save, Figure, Grid, GridCell};
 use crate::tasks::TaskKind;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-
-/// DejaVu Sans, embedded once so PNG text renders on machines without fonts (licence beside it).
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-/// Registers the embedded font as `sans-serif` for plotters; every plot of the crate calls this
-/// before drawing. (Registering twice is harmless.)
-pub(crate) fn register_font() {
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-}
 
 /// A cell's 95 % interval, if it has one (a perplexity from one sample has none).
 fn interval(c: &CellResult) -> Option<(f64, f64)> {
@@ -84,7 +76,6 @@ pub fn markdown(report: &EvalReport) -> String {
 /// Writes every plot the report supports into `dir`; returns the files written.
 pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    register_font();
     let mut written = Vec::new();
     let policies: BTreeSet<&str> = report.cells.iter().map(|c| c.policy.as_str()).collect();
     for policy in &policies {
@@ -98,75 +89,23 @@ pub fn plots(report: &EvalReport, dir: &Path) -> Result<Vec<PathBuf>> {
         if cells.is_empty() {
             continue;
         }
-        let name = format!("passkey_heatmap_{}", file_safe(policy));
-        for ext in ["png", "svg"] {
-            let path = dir.join(format!("{name}.{ext}"));
-            let title = format!("passkey accuracy, {policy}");
-            if ext == "png" {
-                heatmap(
-                    BitMapBackend::new(&path, (640, 420)).into_drawing_area(),
-                    &title,
-                    &cells,
-                )?;
-            } else {
-                heatmap(
-                    SVGBackend::new(&path, (640, 420)).into_drawing_area(),
-                    &title,
-                    &cells,
-                )?;
-            }
-            written.push(path);
-        }
+        let stem = dir.join(format!("passkey_heatmap_{}", file_safe(policy)));
+        let grid = passkey_grid(&format!("passkey accuracy, {policy}"), &cells);
+        written.extend(save(&grid, &stem, (640, 420))?);
     }
     let tasks: BTreeSet<TaskKind> = report.cells.iter().map(|c| c.task).collect();
     if policies.len() > 1 {
         for task in tasks {
             let cells: Vec<&CellResult> = report.cells.iter().filter(|c| c.task == task).collect();
-            let name = format!("{}_vs_compression", task.name());
-            for ext in ["png", "svg"] {
-                let path = dir.join(format!("{name}.{ext}"));
-                if ext == "png" {
-                    tradeoff(
-                        BitMapBackend::new(&path, (640, 420)).into_drawing_area(),
-                        task,
-                        &cells,
-                    )?;
-                } else {
-                    tradeoff(
-                        SVGBackend::new(&path, (640, 420)).into_drawing_area(),
-                        task,
-                        &cells,
-                    )?;
-                }
-                written.push(path);
-            }
+            let stem = dir.join(format!("{}_vs_compression", task.name()));
+            written.extend(save(&Tradeoff { task, cells }, &stem, (640, 420))?);
         }
     }
     Ok(written)
 }
 
-fn file_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Accuracy over (context length × needle depth), one cell per pair, darker = more correct.
-fn heatmap<DB: DrawingBackend>(
-    area: DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    cells: &[&CellResult],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    area.fill(&WHITE).map_err(plot_err)?;
+/// Accuracy over (context length × needle depth), one cell per pair.
+fn passkey_grid(title: &str, cells: &[&CellResult]) -> Grid {
     let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
     lengths.sort_unstable();
     lengths.dedup();
@@ -176,135 +115,110 @@ where
         .collect();
     depths.sort_by(f64::total_cmp);
     depths.dedup();
-    let mut chart = ChartBuilder::on(&area)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..lengths.len(), 0..depths.len())
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc("context length (tokens)")
-        .y_desc("needle depth")
-        .x_labels(lengths.len() + 1)
-        .y_labels(depths.len() + 1)
-        .x_label_formatter(&|i| lengths.get(*i).map_or(String::new(), |l| l.to_string()))
-        .y_label_formatter(&|i| depths.get(*i).map_or(String::new(), |d| format!("{d:.2}")))
-        .draw()
-        .map_err(plot_err)?;
+    let mut grid_cells = Vec::new();
     for c in cells {
-        let xi = lengths.iter().position(|l| *l == c.length).unwrap();
+        let x = lengths.iter().position(|l| *l == c.length).unwrap_or(0);
         for d in &c.by_depth {
-            let yi = depths.iter().position(|x| *x == d.depth).unwrap();
+            let y = depths.iter().position(|v| *v == d.depth).unwrap_or(0);
             let acc = d.correct as f64 / d.total.max(1) as f64;
-            let shade = RGBColor(
-                (255.0 * (1.0 - acc)) as u8,
-                (120.0 + 100.0 * acc) as u8,
-                (255.0 * (1.0 - acc)) as u8,
-            );
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(xi, yi), (xi + 1, yi + 1)],
-                    shade.filled(),
-                )))
-                .map_err(plot_err)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{:.0}%", 100.0 * acc),
-                    (xi, yi),
-                    ("sans-serif", 14).into_font().color(&BLACK),
-                )))
-                .map_err(plot_err)?;
+            grid_cells.push(GridCell {
+                x,
+                y,
+                good: acc,
+                label: format!("{:.0}%", 100.0 * acc),
+            });
         }
     }
-    area.present().map_err(plot_err)?;
-    Ok(())
+    Grid {
+        title: title.into(),
+        x_desc: "context length (tokens)".into(),
+        y_desc: "needle depth".into(),
+        x_names: lengths.iter().map(|l| l.to_string()).collect(),
+        y_names: depths.iter().map(|d| format!("{d:.2}")).collect(),
+        cells: grid_cells,
+    }
 }
 
 /// The task metric against compression ratio, one series per length, points labelled by policy.
-fn tradeoff<DB: DrawingBackend>(
-    area: DrawingArea<DB, plotters::coord::Shift>,
+struct Tradeoff<'a> {
     task: TaskKind,
-    cells: &[&CellResult],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    area.fill(&WHITE).map_err(plot_err)?;
-    let xmax = cells
-        .iter()
-        .map(|c| c.compression_vs_f16)
-        .fold(1.0, f64::max)
-        * 1.15;
-    // The y range covers every value and every interval that exists (one sample has none).
-    let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| {
-        let (l, h) = interval(c).unwrap_or((c.value, c.value));
-        (lo.min(l).min(c.value), hi.max(h).max(c.value))
-    });
-    let pad = ((ymax - ymin) * 0.1).max(1e-3);
-    let mut chart = ChartBuilder::on(&area)
-        .caption(
-            format!("{} vs KV compression", task.name()),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax, (ymin - pad)..(ymax + pad))
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("compression vs full KV at 16 bits (×)")
-        .y_desc(task.metric())
-        .draw()
-        .map_err(plot_err)?;
-    let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    for (i, len) in lengths.iter().enumerate() {
-        let colour = Palette99::pick(i).to_rgba();
-        let pts: Vec<&&CellResult> = cells.iter().filter(|c| c.length == *len).collect();
-        chart
-            .draw_series(
-                pts.iter()
-                    .map(|c| Circle::new((c.compression_vs_f16, c.value), 5, colour.filled())),
-            )
-            .map_err(plot_err)?
-            .label(format!("{len} tokens"))
-            .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
-        chart
-            .draw_series(pts.iter().filter_map(|c| {
-                let (lo, hi) = interval(c)?;
-                Some(PathElement::new(
-                    vec![(c.compression_vs_f16, lo), (c.compression_vs_f16, hi)],
-                    colour,
-                ))
-            }))
-            .map_err(plot_err)?;
-        chart
-            .draw_series(pts.iter().map(|c| {
-                Text::new(
-                    c.policy.clone(),
-                    (c.compression_vs_f16, c.value),
-                    ("sans-serif", 11).into_font(),
-                )
-            }))
-            .map_err(plot_err)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
-    area.present().map_err(plot_err)?;
-    Ok(())
+    cells: Vec<&'a CellResult>,
 }
 
-pub(crate) fn plot_err<E: std::error::Error + Send + Sync + 'static>(
-    e: DrawingAreaErrorKind<E>,
-) -> anyhow::Error {
-    anyhow::anyhow!("plotting failed: {e}")
+impl Figure for Tradeoff<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: DrawingArea<DB, plotters::coord::Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let (task, cells) = (self.task, &self.cells);
+        area.fill(&WHITE).map_err(plot_err)?;
+        let xmax = cells
+            .iter()
+            .map(|c| c.compression_vs_f16)
+            .fold(1.0, f64::max)
+            * 1.15;
+        // The y range covers every value and every interval that exists (one sample has none).
+        let (ymin, ymax) = cells.iter().fold((f64::MAX, f64::MIN), |(lo, hi), c| {
+            let (l, h) = interval(c).unwrap_or((c.value, c.value));
+            (lo.min(l).min(c.value), hi.max(h).max(c.value))
+        });
+        let pad = ((ymax - ymin) * 0.1).max(1e-3);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(
+                format!("{} vs KV compression", task.name()),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..xmax, (ymin - pad)..(ymax + pad))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("compression vs full KV at 16 bits (×)")
+            .y_desc(task.metric())
+            .draw()
+            .map_err(plot_err)?;
+        let mut lengths: Vec<usize> = cells.iter().map(|c| c.length).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        for (i, len) in lengths.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            let pts: Vec<&&CellResult> = cells.iter().filter(|c| c.length == *len).collect();
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|c| Circle::new((c.compression_vs_f16, c.value), 5, colour.filled())),
+                )
+                .map_err(plot_err)?
+                .label(format!("{len} tokens"))
+                .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
+            chart
+                .draw_series(pts.iter().filter_map(|c| {
+                    let (lo, hi) = interval(c)?;
+                    Some(PathElement::new(
+                        vec![(c.compression_vs_f16, lo), (c.compression_vs_f16, hi)],
+                        colour,
+                    ))
+                }))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(pts.iter().map(|c| {
+                    Text::new(
+                        c.policy.clone(),
+                        (c.compression_vs_f16, c.value),
+                        ("sans-serif", 11).into_font(),
+                    )
+                }))
+                .map_err(plot_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        area.present().map_err(plot_err)?;
+        Ok(())
+    }
 }

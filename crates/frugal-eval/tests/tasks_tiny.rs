@@ -179,7 +179,7 @@ fn perplexity_scorer_equals_the_nll_of_one_full_pass() {
 struct Quiet(u64);
 impl Progress for Quiet {
     fn start(&mut self, _: u64) {}
-    fn sample_done(&mut self, _: &str) {
+    fn prompt_done(&mut self, _: &str) {
         self.0 += 1;
     }
     fn skip(&mut self, n: u64) {

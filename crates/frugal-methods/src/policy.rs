@@ -354,6 +354,9 @@ pub struct Component {
     pub attention: Option<Box<dyn AttentionPolicy>>,
 }
 
+/// Reads a storage-format part as the row format it supplies.
+pub type ReadRowFormat = fn(&PartSpec) -> Result<RowFormat, SpecError>;
+
 /// A registered policy: everything the registry, the policy matrix and the front-ends need.
 #[derive(Clone, Copy)]
 pub struct PolicyEntry {
@@ -367,7 +370,7 @@ pub struct PolicyEntry {
     pub build: fn(&PartSpec, &Build) -> Result<Component, SpecError>,
     /// A storage format: beside a store owner that [`takes_format`](Self::takes_format), the
     /// part becomes that owner's row format instead of a second store.
-    pub row_format: Option<fn(&PartSpec) -> Result<RowFormat, SpecError>>,
+    pub row_format: Option<ReadRowFormat>,
     /// Keeps its rows through a row format supplied by a storage-format part.
     pub takes_format: bool,
 }

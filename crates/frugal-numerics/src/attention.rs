@@ -425,8 +425,10 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
-/// The textbook definition, one dot product per (query, key) pair, in f64. Used only by tests
-/// as the independent check of the blocked GEMM kernel above.
+/// The textbook definition, one dot product per (query, key) pair, in f64: the kernel
+/// tests' check of the blocked GEMM kernel above. It is the consistency harness's one naive
+/// reference ([`crate::consistency::naive_attention`]) reading this call's views (scales and
+/// patches written out row by row) under this call's mask.
 pub fn naive_causal_attention(
     q: &[f32],
     q_positions: &[u32],
@@ -434,50 +436,26 @@ pub fn naive_causal_attention(
     shape: AttentionShape,
     mask: Option<&dyn KeyMask>,
 ) -> Vec<f32> {
-    let AttentionShape {
-        n_heads,
-        head_dim: d,
-        ..
-    } = shape;
+    use crate::consistency::{naive_attention, RefHead, Reference};
     let group = shape.group();
-    let scale = 1.0 / (d as f64).sqrt();
-    let mut out = vec![0f32; q.len()];
-    for (tok, &q_pos) in q_positions.iter().enumerate() {
-        for head in 0..n_heads {
-            let slices = &kv[head / group];
-            let qv = &q[(tok * n_heads + head) * d..][..d];
-            let mut weights: Vec<(usize, f64)> = Vec::new();
-            for (j, &k_pos) in slices.positions.iter().enumerate() {
-                if k_pos > q_pos || !mask.is_none_or(|m| m.allows(head, q_pos, k_pos)) {
-                    continue;
-                }
-                let (kv_row, m) = slices.key_row(j, d);
-                let s: f64 = qv
-                    .iter()
-                    .zip(kv_row)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum();
-                weights.push((j, s * m as f64 * scale));
-            }
-            if weights.is_empty() {
-                continue;
-            }
-            let max = weights
-                .iter()
-                .map(|w| w.1)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = weights.iter().map(|w| (w.1 - max).exp()).sum();
-            let dst = &mut out[(tok * n_heads + head) * d..][..d];
-            for (j, s) in weights {
-                let (v_row, m) = slices.value_row(j, d);
-                let p = (s - max).exp() / total * m as f64;
-                for (o, v) in dst.iter_mut().zip(v_row) {
-                    *o += (p * *v as f64) as f32;
-                }
-            }
-        }
-    }
-    out
+    let reference = Reference {
+        q: q.iter().map(|&x| x as f64).collect(),
+        q_positions,
+        heads: kv
+            .iter()
+            .map(|s| RefHead::from_slices(s, shape.head_dim))
+            .collect(),
+        shape,
+        visible: mask.map(|m| -> crate::consistency::Visibility<'_> {
+            Box::new(move |h, i, j| m.allows(h, q_positions[i], kv[h / group].positions[j]))
+        }),
+        row_from: None,
+    };
+    naive_attention(&reference)
+        .0
+        .into_iter()
+        .map(|x| x as f32)
+        .collect()
 }
 
 #[cfg(test)]

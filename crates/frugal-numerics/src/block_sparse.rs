@@ -266,6 +266,8 @@ const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// tokens). Only the query blocks in `qblocks` are computed (all when `None`); other rows are
 /// zero. `fp8 = None`: exact softmax in f64 over the keys the map allows. `Some`: the FP8
 /// emulation in the GPU's order of operations (f32). Rows with no visible key are zero.
+// The GPU kernel's launch arguments, one for one, so the reference reads like the kernel.
+#[allow(clippy::too_many_arguments)]
 pub fn block_sparse_attention_head(
     q: &[f32],
     k: &[f32],

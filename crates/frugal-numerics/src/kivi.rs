@@ -44,6 +44,9 @@ pub fn group_params(lo: f32, hi: f32, bits: u32) -> GroupParams {
 
 /// Quantises `x[i * stride]` for `i in 0..n` with `p`, writing code `i` at slot `slot0 + i *
 /// slot_stride` of the packed buffer `codes` (which must be zeroed there).
+// A strided source and a strided destination in one hot loop: the eight arguments are those two
+// walks and the code; bundling them into structs would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_strided(
     x: &[f32],
     stride: usize,

@@ -2,8 +2,10 @@
 
 pub mod attention;
 pub mod block_sparse;
+pub mod consistency;
 pub mod fp8;
 pub mod fps_attention;
+pub mod key_selection;
 pub mod kivi;
 pub mod rope;
 pub mod slerp;

@@ -290,7 +290,6 @@ fn engine_loop(
 }
 
 impl Live {
-
     fn generated(&self) -> usize {
         self.job.generation.tokens().len()
     }

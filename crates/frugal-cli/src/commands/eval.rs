@@ -62,7 +62,7 @@ impl Progress for BarProgress {
     fn start(&mut self, total: u64) {
         self.0.set_length(total);
     }
-    fn sample_done(&mut self, label: &str) {
+    fn prompt_done(&mut self, label: &str) {
         self.0.set_message(label.to_string());
         self.0.inc(1);
     }

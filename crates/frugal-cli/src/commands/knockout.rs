@@ -186,4 +186,3 @@ pub fn run(session: &Session, args: &KnockoutArgs) -> Result<()> {
     );
     Ok(())
 }
-

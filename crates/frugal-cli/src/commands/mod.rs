@@ -6,9 +6,12 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod knockout;
+pub mod motion;
 pub mod policies;
 pub mod ppl;
 pub mod probe;
+pub mod protect;
+pub mod zpressor;
 
 use crate::args::{Cli, Command};
 use crate::session::Session;
@@ -16,16 +19,21 @@ use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<()> {
     let session = Session::new(cli.global)?;
-    match &cli.command {
-        Command::Fetch(a) => fetch::run(a),
-        Command::Policies(a) => policies::run(a),
-        Command::Generate(a) => generate::run(&session, a),
-        Command::Chat(a) => chat::run(&session, a),
-        Command::Ppl(a) => ppl::run(&session, a),
-        Command::Eval(a) => eval::run(&session, a),
-        Command::Probe(a) => probe::run(&session, a),
-        Command::Knockout(a) => knockout::run(&session, a),
-        Command::Bench(a) => bench::run(&session, a),
-        Command::Serve(a) => frugal_server::serve(session.load_model()?, a),
+    match cli.command {
+        Command::Fetch(a) => fetch::run(&a),
+        Command::Policies(a) => policies::run(&a),
+        Command::Generate(a) => generate::run(&session, &a),
+        Command::Chat(a) => chat::run(&session, &a),
+        Command::Ppl(a) => ppl::run(&session, &a),
+        Command::Eval(a) => eval::run(&session, &a),
+        Command::Probe(a) => probe::run(&session, &a),
+        Command::Knockout(a) => knockout::run(&session, &a),
+        Command::Bench(a) => bench::run(&session, &a),
+        Command::Serve(a) => frugal_server::serve(session.load_model()?, &a),
+        Command::Zpressor(a) => zpressor::run(a),
+        Command::Motion(a) => motion::run(a),
+        Command::Protect(a) => protect::run_protect(&a),
+        Command::ProtectTrain(a) => protect::run_train(&a),
+        Command::ProtectEval(a) => protect::run_eval(&a),
     }
 }

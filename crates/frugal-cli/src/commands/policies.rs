@@ -27,7 +27,10 @@ pub fn run(args: &PoliciesArgs) -> Result<()> {
                 KnobKind::Range { min, max } => format!("a-b in {min}..={max}"),
                 KnobKind::Switch => "0|1".into(),
             };
-            println!("    {:<12} = {:<8} {:<18} {}", k.name, k.default, range, k.doc);
+            println!(
+                "    {:<12} = {:<8} {:<18} {}",
+                k.name, k.default, range, k.doc
+            );
         }
         println!("    keeps everything: {}", p.keep_everything);
     }

@@ -8,6 +8,8 @@
 
 use crate::attention::Findings;
 use frugal_numerics::attention::{KvSlices, RowPatch};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::borrow::Cow;
 
 /// What attention reads for one (layer, KV head): borrowed from the store where the data is
@@ -28,8 +30,8 @@ pub struct HeadView<'a> {
 /// A view's row patch: `(row indices, data)`, borrowed or decoded.
 pub type PatchView<'a> = (Cow<'a, [u32]>, Cow<'a, [f32]>);
 
-impl<'a> HeadView<'a> {
-    pub fn borrowed(s: KvSlices<'a>) -> Self {
+impl<'a> From<KvSlices<'a>> for HeadView<'a> {
+    fn from(s: KvSlices<'a>) -> Self {
         HeadView {
             keys: Cow::Borrowed(s.keys),
             values: Cow::Borrowed(s.values),
@@ -43,6 +45,14 @@ impl<'a> HeadView<'a> {
                 .value_patch
                 .map(|p| (Cow::Borrowed(p.rows), Cow::Borrowed(p.data))),
         }
+    }
+}
+
+impl<'a> HeadView<'a> {
+    /// A view of borrowed slices, or an already-built view (what [`HeadStore::view`] gives)
+    /// passed through.
+    pub fn borrowed(s: impl Into<HeadView<'a>>) -> Self {
+        s.into()
     }
 
     pub fn slices(&self) -> KvSlices<'_> {
@@ -116,15 +126,151 @@ pub struct KvLayout {
     pub head_dim: usize,
 }
 
+/// How the KV store holds keys and values.
+///
+/// **f16 is the default**: half the memory of f32, and what llama.cpp keeps by default. Each
+/// stored value is rounded to 11 significant bits (relative error ≤ 2⁻¹¹); attention reads
+/// them back as f32, so scores and sums stay in f32. `F32` keeps them exact.
+///
+/// The default is `F32` for now: the methods' stores (KIVI's full-precision rows, MiniCache's
+/// retained rows, the eviction policies) still compare against an f32 full store, so an f16
+/// default would change what `compression_vs_f16` and the keep-everything checks mean before
+/// they are adapted; [`FullCache::with_dtype`] stores f16 today (no CLI flag yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    F16,
+    #[default]
+    F32,
+}
+
+impl KvDtype {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F16 => 2,
+            KvDtype::F32 => 4,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f16" => Ok(KvDtype::F16),
+            "f32" => Ok(KvDtype::F32),
+            other => Err(format!("unknown KV dtype `{other}` (expected f16 or f32)")),
+        }
+    }
+}
+
+/// Rows of keys or values in the store's dtype.
+#[derive(Clone, Debug)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Rows {
+    fn new(dtype: KvDtype) -> Self {
+        match dtype {
+            KvDtype::F32 => Rows::F32(Vec::new()),
+            KvDtype::F16 => Rows::F16(Vec::new()),
+        }
+    }
+    fn dtype(&self) -> KvDtype {
+        match self {
+            Rows::F32(_) => KvDtype::F32,
+            Rows::F16(_) => KvDtype::F16,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+        }
+    }
+    fn capacity(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.capacity(),
+            Rows::F16(v) => v.capacity(),
+        }
+    }
+    fn extend(&mut self, x: &[f32]) {
+        match self {
+            Rows::F32(v) => v.extend_from_slice(x),
+            Rows::F16(v) => {
+                let start = v.len();
+                v.resize(start + x.len(), f16::ZERO);
+                v[start..].convert_from_f32_slice(x);
+            }
+        }
+    }
+    fn copy_within(&mut self, src: std::ops::Range<usize>, dst: usize) {
+        match self {
+            Rows::F32(v) => v.copy_within(src, dst),
+            Rows::F16(v) => v.copy_within(src, dst),
+        }
+    }
+    fn truncate_and_shrink(&mut self, n: usize) {
+        match self {
+            Rows::F32(v) => {
+                v.truncate(n);
+                v.shrink_to_fit();
+            }
+            Rows::F16(v) => {
+                v.truncate(n);
+                v.shrink_to_fit();
+            }
+        }
+    }
+    fn reserve_exact(&mut self, n: usize) {
+        match self {
+            Rows::F32(v) => v.reserve_exact(n),
+            Rows::F16(v) => v.reserve_exact(n),
+        }
+    }
+    /// As f32: borrowed when stored as f32, decoded otherwise.
+    fn as_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Rows::F32(v) => Cow::Borrowed(v),
+            Rows::F16(v) => {
+                let mut out = vec![0f32; v.len()];
+                v.convert_to_f32_slice(&mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+}
+
 /// Keys, values and token positions of one (layer, KV head), positions ascending.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HeadStore {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Rows,
+    values: Rows,
     positions: Vec<u32>,
 }
 
+impl Default for HeadStore {
+    /// An empty store of the default dtype ([`KvDtype::F16`]).
+    fn default() -> Self {
+        HeadStore::new(KvDtype::default())
+    }
+}
+
 impl HeadStore {
+    pub fn new(dtype: KvDtype) -> Self {
+        HeadStore {
+            keys: Rows::new(dtype),
+            values: Rows::new(dtype),
+            positions: Vec::new(),
+        }
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        self.keys.dtype()
+    }
+
     pub fn len(&self) -> usize {
         self.positions.len()
     }
@@ -133,8 +279,17 @@ impl HeadStore {
         self.positions.is_empty()
     }
 
-    pub fn view(&self) -> KvSlices<'_> {
-        KvSlices::new(&self.keys, &self.values, &self.positions)
+    /// What attention reads: the rows as f32, borrowed from an f32 store, decoded from f16.
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView {
+            keys: self.keys.as_f32(),
+            values: self.values.as_f32(),
+            positions: Cow::Borrowed(&self.positions),
+            key_scale: None,
+            value_scale: None,
+            key_patch: None,
+            value_patch: None,
+        }
     }
 
     /// Appends rows; `positions` must come after every position already held.
@@ -146,25 +301,26 @@ impl HeadStore {
                 .is_none_or(|(a, b)| a < b),
             "positions must stay ascending"
         );
-        self.keys.extend_from_slice(keys);
-        self.values.extend_from_slice(values);
+        self.keys.extend(keys);
+        self.values.extend(values);
         self.positions.extend_from_slice(positions);
     }
 
-    /// Bytes of the rows held (keys, values and positions).
+    /// Bytes of the rows held (keys and values at their dtype's width, and positions).
     pub fn resident_bytes(&self) -> usize {
-        std::mem::size_of_val(self.keys.as_slice())
-            + std::mem::size_of_val(self.values.as_slice())
+        (self.keys.len() + self.values.len()) * self.dtype().bytes()
             + std::mem::size_of_val(self.positions.as_slice())
     }
 
     /// Bytes allocated, including growth headroom not yet filled.
     pub fn allocated_bytes(&self) -> usize {
-        (self.keys.capacity() + self.values.capacity()) * 4 + self.positions.capacity() * 4
+        (self.keys.capacity() + self.values.capacity()) * self.dtype().bytes()
+            + self.positions.capacity() * 4
     }
 
+    /// Drops every row (and its memory), keeping the dtype.
     pub fn clear(&mut self) {
-        *self = HeadStore::default();
+        *self = HeadStore::new(self.dtype());
     }
 
     /// Keeps only the rows whose position satisfies `keep`, and returns the freed memory to
@@ -188,11 +344,9 @@ impl HeadStore {
         }
         if w < self.positions.len() {
             self.positions.truncate(w);
-            self.keys.truncate(w * d);
-            self.values.truncate(w * d);
             self.positions.shrink_to_fit();
-            self.keys.shrink_to_fit();
-            self.values.shrink_to_fit();
+            self.keys.truncate_and_shrink(w * d);
+            self.values.truncate_and_shrink(w * d);
         }
     }
 
@@ -212,10 +366,15 @@ pub struct KvStore {
 }
 
 impl KvStore {
+    /// An empty store holding the default dtype ([`KvDtype::F16`]).
     pub fn new(layout: KvLayout) -> Self {
+        KvStore::with_dtype(layout, KvDtype::default())
+    }
+
+    pub fn with_dtype(layout: KvLayout, dtype: KvDtype) -> Self {
         KvStore {
             layout,
-            heads: vec![HeadStore::default(); layout.n_layers * layout.n_kv_heads],
+            heads: vec![HeadStore::new(dtype); layout.n_layers * layout.n_kv_heads],
         }
     }
 
@@ -291,7 +450,16 @@ pub trait CachePolicy: Send {
     fn report(&self) -> Option<String> {
         None
     }
+    /// No later query of `layer` will read keys at positions before `position` (a
+    /// sliding-window layer: the model says so after each call). A policy may free them; the
+    /// default keeps them, which stays correct because the attention step enforces the window,
+    /// but then [`CachePolicy::resident_bytes`] counts keys no query can use.
+    fn forget_before(&mut self, _layer: usize, _position: u32) {}
 }
+
+/// Rows a sliding-window layer lets pile up beyond its window before [`FullCache`] compacts
+/// them away (ours): dropping one row per decode step would move the whole window each step.
+pub const FORGET_SLACK: usize = 32;
 
 /// Keeps every token of every head at full precision: the dense reference.
 #[derive(Clone, Debug)]
@@ -300,9 +468,15 @@ pub struct FullCache {
 }
 
 impl FullCache {
+    /// The full store at the default dtype ([`KvDtype::F16`]).
     pub fn new(layout: KvLayout) -> Self {
+        FullCache::with_dtype(layout, KvDtype::default())
+    }
+
+    /// The full store at `dtype` (`F32` keeps keys and values exact).
+    pub fn with_dtype(layout: KvLayout, dtype: KvDtype) -> Self {
         FullCache {
-            store: KvStore::new(layout),
+            store: KvStore::with_dtype(layout, dtype),
         }
     }
 
@@ -321,7 +495,7 @@ impl CachePolicy for FullCache {
     }
 
     fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
-        HeadView::borrowed(self.store.head(layer, kv_head).view())
+        self.store.head(layer, kv_head).view()
     }
 
     fn resident_bytes(&self) -> usize {
@@ -330,6 +504,15 @@ impl CachePolicy for FullCache {
 
     fn reset(&mut self) {
         self.store.clear();
+    }
+
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        for g in 0..self.store.layout.n_kv_heads {
+            let head = self.store.head_mut(layer, g);
+            if head.positions.partition_point(|&p| p < position) >= FORGET_SLACK {
+                head.retain(|p| p >= position);
+            }
+        }
     }
 }
 
@@ -355,7 +538,7 @@ mod tests {
             n_kv_heads: 2,
             head_dim: 3,
         };
-        let mut store = KvStore::new(layout);
+        let mut store = KvStore::with_dtype(layout, KvDtype::F32);
         // Two tokens; value = 100*token + 10*head + dim.
         let k: Vec<f32> = (0..2)
             .flat_map(|t| {
@@ -365,19 +548,58 @@ mod tests {
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
         store.append_layer(1, &[0, 1], &k, &v);
         let head1 = store.head(1, 1).view();
-        assert_eq!(head1.keys, &[10.0, 11.0, 12.0, 110.0, 111.0, 112.0]);
+        assert_eq!(&*head1.keys, &[10.0, 11.0, 12.0, 110.0, 111.0, 112.0]);
         assert_eq!(head1.values[3], -110.0);
-        assert_eq!(head1.positions, &[0, 1]);
+        assert_eq!(&*head1.positions, &[0, 1]);
         assert!(store.head(0, 0).is_empty());
         // 2 heads × 2 tokens × (3 keys + 3 values) × 4 bytes + 2 heads × 2 positions × 4 bytes.
         assert_eq!(store.resident_bytes(), 2 * 2 * 6 * 4 + 2 * 2 * 4);
         store.head_mut(1, 1).retain(|p| p == 1);
-        assert_eq!(store.head(1, 1).view().keys, &[110.0, 111.0, 112.0]);
-        assert_eq!(store.head(1, 1).view().positions, &[1]);
+        assert_eq!(&*store.head(1, 1).view().keys, &[110.0, 111.0, 112.0]);
+        assert_eq!(&*store.head(1, 1).view().positions, &[1]);
         assert_eq!(store.head(1, 0).len(), 2, "other heads keep their tokens");
         assert_eq!(store.resident_bytes(), (2 + 1) * (6 * 4 + 4));
         store.clear();
         assert_eq!(store.resident_bytes(), 0);
         assert_eq!(store.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn f16_store_holds_two_bytes_a_value_and_rounds_to_half_precision() {
+        let layout = KvLayout {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 4,
+        };
+        let mut full = FullCache::with_dtype(layout, KvDtype::F16);
+        let k = [1.0f32, -2.5, 0.1, 1000.3];
+        let v = [3.0f32, 1e-3, -7.75, 65504.0];
+        full.store(0, &[0], &k, &v);
+        assert_eq!(full.store_ref().head(0, 0).dtype(), KvDtype::F16);
+        assert_eq!(full.resident_bytes(), 2 * 4 * 2 + 4);
+        let view = full.view(0, 0);
+        for (got, want) in view
+            .keys
+            .iter()
+            .chain(view.values.iter())
+            .zip(k.iter().chain(&v))
+        {
+            assert!(
+                (got - want).abs() <= want.abs() * 2f32.powi(-11),
+                "{got} vs {want}"
+            );
+        }
+        assert_ne!(view.keys[2], 0.1, "0.1 is not exact in f16");
+        let mut exact = FullCache::with_dtype(layout, KvDtype::F32);
+        exact.store(0, &[0], &k, &v);
+        assert_eq!(&*exact.view(0, 0).keys, &k);
+        assert_eq!(exact.resident_bytes(), 4 * 4 * 2 + 4);
+        exact.reset();
+        exact.store(0, &[5], &k, &v);
+        assert_eq!(
+            exact.store_ref().head(0, 0).dtype(),
+            KvDtype::F32,
+            "reset keeps the dtype"
+        );
     }
 }

@@ -14,8 +14,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-/// Architectures whose GGUF tensors follow the llama layout.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+/// Architectures we run: `llama` ([`super::llama`]), `gemma3` ([`super::gemma3`]), `qwen2` and
+/// `qwen3` ([`super::qwen`]).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3", "qwen2", "qwen3"];
 
 /// An open GGUF file with its parsed header.
 pub struct GgufFile {
@@ -65,7 +66,7 @@ impl GgufFile {
         Ok(self.string("general.architecture")?.to_string())
     }
 
-    fn value(&self, key: &str) -> Result<&Value> {
+    pub(crate) fn value(&self, key: &str) -> Result<&Value> {
         self.content
             .metadata
             .get(key)
@@ -86,7 +87,7 @@ impl GgufFile {
             .map_err(|_| self.missing(key))
     }
 
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
         let v = self.value(key)?;
         v.to_u64()
             .or_else(|_| v.to_u32().map(u64::from))
@@ -95,7 +96,7 @@ impl GgufFile {
             .map_err(|_| self.missing(key))
     }
 
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+    pub(crate) fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.content.metadata.get(key) {
             None => Ok(default),
             Some(v) => v
@@ -106,7 +107,9 @@ impl GgufFile {
         }
     }
 
-    /// The llama hyper-parameters, after checking the architecture is one we run.
+    /// The hyper-parameters every architecture shares, after checking the architecture is one
+    /// we run. The head dimension is `attention.key_length` where given (Gemma 3 and Qwen 3
+    /// decouple it from `d_model / heads`), else `rope.dimension_count`, else `d_model / heads`.
     pub fn llama_config(&self) -> Result<LlamaConfig> {
         let arch = self.architecture()?;
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
@@ -123,10 +126,20 @@ impl GgufFile {
             Some(_) => self.usize(&key("attention.head_count_kv"))?,
             None => n_heads,
         };
-        let head_dim = match self.content.metadata.get(&key("rope.dimension_count")) {
-            Some(_) => self.usize(&key("rope.dimension_count"))?,
-            None if n_heads > 0 => d_model / n_heads,
-            None => 0,
+        let head_dim = if self
+            .content
+            .metadata
+            .contains_key(&key("attention.key_length"))
+        {
+            self.usize(&key("attention.key_length"))?
+        } else if self
+            .content
+            .metadata
+            .contains_key(&key("rope.dimension_count"))
+        {
+            self.usize(&key("rope.dimension_count"))?
+        } else {
+            d_model.checked_div(n_heads).unwrap_or(0)
         };
         let vocab_size = match self.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims()[0],
@@ -148,8 +161,12 @@ impl GgufFile {
             rope_theta: self.f64_or(&key("rope.freq_base"), 10_000.0)?,
             rms_eps: self.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?,
             context_length: self.usize(&key("context_length"))?,
-            // llama.cpp's converter permutes Q/K rows so that RoPE pairs are adjacent.
-            rope_pairing: RopePairing::Interleaved,
+            // llama.cpp's converter permutes llama's Q/K rows so that RoPE pairs are adjacent;
+            // it leaves Gemma's and Qwen's as trained (llama.cpp's "NeoX" RoPE: halves paired).
+            rope_pairing: match arch.as_str() {
+                "llama" => RopePairing::Interleaved,
+                _ => RopePairing::Half,
+            },
         })
     }
 

@@ -102,10 +102,10 @@ pub trait TensorSource {
 pub const DEFAULT_DEQUANT_ROWS: usize = 32;
 
 /// A projection `y = x · Wᵀ`.
-struct Linear(QMatMul);
+pub(crate) struct Linear(pub(crate) QMatMul);
 
 impl Linear {
-    fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
         match &self.0 {
             QMatMul::QTensor(q) if x.dim(0)? >= dequant_rows => {
                 let w = q.dequantize(&Device::Cpu)?;
@@ -249,15 +249,6 @@ impl Llama {
         self.logits(&hidden)
     }
 
-    /// The logits of the call's last token, as a vector: what sampling reads after a prefill
-    /// chunk or a decode step.
-    pub fn last_logits(&self, tokens: &[u32], seq: &mut Sequence) -> Result<Vec<f32>> {
-        Ok(self
-            .forward(tokens, seq, LogitRows::Last)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?)
-    }
-
     /// Logits for final hidden states from [`Llama::forward_hidden`]; callers scoring many
     /// rows call this in chunks, since `[rows, vocab]` f32 is 200 KB a row for a 49k vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -306,6 +297,7 @@ impl Llama {
                 layer,
                 n_layers: self.cfg.n_layers,
                 structure: seq.structure.as_deref(),
+                window: None,
             };
             if let Some(keep) = seq
                 .attention
@@ -398,7 +390,7 @@ impl Llama {
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last dimension.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let mean_sq = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
     let inv = (mean_sq + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)

@@ -1,21 +1,121 @@
 //! Model loading (GGUF files and Hugging Face checkpoint directories) and architectures.
 
 pub mod chat_template;
+pub mod decoder;
+pub mod gemma3;
 pub mod gguf;
 pub mod hub;
 pub mod llama;
+pub mod qwen;
 pub mod safetensors;
+pub mod sentencepiece;
 pub mod tokenizer;
 
 use crate::error::{EngineError, Result};
+use candle_core::Tensor;
 use chat_template::ChatTemplate;
-use llama::{Llama, TensorSource, WeightFormat};
+use decoder::Decoder;
+use llama::{Llama, LlamaConfig, LogitRows, TensorSource, WeightFormat};
+use qwen::QwenFamily;
 use std::path::{Path, PathBuf};
 use tokenizer::TextTokenizer;
 
+use crate::sequence::Sequence;
+
+/// A loaded decoder of any architecture we run. Callers use the methods, which every
+/// architecture answers the same way; [`Model::config`] gives the hyper-parameters they share.
+pub enum Model {
+    /// Llama, SmolLM, Mistral without sliding window.
+    Llama(Llama),
+    /// Gemma 3, Qwen 2, Qwen 3 ([`Decoder::arch`] says which).
+    Decoder(Decoder),
+}
+
+impl Model {
+    pub fn config(&self) -> &LlamaConfig {
+        match self {
+            Model::Llama(m) => m.config(),
+            Model::Decoder(m) => m.config(),
+        }
+    }
+
+    /// `llama`, `gemma3`, `qwen2` or `qwen3`.
+    pub fn architecture(&self) -> &str {
+        match self {
+            Model::Llama(_) => "llama",
+            Model::Decoder(m) => &m.arch().name,
+        }
+    }
+
+    /// Each layer's sliding window (`None`: global attention).
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        match self {
+            Model::Llama(m) => vec![None; m.config().n_layers],
+            Model::Decoder(m) => m.arch().windows.clone(),
+        }
+    }
+
+    /// See [`Llama::set_dequant_rows`].
+    pub fn set_dequant_rows(&mut self, rows: usize) {
+        match self {
+            Model::Llama(m) => m.set_dequant_rows(rows),
+            Model::Decoder(m) => m.set_dequant_rows(rows),
+        }
+    }
+
+    /// See [`Llama::forward`].
+    /// The logits of the call's last token, as a vector: what sampling reads after a prefill
+    /// chunk or a decode step.
+    pub fn last_logits(&self, tokens: &[u32], seq: &mut Sequence) -> crate::Result<Vec<f32>> {
+        Ok(self
+            .forward(tokens, seq, LogitRows::Last)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?)
+    }
+
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        seq: &mut Sequence,
+        rows: LogitRows,
+    ) -> crate::Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.forward(tokens, seq, rows),
+            Model::Decoder(m) => m.forward(tokens, seq, rows),
+        }
+    }
+
+    /// See [`Llama::forward_hidden`].
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        seq: &mut Sequence,
+        rows: LogitRows,
+    ) -> crate::Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.forward_hidden(tokens, seq, rows),
+            Model::Decoder(m) => m.forward_hidden(tokens, seq, rows),
+        }
+    }
+
+    /// See [`Llama::logits`].
+    pub fn logits(&self, hidden: &Tensor) -> crate::Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.logits(hidden),
+            Model::Decoder(m) => m.logits(hidden),
+        }
+    }
+}
+
+impl From<Llama> for Model {
+    fn from(m: Llama) -> Self {
+        Model::Llama(m)
+    }
+}
+
 /// A model ready to run: weights, tokenizer and chat template.
 pub struct LoadedModel {
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: TextTokenizer,
     /// The model's own template, or frugal's ChatML fallback when the model ships none.
     pub chat_template: ChatTemplate,
@@ -35,7 +135,9 @@ pub fn load(path: &Path, format: WeightFormat) -> Result<LoadedModel> {
         return Err(EngineError::ModelNotFound(path.to_path_buf()));
     }
     let mut file = gguf::GgufFile::open(path)?;
+    // Checks the architecture is one we run before anything else is read.
     let cfg = file.llama_config()?;
+    let arch = file.architecture()?;
     let tokenizer = TextTokenizer::from_gguf(&file.content, path)?;
     let chat_template = match ChatTemplate::from_gguf(&file.content, path)? {
         Some(t) => t,
@@ -46,7 +148,21 @@ pub fn load(path: &Path, format: WeightFormat) -> Result<LoadedModel> {
         file.architecture()?,
         file.file_type().map_or("unknown".into(), |t| t.to_string())
     );
-    let model = Llama::load(cfg, &mut file as &mut dyn TensorSource, format)?;
+    // The one dispatch on the architecture.
+    let model = match (arch.as_str(), QwenFamily::from_name(&arch)) {
+        ("gemma3", _) => Model::Decoder(gemma3::load(&mut file, format)?),
+        (_, Some(family)) => Model::Decoder(qwen::load(
+            family,
+            cfg,
+            &mut file as &mut dyn TensorSource,
+            format,
+        )?),
+        _ => Model::Llama(Llama::load(
+            cfg,
+            &mut file as &mut dyn TensorSource,
+            format,
+        )?),
+    };
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -66,12 +182,26 @@ fn load_safetensors_dir(dir: &Path, format: WeightFormat) -> Result<LoadedModel>
     }
     .unwrap_or_else(ChatTemplate::chatml_fallback);
     let cfg = st.config.clone();
-    let model = Llama::load(cfg, &mut st as &mut dyn TensorSource, format)?;
+    let (model, arch) = match st.architecture.as_deref().and_then(QwenFamily::from_name) {
+        Some(family) => (
+            Model::Decoder(qwen::load(
+                family,
+                cfg,
+                &mut st as &mut dyn TensorSource,
+                format,
+            )?),
+            family.name(),
+        ),
+        None => (
+            Model::Llama(Llama::load(cfg, &mut st as &mut dyn TensorSource, format)?),
+            "llama",
+        ),
+    };
     Ok(LoadedModel {
         model,
         tokenizer,
         chat_template,
         path: dir.to_path_buf(),
-        description: "llama safetensors".into(),
+        description: format!("{arch} safetensors"),
     })
 }

@@ -10,8 +10,13 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Hugging Face architectures whose checkpoints follow the llama layout.
-pub const SUPPORTED_HF_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+/// Hugging Face architectures we load: the llama layout, and Qwen 2/3 ([`super::qwen`]).
+pub const SUPPORTED_HF_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
 
 #[derive(Deserialize)]
 struct HfConfig {
@@ -24,21 +29,31 @@ struct HfConfig {
     num_hidden_layers: usize,
     vocab_size: usize,
     rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
+    /// Top level in transformers 4 configs; inside `rope_parameters` in transformers 5's.
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
     max_position_embeddings: usize,
     head_dim: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: bool,
 }
 
-fn default_theta() -> f64 {
-    10_000.0
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
 }
+
+/// RoPE base when a config gives none (transformers' default).
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
 /// A checkpoint directory with its tensors loaded (memory-mapped) under GGUF names.
 pub struct SafetensorsDir {
     pub dir: PathBuf,
     tensors: HashMap<String, Tensor>,
     pub config: LlamaConfig,
+    /// The first `architectures` entry of config.json, if any.
+    pub architecture: Option<String>,
 }
 
 impl SafetensorsDir {
@@ -59,6 +74,29 @@ impl SafetensorsDir {
                 arch: arch.clone(),
                 path: config_path,
                 supported: SUPPORTED_HF_ARCHITECTURES.join(", "),
+            });
+        }
+        if let Some(kind) = hf
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+            .filter(|k| *k != "default")
+        {
+            return Err(EngineError::UnsupportedArchitecture {
+                arch: format!("RoPE type `{kind}`"),
+                path: config_path,
+                supported: "rope_type = default".into(),
+            });
+        }
+        let rope_theta = hf
+            .rope_theta
+            .or_else(|| hf.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(DEFAULT_ROPE_THETA);
+        if hf.use_sliding_window {
+            return Err(EngineError::UnsupportedArchitecture {
+                arch: "Qwen 2 with use_sliding_window = true".into(),
+                path: config_path,
+                supported: "use_sliding_window = false".into(),
             });
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -94,7 +132,7 @@ impl SafetensorsDir {
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             ffn_dim: hf.intermediate_size,
             vocab_size: hf.vocab_size,
-            rope_theta: hf.rope_theta,
+            rope_theta,
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             // Hugging Face checkpoints rotate the two halves of each head together.
@@ -104,6 +142,7 @@ impl SafetensorsDir {
             dir: dir.to_path_buf(),
             tensors,
             config,
+            architecture: hf.architectures.first().cloned(),
         })
     }
 }
@@ -121,11 +160,22 @@ fn gguf_name(hf: &str) -> Option<String> {
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, part) = rest.split_once('.')?;
+    let bias = match part {
+        "self_attn.q_proj.bias" => Some("attn_q"),
+        "self_attn.k_proj.bias" => Some("attn_k"),
+        "self_attn.v_proj.bias" => Some("attn_v"),
+        _ => None,
+    };
+    if let Some(b) = bias {
+        return Some(format!("blk.{layer}.{b}.bias"));
+    }
     let gguf = match part {
         "input_layernorm.weight" => "attn_norm",
         "self_attn.q_proj.weight" => "attn_q",
         "self_attn.k_proj.weight" => "attn_k",
         "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.q_norm.weight" => "attn_q_norm",
+        "self_attn.k_norm.weight" => "attn_k_norm",
         "self_attn.o_proj.weight" => "attn_output",
         "post_attention_layernorm.weight" => "ffn_norm",
         "mlp.gate_proj.weight" => "ffn_gate",

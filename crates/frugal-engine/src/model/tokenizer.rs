@@ -62,7 +62,7 @@ fn tok_err(e: impl std::fmt::Display) -> EngineError {
 
 /// Any GGUF integer value as i64 (GGUF writers differ in the integer widths they use for ids
 /// and token types, so we accept all of them rather than one exact type).
-fn value_as_i64(v: &Value) -> Option<i64> {
+pub(crate) fn value_as_i64(v: &Value) -> Option<i64> {
     Some(match v {
         Value::U8(x) => *x as i64,
         Value::I8(x) => *x as i64,
@@ -143,11 +143,12 @@ impl TextTokenizer {
                 })
             }
             Some(Value::String(m)) if m == "gpt2" => {}
+            Some(Value::String(m)) if m == "llama" => return Self::sentencepiece(md, path),
             Some(Value::String(m)) => {
-                let hint = if m == "llama" { " (SentencePiece)" } else { "" };
                 return Err(EngineError::Tokenizer(format!(
-                    "{}: tokenizer model `{m}`{hint} is not supported; only byte-level BPE \
-                     (`tokenizer.ggml.model = gpt2`) can be built from GGUF metadata",
+                    "{}: tokenizer model `{m}` is not supported; byte-level BPE \
+                     (`tokenizer.ggml.model = gpt2`) and SentencePiece BPE (`llama`) can be \
+                     built from GGUF metadata",
                     path.display()
                 )));
             }
@@ -243,6 +244,33 @@ impl TextTokenizer {
             Some(Value::Bool(b)) => *b,
             Some(v) => value_as_i64(v).is_some_and(|x| x != 0),
             None => false,
+        };
+        Ok(Self::assemble(
+            tok,
+            id("tokenizer.ggml.bos_token_id"),
+            id("tokenizer.ggml.eos_token_id"),
+            id("tokenizer.ggml.unknown_token_id"),
+            id("tokenizer.ggml.padding_token_id"),
+            add_bos,
+        ))
+    }
+
+    /// A SentencePiece-style vocabulary (`tokenizer.ggml.model = llama`), built by
+    /// [`super::sentencepiece`]. `add_bos_token` defaults to **true** when absent, as llama.cpp
+    /// and transformers assume for these files.
+    fn sentencepiece(md: &HashMap<String, Value>, path: &Path) -> Result<Self> {
+        let tokens = string_array(md, "tokenizer.ggml.tokens", path)?;
+        let tok = super::sentencepiece::from_gguf_metadata(md, &tokens, path)?;
+        let id = |key: &str| -> Option<u32> {
+            md.get(key)
+                .and_then(value_as_i64)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            Some(v) => value_as_i64(v).is_some_and(|x| x != 0),
+            None => true,
         };
         Ok(Self::assemble(
             tok,
@@ -728,14 +756,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn llama_model_type_is_refused_by_name() {
+    fn unknown_model_type_is_refused_by_name() {
         let mut md = tiny_test_metadata();
-        md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        md.insert("tokenizer.ggml.model".into(), Value::String("rwkv".into()));
         let err = TextTokenizer::from_gguf_metadata(&md, Path::new("sp.gguf")).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, EngineError::Tokenizer(_)));
         assert!(
-            msg.contains("`llama`") && msg.contains("sp.gguf") && msg.contains("SentencePiece"),
+            msg.contains("`rwkv`") && msg.contains("sp.gguf") && msg.contains("SentencePiece"),
             "{msg}"
         );
         md.remove("tokenizer.ggml.model");

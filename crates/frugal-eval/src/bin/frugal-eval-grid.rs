@@ -39,7 +39,7 @@ impl Progress for Log {
     fn start(&mut self, total: u64) {
         eprintln!("{total} samples");
     }
-    fn sample_done(&mut self, label: &str) {
+    fn prompt_done(&mut self, label: &str) {
         eprintln!("done: {label}");
     }
     fn skip(&mut self, _samples: u64) {}

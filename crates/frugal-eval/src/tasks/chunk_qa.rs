@@ -15,7 +15,7 @@ const COLORS: &[&str] = &[
     "gray", "gold",
 ];
 
-pub fn sample(
+pub fn make_sample(
     lm: &LoadedModel,
     text: &TaskText,
     length: usize,

@@ -14,7 +14,7 @@ const KEYS: &[&str] = &[
     "lion", "eagle", "turtle", "wolf", "dolphin", "falcon", "rabbit", "tiger", "horse", "owl",
 ];
 
-pub fn sample(
+pub fn make_sample(
     lm: &LoadedModel,
     text: &TaskText,
     length: usize,

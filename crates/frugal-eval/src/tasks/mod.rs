@@ -245,12 +245,12 @@ pub fn generate_samples(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (length as u64) << 20 ^ task as u64);
     (0..n)
         .map(|i| match task {
-            TaskKind::Ppl => ppl::sample(text, length, i),
+            TaskKind::Ppl => ppl::make_sample(text, length, i),
             TaskKind::Passkey => {
-                passkey::sample(lm, text, length, depths[i % depths.len()], &mut rng)
+                passkey::make_sample(lm, text, length, depths[i % depths.len()], &mut rng)
             }
-            TaskKind::KvRetrieval => kv_retrieval::sample(lm, text, length, &mut rng),
-            TaskKind::ChunkQa => chunk_qa::sample(lm, text, length, &mut rng),
+            TaskKind::KvRetrieval => kv_retrieval::make_sample(lm, text, length, &mut rng),
+            TaskKind::ChunkQa => chunk_qa::make_sample(lm, text, length, &mut rng),
             TaskKind::PasskeyUser => {
                 user::passkey(lm, text, length, depths[i % depths.len()], i, &mut rng)
             }

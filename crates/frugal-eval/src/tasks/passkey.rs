@@ -7,7 +7,7 @@ use super::{
 use anyhow::Result;
 use frugal_engine::model::LoadedModel;
 
-pub fn sample(
+pub fn make_sample(
     lm: &LoadedModel,
     text: &TaskText,
     length: usize,

@@ -6,7 +6,7 @@ use super::{Answer, Sample, TaskText};
 use anyhow::{bail, Result};
 use frugal_engine::structure::{TokenKind, TokenStructure};
 
-pub fn sample(text: &TaskText, length: usize, index: usize) -> Result<Sample> {
+pub fn make_sample(text: &TaskText, length: usize, index: usize) -> Result<Sample> {
     let windows = text.held_out.len() / length;
     if windows == 0 {
         bail!(

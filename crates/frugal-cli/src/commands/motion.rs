@@ -1,0 +1,33 @@
+//! `frugal motion`: KMM's motion stack — train, generate, evaluate, and the BVH round-trip check
+//! (the method lives in `frugal-motion`; this file only routes the subcommands).
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use frugal_motion::cli;
+
+#[derive(Args)]
+pub struct MotionArgs {
+    #[command(subcommand)]
+    command: MotionCommand,
+}
+
+#[derive(Subcommand)]
+enum MotionCommand {
+    /// Train the data, tokenizer, evaluator and generator stages of a variant (resumable).
+    Train(cli::TrainArgs),
+    /// Generate a motion from a sequence of instructions: BVH, picture strip and GIF.
+    Generate(cli::GenerateArgs),
+    /// Evaluate trained variants with the frozen evaluator (FID, R-precision, MM-Dist, …).
+    Eval(cli::EvalArgs),
+    /// Round-trip the bundled real BVH clip and reconstruct it with the tokenizer.
+    BvhCheck(cli::BvhCheckArgs),
+}
+
+pub fn run(args: MotionArgs) -> Result<()> {
+    match args.command {
+        MotionCommand::Train(a) => cli::train(a),
+        MotionCommand::Generate(a) => cli::generate(a),
+        MotionCommand::Eval(a) => cli::eval(a),
+        MotionCommand::BvhCheck(a) => cli::bvh_check(a),
+    }
+}

@@ -1,0 +1,17 @@
+//! Text-to-motion for frugal: a synthetic text-labelled motion set on a 17-joint skeleton, BVH
+//! in and out, a VQ-VAE motion tokenizer, and KMM's masked bidirectional-Mamba generator with
+//! key-frame masking and contrastive text alignment, scored by a separately trained evaluator.
+//! The method in our words: docs/methods/kmm.md.
+
+pub mod bvh;
+pub mod cli;
+pub mod data;
+pub mod experiment;
+pub mod generator;
+pub mod keyframe;
+pub mod metrics;
+pub mod render;
+pub mod skeleton;
+pub mod text;
+pub mod tokenizer;
+pub mod train;

@@ -29,8 +29,12 @@ struct Args {
     mode: Mode,
     #[arg(long, default_value_t = 0)]
     prefill_chunk: usize,
+    /// Write the prompts (token ids split at the question, expected answer) as JSON lines to
+    /// this file and exit: a peer implementation runs on exactly these inputs.
     #[arg(long)]
-    out: PathBuf,
+    dump_prompts: Option<PathBuf>,
+    #[arg(long, required_unless_present = "dump_prompts")]
+    out: Option<PathBuf>,
 }
 
 struct Log;
@@ -53,13 +57,17 @@ fn main() -> Result<()> {
         frugal_methods::validate(&spec)?;
         policies.push(spec);
     }
-    if policies.is_empty() {
+    if policies.is_empty() && a.dump_prompts.is_none() {
         bail!("give at least one --policy");
     }
     let model = ensure_model(&DEFAULT_MODEL, &mut |m| eprintln!("{m}"))?;
     let lm = frugal_engine::model::load(&model, WeightFormat::Native)?;
     let speeches = load_speeches(&ensure_corpus(&SOTU, &mut |m| eprintln!("{m}"))?)?;
     let text = frugal_eval::load_task_text(&lm, &speeches)?;
+    if let Some(path) = &a.dump_prompts {
+        return dump_prompts(&lm, &text, &a, path);
+    }
+    let out = a.out.clone().expect("clap requires --out without --dump-prompts");
     let plan = EvalPlan {
         tasks: a.tasks,
         policies,
@@ -70,8 +78,8 @@ fn main() -> Result<()> {
         mode: a.mode,
         prefill_chunk: a.prefill_chunk,
     };
-    let mut report = if a.out.exists() {
-        EvalReport::load(&a.out)?
+    let mut report = if out.exists() {
+        EvalReport::load(&out)?
     } else {
         EvalReport {
             run: RunInfo {
@@ -89,10 +97,62 @@ fn main() -> Result<()> {
             cells: Vec::new(),
         }
     };
-    run_plan(&lm, &text, &plan, &mut report, &a.out, &mut Log, &|| false)?;
-    report.save(&a.out)?;
+    run_plan(&lm, &text, &plan, &mut report, &out, &mut Log, &|| false)?;
+    report.save(&out)?;
     let md = frugal_eval::report::markdown(&report);
-    std::fs::write(a.out.with_extension("md"), &md)?;
+    std::fs::write(out.with_extension("md"), &md)?;
     println!("{md}");
+    Ok(())
+}
+
+/// One JSON line per sample of every (task, length): the same inputs `run_plan` generates.
+fn dump_prompts(
+    lm: &frugal_engine::model::LoadedModel,
+    text: &frugal_eval::tasks::TaskText,
+    a: &Args,
+    path: &std::path::Path,
+) -> Result<()> {
+    use frugal_eval::tasks::{generate_samples, Answer};
+    use std::io::Write;
+    let mut lines = Vec::new();
+    for &task in &a.tasks {
+        for &length in &a.lengths {
+            let samples = generate_samples(task, lm, text, length, a.samples, a.seed, &a.depths)?;
+            for (i, s) in samples.iter().enumerate() {
+                let (expected, max_new_tokens) = match &s.answer {
+                    Answer::Contains {
+                        expected,
+                        max_new_tokens,
+                    }
+                    | Answer::Digits {
+                        expected,
+                        max_new_tokens,
+                    } => (expected.clone(), *max_new_tokens),
+                    _ => bail!("--dump-prompts takes generating tasks only, not {}", task.name()),
+                };
+                lines.push(serde_json::json!({
+                    "task": task.name(),
+                    "length": length,
+                    "index": i,
+                    "seed": a.seed,
+                    "context_ids": &s.tokens[..s.context_end],
+                    "question_ids": &s.tokens[s.context_end..],
+                    "expected": expected,
+                    "max_new_tokens": max_new_tokens,
+                    "depth": s.depth,
+                    "phrasing": s.phrasing,
+                }));
+            }
+        }
+    }
+    let tmp = path.with_extension("partial");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for l in &lines {
+        writeln!(f, "{l}")?;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    eprintln!("{} prompts written to {}", lines.len(), path.display());
     Ok(())
 }

@@ -3,7 +3,10 @@
 a Markdown table and Pareto plots (accuracy against KV bytes, Wilson intervals), drawn as plain
 SVG so nothing beyond the standard library is needed.
 
-usage: summarise.py OUT_DIR REPORT.json [REPORT.json ...]
+usage: summarise.py OUT_DIR REPORT.json [REPORT.json ...] [--kvpress PEER.jsonl ...]
+
+PEER.jsonl files are written by kvpress_peer.py (one line per prompt and press); their cells are
+drawn as triangles beside ours and summarised under "kvpress" in compression.json.
 """
 import json
 import math
@@ -32,8 +35,30 @@ def load(paths):
     return cells, runs
 
 
-def f16_full_bytes(c, layout):
-    return None
+def load_kvpress(paths):
+    """kvpress_peer.py lines grouped into cells shaped like ours."""
+    groups = {}
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = (r["press"], r["ratio"], r["task"], r["length"])
+            groups.setdefault(key, []).append(r)
+    cells = []
+    for (press, ratio, task, length), rs in sorted(groups.items()):
+        k, n = sum(r["correct"] for r in rs), len(rs)
+        lo, hi = wilson(k, n)
+        policy = "kvpress:full" if press == "full" else f"kvpress:{press}@{ratio}"
+        cells.append({
+            "policy": policy, "task": task, "format": "user", "mode": "question-agnostic",
+            "prefill_chunk": 0, "length": length, "value": k / n, "ci_low": lo, "ci_high": hi,
+            "samples": n, "correct": k,
+            "compression_vs_f16": sum(r["ratio_vs_f16"] for r in rs) / n,
+            "masked_not_freed": any(r.get("masked_not_freed") for r in rs),
+            "kvpress_version": rs[0].get("kvpress_version"), "source": "kvpress",
+        })
+    return cells
 
 
 def pareto_svg(cells, task, mode, path, peak=False):
@@ -57,22 +82,30 @@ def pareto_svg(cells, task, mode, path, peak=False):
         out.append(f'<text x="{L-6}" y="{ly(y)+4}" text-anchor="end">{y:.2f}</text>')
     out.append(f'<text x="{(L+W-R)/2}" y="{H-12}" text-anchor="middle">KV compression vs f16 full (log scale; 2×, 4×, 8× marked)</text>')
     out.append(f'<text x="16" y="{(T+H-B)/2}" transform="rotate(-90 16 {(T+H-B)/2})" text-anchor="middle">accuracy (95% Wilson)</text>')
-    families = sorted({c["policy"].split(":")[0].split("+")[0] for c in pts})
+    def family(c):
+        p = c["policy"]
+        if p.startswith("kvpress:"):
+            p = p[len("kvpress:"):].split("@")[0]
+        return p.split(":")[0].split("+")[0]
+    families = sorted({family(c) for c in pts})
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22", "#000000"]
     colour = {f: palette[i % len(palette)] for i, f in enumerate(families)}
     for c in pts:
-        fam = c["policy"].split(":")[0].split("+")[0]
+        fam = family(c)
         x, y = lx(c["compression_vs_f16"]), ly(c["value"])
         col = colour[fam]
         out.append(f'<line x1="{x}" y1="{ly(c["ci_low"])}" x2="{x}" y2="{ly(c["ci_high"])}" stroke="{col}" opacity="0.5"/>')
-        shape = "rect" if "kivi" in c["policy"] else "circle"
-        if shape == "circle":
+        shape = "tri" if c.get("source") == "kvpress" else "rect" if "kivi" in c["policy"] else "circle"
+        if shape == "tri":
+            out.append(f'<polygon points="{x},{y-5} {x-5},{y+4} {x+5},{y+4}" fill="none" stroke="{col}" stroke-width="1.5"><title>{c["policy"]}: {c["value"]:.2f} at {c["compression_vs_f16"]:.2f}×</title></polygon>')
+        elif shape == "circle":
             out.append(f'<circle cx="{x}" cy="{y}" r="4" fill="{col}"><title>{c["policy"]}: {c["value"]:.2f} at {c["compression_vs_f16"]:.2f}×</title></circle>')
         else:
             out.append(f'<rect x="{x-4}" y="{y-4}" width="8" height="8" fill="{col}"><title>{c["policy"]}: {c["value"]:.2f} at {c["compression_vs_f16"]:.2f}×</title></rect>')
     for i, f in enumerate(families):
         out.append(f'<circle cx="{W-R+20}" cy="{T+10+16*i}" r="4" fill="{colour[f]}"/><text x="{W-R+30}" y="{T+14+16*i}">{f}</text>')
     out.append(f'<text x="{W-R+14}" y="{T+20+16*len(families)}">square: + kivi format</text>')
+    out.append(f'<text x="{W-R+14}" y="{T+36+16*len(families)}">triangle: kvpress (peer)</text>')
     out.append("</svg>")
     Path(path).write_text("\n".join(out))
     return True
@@ -80,7 +113,13 @@ def pareto_svg(cells, task, mode, path, peak=False):
 
 def main():
     out_dir = Path(sys.argv[1])
-    cells, runs = load(sys.argv[2:])
+    args = sys.argv[2:]
+    peer = []
+    if "--kvpress" in args:
+        i = args.index("--kvpress")
+        args, peer = args[:i], args[i + 1:]
+    cells, runs = load(args)
+    kvp = load_kvpress(peer)
     out_dir.mkdir(parents=True, exist_ok=True)
     # best ≥4× setting in the question-agnostic user format, per the bar.
     agn = [c for c in cells if c.get("mode") == "question-agnostic"]
@@ -125,7 +164,11 @@ def main():
         "best_4x": best,
         "best_4x_note": None if best else "no registered setting reached >= 4x fewer KV bytes than an f16 full cache at >= 90% passkey and >= dense - 5 points kv-retrieval in this run",
         "candidates_4x": sorted([c for c in candidates if c["kv_ratio_vs_f16"] >= 4], key=lambda c: -c["passkey_acc"]),
-        "kvpress": {"status": "not run in this session", "issue_reference_numbers_label": "measured earlier by another session, not by this page"},
+        "kvpress": {
+            "status": "run" if kvp else "not run",
+            "pipeline": "kvpress presses on the same prompt token ids, question-agnostic (context prefilled under the press, question after), greedy, answer contains the key",
+            "cells": kvp,
+        },
         "runs": runs,
         "cells": [{k: c.get(k) for k in ["policy", "task", "format", "mode", "prefill_chunk", "length", "value", "ci_low", "ci_high", "samples", "compression_vs_f16", "kv_peak_bytes", "kv_end_bytes", "by_phrasing", "by_depth", "source"]} for c in cells],
     }
@@ -135,7 +178,7 @@ def main():
         for mode in ["question-agnostic", "question-aware"]:
             p = out_dir / "compression-data" / f"pareto_{task}_{mode}.svg"
             p.parent.mkdir(exist_ok=True)
-            if pareto_svg([c for c in cells if c.get("prefill_chunk", 0) == 0], task, mode, p):
+            if pareto_svg([c for c in cells if c.get("prefill_chunk", 0) == 0] + kvp, task, mode, p):
                 plots.append(p)
     print("\n".join(str(p) for p in plots))
 

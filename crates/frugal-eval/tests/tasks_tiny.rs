@@ -366,3 +366,35 @@ fn full_attention_passes_passkey_at_1k_on_the_real_model() {
         "full attention got {correct} of 4 passkeys at 1k"
     );
 }
+
+#[test]
+fn question_agnostic_mode_compresses_the_context_before_the_question_arrives() {
+    let lm = tiny();
+    let t = text(&lm);
+    let layout = lm.model.config().kv_layout();
+    for task in [TaskKind::PasskeyUser, TaskKind::KvRetrievalUser] {
+        let samples = generate_samples(task, &lm, &t, LEN, 2, 7, &[0.5]).unwrap();
+        for s in &samples {
+            assert!(s.phrasing.is_some(), "{task:?}: user tasks record a phrasing");
+            assert!(s.context_end + 4 < s.tokens.len(), "{task:?}: a question follows");
+            let spec: frugal_methods::PolicySpec = "snapkv:ratio=0.5".parse().unwrap();
+            let mut seq = frugal_methods::build(&spec, layout).unwrap();
+            run_sample(&lm, &mut seq, s, Mode::QuestionAgnostic, 0).unwrap();
+            // Half of the context is evicted per head; the question and the answer, fed after
+            // the compressed context in shorter calls, are kept whole.
+            let after = seq.len() - s.context_end;
+            for l in 0..layout.n_layers {
+                for g in 0..layout.n_kv_heads {
+                    let v = seq.cache.view(l, g);
+                    assert_eq!(v.positions.len(), s.context_end / 2 + after, "{task:?}");
+                    assert!((s.context_end..seq.len()).all(|p| v.positions.contains(&(p as u32))));
+                }
+            }
+            // Question-aware: one prompt, compressed with its question.
+            let mut seq = frugal_methods::build(&spec, layout).unwrap();
+            run_sample(&lm, &mut seq, s, Mode::QuestionAware, 0).unwrap();
+            let gen = seq.len() - s.tokens.len();
+            assert_eq!(seq.cache.view(0, 0).positions.len(), s.tokens.len() / 2 + gen);
+        }
+    }
+}

@@ -375,8 +375,14 @@ fn question_agnostic_mode_compresses_the_context_before_the_question_arrives() {
     for task in [TaskKind::PasskeyUser, TaskKind::KvRetrievalUser] {
         let samples = generate_samples(task, &lm, &t, LEN, 2, 7, &[0.5]).unwrap();
         for s in &samples {
-            assert!(s.phrasing.is_some(), "{task:?}: user tasks record a phrasing");
-            assert!(s.context_end + 4 < s.tokens.len(), "{task:?}: a question follows");
+            assert!(
+                s.phrasing.is_some(),
+                "{task:?}: user tasks record a phrasing"
+            );
+            assert!(
+                s.context_end + 4 < s.tokens.len(),
+                "{task:?}: a question follows"
+            );
             let spec: frugal_methods::PolicySpec = "snapkv:ratio=0.5".parse().unwrap();
             let mut seq = frugal_methods::build(&spec, layout).unwrap();
             run_sample(&lm, &mut seq, s, Mode::QuestionAgnostic, 0).unwrap();
@@ -394,7 +400,10 @@ fn question_agnostic_mode_compresses_the_context_before_the_question_arrives() {
             let mut seq = frugal_methods::build(&spec, layout).unwrap();
             run_sample(&lm, &mut seq, s, Mode::QuestionAware, 0).unwrap();
             let gen = seq.len() - s.tokens.len();
-            assert_eq!(seq.cache.view(0, 0).positions.len(), s.tokens.len() / 2 + gen);
+            assert_eq!(
+                seq.cache.view(0, 0).positions.len(),
+                s.tokens.len() / 2 + gen
+            );
         }
     }
 }

@@ -104,12 +104,17 @@ fn chunked_prefill_bounds_the_peak() {
         for part in ids.chunks(chunk) {
             lm.model.forward(part, &mut seq, LogitRows::Last).unwrap();
         }
-        let rows: usize = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads).iter().sum();
+        let rows: usize = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads)
+            .iter()
+            .sum();
         (peak_from_report(&seq), seq.cache.resident_bytes(), rows)
     };
     let (peak_whole, end_whole, rows_whole) = run(256);
     let (peak_chunked, _, rows_chunked) = run(64);
-    assert_eq!(rows_whole, rows_chunked, "the same number of rows at the end");
+    assert_eq!(
+        rows_whole, rows_chunked,
+        "the same number of rows at the end"
+    );
     assert_eq!(rows_whole, 64 * cfg.n_layers * cfg.n_kv_heads);
     // One call: a layer holds all 256 tokens before its eviction. Chunks of 64: at most the
     // 64-token budget so far plus one chunk.

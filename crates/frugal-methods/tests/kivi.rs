@@ -55,5 +55,7 @@ fn value_width_is_checked() {
             .to_string()
     };
     assert!(err("kivi:vbits=3").contains("1, 2, 4 or 8"));
-    assert!(frugal_methods::validate(&"snapkv:ratio=0.5+kivi:bits=4,vbits=2".parse().unwrap()).is_ok());
+    assert!(
+        frugal_methods::validate(&"snapkv:ratio=0.5+kivi:bits=4,vbits=2".parse().unwrap()).is_ok()
+    );
 }

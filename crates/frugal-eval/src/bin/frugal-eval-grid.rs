@@ -67,7 +67,10 @@ fn main() -> Result<()> {
     if let Some(path) = &a.dump_prompts {
         return dump_prompts(&lm, &text, &a, path);
     }
-    let out = a.out.clone().expect("clap requires --out without --dump-prompts");
+    let out = a
+        .out
+        .clone()
+        .expect("clap requires --out without --dump-prompts");
     let plan = EvalPlan {
         tasks: a.tasks,
         policies,
@@ -128,7 +131,10 @@ fn dump_prompts(
                         expected,
                         max_new_tokens,
                     } => (expected.clone(), *max_new_tokens),
-                    _ => bail!("--dump-prompts takes generating tasks only, not {}", task.name()),
+                    _ => bail!(
+                        "--dump-prompts takes generating tasks only, not {}",
+                        task.name()
+                    ),
                 };
                 lines.push(serde_json::json!({
                     "task": task.name(),

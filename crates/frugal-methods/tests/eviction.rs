@@ -80,18 +80,20 @@ fn every_scorer_evicts_to_its_budget_and_keeps_a_short_call_whole() {
 fn adakv_leaves_different_holes_per_head() {
     let lm = tiny_model(GgmlDType::F32, 5).unwrap();
     let cfg = lm.model.config().clone();
-    let mut seq = build(&"adakv:ratio=0.75".parse().unwrap(), cfg.kv_layout()).unwrap();
+    // Half of 256 tokens: 128 rows per head on average, of which SnapKV's window of 64 is kept
+    // by every head; the other 64 per head are allocated across the layer's heads by score.
+    let mut seq = build(&"adakv:ratio=0.5".parse().unwrap(), cfg.kv_layout()).unwrap();
     lm.model
         .forward(&common::ids(256), &mut seq, LogitRows::Last)
         .unwrap();
     let rows = rows_per_head(&seq, cfg.n_layers, cfg.n_kv_heads);
     assert_eq!(
         rows.iter().sum::<usize>(),
-        64 * cfg.n_layers * cfg.n_kv_heads
+        128 * cfg.n_layers * cfg.n_kv_heads
     );
-    assert!(rows.iter().any(|&r| r != 64), "{rows:?}");
-    // The safeguard: every head keeps at least 20 % of a uniform head budget.
-    assert!(rows.iter().all(|&r| r >= 12), "{rows:?}");
+    assert!(rows.iter().any(|&r| r != 128), "{rows:?}");
+    // Every head keeps its observation window.
+    assert!(rows.iter().all(|&r| r >= 64), "{rows:?}");
 }
 
 #[test]
@@ -116,13 +118,15 @@ fn chunked_prefill_bounds_the_peak() {
         "the same number of rows at the end"
     );
     assert_eq!(rows_whole, 64 * cfg.n_layers * cfg.n_kv_heads);
-    // One call: a layer holds all 256 tokens before its eviction. Chunks of 64: at most the
-    // 64-token budget so far plus one chunk.
+    // One call: the last layer holds all 256 tokens before its eviction while the two before
+    // it hold 64 each (384 rows). Chunks of 64: at the last chunk the last layer holds the 48
+    // rows kept so far plus the chunk while the others hold 64 each (240 rows): 0.625.
     assert!(
-        (peak_chunked as f64) < 0.6 * peak_whole as f64,
+        (peak_chunked as f64) < 0.65 * peak_whole as f64,
         "peak {peak_chunked} chunked vs {peak_whole} whole"
     );
-    assert!(peak_whole > 2 * end_whole);
+    // 384 rows at the peak of one call against 192 kept at the end.
+    assert!((peak_whole as f64) > 1.9 * end_whole as f64);
 }
 
 #[test]

@@ -24,6 +24,40 @@ pub struct EvalPlan {
     pub seed: u64,
     /// Needle depths for passkey (fractions of the context), cycled over samples.
     pub depths: Vec<f64>,
+    /// Whether the policy sees the question before it compresses.
+    pub mode: Mode,
+    /// Prefill calls of at most this many tokens (0: the whole prompt, or the whole context,
+    /// in one call). Evicting policies compress after every call, so a chunked prefill bounds
+    /// their peak bytes.
+    pub prefill_chunk: usize,
+}
+
+/// When the question reaches the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One prompt, context and question together (the question is seen before compression).
+    #[default]
+    QuestionAware,
+    /// The context is prefilled (and compressed) first; the question is prefilled afterwards,
+    /// as one call, then the answer generated (kvpress's pipeline; a cached, reused prefix).
+    QuestionAgnostic,
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::QuestionAware => "question-aware",
+            Mode::QuestionAgnostic => "question-agnostic",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Result<Mode, String> {
+        [Mode::QuestionAware, Mode::QuestionAgnostic]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown mode `{s}` (modes: question-aware, question-agnostic)"))
+    }
 }
 
 /// Provenance of a report.
@@ -53,12 +87,31 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// One (policy, task, length) cell.
+/// One phrasing's result inside a cell (user-format tasks).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhrasingResult {
+    /// `question` or `needle`.
+    pub kind: String,
+    pub index: usize,
+    pub correct: usize,
+    pub total: usize,
+}
+
+/// One (policy, task, length, mode, prefill chunk) cell.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellResult {
     pub policy: String,
     pub task: TaskKind,
     pub length: usize,
+    /// When the policy saw the question (reports from before modes existed were aware).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Prefill chunk in tokens, 0 for one call.
+    #[serde(default)]
+    pub prefill_chunk: usize,
+    /// `user`, `forced` or `-` (see `TaskKind::format`).
+    #[serde(default)]
+    pub format: String,
     pub metric: String,
     pub value: f64,
     /// 95% interval: Wilson for accuracy; for perplexity, exp of a t-interval on the
@@ -78,6 +131,8 @@ pub struct CellResult {
     pub prefill_tok_s: f64,
     pub decode_tok_s: Option<f64>,
     pub by_depth: Vec<DepthResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_phrasing: Vec<PhrasingResult>,
     pub seconds: f64,
     /// The attention policy's `report()` after each sample (budgets, kept fractions), when
     /// it has one.
@@ -108,10 +163,21 @@ impl EvalReport {
         Ok(())
     }
 
-    pub fn has(&self, policy: &str, task: TaskKind, length: usize) -> bool {
-        self.cells
-            .iter()
-            .any(|c| c.policy == policy && c.task == task && c.length == length)
+    pub fn has(
+        &self,
+        policy: &str,
+        task: TaskKind,
+        length: usize,
+        mode: Mode,
+        prefill_chunk: usize,
+    ) -> bool {
+        self.cells.iter().any(|c| {
+            c.policy == policy
+                && c.task == task
+                && c.length == length
+                && c.mode == mode
+                && c.prefill_chunk == prefill_chunk
+        })
     }
 }
 
@@ -140,7 +206,9 @@ pub fn run_plan(
             let todo: Vec<&PolicySpec> = plan
                 .policies
                 .iter()
-                .filter(|p| !report.has(&p.to_string(), task, length))
+                .filter(|p| {
+                    !report.has(&p.to_string(), task, length, plan.mode, plan.prefill_chunk)
+                })
                 .collect();
             progress.skip(((plan.policies.len() - todo.len()) * plan.samples) as u64);
             if todo.is_empty() {
@@ -157,7 +225,7 @@ pub fn run_plan(
             )
             .with_context(|| format!("generating {} samples at length {length}", task.name()))?;
             for spec in todo {
-                let label = format!("{} {} @{length}", spec, task.name());
+                let label = format!("{} {} @{length} {}", spec, task.name(), plan.mode.name());
                 let t0 = Instant::now();
                 let mut outcomes = Vec::with_capacity(samples.len());
                 for s in &samples {
@@ -166,10 +234,10 @@ pub fn run_plan(
                     }
                     let mut seq = build(spec, layout)?;
                     seq.structure = Some(std::sync::Arc::new(s.structure.clone()));
-                    outcomes.push(run_sample(lm, &mut seq, s)?);
+                    outcomes.push(run_sample(lm, &mut seq, s, plan.mode, plan.prefill_chunk)?);
                     progress.prompt_done(&label);
                 }
-                let cell = summarise(
+                let mut cell = summarise(
                     spec.to_string(),
                     task,
                     length,
@@ -178,6 +246,8 @@ pub fn run_plan(
                     lm,
                     t0.elapsed().as_secs_f64(),
                 );
+                cell.mode = plan.mode;
+                cell.prefill_chunk = plan.prefill_chunk;
                 report.cells.push(cell);
                 report.save(out)?;
             }
@@ -203,7 +273,32 @@ pub struct Outcome {
     pub report: Option<String>,
 }
 
-pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Outcome> {
+/// Prefills `tokens` in calls of at most `chunk` tokens (0: one call); the last call's logits.
+fn prefill(lm: &LoadedModel, seq: &mut Sequence, tokens: &[u32], chunk: usize) -> Result<Vec<f32>> {
+    let step = if chunk == 0 { tokens.len() } else { chunk };
+    let mut logits = Vec::new();
+    for part in tokens.chunks(step.max(1)) {
+        logits = lm.model.last_logits(part, seq)?;
+    }
+    Ok(logits)
+}
+
+/// Runs one sample. In question-agnostic mode the context (`tokens[..context_end]`) is
+/// prefilled first, so the policy compresses it without the question; the question is then
+/// prefilled as one call (too short for an evicting policy to compress) and the answer
+/// generated. In question-aware mode the whole prompt is one prefill (in `chunk`-token calls
+/// when `chunk > 0`).
+pub fn run_sample(
+    lm: &LoadedModel,
+    seq: &mut Sequence,
+    s: &Sample,
+    mode: Mode,
+    chunk: usize,
+) -> Result<Outcome> {
+    let split = match mode {
+        Mode::QuestionAware => 0,
+        Mode::QuestionAgnostic => s.context_end.min(s.tokens.len()),
+    };
     let t0 = Instant::now();
     let mut o = Outcome {
         score: 0.0,
@@ -221,15 +316,26 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
         Answer::Digits {
             expected,
             max_new_tokens,
+        }
+        | Answer::Contains {
+            expected,
+            max_new_tokens,
         } => {
             // Greedy, no stop strings: the engine's one generation loop.
             let req = GenerateRequest {
                 max_tokens: *max_new_tokens,
                 ..Default::default()
             };
-            let mut g = Generation::new(lm, seq, s.tokens.clone(), &req)?;
+            prefill(lm, seq, &s.tokens[..split], chunk)?;
+            let rest = s.tokens[split..].to_vec();
+            let step = if chunk == 0 || split > 0 {
+                rest.len()
+            } else {
+                chunk
+            };
+            let mut g = Generation::new(lm, seq, rest, &req)?;
             while !g.prefill_done() {
-                g.step(lm, seq, s.tokens.len())?;
+                g.step(lm, seq, step)?;
             }
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
@@ -244,18 +350,27 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             if std::env::var_os("FRUGAL_EVAL_SHOW").is_some() {
                 eprintln!("expected {expected}, generated {text:?}");
             }
-            o.score = (first_digit_run(&text) == Some(expected.as_str())) as u8 as f64;
+            o.score = match &s.answer {
+                Answer::Contains { .. } => {
+                    crate::tasks::user::answer_contains(&text, expected) as u8 as f64
+                }
+                _ => (first_digit_run(&text) == Some(expected.as_str())) as u8 as f64,
+            };
         }
         Answer::Choice { candidates, gold } => {
-            let logits = lm.model.last_logits(&s.tokens, seq)?;
+            let logits = if split > 0 {
+                prefill(lm, seq, &s.tokens[..split], chunk)?;
+                lm.model.last_logits(&s.tokens[split..], seq)?
+            } else {
+                prefill(lm, seq, &s.tokens, chunk)?
+            };
             o.prefill_secs = t0.elapsed().as_secs_f64();
             let cand: Vec<f32> = candidates.iter().map(|&c| logits[c as usize]).collect();
             o.score = (argmax(&cand) as usize == *gold) as u8 as f64;
         }
         Answer::Perplexity { score_from } => {
             // Context first (the policy compresses it), then the scored quarter in one call.
-            lm.model
-                .forward(&s.tokens[..*score_from], seq, LogitRows::Last)?;
+            prefill(lm, seq, &s.tokens[..*score_from], chunk)?;
             let hidden = lm
                 .model
                 .forward_hidden(&s.tokens[*score_from..], seq, LogitRows::All)?;
@@ -277,10 +392,17 @@ pub fn run_sample(lm: &LoadedModel, seq: &mut Sequence, s: &Sample) -> Result<Ou
             o.scored_tokens = n;
         }
     }
-    o.kv_peak = seq.peak_kv_bytes();
+    o.report = seq.report();
+    // An evicting cache also counts the moments inside a call before its eviction.
+    let inner_peak = o
+        .report
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .and_then(|v| v.get("kv_peak_bytes").and_then(|p| p.as_u64()))
+        .unwrap_or(0) as usize;
+    o.kv_peak = seq.peak_kv_bytes().max(inner_peak);
     o.kv_end = seq.cache.resident_bytes();
     o.context_tokens = seq.len();
-    o.report = seq.report();
     Ok(o)
 }
 
@@ -365,10 +487,37 @@ fn summarise(
         }
     }
     by_depth.sort_by(|a, b| a.depth.total_cmp(&b.depth));
+    let mut by_phrasing: Vec<PhrasingResult> = Vec::new();
+    for (s, o) in samples.iter().zip(outcomes) {
+        if let Some((q, nd)) = s.phrasing {
+            for (kind, index) in [("question", q), ("needle", nd)] {
+                let ok = (o.score > 0.5) as usize;
+                match by_phrasing
+                    .iter_mut()
+                    .find(|r| r.kind == kind && r.index == index)
+                {
+                    Some(r) => {
+                        r.total += 1;
+                        r.correct += ok;
+                    }
+                    None => by_phrasing.push(PhrasingResult {
+                        kind: kind.into(),
+                        index,
+                        correct: ok,
+                        total: 1,
+                    }),
+                }
+            }
+        }
+    }
+    by_phrasing.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.index.cmp(&b.index)));
     CellResult {
         policy,
         task,
         length,
+        mode: Mode::QuestionAware,
+        prefill_chunk: 0,
+        format: task.format().into(),
         metric: task.metric().into(),
         value,
         ci_low,
@@ -380,6 +529,7 @@ fn summarise(
         prefill_tok_s: sum(|o| o.prefill_tokens as f64) / sum(|o| o.prefill_secs),
         decode_tok_s: (decode_tokens > 0.0).then(|| decode_tokens / sum(|o| o.decode_secs)),
         by_depth,
+        by_phrasing,
         seconds,
         reports: outcomes
             .iter()

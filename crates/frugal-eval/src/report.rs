@@ -37,17 +37,27 @@ pub fn markdown(report: &EvalReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| task | length | policy | metric | value | 95% CI | KV peak (MiB) | KV end (MiB) | × vs f16 full | prefill tok/s | decode tok/s |"
+        "| task | format | mode | prefill chunk | length | policy | metric | value | 95% CI | KV peak (MiB) | KV end (MiB) | × vs f16 full | prefill tok/s | decode tok/s |"
     );
-    let _ = writeln!(s, "|---|---:|---|---|---:|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---|---|---:|---|---:|---:|---:|---:|---:|"
+    );
     let mut cells: Vec<&CellResult> = report.cells.iter().collect();
-    cells.sort_by_key(|a| (a.task, a.length));
+    cells.sort_by_key(|a| (a.task, a.mode.name(), a.prefill_chunk, a.length));
     for c in cells {
         let mib = |b: f64| b / 1048576.0;
         let _ = writeln!(
             s,
-            "| {} | {} | `{}` | {} | {:.4} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | `{}` | {} | {:.4} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
             c.task.name(),
+            c.task.format(),
+            c.mode.name(),
+            if c.prefill_chunk == 0 {
+                "whole".to_string()
+            } else {
+                c.prefill_chunk.to_string()
+            },
             c.length,
             c.policy,
             c.metric,

@@ -7,7 +7,7 @@ use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
 use frugal_engine::structure::TokenKind;
 use frugal_engine::testing::tiny_model;
-use frugal_eval::harness::{run_sample, EvalPlan, EvalReport, Progress, RunInfo};
+use frugal_eval::harness::{run_sample, EvalPlan, EvalReport, Mode, Progress, RunInfo};
 use frugal_eval::perplexity::negative_log_likelihood;
 use frugal_eval::tasks::{generate_samples, Answer, TaskKind, TaskText};
 
@@ -149,7 +149,7 @@ fn chunk_qa_labels_every_frame_and_scores_by_candidate_rank() {
         .max_by(|a, b| logits[*a.1 as usize].total_cmp(&logits[*b.1 as usize]))
         .unwrap()
         .0;
-    let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
+    let o = run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0).unwrap();
     assert_eq!(o.score, (best == *gold) as u8 as f64);
 }
 
@@ -162,7 +162,7 @@ fn perplexity_scorer_equals_the_nll_of_one_full_pass() {
         panic!()
     };
     let layout = lm.model.config().kv_layout();
-    let o = run_sample(&lm, &mut Sequence::dense(layout), s).unwrap();
+    let o = run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0).unwrap();
     let logits = lm
         .model
         .forward(&s.tokens, &mut Sequence::dense(layout), LogitRows::All)
@@ -217,6 +217,8 @@ fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
         samples: 3,
         seed: 1,
         depths: vec![0.0, 0.5, 1.0],
+        mode: Mode::QuestionAware,
+        prefill_chunk: 0,
     };
     let mut report = EvalReport {
         run: run_info(),
@@ -273,7 +275,9 @@ fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
     );
     // Reports render.
     let md = frugal_eval::report::markdown(&report);
-    assert!(md.contains("| passkey | 400 | `streaming:sink=4,window=64` |"));
+    assert!(md.contains(
+        "| passkey | forced | question-aware | whole | 400 | `streaming:sink=4,window=64` |"
+    ));
     let plots = frugal_eval::report::plots(&report, &dir.path().join("plots")).unwrap();
     assert!(plots
         .iter()
@@ -299,6 +303,8 @@ fn a_single_sample_perplexity_cell_saves_reloads_and_renders() {
         samples: 1,
         seed: 1,
         depths: vec![],
+        mode: Mode::QuestionAware,
+        prefill_chunk: 0,
     };
     let mut report = EvalReport {
         run: run_info(),
@@ -350,7 +356,7 @@ fn full_attention_passes_passkey_at_1k_on_the_real_model() {
     let correct: f64 = samples
         .iter()
         .map(|s| {
-            run_sample(&lm, &mut Sequence::dense(layout), s)
+            run_sample(&lm, &mut Sequence::dense(layout), s, Mode::QuestionAware, 0)
                 .unwrap()
                 .score
         })
@@ -361,4 +367,47 @@ fn full_attention_passes_passkey_at_1k_on_the_real_model() {
         correct >= 3.0,
         "full attention got {correct} of 4 passkeys at 1k"
     );
+}
+
+#[test]
+fn question_agnostic_mode_compresses_the_context_before_the_question_arrives() {
+    let lm = tiny();
+    let t = text(&lm);
+    let layout = lm.model.config().kv_layout();
+    for task in [TaskKind::PasskeyUser, TaskKind::KvRetrievalUser] {
+        let samples = generate_samples(task, &lm, &t, LEN, 2, 7, &[0.5]).unwrap();
+        for s in &samples {
+            assert!(
+                s.phrasing.is_some(),
+                "{task:?}: user tasks record a phrasing"
+            );
+            assert!(
+                s.context_end + 4 < s.tokens.len(),
+                "{task:?}: a question follows"
+            );
+            // The tiny tokenizer spells words out, so a question runs to ~80 tokens: calls
+            // shorter than 150 are kept whole.
+            let spec: frugal_methods::PolicySpec = "snapkv:ratio=0.5,min_call=150".parse().unwrap();
+            let mut seq = frugal_methods::build(&spec, layout).unwrap();
+            run_sample(&lm, &mut seq, s, Mode::QuestionAgnostic, 0).unwrap();
+            // Half of the context is evicted per head; the question and the answer, fed after
+            // the compressed context in shorter calls, are kept whole.
+            let after = seq.len() - s.context_end;
+            for l in 0..layout.n_layers {
+                for g in 0..layout.n_kv_heads {
+                    let v = seq.cache.view(l, g);
+                    assert_eq!(v.positions.len(), s.context_end / 2 + after, "{task:?}");
+                    assert!((s.context_end..seq.len()).all(|p| v.positions.contains(&(p as u32))));
+                }
+            }
+            // Question-aware: one prompt, compressed with its question.
+            let mut seq = frugal_methods::build(&spec, layout).unwrap();
+            run_sample(&lm, &mut seq, s, Mode::QuestionAware, 0).unwrap();
+            let gen = seq.len() - s.tokens.len();
+            assert_eq!(
+                seq.cache.view(0, 0).positions.len(),
+                s.tokens.len() / 2 + gen
+            );
+        }
+    }
 }

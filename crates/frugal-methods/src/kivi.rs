@@ -30,10 +30,17 @@ use std::borrow::Cow;
 crate::policy_config! {
     /// KIVI's quantisation; the defaults are the paper's KIVI-2.
     pub struct KiviConfig {
-        /// code width: 1, 2, 4 or 8 (paper: 2 and 4)
+        /// code width: 1, 2, 4 or 8 (paper: 2 and 4); of keys and values unless `vbits` is set
         pub bits: u32 = 2, KnobKind::Int { min: 1, max: 8 };
+        /// code width of values, 0 for the same as `bits` (ours: the paper quantises keys and
+        /// values alike, but notes that keys, with their outlier channels, are the harder half;
+        /// `bits=4,vbits=2` spends the bits where the error is)
+        pub vbits: u32 = 0, KnobKind::Int { min: 0, max: 8 };
         /// group size: tokens per key group, channels per value group (paper: 32)
         pub group: usize = 32, KnobKind::Int { min: 1, max: 4096 };
+        /// channels per value group, 0 for the same as `group` (ours: a whole head's channels
+        /// under one scale halves the value groups' overhead at the head size 64)
+        pub vgroup: usize = 0, KnobKind::Int { min: 0, max: 4096 };
         /// recent tokens kept in full precision (paper: 128)
         pub residual: usize = 128, KnobKind::Int { min: 0, max: 1 << 20 };
         /// bits of a full-precision row: 16 (f16, the paper's fp16) or 32 (f32) [ours]
@@ -60,17 +67,26 @@ pub const KIVI: PolicyEntry = PolicyEntry {
 /// Reads a `kivi` part as a row format.
 pub fn format(part: &PartSpec) -> Result<RowFormat, SpecError> {
     let cfg: KiviConfig = configure(part)?;
-    if !supported_bits(cfg.bits) {
-        return Err(SpecError::BadValue {
-            policy: "kivi".into(),
-            knob: "bits".into(),
-            value: cfg.bits.to_string(),
-            expected: "1, 2, 4 or 8".into(),
-        });
+    let value_bits = if cfg.vbits == 0 { cfg.bits } else { cfg.vbits };
+    for (knob, bits) in [("bits", cfg.bits), ("vbits", value_bits)] {
+        if !supported_bits(bits) {
+            return Err(SpecError::BadValue {
+                policy: "kivi".into(),
+                knob: knob.into(),
+                value: bits.to_string(),
+                expected: "1, 2, 4 or 8".into(),
+            });
+        }
     }
     Ok(RowFormat {
         bits: cfg.bits,
         group: cfg.group,
+        value_bits,
+        value_group: if cfg.vgroup == 0 {
+            cfg.group
+        } else {
+            cfg.vgroup
+        },
         residual: cfg.residual,
         half_rows: cfg.fp == 16,
     })
@@ -81,7 +97,8 @@ pub fn format(part: &PartSpec) -> Result<RowFormat, SpecError> {
 pub enum Axis {
     /// Keys: one (scale, min) per channel per block of `group` tokens.
     PerChannel,
-    /// Values: one (scale, min) per `group` channels of each token.
+    /// Values: one (scale, min) per `value_group` channels of each token (blocks of `group`
+    /// tokens are quantised at a time, so keys and values leave full precision together).
     PerToken,
 }
 
@@ -216,11 +233,19 @@ impl QuantRows {
 
     /// Quantises the oldest full-precision rows in blocks of `group` while at least
     /// `residual + group` rows are in full precision.
+    /// Code width of this stream.
+    fn bits(&self) -> u32 {
+        match self.axis {
+            Axis::PerChannel => self.fmt.bits,
+            Axis::PerToken => self.fmt.value_bits,
+        }
+    }
+
     pub fn compact(&mut self) {
         if !self.fmt.quantises() {
             return;
         }
-        let (d, g, bits) = (self.d, self.fmt.group, self.fmt.bits);
+        let (d, g, bits, vg) = (self.d, self.fmt.group, self.bits(), self.fmt.value_group);
         let mut done = 0;
         while self.tail.len() / d - done >= self.fmt.residual + g {
             let x = self.tail.get(done * d, (done + g) * d);
@@ -237,8 +262,8 @@ impl QuantRows {
                 }
                 Axis::PerToken => {
                     for r in 0..g {
-                        for c0 in (0..d).step_by(g) {
-                            let n = g.min(d - c0);
+                        for c0 in (0..d).step_by(vg) {
+                            let n = vg.min(d - c0);
                             let src = &x[r * d + c0..];
                             let (lo, hi) = range_strided(src, 1, n);
                             let p = group_params(lo, hi, bits);
@@ -257,13 +282,13 @@ impl QuantRows {
     }
 
     fn dequantise_block(&self, b: &QBlock, out: &mut Vec<f32>) {
-        let (d, g, bits) = (self.d, self.fmt.group, self.fmt.bits);
-        let groups_per_row = d.div_ceil(g);
+        let (d, g, bits, vg) = (self.d, self.fmt.group, self.bits(), self.fmt.value_group);
+        let groups_per_row = d.div_ceil(vg);
         for r in 0..g {
             for c in 0..d {
                 let p = match self.axis {
                     Axis::PerChannel => b.params[c],
-                    Axis::PerToken => b.params[r * groups_per_row + c / g],
+                    Axis::PerToken => b.params[r * groups_per_row + c / vg],
                 };
                 out.push(
                     p.min.to_f32() + p.scale.to_f32() * code_at(&b.codes, r * d + c, bits) as f32,
@@ -413,6 +438,8 @@ mod tests {
             let fmt = RowFormat {
                 bits: 4,
                 group: 4,
+                value_bits: 4,
+                value_group: 4,
                 residual: 6,
                 half_rows,
             };
@@ -452,6 +479,42 @@ mod tests {
             let float = if half_rows { 2 } else { 4 };
             assert_eq!(s.resident_bytes(), 4 * (16 + 4 * params) + 7 * d * float);
         }
+    }
+
+    #[test]
+    fn values_take_their_own_width_and_group() {
+        // Keys 4-bit per channel over blocks of 4 tokens; values 2-bit, one group per token.
+        let d = 8;
+        let fmt = RowFormat {
+            bits: 4,
+            group: 4,
+            value_bits: 2,
+            value_group: 8,
+            residual: 0,
+            half_rows: true,
+        };
+        let x = rows(8, d);
+        let mut k = QuantRows::new(d, fmt, Axis::PerChannel);
+        let mut v = QuantRows::new(d, fmt, Axis::PerToken);
+        for s in [&mut k, &mut v] {
+            s.push(&x);
+            s.compact();
+            assert_eq!(s.quantised_rows(), 8);
+        }
+        // Keys: 2 blocks × (32 codes at 4 bits + 8 channel params); values: 2 blocks ×
+        // (32 codes at 2 bits + 4 token params).
+        assert_eq!(k.resident_bytes(), 2 * (16 + 8 * 4));
+        assert_eq!(v.resident_bytes(), 2 * (8 + 4 * 4));
+        let err = |s: &QuantRows| {
+            s.rows()
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        // A 2-bit step over a token's whole range is coarser than a 4-bit step over a channel.
+        assert!(err(&k) < err(&v), "key {} value {}", err(&k), err(&v));
+        assert!(err(&v) < 9.0 / 3.0, "half a 2-bit step of the widest token range at most");
     }
 
     #[test]

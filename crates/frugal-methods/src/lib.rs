@@ -2,6 +2,7 @@
 //! policy with its paper's defaults, all named by one spec syntax (`spec`), described by the
 //! shared types of `policy`, and built by one registry (`registry`).
 
+pub mod eviction;
 pub mod policy;
 pub mod registry;
 pub mod spec;
@@ -24,6 +25,13 @@ methods! {
     knockout => [KNOCKOUT, EARLY_EXIT, FRAME_LOCAL],
     omnisparse => [OMNISPARSE, UNIFORM_BUDGET, TOPK],
     fps => [FPS],
+    snapkv => [SNAPKV],
+    pyramidkv => [PYRAMIDKV],
+    h2o => [H2O],
+    tova => [TOVA],
+    knorm => [KNORM],
+    expected_attention => [EXPECTED_ATTENTION],
+    adakv => [ADAKV],
 }
 
 pub use registry::{build, entry, validate};

@@ -318,8 +318,14 @@ macro_rules! knob_choice {
 /// in it (`minicache+kivi:bits=4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowFormat {
+    /// Code width of keys (and of values unless `value_bits` differs).
     pub bits: u32,
+    /// Tokens per key block (keys share a scale and minimum per channel per block).
     pub group: usize,
+    /// Code width of values.
+    pub value_bits: u32,
+    /// Channels per value group (values share a scale and minimum per group of one token).
+    pub value_group: usize,
     pub residual: usize,
     /// Full-precision rows are stored as f16 (else f32).
     pub half_rows: bool,
@@ -329,6 +335,8 @@ impl RowFormat {
     pub const F32: RowFormat = RowFormat {
         bits: 32,
         group: 1,
+        value_bits: 32,
+        value_group: 1,
         residual: usize::MAX,
         half_rows: false,
     };
@@ -338,10 +346,16 @@ impl RowFormat {
     }
 
     pub fn label(&self) -> String {
-        format!(
-            "kivi:bits={},group={},residual={},fp={}",
-            self.bits,
-            self.group,
+        let mut s = format!("kivi:bits={}", self.bits);
+        if self.value_bits != self.bits {
+            s += &format!(",vbits={}", self.value_bits);
+        }
+        s += &format!(",group={}", self.group);
+        if self.value_group != self.group {
+            s += &format!(",vgroup={}", self.value_group);
+        }
+        s + &format!(
+            ",residual={},fp={}",
             self.residual,
             if self.half_rows { 16 } else { 32 }
         )
@@ -401,6 +415,21 @@ impl PolicyEntry {
             build,
             row_format: None,
             takes_format: false,
+        }
+    }
+
+    /// An entry that owns a store and keeps its rows in the row format a storage-format part
+    /// beside it supplies (`snapkv+kivi:bits=4`), f32 rows when none does.
+    pub const fn taking_format(
+        name: &'static str,
+        doc: &'static str,
+        knobs: fn() -> Vec<KnobInfo>,
+        keep_everything: &'static str,
+        build: fn(&PartSpec, &Build) -> Result<Component, SpecError>,
+    ) -> Self {
+        PolicyEntry {
+            takes_format: true,
+            ..PolicyEntry::new(name, doc, knobs, keep_everything, build)
         }
     }
 }

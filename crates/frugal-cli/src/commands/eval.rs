@@ -1,10 +1,9 @@
 //! `frugal eval`: policies against full attention on long-context tasks, on identical inputs.
 
-use crate::args::parse_task;
 use crate::session::{interrupt_flag, progress_bar, Session};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use frugal_eval::harness::{run_plan, sibling_paths, EvalPlan, EvalReport, Progress};
+use frugal_eval::harness::{run_plan, sibling_paths, EvalPlan, EvalReport, Mode, Progress};
 use frugal_eval::tasks::TaskKind;
 use frugal_methods::spec::expand_sweep;
 use frugal_methods::PolicySpec;
@@ -14,9 +13,19 @@ use std::sync::atomic::Ordering;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Task(s) to run: ppl, passkey, kv-retrieval, chunk-qa (repeatable).
-    #[arg(long = "task", required = true, value_parser = parse_task)]
+    /// Task(s) to run: ppl, passkey, kv-retrieval, chunk-qa (the reply's opening written for
+    /// the model), passkey-user, kv-retrieval-user, chunk-qa-user (the user's format: question
+    /// last, the model writes its whole answer) (repeatable).
+    #[arg(long = "task", required = true, value_parser = TaskKind::from_name)]
     tasks: Vec<TaskKind>,
+    /// question-aware (one prompt) or question-agnostic (the context is prefilled and
+    /// compressed before the question is appended).
+    #[arg(long, default_value = "question-aware", value_parser = Mode::from_name)]
+    mode: Mode,
+    /// Prefill in calls of at most this many tokens (0: one call); evicting policies compress
+    /// after each, so their peak KV bytes fall with the budget.
+    #[arg(long, default_value_t = 0)]
+    prefill_chunk: usize,
     /// Policy spec(s), `name[:key=value,…]` joined by `+` (repeatable). Default: full.
     #[arg(long = "policy")]
     policies: Vec<String>,
@@ -120,6 +129,8 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<()> {
         samples: args.samples,
         seed: args.seed,
         depths: args.depths.clone(),
+        mode: args.mode,
+        prefill_chunk: args.prefill_chunk,
     };
     let stop = interrupt_flag()?;
     let mut progress = BarProgress(progress_bar("samples"));

@@ -93,7 +93,7 @@ pub fn load_input(lm: &LoadedModel, path: &FsPath) -> Result<Vec<Sample>> {
                 }
                 candidates.push(first);
             }
-            Ok(Sample { tokens, structure, answer: Answer::Choice { candidates, gold: s.gold }, depth: None })
+            Ok(Sample { context_end: tokens.len(), tokens, structure, answer: Answer::Choice { candidates, gold: s.gold }, depth: None, phrasing: None })
         })
         .collect()
 }

@@ -69,6 +69,7 @@ pub fn make_sample(
     }
     let (tokens, structure) = frame.assemble(&chunks);
     Ok(Sample {
+        context_end: tokens.len() - frame.suffix.len(),
         tokens,
         structure,
         answer: Answer::Choice {
@@ -76,5 +77,6 @@ pub fn make_sample(
             gold: asked,
         },
         depth: None,
+        phrasing: None,
     })
 }

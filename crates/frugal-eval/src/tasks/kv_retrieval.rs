@@ -59,6 +59,7 @@ pub fn make_sample(
     chunks.push(hay[prev..].to_vec());
     let (tokens, structure) = frame.assemble(&chunks);
     Ok(Sample {
+        context_end: tokens.len() - frame.suffix.len(),
         tokens,
         structure,
         answer: Answer::Digits {
@@ -66,5 +67,6 @@ pub fn make_sample(
             max_new_tokens: ANSWER_TOKENS,
         },
         depth: None,
+        phrasing: None,
     })
 }

@@ -5,6 +5,7 @@ pub mod chunk_qa;
 pub mod kv_retrieval;
 pub mod passkey;
 pub mod ppl;
+pub mod user;
 
 use anyhow::{bail, Result};
 use frugal_engine::model::chat_template::ChatMessage;
@@ -19,6 +20,10 @@ pub enum TaskKind {
     Passkey,
     KvRetrieval,
     ChunkQa,
+    /// Passkey in the user's format (see `user`).
+    PasskeyUser,
+    KvRetrievalUser,
+    ChunkQaUser,
 }
 
 impl TaskKind {
@@ -28,6 +33,41 @@ impl TaskKind {
             TaskKind::Passkey => "passkey",
             TaskKind::KvRetrieval => "kv-retrieval",
             TaskKind::ChunkQa => "chunk-qa",
+            TaskKind::PasskeyUser => "passkey-user",
+            TaskKind::KvRetrievalUser => "kv-retrieval-user",
+            TaskKind::ChunkQaUser => "chunk-qa-user",
+        }
+    }
+
+    pub const ALL: [TaskKind; 7] = [
+        TaskKind::Ppl,
+        TaskKind::Passkey,
+        TaskKind::KvRetrieval,
+        TaskKind::ChunkQa,
+        TaskKind::PasskeyUser,
+        TaskKind::KvRetrievalUser,
+        TaskKind::ChunkQaUser,
+    ];
+
+    /// The task of this name, or an error listing them all.
+    pub fn from_name(s: &str) -> Result<TaskKind, String> {
+        TaskKind::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TaskKind::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown task `{s}` (tasks: {})", names.join(", "))
+            })
+    }
+
+    /// The prompt format: `user` (chat template, question last, the model writes its whole
+    /// answer), `forced` (the reply's opening is written for the model, or the answer is ranked
+    /// by likelihood), or `-` (perplexity).
+    pub fn format(&self) -> &'static str {
+        match self {
+            TaskKind::Ppl => "-",
+            TaskKind::Passkey | TaskKind::KvRetrieval | TaskKind::ChunkQa => "forced",
+            _ => "user",
         }
     }
 
@@ -58,6 +98,12 @@ pub enum Answer {
     Choice { candidates: Vec<u32>, gold: usize },
     /// Negative log-likelihood of tokens `score_from..` (each predicted from all before it).
     Perplexity { score_from: usize },
+    /// Greedy-generate up to `max_new_tokens` (the whole answer); correct when the output
+    /// contains `expected` (`user::answer_contains`).
+    Contains {
+        expected: String,
+        max_new_tokens: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +113,11 @@ pub struct Sample {
     pub answer: Answer,
     /// Where the needle sits, as a fraction of the context (passkey), for heat maps.
     pub depth: Option<f64>,
+    /// Where the question begins: `tokens[..context_end]` is what a question-agnostic run
+    /// prefills (and lets the policy compress) before the question arrives.
+    pub context_end: usize,
+    /// (question, needle) phrasing indices of the user-format tasks.
+    pub phrasing: Option<(usize, usize)>,
 }
 
 /// Text every task draws from: tokenised haystack (train split) and held-out stream.
@@ -102,6 +153,26 @@ impl ChatFrame {
         Ok(ChatFrame {
             prefix: lm.tokenizer.encode(before)?,
             suffix: lm.tokenizer.encode(&format!("{after}{answer_start}"))?,
+        })
+    }
+
+    /// The user's format: the user turn is the context, a blank line, then `question`; the
+    /// assistant's reply is left entirely to the model.
+    pub fn question_last(lm: &LoadedModel, question: &str) -> Result<Self> {
+        const MARK: &str = "\u{1}CONTEXT\u{1}";
+        let text = lm.chat_template.render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: format!("{MARK}\n\n{question}"),
+            }],
+            true,
+        )?;
+        let Some((before, after)) = text.split_once(MARK) else {
+            bail!("chat template dropped the user message")
+        };
+        Ok(ChatFrame {
+            prefix: lm.tokenizer.encode(before)?,
+            suffix: lm.tokenizer.encode(after)?,
         })
     }
 
@@ -180,6 +251,11 @@ pub fn generate_samples(
             }
             TaskKind::KvRetrieval => kv_retrieval::make_sample(lm, text, length, &mut rng),
             TaskKind::ChunkQa => chunk_qa::make_sample(lm, text, length, &mut rng),
+            TaskKind::PasskeyUser => {
+                user::passkey(lm, text, length, depths[i % depths.len()], i, &mut rng)
+            }
+            TaskKind::KvRetrievalUser => user::kv_retrieval(lm, text, length, i, &mut rng),
+            TaskKind::ChunkQaUser => user::chunk_qa(lm, text, length, i, &mut rng),
         })
         .collect()
 }

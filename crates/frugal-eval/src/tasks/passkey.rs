@@ -33,6 +33,7 @@ pub fn make_sample(
     let tail = hay.split_off(at);
     let (tokens, structure) = frame.assemble(&[hay, needle, tail]);
     Ok(Sample {
+        context_end: tokens.len() - frame.suffix.len(),
         tokens,
         structure,
         answer: Answer::Digits {
@@ -40,5 +41,6 @@ pub fn make_sample(
             max_new_tokens: ANSWER_TOKENS,
         },
         depth: Some(depth),
+        phrasing: None,
     })
 }

@@ -26,5 +26,7 @@ pub fn make_sample(text: &TaskText, length: usize, index: usize) -> Result<Sampl
         structure,
         answer: Answer::Perplexity { score_from },
         depth: None,
+        context_end: score_from,
+        phrasing: None,
     })
 }

@@ -1,0 +1,224 @@
+//! The retrieval tasks in the format a user sends: a chat prompt whose user turn is the document
+//! followed by the question (nothing of the answer is written for the model), a greedy answer of
+//! at most [`USER_ANSWER_TOKENS`] tokens, and success when the answer contains the key. Each task
+//! has three phrasings of the question and three of the needle (sample `i` uses question
+//! `i mod 3` and needle `⌊i/3⌋ mod 3`), reported per phrasing, so no policy can fit one wording.
+//! Nothing before the document names what will be asked: a question-agnostic policy that
+//! compresses the document before the question arrives sees no hint of it.
+
+use super::{haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
+use anyhow::{bail, Result};
+use frugal_engine::model::LoadedModel;
+use rand::seq::SliceRandom;
+
+/// Tokens the model may write for its answer.
+pub const USER_ANSWER_TOKENS: usize = 16;
+
+/// Question phrasings of the passkey task.
+pub const PASSKEY_QUESTIONS: [&str; 3] = [
+    "What is the pass key? Answer with the number only.",
+    "Which number is the pass key mentioned in the text above?",
+    "Tell me the pass key hidden in the text.",
+];
+
+/// Needle phrasings of the passkey task (`{key}` is replaced).
+pub const PASSKEY_NEEDLES: [&str; 3] = [
+    " The pass key is {key}. Remember it. {key} is the pass key. ",
+    " Important: the secret pass key is {key}. ",
+    " (Note to the reader: your pass key is {key}; keep it safe.) ",
+];
+
+/// Question phrasings of kv-retrieval (`{name}` is the animal asked about).
+pub const KV_QUESTIONS: [&str; 3] = [
+    "What is the secret number for the {name}? Answer with the number only.",
+    "Which number belongs to the {name} in the text above?",
+    "Tell me the secret number of the {name}.",
+];
+
+/// Needle phrasings of kv-retrieval.
+pub const KV_NEEDLES: [&str; 3] = [
+    " The secret number for the {name} is {key}. ",
+    " Remember: the {name}'s secret number is {key}. ",
+    " ({name}: secret number {key}.) ",
+];
+
+/// Question phrasings of chunk-qa (`{frame}` is the frame asked about).
+pub const FRAME_QUESTIONS: [&str; 3] = [
+    "What is the color of frame {frame}? Answer with one word.",
+    "Which color does frame {frame} have?",
+    "Tell me the color of frame {frame}.",
+];
+
+/// Fact phrasings of chunk-qa (open each frame).
+pub const FRAME_FACTS: [&str; 3] = [
+    "\nFrame {frame}: The color of frame {frame} is {key}. ",
+    "\nFrame {frame}: this frame is colored {key}. ",
+    "\nFrame {frame} (color: {key}) ",
+];
+
+const ANIMALS: &[&str] = &[
+    "lion", "eagle", "turtle", "wolf", "dolphin", "falcon", "rabbit", "tiger", "horse", "owl",
+];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "pink",
+    "gray", "gold",
+];
+
+/// (question, needle) phrasing of sample `i`.
+pub fn phrasing(i: usize) -> (usize, usize) {
+    (i % 3, (i / 3) % 3)
+}
+
+fn fill(template: &str, name: &str, key: &str, frame: usize) -> String {
+    template
+        .replace("{name}", name)
+        .replace("{key}", key)
+        .replace("{frame}", &frame.to_string())
+}
+
+fn finish(
+    frame: &ChatFrame,
+    chunks: &[Vec<u32>],
+    expected: String,
+    depth: Option<f64>,
+    i: usize,
+) -> Sample {
+    let (tokens, structure) = frame.assemble(chunks);
+    Sample {
+        context_end: tokens.len() - frame.suffix.len(),
+        tokens,
+        structure,
+        answer: Answer::Contains {
+            expected,
+            max_new_tokens: USER_ANSWER_TOKENS,
+        },
+        depth,
+        phrasing: Some(phrasing(i)),
+    }
+}
+
+pub fn passkey(
+    lm: &LoadedModel,
+    text: &TaskText,
+    length: usize,
+    depth: f64,
+    i: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Sample> {
+    let (qi, ni) = phrasing(i);
+    let key = rng.gen_range(10000..100000u32).to_string();
+    let frame = ChatFrame::question_last(lm, PASSKEY_QUESTIONS[qi])?;
+    let needle = lm
+        .tokenizer
+        .encode(&fill(PASSKEY_NEEDLES[ni], "", &key, 0))?;
+    let hay_len = frame
+        .context_budget(length.saturating_sub(USER_ANSWER_TOKENS))?
+        .saturating_sub(needle.len());
+    let mut hay = haystack_window(text, hay_len, rng)?;
+    let at = sentence_boundary(lm, &hay, (depth * hay_len as f64).round() as usize);
+    let tail = hay.split_off(at);
+    Ok(finish(&frame, &[hay, needle, tail], key, Some(depth), i))
+}
+
+pub fn kv_retrieval(
+    lm: &LoadedModel,
+    text: &TaskText,
+    length: usize,
+    i: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Sample> {
+    let (qi, ni) = phrasing(i);
+    let pairs = super::kv_retrieval::PAIRS;
+    let names: Vec<&str> = ANIMALS.choose_multiple(rng, pairs).copied().collect();
+    let values: Vec<String> = (0..pairs)
+        .map(|_| rng.gen_range(10000..100000u32).to_string())
+        .collect();
+    let asked = rng.gen_range(0..pairs);
+    let frame = ChatFrame::question_last(lm, &fill(KV_QUESTIONS[qi], names[asked], "", 0))?;
+    let needles: Vec<Vec<u32>> = names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| lm.tokenizer.encode(&fill(KV_NEEDLES[ni], n, v, 0)))
+        .collect::<Result<_, _>>()?;
+    let hay_len = frame
+        .context_budget(length.saturating_sub(USER_ANSWER_TOKENS))?
+        .saturating_sub(needles.iter().map(Vec::len).sum());
+    let hay = haystack_window(text, hay_len, rng)?;
+    let mut cuts: Vec<usize> = (0..pairs).map(|_| rng.gen_range(0..=hay_len)).collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut prev = 0;
+    for (cut, needle) in cuts.iter().zip(needles) {
+        let at = sentence_boundary(lm, &hay, *cut).max(prev);
+        chunks.push(hay[prev..at].to_vec());
+        chunks.push(needle);
+        prev = at;
+    }
+    chunks.push(hay[prev..].to_vec());
+    Ok(finish(&frame, &chunks, values[asked].clone(), None, i))
+}
+
+pub fn chunk_qa(
+    lm: &LoadedModel,
+    text: &TaskText,
+    length: usize,
+    i: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Sample> {
+    let (qi, ni) = phrasing(i);
+    let frames = super::chunk_qa::FRAMES;
+    if COLORS.len() < frames {
+        bail!("chunk-qa needs {frames} colors");
+    }
+    let colors: Vec<&str> = COLORS.choose_multiple(rng, frames).copied().collect();
+    let asked = rng.gen_range(0..frames);
+    let frame = ChatFrame::question_last(lm, &fill(FRAME_QUESTIONS[qi], "", "", asked + 1))?;
+    let facts: Vec<Vec<u32>> = colors
+        .iter()
+        .enumerate()
+        .map(|(f, c)| lm.tokenizer.encode(&fill(FRAME_FACTS[ni], "", c, f + 1)))
+        .collect::<Result<_, _>>()?;
+    let budget = frame
+        .context_budget(length.saturating_sub(USER_ANSWER_TOKENS))?
+        .saturating_sub(facts.iter().map(Vec::len).sum());
+    let per_frame = budget / frames;
+    let mut chunks = Vec::new();
+    for fact in facts {
+        let mut chunk = fact;
+        chunk.extend(haystack_window(text, per_frame, rng)?);
+        chunks.push(chunk);
+    }
+    Ok(finish(&frame, &chunks, colors[asked].to_string(), None, i))
+}
+
+/// Whether a generated answer contains the key (case-insensitive; a number must not be part of
+/// a longer number, a word not part of a longer word).
+pub fn answer_contains(answer: &str, key: &str) -> bool {
+    let a = answer.to_lowercase();
+    let k = key.to_lowercase();
+    let digits = k.chars().all(|c| c.is_ascii_digit());
+    let boundary = |c: Option<char>| match c {
+        None => true,
+        Some(c) if digits => !c.is_ascii_digit(),
+        Some(c) => !c.is_alphanumeric(),
+    };
+    a.match_indices(&k).any(|(at, _)| {
+        boundary(a[..at].chars().next_back()) && boundary(a[at + k.len()..].chars().next())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contains_needs_the_whole_key() {
+        assert!(answer_contains("The pass key is 71432.", "71432"));
+        assert!(!answer_contains("The pass key is 714320.", "71432"));
+        assert!(!answer_contains("22", "71432"));
+        assert!(answer_contains("Frame 3 is Blue.", "blue"));
+        assert!(!answer_contains("bluegreen", "blue"));
+        assert_eq!(phrasing(4), (1, 1));
+        assert_eq!(phrasing(8), (2, 2));
+    }
+}

@@ -592,10 +592,14 @@ mod cuda_pool {
 
     fn pool(dev: &Device) -> Option<sys::CUmemoryPool> {
         let ctx = dev.as_cuda_device().ok()?.cuda_stream().context().clone();
+        // Without stream-ordered allocation candle's buffers do not come from a pool.
+        if !ctx.has_async_alloc() {
+            return None;
+        }
         ctx.bind_to_thread().ok()?;
         dev.synchronize().ok()?;
         // SAFETY: the device handle comes from a live context.
-        unsafe { result::device::get_default_mem_pool(ctx.cu_device()).ok() }
+        unsafe { result::device::get_mem_pool(ctx.cu_device()).ok() }
     }
 
     pub fn used_high(dev: &Device) -> Option<u64> {

@@ -3,24 +3,27 @@
 //! code runs on the CPU, which is how the tests pin it to the reference path).
 //!
 //! What it is, honestly: a first GPU path. Projections and the MLP use candle's kernels
-//! (quantised GGUF matmuls kept quantised, or f32 weights with cuBLAS); the KV store is per
-//! (layer, KV head) on the device ([`DeviceKvStore`]); attention is dense and written with candle
-//! tensor ops per (layer, KV head): `softmax(q·Kᵀ/√d + mask)·V` over the head's rows, queries in
-//! chunks so the score block stays bounded, causal and sliding-window masks built from the
-//! head's own positions (so holes would be honoured). It is not a fused attention kernel: every
-//! step materialises its scores. Policies that rewrite the cache or plan attention paths run on
-//! the host only; a sequence that carries one is refused with an error that says so.
+//! (quantised GGUF matmuls kept quantised, or f32 weights with cuBLAS); RMSNorm, RoPE and
+//! softmax use candle-nn's fused kernels; the KV store is per (layer, KV head) on the device
+//! ([`DeviceKvStore`]); attention is dense and written with candle tensor ops:
+//! `softmax(q·Kᵀ/√d + mask)·V` over each KV head's rows (one batched matmul for a layer's heads
+//! when they hold the same positions), queries in chunks so the score block stays bounded,
+//! causal and sliding-window masks built from the heads' own positions (so holes would be
+//! honoured). It is not a fused attention kernel: every step materialises its scores. Policies
+//! that rewrite the cache or plan attention paths run on the host only; a sequence that carries
+//! one is refused with an error that says so.
 //!
-//! The CPU path ([`super::llama`], [`super::decoder`]) stays the reference; this one reuses its
-//! norms, activations and RoPE tables formula, and `tests/device_model.rs` compares the two.
+//! The CPU path ([`super::llama`], [`super::decoder`]) stays the reference; this one follows its
+//! formulas (RMSNorm, gated MLP, RoPE tables, grouped-query attention) with device kernels, and
+//! `tests/device_model.rs` compares the two.
 
 use super::decoder::{Activation, ArchFlags, Decoder};
-use super::llama::{rms_norm, Llama, LlamaConfig, LogitRows};
+use super::llama::{Llama, LlamaConfig, LogitRows};
 use crate::cache::device_store::DeviceKvStore;
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use frugal_numerics::rope::RopePairing;
 use std::sync::Arc;
 
@@ -87,30 +90,17 @@ impl DeviceRope {
         })
     }
 
-    /// Rotates `x` (`[T, heads, head_dim]`) at `positions` (u32 `[T]` on the device).
+    /// Rotates `x` (`[heads, T, head_dim]`, contiguous) at `positions` (u32 `[T]` on the
+    /// device), with candle's fused RoPE kernels (interleaved or half pairing).
     fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (t, h, d) = x.dims3()?;
-        let half = d / 2;
-        let cos = self.cos.index_select(positions, 0)?.unsqueeze(1)?;
-        let sin = self.sin.index_select(positions, 0)?.unsqueeze(1)?;
-        let rotate = |x0: &Tensor, x1: &Tensor| -> Result<(Tensor, Tensor)> {
-            let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-            let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-            Ok((r0, r1))
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        let x = x.unsqueeze(0)?;
+        let y = match self.pairing {
+            RopePairing::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            RopePairing::Half => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
         };
-        Ok(match self.pairing {
-            RopePairing::Half => {
-                let (r0, r1) = rotate(&x.narrow(2, 0, half)?, &x.narrow(2, half, half)?)?;
-                Tensor::cat(&[r0, r1], 2)?
-            }
-            RopePairing::Interleaved => {
-                let pairs = x.reshape((t, h, half, 2))?;
-                let x0 = pairs.narrow(3, 0, 1)?.squeeze(3)?;
-                let x1 = pairs.narrow(3, 1, 1)?.squeeze(3)?;
-                let (r0, r1) = rotate(&x0, &x1)?;
-                Tensor::stack(&[r0, r1], 3)?.reshape((t, h, d))?
-            }
-        })
+        Ok(y.squeeze(0)?)
     }
 }
 
@@ -368,17 +358,19 @@ impl DeviceModel {
         }
         let (hd, eps) = (self.cfg.head_dim, self.cfg.rms_eps);
         for (layer, b) in self.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &b.attn_norm, eps)?;
-            let project = |w: &QMatMul, bias: &Option<Tensor>, norm: &Option<Tensor>, heads| {
+            let h = norm(&x, &b.attn_norm, eps)?;
+            // Each projection as `[heads, T, head_dim]`: heads first, as RoPE, the store and
+            // attention read it.
+            let project = |w: &QMatMul, bias: &Option<Tensor>, qk_norm: &Option<Tensor>, heads| {
                 let mut y = w.forward(&h)?;
                 if let Some(bias) = bias {
                     y = y.broadcast_add(bias)?;
                 }
                 let mut y = y.reshape((t, heads, hd))?;
-                if let Some(norm) = norm {
-                    y = rms_norm(&y, norm, eps)?;
+                if let Some(w) = qk_norm {
+                    y = norm(&y, w, eps)?;
                 }
-                Ok::<Tensor, EngineError>(y)
+                Ok::<Tensor, EngineError>(y.transpose(0, 1)?.contiguous()?)
             };
             let q = project(&b.wq, &b.bias_q, &b.q_norm, self.cfg.n_heads)?;
             let k = project(&b.wk, &b.bias_k, &b.k_norm, self.cfg.n_kv_heads)?;
@@ -389,12 +381,12 @@ impl DeviceModel {
             kv.append_layer(layer, &positions, &k, &v)?;
             let attn = self.attention(&q, &positions, kv, layer, b.window)?;
             let mut o = b.wo.forward(&attn)?;
-            if let Some(norm) = &b.post_attn_norm {
-                o = rms_norm(&o, norm, eps)?;
+            if let Some(w) = &b.post_attn_norm {
+                o = norm(&o, w, eps)?;
             }
             x = (x + o)?;
 
-            let h = rms_norm(&x, &b.ffn_norm, eps)?;
+            let h = norm(&x, &b.ffn_norm, eps)?;
             let gate = b.w_gate.forward(&h)?;
             let gate = match self.arch.activation {
                 Activation::Silu => gate.silu()?,
@@ -402,8 +394,8 @@ impl DeviceModel {
             };
             let up = b.w_up.forward(&h)?;
             let mut m = b.w_down.forward(&(gate * up)?)?;
-            if let Some(norm) = &b.post_ffn_norm {
-                m = rms_norm(&m, norm, eps)?;
+            if let Some(w) = &b.post_ffn_norm {
+                m = norm(&m, w, eps)?;
             }
             x = (x + m)?;
         }
@@ -413,12 +405,13 @@ impl DeviceModel {
             LogitRows::All => x,
             LogitRows::From(i) => x.narrow(0, i.min(t - 1), t - i.min(t - 1))?,
         };
-        rms_norm(&x, &self.norm, eps)
+        norm(&x.contiguous()?, &self.norm, eps)
     }
 
-    /// Dense attention of `q` (`[T, n_heads, head_dim]`, RoPE applied, at `positions`) over
+    /// Dense attention of `q` (`[n_heads, T, head_dim]`, RoPE applied, at `positions`) over
     /// `layer`'s heads in `kv`; returns `[T, n_heads * head_dim]`. Query head `h` reads KV head
-    /// `h / group` (grouped-query attention without copying K/V per query head).
+    /// `h / group` (grouped-query attention without copying K/V per query head). Heads that hold
+    /// the same positions run as one batched matmul; otherwise one head at a time.
     fn attention(
         &self,
         q: &Tensor,
@@ -427,55 +420,86 @@ impl DeviceModel {
         layer: usize,
         window: Option<usize>,
     ) -> Result<Tensor> {
-        let (t, n_heads, d) = q.dims3()?;
+        let (n_heads, t, d) = q.dims3()?;
         let n_kv = self.cfg.n_kv_heads;
-        let group = n_heads / n_kv;
-        let scale = 1.0 / (d as f64).sqrt();
-        let heads_first = q.transpose(0, 1)?.contiguous()?; // [H, T, d]
-        let first_visible = |p: u32| window.map_or(0, |w| (p + 1).saturating_sub(w as u32));
-        let mut per_kv_head = Vec::with_capacity(n_kv);
-        for g in 0..n_kv {
-            let head = kv.head(layer, g);
-            let held = head.positions();
-            let qg = heads_first.narrow(0, g * group, group)?; // [group, T, d]
-            let chunk = (self.score_budget / (group * held.len().max(1))).clamp(1, t);
-            let mut outs = Vec::new();
-            for c0 in (0..t).step_by(chunk) {
-                let c = chunk.min(t - c0);
-                let qpos = &positions[c0..c0 + c];
-                // Keys some query of the chunk may see: from the first query's window start up
-                // to the last query's position (positions ascend in both lists).
-                let ks = held.partition_point(|&p| p < first_visible(qpos[0]));
-                let ke = held.partition_point(|&p| p <= qpos[c - 1]);
-                if ks >= ke {
-                    outs.push(Tensor::zeros((group, c, d), DType::F32, &self.device)?);
-                    continue;
+        let q = q.reshape((n_kv, n_heads / n_kv, t, d))?;
+        let out = match kv.shared_positions(layer) {
+            Some(held) => self.attend(
+                &q,
+                positions,
+                held,
+                &|s, e| kv.keys(layer, s, e),
+                &|s, e| kv.values(layer, s, e),
+                window,
+            )?,
+            None => {
+                let mut heads = Vec::with_capacity(n_kv);
+                for g in 0..n_kv {
+                    heads.push(self.attend(
+                        &q.narrow(0, g, 1)?,
+                        positions,
+                        kv.positions(layer, g),
+                        &|s, e| Ok(kv.keys(layer, s, e)?.narrow(0, g, 1)?),
+                        &|s, e| Ok(kv.values(layer, s, e)?.narrow(0, g, 1)?),
+                        window,
+                    )?);
                 }
-                let keys = head.keys(ks, ke)?;
-                let values = head.values(ks, ke)?;
-                let l = ke - ks;
-                let qc = qg.narrow(1, c0, c)?.contiguous()?.reshape((group * c, d))?;
-                let mut scores = (qc.matmul(&keys.t()?)? * scale)?; // [group*c, L]
-                // A mask is needed only where some key lies after a query (causality inside
-                // the chunk) or before a later query's window.
-                let causal = held[ke - 1] > qpos[0];
-                let windowed = first_visible(qpos[c - 1]) > held[ks];
-                if causal || windowed {
-                    let mask = self.mask(qpos, &held[ks..ke], window)?; // [c, L]
-                    scores = scores
-                        .reshape((group, c, l))?
-                        .broadcast_add(&mask)?
-                        .reshape((group * c, l))?;
-                }
-                let m = scores.max_keepdim(D::Minus1)?;
-                let e = scores.broadcast_sub(&m)?.exp()?;
-                let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-                outs.push(p.matmul(&values)?.reshape((group, c, d))?);
+                Tensor::cat(&heads, 0)?
             }
-            per_kv_head.push(Tensor::cat(&outs, 1)?);
+        };
+        Ok(out
+            .reshape((n_heads, t, d))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((t, n_heads * d))?)
+    }
+
+    /// `softmax(q·Kᵀ/√d + mask)·V` for `q` `[B, group, T, d]` over keys held at `held`
+    /// (`keys(s, e)`/`values(s, e)` give rows `s..e` as `[B, e - s, d]`); returns
+    /// `[B, group, T, d]`. Queries run in chunks of at most the score budget.
+    fn attend(
+        &self,
+        q: &Tensor,
+        positions: &[u32],
+        held: &[u32],
+        keys: &dyn Fn(usize, usize) -> Result<Tensor>,
+        values: &dyn Fn(usize, usize) -> Result<Tensor>,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (b, group, t, d) = q.dims4()?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let first_visible = |p: u32| window.map_or(0, |w| (p + 1).saturating_sub(w as u32));
+        let chunk = (self.score_budget / (b * group * held.len().max(1))).clamp(1, t);
+        let mut outs = Vec::with_capacity(t.div_ceil(chunk));
+        for c0 in (0..t).step_by(chunk) {
+            let c = chunk.min(t - c0);
+            let qpos = &positions[c0..c0 + c];
+            // Keys some query of the chunk may see: from the first query's window start up to
+            // the last query's position (positions ascend in both lists).
+            let ks = held.partition_point(|&p| p < first_visible(qpos[0]));
+            let ke = held.partition_point(|&p| p <= qpos[c - 1]);
+            if ks >= ke {
+                outs.push(Tensor::zeros((b, group, c, d), DType::F32, &self.device)?);
+                continue;
+            }
+            let l = ke - ks;
+            let qc = q.narrow(2, c0, c)?.contiguous()?.reshape((b, group * c, d))?;
+            let mut scores = (qc.matmul(&keys(ks, ke)?.t()?)? * scale)?; // [B, group*c, L]
+            // A mask is needed only where some key lies after a query (causality inside the
+            // chunk) or before a later query's window.
+            let causal = held[ke - 1] > qpos[0];
+            let windowed = first_visible(qpos[c - 1]) > held[ks];
+            if causal || windowed {
+                let mask = self.mask(qpos, &held[ks..ke], window)?; // [c, L]
+                scores = scores
+                    .reshape((b, group, c, l))?
+                    .broadcast_add(&mask)?
+                    .reshape((b, group * c, l))?;
+            }
+            let p = candle_nn::ops::softmax_last_dim(&scores)?;
+            outs.push(p.matmul(&values(ks, ke)?)?.reshape((b, group, c, d))?);
         }
-        let o = Tensor::cat(&per_kv_head, 0)?; // [H, T, d]
-        Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, n_heads * d))?)
+        Ok(Tensor::cat(&outs, 2)?)
     }
 
     /// Additive mask `[queries, keys]`: 0 where the key is visible (at or before the query,
@@ -492,6 +516,12 @@ impl DeviceModel {
         }
         Ok(((visible - 1.0)? * 1e30)?)
     }
+}
+
+/// RMSNorm over the last dimension with candle's fused kernel (one launch instead of six); the
+/// same formula as the host path's `rms_norm`, summed in f32.
+fn norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?)
 }
 
 /// The device path keeps K/V in its own store and computes dense attention: a sequence whose

@@ -37,7 +37,7 @@ fn device_path_matches_host_path_on_every_architecture() {
             );
             assert_eq!(r.argmax_agree, 1.0, "{arch}, budget {budget}");
             assert!(r.logit_range > 1.0, "{arch}: logits must not be flat");
-            if arch == "llama" {
+            if *arch == "llama" {
                 assert_eq!(r.device_kv_bytes, r.host_kv_bytes, "same rows, same count");
             } else {
                 // Gemma 3's host store frees rows its windows no longer see; the device store

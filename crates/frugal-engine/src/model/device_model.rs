@@ -348,6 +348,16 @@ impl DeviceModel {
                 "the sequence's device KV store belongs to another model".into(),
             ));
         }
+        if kv.positions(0, 0).len() != start {
+            return Err(EngineError::DeviceUnsupported {
+                device: device_name(&self.device),
+                reason: format!(
+                    "the sequence has {start} tokens but its device KV store holds {} (a \
+                     sequence resumed from a host cache cannot continue on the device)",
+                    kv.positions(0, 0).len()
+                ),
+            });
+        }
         let positions: Vec<u32> = (start as u32..(start + t) as u32).collect();
         let dev = &self.device;
         let pos = Tensor::new(positions.as_slice(), dev)?;

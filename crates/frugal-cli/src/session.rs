@@ -4,12 +4,12 @@
 use crate::args::{DtypeArg, GlobalArgs};
 use anyhow::{bail, Context, Result};
 use frugal_engine::fetch::{ensure_alias, ensure_model, DEFAULT_MODEL};
-use frugal_engine::model::llama::WeightFormat;
 use frugal_engine::model::device_model::open_device;
+use frugal_engine::model::llama::WeightFormat;
 use frugal_engine::model::{self, LoadedModel};
-use frugal_methods::PolicySpec;
 use frugal_eval::corpus::{ensure_corpus, load_speeches, Speech, SOTU};
 use frugal_eval::harness::RunInfo;
+use frugal_methods::PolicySpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

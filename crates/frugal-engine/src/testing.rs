@@ -424,7 +424,11 @@ pub fn compare_device_path(
         for (a, b) in h.iter().zip(d) {
             let diff = (a - b).abs();
             // NaN on either side must fail any bound.
-            max_abs = if diff.is_nan() { f32::INFINITY } else { max_abs.max(diff) };
+            max_abs = if diff.is_nan() {
+                f32::INFINITY
+            } else {
+                max_abs.max(diff)
+            };
             sum += diff as f64;
             n += 1;
             lo = lo.min(*a);

@@ -79,7 +79,10 @@ fn host_only_policies_are_refused_by_name() {
     let err = model
         .forward(&[1, 2, 3], &mut seq, LogitRows::Last)
         .unwrap_err();
-    assert!(matches!(err, EngineError::DeviceUnsupported { .. }), "{err}");
+    assert!(
+        matches!(err, EngineError::DeviceUnsupported { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("knockout:test"), "{err}");
     assert_eq!(seq.len(), 0, "nothing ran");
 }

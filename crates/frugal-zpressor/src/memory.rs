@@ -53,7 +53,12 @@ mod cuda {
 
     /// The device's current memory pool (the one `cuMemAllocAsync` draws from), with the context bound to this thread.
     fn pool(device: &Device) -> Option<sys::CUmemoryPool> {
-        let ctx = device.as_cuda_device().ok()?.cuda_stream().context().clone();
+        let ctx = device
+            .as_cuda_device()
+            .ok()?
+            .cuda_stream()
+            .context()
+            .clone();
         // Without stream-ordered allocation candle's buffers do not come from a pool.
         if !ctx.has_async_alloc() {
             return None;
@@ -88,7 +93,9 @@ mod cuda {
     }
 
     pub fn measure<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<f64>) {
-        use sys::CUmemPool_attribute::{CU_MEMPOOL_ATTR_USED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_HIGH};
+        use sys::CUmemPool_attribute::{
+            CU_MEMPOOL_ATTR_USED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        };
         let _ = device.synchronize();
         let pooled = pool(device).and_then(|p| {
             reset_high(p)?;

@@ -163,15 +163,7 @@ fn rope_tables(
     }
     let tables = distinct
         .iter()
-        .map(|&b| {
-            DeviceRope::new(
-                cfg.head_dim,
-                b,
-                cfg.context_length,
-                cfg.rope_pairing,
-                dev,
-            )
-        })
+        .map(|&b| DeviceRope::new(cfg.head_dim, b, cfg.context_length, cfg.rope_pairing, dev))
         .collect::<Result<Vec<_>>>()?;
     Ok((tables, index))
 }
@@ -493,10 +485,13 @@ impl DeviceModel {
                 continue;
             }
             let l = ke - ks;
-            let qc = q.narrow(2, c0, c)?.contiguous()?.reshape((b, group * c, d))?;
+            let qc = q
+                .narrow(2, c0, c)?
+                .contiguous()?
+                .reshape((b, group * c, d))?;
             let mut scores = (qc.matmul(&keys(ks, ke)?.t()?)? * scale)?; // [B, group*c, L]
-            // A mask is needed only where some key lies after a query (causality inside the
-            // chunk) or before a later query's window.
+                                                                         // A mask is needed only where some key lies after a query (causality inside the
+                                                                         // chunk) or before a later query's window.
             let causal = held[ke - 1] > qpos[0];
             let windowed = first_visible(qpos[c - 1]) > held[ks];
             if causal || windowed {
@@ -539,7 +534,11 @@ fn norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 fn check_policies(seq: &Sequence, dev: &Device) -> Result<()> {
     let (cache, attention) = (seq.cache.name(), seq.attention.name());
     if cache != "full" || attention != "dense" {
-        let spec = if cache == attention { cache } else { format!("{cache} + {attention}") };
+        let spec = if cache == attention {
+            cache
+        } else {
+            format!("{cache} + {attention}")
+        };
         return Err(EngineError::DeviceUnsupported {
             device: device_name(dev),
             reason: format!(

@@ -80,7 +80,8 @@ impl DeviceKvStore {
     /// The positions every head of `layer` holds, when they are the same for all heads.
     pub fn shared_positions(&self, layer: usize) -> Option<&[u32]> {
         let p = &self.layers[layer].positions;
-        p.iter().all(|h| h == &p[0]).then(|| p[0].as_slice())
+        let first = p.first()?;
+        p.iter().all(|h| h == first).then_some(first.as_slice())
     }
 
     /// Keys of rows `start..end` of every head of `layer`: `[n_kv_heads, end - start, head_dim]`,

@@ -36,6 +36,13 @@ pub struct GlobalArgs {
     /// Worker threads for matmuls and attention (default: all cores).
     #[arg(long, short = 't', global = true, env = "FRUGAL_THREADS")]
     pub threads: Option<usize>,
+    /// Where the model runs: `cpu` (the reference path), `cuda` or `cuda:N` (candle's CUDA
+    /// backend: weights, KV store and dense attention on the GPU; needs a build with the `cuda`
+    /// feature, see scripts/cuda/build_candle_cuda.sh). On `cuda` only the `full` policy runs,
+    /// and only generate, chat, ppl and bench. Given before the command:
+    /// `frugal --device cuda bench`.
+    #[arg(long, default_value = "cpu", env = "FRUGAL_DEVICE")]
+    pub device: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -4,10 +4,12 @@
 use crate::args::{DtypeArg, GlobalArgs};
 use anyhow::{bail, Context, Result};
 use frugal_engine::fetch::{ensure_alias, ensure_model, DEFAULT_MODEL};
+use frugal_engine::model::device_model::open_device;
 use frugal_engine::model::llama::WeightFormat;
 use frugal_engine::model::{self, LoadedModel};
 use frugal_eval::corpus::{ensure_corpus, load_speeches, Speech, SOTU};
 use frugal_eval::harness::RunInfo;
+use frugal_methods::PolicySpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +52,45 @@ impl Session {
             DtypeArg::Native => WeightFormat::Native,
             DtypeArg::F32 => WeightFormat::F32,
         };
-        Ok(model::load(&path, format)?)
+        let lm = model::load(&path, format)?;
+        if !self.on_device() {
+            return Ok(lm);
+        }
+        let device = open_device(&self.global.device)?;
+        let LoadedModel {
+            model,
+            tokenizer,
+            chat_template,
+            path,
+            description,
+        } = lm;
+        let model = model.to_device(&device)?;
+        eprintln!("model on {} ({description})", model.device_name());
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            chat_template,
+            path,
+            description,
+        })
+    }
+
+    /// Whether `--device` moves the model off the host path.
+    pub fn on_device(&self) -> bool {
+        self.global.device != "cpu"
+    }
+
+    /// On a device, only the `full` policy runs (the others keep their state in host buffers
+    /// until they are ported); say so before any model work starts.
+    pub fn check_policy(&self, spec: &PolicySpec) -> Result<()> {
+        let full = matches!(spec.parts.as_slice(), [p] if p.name == "full" && p.knobs.is_empty());
+        if self.on_device() && !full {
+            bail!(
+                "--device {}: policy `{spec}` runs on the CPU only until it is ported (only `full` runs on the device path); run it without --device",
+                self.global.device
+            );
+        }
+        Ok(())
     }
 
     /// The evaluation corpus: speeches from `dir`, else the fetched State of the Union set.

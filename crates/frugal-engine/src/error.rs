@@ -35,6 +35,8 @@ pub enum EngineError {
     Fetch(String),
     #[error("tensor op: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("--device {device}: {reason}")]
+    DeviceUnsupported { device: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("io: {0}")]

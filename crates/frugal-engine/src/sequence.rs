@@ -1,6 +1,7 @@
 //! The state of one sequence being processed: its cache policy, attention policy and length.
 
 use crate::attention::{AttentionPolicy, Dense};
+use crate::cache::device_store::DeviceKvStore;
 use crate::cache::{CachePolicy, FullCache, KvDtype, KvLayout};
 use crate::structure::TokenStructure;
 use std::sync::Arc;
@@ -11,6 +12,9 @@ pub struct Sequence {
     pub attention: Box<dyn AttentionPolicy>,
     /// Kind and chunk of each input token, for structure-aware policies (optional).
     pub structure: Option<Arc<TokenStructure>>,
+    /// K/V of a model that runs on a compute device ([`crate::model::device_model`]), created
+    /// by its first forward call; `None` on the host path.
+    pub(crate) device_kv: Option<DeviceKvStore>,
     len: usize,
     peak_kv_bytes: usize,
 }
@@ -21,6 +25,7 @@ impl Sequence {
             cache,
             attention,
             structure: None,
+            device_kv: None,
             len: 0,
             peak_kv_bytes: 0,
         }
@@ -38,6 +43,7 @@ impl Sequence {
             cache,
             attention,
             structure: None,
+            device_kv: None,
             len,
             peak_kv_bytes,
         }
@@ -67,7 +73,17 @@ impl Sequence {
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
-        self.peak_kv_bytes = self.peak_kv_bytes.max(self.cache.resident_bytes());
+        self.peak_kv_bytes = self.peak_kv_bytes.max(self.kv_resident_bytes());
+    }
+
+    /// Bytes of K/V held now: the cache policy's, plus the device store's when the model runs
+    /// on a compute device.
+    pub fn kv_resident_bytes(&self) -> usize {
+        self.cache.resident_bytes()
+            + self
+                .device_kv
+                .as_ref()
+                .map_or(0, DeviceKvStore::resident_bytes)
     }
 
     /// Largest KV footprint seen after any forward call, in bytes.
@@ -100,6 +116,9 @@ impl Sequence {
     pub fn reset(&mut self) {
         self.cache.reset();
         self.attention.reset();
+        if let Some(kv) = &mut self.device_kv {
+            kv.clear();
+        }
         self.len = 0;
         self.peak_kv_bytes = 0;
     }

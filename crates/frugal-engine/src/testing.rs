@@ -361,3 +361,87 @@ pub fn tiny_model_of(arch: &str, dtype: GgmlDType, seed: u64) -> Result<LoadedMo
         description: format!("tiny random {arch} ({dtype:?})"),
     })
 }
+
+/// How the device path ([`crate::model::device_model`]) compared with the host path on one
+/// tiny model: a prefill of every row's logits, then single-token decode steps.
+#[derive(Clone, Debug)]
+pub struct DeviceComparison {
+    /// Largest |Δlogit| over every prefill row and every decode step.
+    pub max_abs: f32,
+    /// Mean |Δlogit| over the same.
+    pub mean_abs: f32,
+    /// Largest minus smallest host logit (the scale `max_abs` is read against).
+    pub logit_range: f32,
+    /// Fraction of rows and steps whose argmax agrees.
+    pub argmax_agree: f64,
+    /// K/V bytes each sequence holds at the end (device store vs host f32 store).
+    pub device_kv_bytes: usize,
+    pub host_kv_bytes: usize,
+}
+
+/// Runs `prompt_len` tokens as one prefill then `decode_steps` greedy single-token steps (each
+/// feeding back the host path's argmax, so both paths see the same tokens) on a tiny `arch`
+/// model with weights as `dtype`, on the host path (f32 KV store, candle's quantised kernel for
+/// every row) and on the device path on `device` with the given attention score budget.
+pub fn compare_device_path(
+    arch: &str,
+    dtype: GgmlDType,
+    device: &Device,
+    prompt_len: usize,
+    decode_steps: usize,
+    score_budget: usize,
+) -> Result<DeviceComparison> {
+    use crate::cache::KvDtype;
+    use crate::model::llama::LogitRows;
+    use crate::model::Model;
+    use crate::sequence::Sequence;
+    let mut host = tiny_model_of(arch, dtype, 11)?.model;
+    host.set_dequant_rows(usize::MAX);
+    let mut on_device = tiny_model_of(arch, dtype, 11)?.model.onto_device(device)?;
+    if let Model::Device(m) = &mut on_device {
+        m.set_score_budget(score_budget);
+    }
+    let cfg = host.config().clone();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+        .collect();
+    let mut hs = Sequence::dense_with_dtype(cfg.kv_layout(), KvDtype::F32);
+    let mut ds = Sequence::dense(cfg.kv_layout());
+    let mut pairs: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+    let rows = |t: candle_core::Tensor| -> Result<Vec<Vec<f32>>> { Ok(t.to_vec2::<f32>()?) };
+    let h = rows(host.forward(&prompt, &mut hs, LogitRows::All)?)?;
+    let d = rows(on_device.forward(&prompt, &mut ds, LogitRows::All)?)?;
+    pairs.extend(h.into_iter().zip(d));
+    for _ in 0..decode_steps {
+        let next = crate::generate::argmax(&pairs.last().expect("a prefill row").0);
+        let h = rows(host.forward(&[next], &mut hs, LogitRows::Last)?)?;
+        let d = rows(on_device.forward(&[next], &mut ds, LogitRows::Last)?)?;
+        pairs.extend(h.into_iter().zip(d));
+    }
+    let (mut max_abs, mut sum, mut n, mut agree) = (0f32, 0f64, 0usize, 0usize);
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for (h, d) in &pairs {
+        for (a, b) in h.iter().zip(d) {
+            let diff = (a - b).abs();
+            // NaN on either side must fail any bound.
+            max_abs = if diff.is_nan() {
+                f32::INFINITY
+            } else {
+                max_abs.max(diff)
+            };
+            sum += diff as f64;
+            n += 1;
+            lo = lo.min(*a);
+            hi = hi.max(*a);
+        }
+        agree += (crate::generate::argmax(h) == crate::generate::argmax(d)) as usize;
+    }
+    Ok(DeviceComparison {
+        max_abs,
+        mean_abs: (sum / n.max(1) as f64) as f32,
+        logit_range: hi - lo,
+        argmax_agree: agree as f64 / pairs.len().max(1) as f64,
+        device_kv_bytes: ds.kv_resident_bytes(),
+        host_kv_bytes: hs.kv_resident_bytes(),
+    })
+}

@@ -40,6 +40,11 @@ pub struct SpeedReport {
     pub decode_kv_bytes: usize,
     pub peak_rss_bytes: u64,
     pub rss_after_load_bytes: u64,
+    /// Where the forward pass ran: `cpu`, or `cuda:N` for the device path.
+    pub device: String,
+    /// Peak bytes in use on the device over the whole bench (the default memory pool's
+    /// high-water mark: weights, KV store, activations); `None` on the CPU.
+    pub peak_device_bytes: Option<u64>,
 }
 
 /// The synthetic prompt shared with the llama.cpp peer script.
@@ -61,6 +66,13 @@ pub fn run_speed_bench(
     let layout = lm.model.config().kv_layout();
     let new_sequence = || frugal_methods::build(policy, layout);
     let rss_after_load_bytes = rss_bytes().0;
+    let device = match &lm.model {
+        frugal_engine::model::Model::Device(m) => Some(m.device().clone()),
+        _ => None,
+    };
+    if let Some(dev) = &device {
+        frugal_engine::model::device_model::reset_peak_device_memory(dev);
+    }
     let vocab = lm.model.config().vocab_size;
     let time_prefill = |n: usize| -> anyhow::Result<f64> {
         let ids = synthetic_prompt(n, vocab);
@@ -107,9 +119,13 @@ pub fn run_speed_bench(
         decode_tok_s,
         decode_depth: cfg.decode_depth,
         decode_tokens: cfg.decode_tokens,
-        decode_kv_bytes: seq.cache.resident_bytes(),
+        decode_kv_bytes: seq.kv_resident_bytes(),
         peak_rss_bytes: rss_bytes().1,
         rss_after_load_bytes,
+        device: lm.model.device_name(),
+        peak_device_bytes: device
+            .as_ref()
+            .and_then(frugal_engine::model::device_model::peak_device_memory),
     })
 }
 

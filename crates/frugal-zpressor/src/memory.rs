@@ -49,7 +49,69 @@ mod cuda {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+
+    /// The device's current memory pool (the one `cuMemAllocAsync` draws from), with the context bound to this thread.
+    fn pool(device: &Device) -> Option<sys::CUmemoryPool> {
+        let ctx = device
+            .as_cuda_device()
+            .ok()?
+            .cuda_stream()
+            .context()
+            .clone();
+        // Without stream-ordered allocation candle's buffers do not come from a pool.
+        if !ctx.has_async_alloc() {
+            return None;
+        }
+        ctx.bind_to_thread().ok()?;
+        // SAFETY: the device handle comes from a live context.
+        unsafe { result::device::get_mem_pool(ctx.cu_device()).ok() }
+    }
+
+    fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {
+        let mut v: sys::cuuint64_t = 0;
+        // SAFETY: the USED_MEM_* attributes are cuuint64_t values of a valid pool.
+        unsafe {
+            result::mem_pool::get_attribute(pool, attr, &mut v as *mut _ as *mut core::ffi::c_void)
+                .ok()?
+        };
+        Some(v)
+    }
+
+    /// Resets the pool's high-water mark (setting it to 0 makes it the current use).
+    fn reset_high(pool: sys::CUmemoryPool) -> Option<()> {
+        let mut v: sys::cuuint64_t = 0;
+        // SAFETY: as above; 0 is the one value the driver accepts for this attribute.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut v as *mut _ as *mut core::ffi::c_void,
+            )
+            .ok()
+        }
+    }
+
     pub fn measure<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<f64>) {
+        use sys::CUmemPool_attribute::{
+            CU_MEMPOOL_ATTR_USED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+        };
+        let _ = device.synchronize();
+        let pooled = pool(device).and_then(|p| {
+            reset_high(p)?;
+            Some((p, attribute(p, CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?))
+        });
+        if let Some((p, base)) = pooled {
+            let out = f();
+            let _ = device.synchronize();
+            let mb = attribute(p, CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+                .map(|high| high.saturating_sub(base) as f64 / (1024.0 * 1024.0));
+            return (out, mb);
+        }
+        sampled(device, f)
+    }
+
+    fn sampled<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<f64>) {
         let ctx = match device.as_cuda_device() {
             Ok(d) => d.cuda_stream().context().clone(),
             Err(_) => return (f(), None),

@@ -51,7 +51,11 @@ pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
     for p in &args.policies {
         let spec: PolicySpec = p.parse()?;
         frugal_methods::validate(&spec)?;
+        session.check_policy(&spec)?;
         specs.push(spec);
+    }
+    if args.attention_step && session.on_device() {
+        bail!("--attention-step times the host attention kernels: run it without --device");
     }
     if args.attention_step {
         return attention_step(session, args, &specs);
@@ -92,6 +96,9 @@ pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
             "peak RSS           : {:8.1} MiB",
             report.peak_rss_bytes as f64 / 1048576.0
         );
+        if let Some(b) = report.peak_device_bytes {
+            println!("peak device memory : {:8.1} MiB", b as f64 / 1048576.0);
+        }
         reports.push(report);
     }
     if let Some(path) = &args.json {

@@ -22,6 +22,7 @@ pub struct ChatArgs {
 pub fn run(session: &Session, args: &ChatArgs) -> Result<()> {
     let req = args.sampling.request()?;
     let spec = args.policy.spec()?;
+    session.check_policy(&spec)?;
     let lm = session.load_model()?;
     let mut history: Vec<ChatMessage> = Vec::new();
     let reset = |h: &mut Vec<ChatMessage>| {

@@ -27,6 +27,7 @@ pub struct GenerateArgs {
 pub fn run(session: &Session, args: &GenerateArgs) -> Result<()> {
     let req = args.sampling.request()?;
     let spec = args.policy.spec()?;
+    session.check_policy(&spec)?;
     let lm = session.load_model()?;
     let text = if args.chat {
         let mut messages = Vec::new();

@@ -15,9 +15,24 @@ pub mod zpressor;
 
 use crate::args::{Cli, Command};
 use crate::session::Session;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 pub fn run(cli: Cli) -> Result<()> {
+    let on_device_path = matches!(
+        cli.command,
+        Command::Generate(_)
+            | Command::Chat(_)
+            | Command::Ppl(_)
+            | Command::Bench(_)
+            | Command::Fetch(_)
+            | Command::Policies(_)
+    );
+    if cli.global.device != "cpu" && !on_device_path {
+        bail!(
+            "--device {}: this command runs on the CPU only for now (generate, chat, ppl and bench run on the device path; ZPressor's bench has its own flag: frugal zpressor bench --device cuda)",
+            cli.global.device
+        );
+    }
     let session = Session::new(cli.global)?;
     match cli.command {
         Command::Fetch(a) => fetch::run(&a),

@@ -26,6 +26,7 @@ pub struct PplArgs {
 
 pub fn run(session: &Session, args: &PplArgs) -> Result<()> {
     let spec = args.policy.spec()?;
+    session.check_policy(&spec)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read text file {}", args.file.display()))?;
     let lm = session.load_model()?;

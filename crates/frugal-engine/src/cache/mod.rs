@@ -6,6 +6,8 @@
 //! and hands the attention step one [`KvSlices`] view per KV head. [`FullCache`] keeps
 //! everything and is the reference every compressing policy is measured against.
 
+pub mod device_store;
+
 use crate::attention::Findings;
 use frugal_numerics::attention::{KvSlices, RowPatch};
 use half::f16;

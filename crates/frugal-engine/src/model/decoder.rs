@@ -47,43 +47,43 @@ pub struct ArchFlags {
 }
 
 /// Weights of one block. Optional parts are present only in the families that have them.
-struct Block {
-    attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
+pub(super) struct Block {
+    pub(super) attn_norm: Tensor,
+    pub(super) wq: Linear,
+    pub(super) wk: Linear,
+    pub(super) wv: Linear,
+    pub(super) wo: Linear,
     /// Qwen 2: biases added to the Q, K and V projections.
-    bias_q: Option<Tensor>,
-    bias_k: Option<Tensor>,
-    bias_v: Option<Tensor>,
+    pub(super) bias_q: Option<Tensor>,
+    pub(super) bias_k: Option<Tensor>,
+    pub(super) bias_v: Option<Tensor>,
     /// Gemma 3, Qwen 3: RMSNorm over each head's `head_dim` values of Q and K, before RoPE.
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
+    pub(super) q_norm: Option<Tensor>,
+    pub(super) k_norm: Option<Tensor>,
     /// Gemma: RMSNorm of the attention output before it joins the residual stream.
-    post_attn_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
+    pub(super) post_attn_norm: Option<Tensor>,
+    pub(super) ffn_norm: Tensor,
+    pub(super) w_gate: Linear,
+    pub(super) w_up: Linear,
+    pub(super) w_down: Linear,
     /// Gemma: RMSNorm of the MLP output before it joins the residual stream.
-    post_ffn_norm: Option<Tensor>,
-    window: Option<usize>,
+    pub(super) post_ffn_norm: Option<Tensor>,
+    pub(super) window: Option<usize>,
     /// Index into [`Decoder::ropes`].
-    rope: usize,
+    pub(super) rope: usize,
 }
 
 /// A loaded Gemma 3 or Qwen 2/3 model.
 pub struct Decoder {
-    cfg: LlamaConfig,
-    arch: ArchFlags,
-    embed: QMatMul,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    lm_head: QMatMul,
+    pub(super) cfg: LlamaConfig,
+    pub(super) arch: ArchFlags,
+    pub(super) embed: QMatMul,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: QMatMul,
     /// One table per distinct RoPE base.
-    ropes: Vec<RopeTable>,
-    dequant_rows: usize,
+    pub(super) ropes: Vec<RopeTable>,
+    pub(super) dequant_rows: usize,
 }
 
 impl Decoder {

@@ -116,30 +116,30 @@ impl Linear {
     }
 }
 
-struct Block {
-    attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
+pub(super) struct Block {
+    pub(super) attn_norm: Tensor,
+    pub(super) wq: Linear,
+    pub(super) wk: Linear,
+    pub(super) wv: Linear,
+    pub(super) wo: Linear,
+    pub(super) ffn_norm: Tensor,
+    pub(super) w_gate: Linear,
+    pub(super) w_up: Linear,
+    pub(super) w_down: Linear,
 }
 
 /// A loaded llama-family model.
 pub struct Llama {
-    cfg: LlamaConfig,
-    embed: QMatMul,
-    blocks: Vec<Block>,
-    norm: Tensor,
+    pub(super) cfg: LlamaConfig,
+    pub(super) embed: QMatMul,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: Tensor,
     /// The LM head keeps candle's quantised kernel for every call: with the dequantise-for-
     /// long-calls rule applied here the tiny-model round trip no longer matched `--dtype f32`
     /// (unexplained, docs/results/engine.md), so it was not adopted.
-    lm_head: QMatMul,
-    rope: RopeTable,
-    dequant_rows: usize,
+    pub(super) lm_head: QMatMul,
+    pub(super) rope: RopeTable,
+    pub(super) dequant_rows: usize,
 }
 
 /// Which positions of a forward call produce logits.

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod chat_template;
 pub mod decoder;
+pub mod device_model;
 pub mod gemma3;
 pub mod gguf;
 pub mod hub;
@@ -17,6 +18,7 @@ use batch::{split_rows, BatchItem};
 use candle_core::Tensor;
 use chat_template::ChatTemplate;
 use decoder::Decoder;
+use device_model::DeviceModel;
 use llama::{Llama, LlamaConfig, LogitRows, TensorSource, WeightFormat};
 use qwen::QwenFamily;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,10 @@ pub enum Model {
     Llama(Llama),
     /// Gemma 3, Qwen 2, Qwen 3 ([`Decoder::arch`] says which).
     Decoder(Decoder),
+    /// Any of the above with its weights on a compute device (`--device cuda`): see
+    /// [`device_model`]. Its calls return logits and hidden states on the host, like the
+    /// others, so callers need not know where it runs.
+    Device(DeviceModel),
 }
 
 impl Model {
@@ -38,6 +44,48 @@ impl Model {
         match self {
             Model::Llama(m) => m.config(),
             Model::Decoder(m) => m.config(),
+            Model::Device(m) => m.config(),
+        }
+    }
+
+    /// Moves the weights onto `device`; a CPU device keeps the host path (the reference), so
+    /// `--device cpu` changes nothing.
+    pub fn to_device(self, device: &candle_core::Device) -> Result<Model> {
+        if device.is_cpu() {
+            return Ok(self);
+        }
+        self.onto_device(device)
+    }
+
+    /// Moves the weights onto `device` and runs the device path there, the CPU included (how
+    /// the tests compare the device path with the host path on a machine without a GPU).
+    pub fn onto_device(self, device: &candle_core::Device) -> Result<Model> {
+        let on = match &self {
+            Model::Device(m) => Some(m.device().same_device(device)),
+            _ => None,
+        };
+        match on {
+            Some(true) => return Ok(self),
+            Some(false) => {
+                return Err(EngineError::Internal(
+                    "a model on one device cannot move to another".into(),
+                ))
+            }
+            None => {}
+        }
+        let moved = match &self {
+            Model::Llama(m) => DeviceModel::from_llama(m, device)?,
+            Model::Decoder(m) => DeviceModel::from_decoder(m, device)?,
+            Model::Device(_) => unreachable!("a device model answered above"),
+        };
+        Ok(Model::Device(moved))
+    }
+
+    /// Where the forward pass runs: `cpu` for the host path, else the device's name.
+    pub fn device_name(&self) -> String {
+        match self {
+            Model::Device(m) => device_model::device_name(m.device()),
+            _ => "cpu".into(),
         }
     }
 
@@ -46,6 +94,7 @@ impl Model {
         match self {
             Model::Llama(_) => "llama",
             Model::Decoder(m) => &m.arch().name,
+            Model::Device(m) => &m.arch().name,
         }
     }
 
@@ -54,6 +103,7 @@ impl Model {
         match self {
             Model::Llama(m) => vec![None; m.config().n_layers],
             Model::Decoder(m) => m.arch().windows.clone(),
+            Model::Device(m) => m.arch().windows.clone(),
         }
     }
 
@@ -62,6 +112,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.set_dequant_rows(rows),
             Model::Decoder(m) => m.set_dequant_rows(rows),
+            // The device kernels choose their own path by batch size.
+            Model::Device(_) => {}
         }
     }
 
@@ -84,6 +136,10 @@ impl Model {
         match self {
             Model::Llama(m) => m.forward(tokens, seq, rows),
             Model::Decoder(m) => m.forward(tokens, seq, rows),
+            Model::Device(m) => {
+                let hidden = m.forward_hidden(tokens, seq, rows)?;
+                Ok(m.logits(&hidden)?.to_device(&candle_core::Device::Cpu)?)
+            }
         }
     }
 
@@ -97,6 +153,9 @@ impl Model {
         match self {
             Model::Llama(m) => m.forward_hidden(tokens, seq, rows),
             Model::Decoder(m) => m.forward_hidden(tokens, seq, rows),
+            Model::Device(m) => Ok(m
+                .forward_hidden(tokens, seq, rows)?
+                .to_device(&candle_core::Device::Cpu)?),
         }
     }
 
@@ -116,6 +175,7 @@ impl Model {
         match self {
             Model::Llama(m) => m.logits(hidden),
             Model::Decoder(m) => m.logits(hidden),
+            Model::Device(m) => Ok(m.logits(hidden)?.to_device(&candle_core::Device::Cpu)?),
         }
     }
 }

@@ -166,6 +166,14 @@ impl Model {
         let hidden = match self {
             Model::Llama(m) => m.forward_batch_hidden(items)?,
             Model::Decoder(m) => m.forward_batch_hidden(items)?,
+            Model::Device(_) => {
+                return Err(crate::EngineError::DeviceUnsupported {
+                    device: "cuda".into(),
+                    reason: "continuous batching runs on the CPU path only; the CUDA path \
+                             serves one sequence per forward"
+                        .into(),
+                })
+            }
         };
         split_rows(&self.logits(&hidden)?, items)
     }

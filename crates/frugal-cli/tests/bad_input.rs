@@ -302,7 +302,17 @@ fn device_flag_refuses_what_the_device_path_cannot_run() {
     ]);
     assert_clean_failure(&o, &["--device cuda", "streaming", "CPU only"]);
     // A command without a device path says which ones have one.
-    let o = frugal(&["--model", m, "--device", "cuda", "probe", "kv-similarity"]);
+    let out = dir.path().join("kv-sim.json");
+    let o = frugal(&[
+        "--model",
+        m,
+        "--device",
+        "cuda",
+        "probe",
+        "kv-similarity",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_clean_failure(
         &o,
         &["--device cuda", "CPU only", "generate, chat, ppl and bench"],

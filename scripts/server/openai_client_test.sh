@@ -19,7 +19,7 @@ MODEL_PATH=$(target/release/frugal fetch --print-path)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG=$(mktemp)
 target/release/frugal --model "$MODEL_PATH" serve --host 127.0.0.1 --port "$PORT" \
-  --served-model-name smollm2 --kv-budget 256M --max-concurrent 2 --prefill-chunk 64 >"$LOG" 2>&1 &
+  --served-model-name smollm2 --kv-budget 256M --max-concurrent 4 --prefill-chunk 64 >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -f "$LOG"' EXIT
 for _ in $(seq 1 100); do

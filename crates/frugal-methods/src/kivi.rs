@@ -414,11 +414,65 @@ impl CachePolicy for KiviCache {
     fn reset(&mut self) {
         *self = KiviCache::new(self.layout, self.fmt);
     }
+
+    /// The quantised blocks and the full-precision tail, copied as they are: a sequence that
+    /// resumes from the copy reads exactly what this one would.
+    fn fork(&self) -> Option<Box<dyn CachePolicy>> {
+        Some(Box::new(KiviCache {
+            layout: self.layout,
+            fmt: self.fmt,
+            heads: self.heads.clone(),
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fork_holds_the_same_bytes_and_continues_like_the_original() {
+        let layout = KvLayout {
+            n_layers: 2,
+            n_kv_heads: 2,
+            head_dim: 8,
+        };
+        let fmt = RowFormat {
+            bits: 4,
+            group: 4,
+            value_bits: 2,
+            value_group: 4,
+            residual: 3,
+            half_rows: true,
+        };
+        let mut a = KiviCache::new(layout, fmt);
+        let x = rows(30, 16);
+        let (first, rest) = x.split_at(17 * 16);
+        let pos: Vec<u32> = (0..30).collect();
+        for layer in 0..2 {
+            a.store(layer, &pos[..17], first, first);
+        }
+        let mut b = a.fork().expect("kivi forks");
+        assert_eq!(b.resident_bytes(), a.resident_bytes());
+        for layer in 0..2 {
+            a.store(layer, &pos[17..], rest, rest);
+            b.store(layer, &pos[17..], rest, rest);
+        }
+        for layer in 0..2 {
+            for g in 0..2 {
+                let (va, vb) = (a.view(layer, g), b.view(layer, g));
+                assert_eq!(va.positions, vb.positions);
+                assert_eq!(va.keys, vb.keys);
+                assert_eq!(va.values, vb.values);
+                assert_eq!(va.key_scale, vb.key_scale);
+                assert_eq!(va.value_scale, vb.value_scale);
+            }
+        }
+        assert_eq!(b.resident_bytes(), a.resident_bytes());
+        // The copy is deep: resetting the original leaves the fork whole.
+        a.reset();
+        assert_eq!(b.view(1, 1).positions.len(), 30);
+    }
 
     fn rows(n: usize, d: usize) -> Vec<f32> {
         (0..n * d)

@@ -130,7 +130,7 @@ pub struct KvLayout {
 
 /// How the KV store holds keys and values.
 ///
-/// **f16 is the default**: half the memory of f32, and what llama.cpp keeps by default. Each
+/// `F16` holds half the memory of f32 and is what llama.cpp keeps by default. Each
 /// stored value is rounded to 11 significant bits (relative error ≤ 2⁻¹¹); attention reads
 /// them back as f32, so scores and sums stay in f32. `F32` keeps them exact.
 ///

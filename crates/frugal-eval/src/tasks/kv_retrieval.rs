@@ -1,9 +1,7 @@
 //! Multi-key retrieval (RULER-style multi-key needle): several "secret number for the
 //! <animal>" facts scattered through the haystack; the question asks for one of them.
 
-use super::{
-    haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText, ANSWER_TOKENS,
-};
+use super::{haystack_window, scatter_needles, Answer, ChatFrame, Sample, TaskText, ANSWER_TOKENS};
 use anyhow::Result;
 use frugal_engine::model::LoadedModel;
 use rand::seq::SliceRandom;
@@ -46,17 +44,7 @@ pub fn make_sample(
         .saturating_sub(needles.iter().map(Vec::len).sum());
     let hay = haystack_window(text, hay_len, rng)?;
     // Needles at sorted random depths, each at a sentence end.
-    let mut cuts: Vec<usize> = (0..PAIRS).map(|_| rng.gen_range(0..=hay_len)).collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut prev = 0;
-    for (cut, needle) in cuts.iter().zip(needles) {
-        let at = sentence_boundary(lm, &hay, *cut).max(prev);
-        chunks.push(hay[prev..at].to_vec());
-        chunks.push(needle);
-        prev = at;
-    }
-    chunks.push(hay[prev..].to_vec());
+    let chunks = scatter_needles(lm, &hay, needles, rng);
     let (tokens, structure) = frame.assemble(&chunks);
     Ok(Sample {
         context_end: tokens.len() - frame.suffix.len(),

@@ -230,6 +230,30 @@ pub fn sentence_boundary(lm: &LoadedModel, tokens: &[u32], target: usize) -> usi
         .unwrap_or(target.min(tokens.len()))
 }
 
+/// The haystack cut into chunks with one needle inserted at each of `needles.len()` random
+/// depths (sorted, each moved to a sentence end), in order: hay, needle, hay, …, hay.
+pub fn scatter_needles(
+    lm: &LoadedModel,
+    hay: &[u32],
+    needles: Vec<Vec<u32>>,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<u32>> {
+    let mut cuts: Vec<usize> = (0..needles.len())
+        .map(|_| rng.gen_range(0..=hay.len()))
+        .collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::with_capacity(2 * needles.len() + 1);
+    let mut prev = 0;
+    for (cut, needle) in cuts.iter().zip(needles) {
+        let at = sentence_boundary(lm, hay, *cut).max(prev);
+        chunks.push(hay[prev..at].to_vec());
+        chunks.push(needle);
+        prev = at;
+    }
+    chunks.push(hay[prev..].to_vec());
+    chunks
+}
+
 /// Generates `n` samples of `task` at `length` tokens.
 pub fn generate_samples(
     task: TaskKind,

@@ -6,7 +6,9 @@
 //! Nothing before the document names what will be asked: a question-agnostic policy that
 //! compresses the document before the question arrives sees no hint of it.
 
-use super::{haystack_window, sentence_boundary, Answer, ChatFrame, Sample, TaskText};
+use super::{
+    haystack_window, scatter_needles, sentence_boundary, Answer, ChatFrame, Sample, TaskText,
+};
 use anyhow::{bail, Result};
 use frugal_engine::model::LoadedModel;
 use rand::seq::SliceRandom;
@@ -144,17 +146,8 @@ pub fn kv_retrieval(
         .context_budget(length.saturating_sub(USER_ANSWER_TOKENS))?
         .saturating_sub(needles.iter().map(Vec::len).sum());
     let hay = haystack_window(text, hay_len, rng)?;
-    let mut cuts: Vec<usize> = (0..pairs).map(|_| rng.gen_range(0..=hay_len)).collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut prev = 0;
-    for (cut, needle) in cuts.iter().zip(needles) {
-        let at = sentence_boundary(lm, &hay, *cut).max(prev);
-        chunks.push(hay[prev..at].to_vec());
-        chunks.push(needle);
-        prev = at;
-    }
-    chunks.push(hay[prev..].to_vec());
+    // Needles at sorted random depths, each at a sentence end.
+    let chunks = scatter_needles(lm, &hay, needles, rng);
     Ok(finish(&frame, &chunks, values[asked].clone(), None, i))
 }
 

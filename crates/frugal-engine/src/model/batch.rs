@@ -221,39 +221,42 @@ impl BatchRows {
             work.push((r, item, offset, n));
             offset += n;
         }
-        let outs: Vec<Vec<f32>> = work
-            .into_par_iter()
-            .map(|(r, item, off, n)| {
-                if n == 0 {
-                    return Vec::new();
-                }
-                let seq = &mut *item.seq;
-                let k = &k[off * kv_row..(off + n) * kv_row];
-                let v = &v[off * kv_row..(off + n) * kv_row];
-                let q = &q[off * q_row..(off + n) * q_row];
-                seq.cache.store(layer, &r.positions, k, v);
-                let ctx = StepContext {
-                    layer,
-                    n_layers,
-                    structure: seq.structure.as_deref(),
-                    window,
-                };
-                let out = attention_step(
-                    &ctx,
-                    q,
-                    &r.positions,
-                    shape,
-                    &mut *seq.cache,
-                    &mut *seq.attention,
-                );
-                if let (Some(w), Some(&last)) = (window, r.positions.last()) {
-                    // No later query (position > last) sees a key at or before `last + 1 - w`.
-                    seq.cache
-                        .forget_before(layer, (last + 2).saturating_sub(w as u32));
-                }
-                out
-            })
-            .collect();
+        let run = |(r, item, off, n): (&ItemRows, &mut BatchItem<'_>, usize, usize)| -> Vec<f32> {
+            if n == 0 {
+                return Vec::new();
+            }
+            let seq = &mut *item.seq;
+            let k = &k[off * kv_row..(off + n) * kv_row];
+            let v = &v[off * kv_row..(off + n) * kv_row];
+            let q = &q[off * q_row..(off + n) * q_row];
+            seq.cache.store(layer, &r.positions, k, v);
+            let ctx = StepContext {
+                layer,
+                n_layers,
+                structure: seq.structure.as_deref(),
+                window,
+            };
+            let out = attention_step(
+                &ctx,
+                q,
+                &r.positions,
+                shape,
+                &mut *seq.cache,
+                &mut *seq.attention,
+            );
+            if let (Some(w), Some(&last)) = (window, r.positions.last()) {
+                // No later query (position > last) sees a key at or before `last + 1 - w`.
+                seq.cache
+                    .forget_before(layer, (last + 2).saturating_sub(w as u32));
+            }
+            out
+        };
+        // One sequence (every single-sequence call) runs on the calling thread: a parallel
+        // iterator over one item would only move the step onto a pool thread.
+        if work.len() == 1 {
+            return run(work.pop().expect("one item"));
+        }
+        let outs: Vec<Vec<f32>> = work.into_par_iter().map(run).collect();
         outs.concat()
     }
 

@@ -7,6 +7,7 @@ pub mod fp8;
 pub mod fps_attention;
 pub mod key_selection;
 pub mod kivi;
+pub mod quant_matvec;
 pub mod rope;
 pub mod slerp;
 pub mod sparse_attention;

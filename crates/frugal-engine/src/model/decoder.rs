@@ -240,7 +240,7 @@ impl Decoder {
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?)
+        super::llama::lm_head_product(&self.lm_head, hidden, self.dequant_rows)
     }
 
     /// See [`super::llama::Llama::forward_hidden`]; the early-exit contract of

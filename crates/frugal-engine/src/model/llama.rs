@@ -111,9 +111,82 @@ impl Linear {
                 let w = q.dequantize(&Device::Cpu)?;
                 Ok(x.matmul(&w.t()?)?)
             }
-            w => Ok(w.forward(x)?),
+            w => few_rows_product(w, x),
         }
     }
+}
+
+/// The LM head's product: our kernel for few rows (decode), candle's quantised matmul for
+/// many (scoring), whose activation rounding the golden logits were checked with.
+pub(crate) fn lm_head_product(w: &QMatMul, hidden: &Tensor, dequant_rows: usize) -> Result<Tensor> {
+    if hidden.dim(0)? < dequant_rows {
+        few_rows_product(w, hidden)
+    } else {
+        Ok(w.forward(hidden)?)
+    }
+}
+
+/// Which kernel multiplies quantised weights by the few rows of a decode step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// Ours (`frugal_numerics::quant_matvec`): int8 activations, AVX2 where the CPU has it,
+    /// parallel over weight rows on our thread pool. Used for Q4_0/Q4_1/Q8_0/Q4_K/Q6_K.
+    Ours,
+    /// candle's quantised matmul (its own per-format dot products and thread pool).
+    Candle,
+}
+
+/// The decode kernel in use: ours unless `FRUGAL_DECODE_KERNEL=candle` (a diagnostic switch
+/// for A/B runs of one binary), read once.
+pub fn decode_kernel() -> DecodeKernel {
+    static KERNEL: std::sync::OnceLock<DecodeKernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| match std::env::var("FRUGAL_DECODE_KERNEL").as_deref() {
+        Ok("candle") => DecodeKernel::Candle,
+        _ => DecodeKernel::Ours,
+    })
+}
+
+/// `x · Wᵀ` for calls of few rows (decode steps, short chunks): our quantised kernel where the
+/// weight's format has one and it lives on the CPU, else candle's.
+pub(crate) fn few_rows_product(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    if let (QMatMul::QTensor(q), DecodeKernel::Ours) = (w, decode_kernel()) {
+        if let Some(y) = quant_matvec_product(q, x)? {
+            return Ok(y);
+        }
+    }
+    Ok(w.forward(x)?)
+}
+
+/// Our kernel's product, or `None` when it does not apply (format, device, shape).
+fn quant_matvec_product(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::quantized::GgmlDType;
+    use frugal_numerics::quant_matvec::{matmul, Q8Activations, QuantFormat, QuantMatrix};
+    let format = match q.dtype() {
+        GgmlDType::Q4_0 => QuantFormat::Q4_0,
+        GgmlDType::Q4_1 => QuantFormat::Q4_1,
+        GgmlDType::Q8_0 => QuantFormat::Q8_0,
+        GgmlDType::Q4K => QuantFormat::Q4K,
+        GgmlDType::Q6K => QuantFormat::Q6K,
+        _ => return Ok(None),
+    };
+    if !x.device().is_cpu() || !q.device().is_cpu() || x.rank() != 2 {
+        return Ok(None);
+    }
+    let (rows, cols) = q.shape().dims2()?;
+    let (m, k) = x.dims2()?;
+    if k != cols {
+        return Ok(None);
+    }
+    let data = q.data()?;
+    let internal = |e: frugal_numerics::quant_matvec::QuantMatvecError| {
+        EngineError::Internal(format!("quantised product: {e}"))
+    };
+    let w = QuantMatrix::new(format, rows, cols, &data).map_err(internal)?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let xq = Q8Activations::quantize(&xs, k).map_err(internal)?;
+    let mut out = vec![0f32; m * rows];
+    matmul(&w, &xq, &mut out);
+    Ok(Some(Tensor::from_vec(out, (m, rows), &Device::Cpu)?))
 }
 
 pub(super) struct Block {
@@ -134,9 +207,9 @@ pub struct Llama {
     pub(super) embed: QMatMul,
     pub(super) blocks: Vec<Block>,
     pub(super) norm: Tensor,
-    /// The LM head keeps candle's quantised kernel for every call: with the dequantise-for-
-    /// long-calls rule applied here the tiny-model round trip no longer matched `--dtype f32`
-    /// (unexplained, docs/results/engine.md), so it was not adopted.
+    /// The LM head never takes the dequantise-for-long-calls rule: with it the tiny-model round
+    /// trip no longer matched `--dtype f32` (unexplained, docs/results/engine.md). Few-row calls
+    /// (decode) run on our quantised kernel, longer ones on candle's ([`lm_head_product`]).
     pub(super) lm_head: QMatMul,
     pub(super) rope: RopeTable,
     pub(super) dequant_rows: usize,
@@ -252,7 +325,7 @@ impl Llama {
     /// Logits for final hidden states from [`Llama::forward_hidden`]; callers scoring many
     /// rows call this in chunks, since `[rows, vocab]` f32 is 200 KB a row for a 49k vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?)
+        lm_head_product(&self.lm_head, hidden, self.dequant_rows)
     }
 
     /// As [`Llama::forward`], but returns the final-norm hidden states `[rows, d_model]`.

@@ -19,7 +19,7 @@ use super::llama::{rms_norm, Linear, LlamaConfig, LogitRows, TensorSource, Weigh
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use frugal_numerics::rope::RopeTable;
 
 /// The gate non-linearity of the gated MLP `down(act(gate(x)) · up(x))`.

@@ -4,13 +4,18 @@
 //! The method in our words: docs/methods/kmm.md.
 
 pub mod bvh;
+pub mod bvh_stream;
 pub mod cli;
 pub mod data;
 pub mod experiment;
 pub mod generator;
+pub mod infinimotion;
 pub mod keyframe;
+pub mod long_experiment;
+pub mod long_metrics;
 pub mod metrics;
 pub mod render;
+pub mod residual;
 pub mod skeleton;
 pub mod text;
 pub mod tokenizer;

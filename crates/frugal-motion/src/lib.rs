@@ -6,6 +6,7 @@
 pub mod bvh;
 pub mod bvh_stream;
 pub mod cli;
+pub mod cli_long;
 pub mod data;
 pub mod experiment;
 pub mod generator;

@@ -7,7 +7,7 @@
 use crate::bvh_stream::{BvhStreamWriter, PoseIntegrator};
 use crate::data::{synthesize, DataConfig, Primitive};
 use crate::experiment::{frames, window_of, ExperimentConfig, Prepared, Variant};
-use crate::generator::{DecodeOptions, Item, MaskedGenerator};
+use crate::generator::{Item, MaskedGenerator};
 use crate::infinimotion::{MemoryConfig, MemoryKind, MemoryModel, SegmentItem};
 use crate::long_metrics::{blend_boundaries, boundary_transitions, slope, TransitionConfig};
 use crate::metrics;
@@ -275,7 +275,11 @@ impl LongPrepared {
             weight_decay: 1e-5,
             checkpoint_every: 200,
         };
-        let maxk = self.cfg.bptt_segments.max(2);
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        if longest < 2 {
+            bail!("no training sequence has two segments");
+        }
+        let maxk = self.cfg.bptt_segments.clamp(2, longest);
         train_loop(
             &vm,
             &tc,

@@ -144,6 +144,11 @@ pub fn long_eval(args: LongEvalArgs) -> Result<()> {
     }
     let (scripts, real) = lp.real_scripts(lp.cfg.script_seed)?;
     let real_m = lp.score(&scripts, &real, &reference, 0)?;
+    let rc = lp.residual_check()?;
+    println!(
+        "residual tokens (test split, {} frames): normalised MSE base layer only {:.4}, base + predicted residual layers {:.4}, all true layers {:.4}; residual tokens exactly right {:.3}",
+        rc.frames, rc.nmse_base_only, rc.nmse_predicted_residual, rc.nmse_all_layers, rc.residual_token_accuracy
+    );
     let data = args.results.join("infinimotion-data");
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("runs.json"), serde_json::to_string_pretty(&all)?)?;
@@ -277,6 +282,7 @@ pub fn long_eval(args: LongEvalArgs) -> Result<()> {
         "drift_slope_by_variant": drift,
         "variants": full,
         "real": real_m,
+        "residual_tokens": rc,
         "config": lp.cfg,
     });
     std::fs::write(

@@ -536,6 +536,69 @@ impl LongPrepared {
     }
 }
 
+/// Reconstruction with and without the residual layers on the test sequences.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ResidualCheck {
+    /// Mean squared error of normalised features, decoding the base layer only.
+    pub nmse_base_only: f64,
+    /// … decoding the true base layer plus the residual transformer's layers.
+    pub nmse_predicted_residual: f64,
+    /// … decoding every true layer (the tokenizer's own reconstruction).
+    pub nmse_all_layers: f64,
+    /// Share of residual tokens the residual transformer gets exactly right.
+    pub residual_token_accuracy: f64,
+    pub frames: usize,
+}
+
+impl LongPrepared {
+    /// Measures what the residual layers and the residual transformer add (test split).
+    pub fn residual_check(&self) -> Result<ResidualCheck> {
+        let dev = Device::Cpu;
+        let c = self.residual.cfg.ctx_tokens;
+        let tok = &self.prep.tok;
+        let nmse = |a: &[Vec<f32>], b: &[Vec<f32>]| -> Result<(f64, usize)> {
+            let ta = tok.normalize(&crate::text::batch_tensor(&[a.to_vec()], &dev)?)?;
+            let tb = tok.normalize(&crate::text::batch_tensor(&[b.to_vec()], &dev)?)?;
+            let e = (ta - tb)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+            Ok((e * a.len() as f64, a.len()))
+        };
+        let (mut e_base, mut e_pred, mut e_all, mut n) = (0.0, 0.0, 0.0, 0usize);
+        let (mut right, mut total) = (0usize, 0usize);
+        for s in &self.prep.ds.test {
+            let fr = frames(s);
+            let codes = tok.encode(&fr)?;
+            let mut pred: Vec<Token> = Vec::new();
+            for g in &s.segments {
+                let (a, b) = (g.start / DOWN, g.end / DOWN);
+                let item = ResidualItem {
+                    ctx: pred[pred.len().saturating_sub(c)..].to_vec(),
+                    codes: codes[a..b].iter().map(|t| vec![t[0]]).collect(),
+                    text: self.text(&g.text)?,
+                };
+                let seg = self.residual.predict(&[item], &dev)?.remove(0);
+                for (p, t) in seg.iter().zip(&codes[a..b]) {
+                    right += p[1..].iter().zip(&t[1..]).filter(|(x, y)| x == y).count();
+                    total += t.len() - 1;
+                }
+                pred.extend(seg);
+            }
+            let (x, k) = nmse(&fr, &tok.decode_first_layers(&codes, 1)?)?;
+            e_base += x;
+            n += k;
+            e_pred += nmse(&fr, &tok.decode(&pred)?)?.0;
+            e_all += nmse(&fr, &tok.decode(&codes)?)?.0;
+        }
+        let n_f = n.max(1) as f64;
+        Ok(ResidualCheck {
+            nmse_base_only: e_base / n_f,
+            nmse_predicted_residual: e_pred / n_f,
+            nmse_all_layers: e_all / n_f,
+            residual_token_accuracy: right as f64 / total.max(1) as f64,
+            frames: n,
+        })
+    }
+}
+
 /// One long script: `(primitive, instruction, frames)` per segment.
 pub type Script = Vec<(Primitive, String, usize)>;
 

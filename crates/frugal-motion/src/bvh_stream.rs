@@ -30,7 +30,8 @@ impl BvhStreamWriter {
             bail!("frame rate must be positive, got {fps}");
         }
         let tmp = path.with_extension("bvh.part");
-        let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = std::io::BufWriter::new(f);
         out.write_all(hierarchy_text().as_bytes())?;
         out.write_all(motion_header(frames, fps).as_bytes())?;

@@ -152,8 +152,14 @@ pub fn long_eval(args: LongEvalArgs) -> Result<()> {
     let data = args.results.join("infinimotion-data");
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("runs.json"), serde_json::to_string_pretty(&all)?)?;
-    std::fs::write(data.join("real.json"), serde_json::to_string_pretty(&real_m)?)?;
-    std::fs::write(data.join("config.json"), serde_json::to_string_pretty(&lp.cfg)?)?;
+    std::fs::write(
+        data.join("real.json"),
+        serde_json::to_string_pretty(&real_m)?,
+    )?;
+    std::fs::write(
+        data.join("config.json"),
+        serde_json::to_string_pretty(&lp.cfg)?,
+    )?;
 
     let mut fid = serde_json::Map::new();
     let mut full = serde_json::Map::new();
@@ -214,12 +220,7 @@ pub fn long_eval(args: LongEvalArgs) -> Result<()> {
     }
     println!(
         "| real motion (same scripts) | – | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-        real_m.fid,
-        real_m.rprec[0],
-        real_m.rprec[2],
-        real_m.jerk,
-        real_m.skate,
-        real_m.drift_slope
+        real_m.fid, real_m.rprec[0], real_m.rprec[2], real_m.jerk, real_m.skate, real_m.drift_slope
     );
     series.push((
         "real".into(),
@@ -269,7 +270,10 @@ pub fn long_eval(args: LongEvalArgs) -> Result<()> {
             "streaming generation: peak RSS (MiB) and wall time (s) vs frames",
             "frames generated",
             "MiB / s",
-            &[("peak RSS (MiB)".into(), rss), ("wall time (s)".into(), secs)],
+            &[
+                ("peak RSS (MiB)".into(), rss),
+                ("wall time (s)".into(), secs),
+            ],
         )?;
     }
     let json = serde_json::json!({
@@ -316,7 +320,9 @@ pub fn write_svg_lines(
     let xr = if x1 > x0 { x1 - x0 } else { 1.0 };
     let sx = |x: f64| l + (x - x0) / xr * (w - l - r);
     let sy = |y: f64| h - b - y / y1 * (h - t - b);
-    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f"];
+    let colors = [
+        "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f",
+    ];
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -481,7 +487,13 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
             dir.join("results/infinimotion.json"),
         )?)?;
-        for k in ["memory", "no_memory", "independent", "transformer_memory", "kmm"] {
+        for k in [
+            "memory",
+            "no_memory",
+            "independent",
+            "transformer_memory",
+            "kmm",
+        ] {
             assert!(j["fid"][k].as_f64().unwrap().is_finite(), "{k}");
             assert!(j["jerk"][k].as_f64().unwrap().is_finite(), "{k}");
         }

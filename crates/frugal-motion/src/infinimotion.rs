@@ -155,10 +155,13 @@ impl MemoryModel {
             k => {
                 let init = vb.get_with_hints((cfg.mem_slots, d), "mem_init", randn)?;
                 let up = match k {
-                    MemoryKind::Mamba => {
-                        Updater::Mamba(BiMambaLayer::new(MambaConfig::with_d_model(d), vb.pp("mem_mamba"))?)
+                    MemoryKind::Mamba => Updater::Mamba(BiMambaLayer::new(
+                        MambaConfig::with_d_model(d),
+                        vb.pp("mem_mamba"),
+                    )?),
+                    _ => {
+                        Updater::Transformer(TransformerLayer::new(d, cfg.heads, vb.pp("mem_tf"))?)
                     }
-                    _ => Updater::Transformer(TransformerLayer::new(d, cfg.heads, vb.pp("mem_tf"))?),
                 };
                 (Some(init), Some((up, layer_norm(d, vb.pp("mem_norm"))?)))
             }
@@ -182,7 +185,11 @@ impl MemoryModel {
     /// The initial memory broadcast to `b` rows (None without memory).
     pub fn initial_memory(&self, b: usize) -> Result<Option<Tensor>> {
         Ok(match &self.mem_init {
-            Some(m) => Some(m.unsqueeze(0)?.broadcast_as((b, self.cfg.mem_slots, self.cfg.d_model))?.contiguous()?),
+            Some(m) => Some(
+                m.unsqueeze(0)?
+                    .broadcast_as((b, self.cfg.mem_slots, self.cfg.d_model))?
+                    .contiguous()?,
+            ),
             None => None,
         })
     }
@@ -377,7 +384,13 @@ impl MemoryModel {
         let kk = self.cfg.codebook_size;
         let empty: Vec<u32> = Vec::new();
         let ctxs: Vec<&[u32]> = (0..b)
-            .map(|i| if use_ctx { state.ctx[i].as_slice() } else { empty.as_slice() })
+            .map(|i| {
+                if use_ctx {
+                    state.ctx[i].as_slice()
+                } else {
+                    empty.as_slice()
+                }
+            })
             .collect();
         let text_refs: Vec<&[f32]> = texts.iter().map(|t| t.as_slice()).collect();
         let text = Self::text_tensor(&text_refs, dev)?;
@@ -539,7 +552,14 @@ mod tests {
             let mut n = 0;
             for (name, var) in data.iter().filter(|(k, _)| k.starts_with("mem_")) {
                 let g = grads.get(var.as_tensor());
-                let g = g.map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap());
+                let g = g.map(|g| {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                });
                 assert!(g.unwrap_or(0.0) > 0.0, "{kind:?}: no gradient at {name}");
                 n += 1;
             }
@@ -549,8 +569,8 @@ mod tests {
     }
 
     #[test]
-    fn memory_model_learns_to_recall_across_two_segments_and_the_no_memory_one_cannot(
-    ) -> Result<()> {
+    fn memory_model_learns_to_recall_across_two_segments_and_the_no_memory_one_cannot() -> Result<()>
+    {
         let dev = Device::Cpu;
         let mut last = Vec::new();
         for kind in [MemoryKind::Mamba, MemoryKind::None] {
@@ -573,7 +593,12 @@ mod tests {
         }
         // the no-memory model cannot beat chance on segment 2 (a third of the loss); the memory
         // model can
-        assert!(last[0] < 0.8 * last[1], "memory {} vs none {}", last[0], last[1]);
+        assert!(
+            last[0] < 0.8 * last[1],
+            "memory {} vs none {}",
+            last[0],
+            last[1]
+        );
         Ok(())
     }
 

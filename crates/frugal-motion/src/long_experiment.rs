@@ -159,8 +159,11 @@ impl LongPrepared {
         let prep = Prepared::prepare_with_tokenizer(out, cfg.base, tok_cfg)?;
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let mut rcfg =
-            ResidualConfig::new(prep.tok.cfg.codebook_size, cfg.vq_layers, cfg.base.embed_dim);
+        let mut rcfg = ResidualConfig::new(
+            prep.tok.cfg.codebook_size,
+            cfg.vq_layers,
+            cfg.base.embed_dim,
+        );
         rcfg.d_model = cfg.d_model;
         let residual = ResidualTransformer::new(
             rcfg,
@@ -217,12 +220,18 @@ impl LongPrepared {
             return Ok(v.clone());
         }
         let v = self.prep.text_vector(t, true)?;
-        self.text_cache.borrow_mut().insert(t.to_string(), v.clone());
+        self.text_cache
+            .borrow_mut()
+            .insert(t.to_string(), v.clone());
         Ok(v)
     }
 
     fn memory_config(&self, kind: MemoryKind) -> MemoryConfig {
-        let mut c = MemoryConfig::new(kind, self.prep.tok.cfg.codebook_size, self.cfg.base.embed_dim);
+        let mut c = MemoryConfig::new(
+            kind,
+            self.prep.tok.cfg.codebook_size,
+            self.cfg.base.embed_dim,
+        );
         c.d_model = self.cfg.d_model;
         c.layers = self.cfg.layers;
         c.mem_slots = self.cfg.mem_slots;
@@ -363,7 +372,11 @@ impl LongPrepared {
                         })
                     })
                     .collect::<Result<_>>()?;
-                for (i, o) in gen.generate(&items, &opts, rng, &dev)?.into_iter().enumerate() {
+                for (i, o) in gen
+                    .generate(&items, &opts, rng, &dev)?
+                    .into_iter()
+                    .enumerate()
+                {
                     toks[i].extend_from_slice(&o);
                     base[i].push(o);
                 }
@@ -379,7 +392,8 @@ impl LongPrepared {
                 .collect::<Result<_>>()?;
             let lens: Vec<usize> = scripts.iter().map(|s| s[k].2 / DOWN).collect();
             let use_ctx = v != LongVariant::Independent;
-            let segs = model.generate_segment(&mut state, &texts, &lens, &opts, use_ctx, rng, &dev)?;
+            let segs =
+                model.generate_segment(&mut state, &texts, &lens, &opts, use_ctx, rng, &dev)?;
             for (i, o) in segs.into_iter().enumerate() {
                 base[i].push(o);
             }
@@ -449,7 +463,11 @@ impl LongPrepared {
             let mut bounds = Vec::new();
             for (k, (_, text, n)) in script.iter().enumerate() {
                 if fr.len() < start + n {
-                    bail!("generated {} frames, the script needs {}", fr.len(), start + n);
+                    bail!(
+                        "generated {} frames, the script needs {}",
+                        fr.len(),
+                        start + n
+                    );
                 }
                 windows.push(window_of(&self.prep.tok, fr, start, start + n, w)?);
                 texts.push(text.clone());
@@ -524,10 +542,8 @@ impl LongPrepared {
         let real = scripts
             .iter()
             .map(|s| {
-                let plan: Vec<(Primitive, String, usize)> = s
-                    .iter()
-                    .map(|(p, t, n)| (*p, t.clone(), *n))
-                    .collect();
+                let plan: Vec<(Primitive, String, usize)> =
+                    s.iter().map(|(p, t, n)| (*p, t.clone(), *n)).collect();
                 let seq = synthesize(&plan, &DataConfig::default(), &mut rng);
                 frames(&seq)
             })
@@ -683,7 +699,10 @@ pub fn run_long_variant(
     };
     let dir = long_run_dir(out, v, seed);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(&run)?)?;
+    std::fs::write(
+        dir.join("metrics.json"),
+        serde_json::to_string_pretty(&run)?,
+    )?;
     Ok(run)
 }
 
@@ -737,8 +756,7 @@ pub fn stream_long(
         bail!("--frames must be positive");
     }
     let max = lp.memory_config(MemoryKind::Mamba).max_tokens * DOWN;
-    if s.frames_per_segment % DOWN != 0 || s.frames_per_segment < 8 || s.frames_per_segment > max
-    {
+    if s.frames_per_segment % DOWN != 0 || s.frames_per_segment < 8 || s.frames_per_segment > max {
         bail!(
             "--frames-per-segment must be a multiple of 4 between 8 and {max}, got {}",
             s.frames_per_segment

@@ -148,7 +148,10 @@ mod tests {
                 p
             })
             .collect();
-        poses_to_features(&poses).iter().map(|f| f.to_vec()).collect()
+        poses_to_features(&poses)
+            .iter()
+            .map(|f| f.to_vec())
+            .collect()
     }
 
     #[test]
@@ -157,7 +160,11 @@ mod tests {
         let smooth = boundary_transitions(&walk(60, 1.0, None), &[30], &cfg);
         let snap = walk(60, 1.0, Some(30));
         let jerky = boundary_transitions(&snap, &[30], &cfg);
-        assert!(smooth[0].0 < 1e-3, "constant velocity has no jerk: {}", smooth[0].0);
+        assert!(
+            smooth[0].0 < 1e-3,
+            "constant velocity has no jerk: {}",
+            smooth[0].0
+        );
         assert!(jerky[0].0 > 1.0, "snap: {}", jerky[0].0);
         let mut blended = snap.clone();
         blend_boundaries(&mut blended, &[30], 5);

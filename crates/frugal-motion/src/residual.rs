@@ -168,7 +168,12 @@ impl ResidualTransformer {
     }
 
     /// Cross-entropy of one randomly drawn residual layer on the segment positions.
-    pub fn loss<R: Rng>(&self, items: &[ResidualItem], rng: &mut R, dev: &Device) -> Result<Tensor> {
+    pub fn loss<R: Rng>(
+        &self,
+        items: &[ResidualItem],
+        rng: &mut R,
+        dev: &Device,
+    ) -> Result<Tensor> {
         self.check(items)?;
         let j = rng.gen_range(1..self.cfg.vq_layers);
         let s = self.cfg.seq_len();

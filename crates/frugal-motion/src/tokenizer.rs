@@ -285,7 +285,8 @@ impl MotionTokenizer {
             let idx = Tensor::from_vec(idx, n, dev)?;
             z = (z + self.vq.codebook(l).index_select(&idx, 0)?)?;
         }
-        let y = self.denormalize(&self.decode_latent(&z.reshape((1, n, self.cfg.code_dim))?)?)?;
+        let y =
+            self.denormalize(&self.decode_latent(&z.reshape((1, n, self.cfg.code_dim))?)?)?;
         Ok(y.squeeze(0)?.to_vec2::<f32>()?)
     }
 

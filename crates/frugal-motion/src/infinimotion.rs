@@ -101,7 +101,7 @@ impl MemoryConfig {
 }
 
 enum Updater {
-    Mamba(BiMambaLayer),
+    Mamba(Box<BiMambaLayer>),
     Transformer(TransformerLayer),
 }
 
@@ -155,10 +155,10 @@ impl MemoryModel {
             k => {
                 let init = vb.get_with_hints((cfg.mem_slots, d), "mem_init", randn)?;
                 let up = match k {
-                    MemoryKind::Mamba => Updater::Mamba(BiMambaLayer::new(
+                    MemoryKind::Mamba => Updater::Mamba(Box::new(BiMambaLayer::new(
                         MambaConfig::with_d_model(d),
                         vb.pp("mem_mamba"),
-                    )?),
+                    )?)),
                     _ => {
                         Updater::Transformer(TransformerLayer::new(d, cfg.heads, vb.pp("mem_tf"))?)
                     }
@@ -362,6 +362,7 @@ impl MemoryModel {
     /// confidence-based decoding with classifier-free guidance, then advances the state: the
     /// memory is updated from the finished segment and the context becomes its last tokens.
     /// With `use_ctx` off the segment ignores the context (independent segments).
+    #[allow(clippy::too_many_arguments)]
     pub fn generate_segment<R: Rng>(
         &self,
         state: &mut StreamState,

@@ -536,7 +536,7 @@ impl LongPrepared {
     }
 
     /// The evaluation scripts of a seed and their real motion.
-    pub fn real_scripts(&self, seed: u64) -> Result<(Vec<Script>, Vec<Vec<Vec<f32>>>)> {
+    pub fn real_scripts(&self, seed: u64) -> Result<(Vec<Script>, Vec<SequenceFrames>)> {
         let scripts = long_scripts(seed, self.cfg.eval_scripts, self.cfg.eval_segments);
         let mut rng = StdRng::seed_from_u64(seed ^ 0xabc);
         let real = scripts
@@ -614,6 +614,9 @@ impl LongPrepared {
         })
     }
 }
+
+/// The frames of one whole sequence, `[frame][feature]`.
+pub type SequenceFrames = Vec<Vec<f32>>;
 
 /// One long script: `(primitive, instruction, frames)` per segment.
 pub type Script = Vec<(Primitive, String, usize)>;

@@ -45,14 +45,14 @@ pub fn mean_jerk(pos: &[[[f32; 3]; N_JOINTS]], a: usize, b: usize) -> Option<f64
         return None;
     }
     let mut sum = 0.0;
-    for t in a..end {
-        for j in 0..N_JOINTS {
-            let mut n2 = 0.0f64;
-            for k in 0..3 {
-                let d = pos[t + 3][j][k] - 3.0 * pos[t + 2][j][k] + 3.0 * pos[t + 1][j][k]
-                    - pos[t][j][k];
-                n2 += (d as f64).powi(2);
-            }
+    for w in pos[a..end + 3].windows(4) {
+        for (((p0, p1), p2), p3) in w[0].iter().zip(&w[1]).zip(&w[2]).zip(&w[3]) {
+            let n2: f64 = (0..3)
+                .map(|k| {
+                    let d = p3[k] - 3.0 * p2[k] + 3.0 * p1[k] - p0[k];
+                    (d as f64).powi(2)
+                })
+                .sum();
             sum += n2.sqrt();
         }
     }
@@ -123,10 +123,10 @@ pub fn blend_boundaries(frames: &mut [Vec<f32>], boundaries: &[usize], half: usi
         }
         let (a, b) = (e - half - 1, e + half);
         let (fa, fb) = (frames[a].clone(), frames[b].clone());
-        for t in a + 1..b {
-            let w = (t - a) as f32 / (b - a) as f32;
-            for (k, v) in frames[t].iter_mut().enumerate() {
-                *v = (1.0 - w) * fa[k] + w * fb[k];
+        for (i, f) in frames[a + 1..b].iter_mut().enumerate() {
+            let w = (i + 1) as f32 / (b - a) as f32;
+            for (v, (x, y)) in f.iter_mut().zip(fa.iter().zip(&fb)) {
+                *v = (1.0 - w) * x + w * y;
             }
         }
     }

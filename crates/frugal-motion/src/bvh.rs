@@ -42,11 +42,8 @@ pub fn read_bvh(path: &Path) -> Result<BvhClip> {
         .map(|(_, c)| c)
 }
 
-/// BVH text for our skeleton and a list of poses (angles written in degrees, order Z X Y).
-pub fn poses_to_bvh_text(poses: &[Pose], fps: f64) -> Result<String> {
-    if poses.is_empty() {
-        bail!("cannot write a BVH with no frames");
-    }
+/// The `HIERARCHY` section of our skeleton (angles in degrees, channel order Z X Y).
+pub fn hierarchy_text() -> String {
     let mut s = String::from("HIERARCHY\n");
     fn children(i: usize) -> Vec<usize> {
         (0..N_JOINTS)
@@ -89,38 +86,52 @@ pub fn poses_to_bvh_text(poses: &[Pose], fps: f64) -> Result<String> {
         let _ = writeln!(s, "{pad}}}");
     }
     emit(&mut s, 0, 0);
-    let _ = writeln!(
-        s,
-        "MOTION\nFrames: {}\nFrame Time: {:.6}",
-        poses.len(),
-        1.0 / fps
-    );
+    s
+}
+
+/// The `MOTION` header for `frames` frames at `fps`.
+pub fn motion_header(frames: usize, fps: f64) -> String {
+    format!("MOTION\nFrames: {frames}\nFrame Time: {:.6}\n", 1.0 / fps)
+}
+
+/// One motion line (with its newline) of a pose, channels in the hierarchy's depth-first order.
+pub fn frame_line(p: &Pose) -> Result<String> {
     // channel order follows the depth-first joint order of the hierarchy
-    let mut order = Vec::new();
     fn dfs(i: usize, order: &mut Vec<usize>) {
         order.push(i);
         for c in (0..N_JOINTS).filter(|&c| JOINTS[c].parent == Some(i)) {
             dfs(c, order);
         }
     }
+    let mut order = Vec::with_capacity(N_JOINTS);
     dfs(0, &mut order);
+    let mut vals: Vec<f32> = vec![
+        p.root[0],
+        p.root[1],
+        p.root[2],
+        0.0,
+        0.0,
+        p.yaw.to_degrees(),
+    ];
+    for &j in order.iter().skip(1) {
+        vals.extend(p.angles[j].iter().map(|a| a.to_degrees()));
+    }
+    if vals.iter().any(|v| !v.is_finite()) {
+        bail!("motion has non-finite values; refusing to write it");
+    }
+    let line: Vec<String> = vals.iter().map(|v| format!("{v:.4}")).collect();
+    Ok(format!("{}\n", line.join(" ")))
+}
+
+/// BVH text for our skeleton and a list of poses (angles written in degrees, order Z X Y).
+pub fn poses_to_bvh_text(poses: &[Pose], fps: f64) -> Result<String> {
+    if poses.is_empty() {
+        bail!("cannot write a BVH with no frames");
+    }
+    let mut s = hierarchy_text();
+    s.push_str(&motion_header(poses.len(), fps));
     for p in poses {
-        let mut vals: Vec<f32> = vec![
-            p.root[0],
-            p.root[1],
-            p.root[2],
-            0.0,
-            0.0,
-            p.yaw.to_degrees(),
-        ];
-        for &j in order.iter().skip(1) {
-            vals.extend(p.angles[j].iter().map(|a| a.to_degrees()));
-        }
-        if vals.iter().any(|v| !v.is_finite()) {
-            bail!("motion has non-finite values; refusing to write it");
-        }
-        let line: Vec<String> = vals.iter().map(|v| format!("{v:.4}")).collect();
-        let _ = writeln!(s, "{}", line.join(" "));
+        s.push_str(&frame_line(p)?);
     }
     Ok(s)
 }

@@ -130,12 +130,12 @@ pub struct Prepared {
     _varmaps: Vec<VarMap>,
 }
 
-fn frames(seq: &Sequence) -> Vec<Vec<f32>> {
+pub(crate) fn frames(seq: &Sequence) -> Vec<Vec<f32>> {
     seq.features.iter().map(|f| f.to_vec()).collect()
 }
 
 /// Normalised, resampled window of frames `[start, end)`.
-fn window_of(
+pub(crate) fn window_of(
     tok: &MotionTokenizer,
     fr: &[Vec<f32>],
     start: usize,
@@ -203,6 +203,20 @@ fn train_contrastive(
 impl Prepared {
     /// Builds (or loads) the shared stages under `out/prepare`.
     pub fn prepare(out: &Path, cfg: ExperimentConfig) -> Result<Self> {
+        Self::prepare_with_tokenizer(
+            out,
+            cfg,
+            TokenizerConfig::for_dim(crate::skeleton::FEATURE_DIM),
+        )
+    }
+
+    /// [`Self::prepare`] with a given tokenizer configuration (InfiniMotion uses residual
+    /// quantiser layers; KMM the default single layer).
+    pub fn prepare_with_tokenizer(
+        out: &Path,
+        cfg: ExperimentConfig,
+        tok_cfg: TokenizerConfig,
+    ) -> Result<Self> {
         let dev = Device::Cpu;
         let dir = out.join("prepare");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -228,11 +242,7 @@ impl Prepared {
 
         // tokenizer
         let tok_vm = VarMap::new();
-        let tok = MotionTokenizer::new(
-            TokenizerConfig::for_dim(crate::skeleton::FEATURE_DIM),
-            &tok_vm,
-            &dev,
-        )?;
+        let tok = MotionTokenizer::new(tok_cfg, &tok_vm, &dev)?;
         let tok_ckpt = dir.join("tokenizer.safetensors");
         if !tok_ckpt.is_file() {
             let all: Vec<Vec<f32>> = train_frames.iter().flatten().cloned().collect();
@@ -497,7 +507,7 @@ impl Prepared {
     }
 
     /// Evaluator embeddings of windows.
-    fn embed_motion(&self, windows: &[Vec<Vec<f32>>]) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn embed_motion(&self, windows: &[Vec<Vec<f32>>]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::new();
         for chunk in windows.chunks(128) {
             let e = self
@@ -508,7 +518,7 @@ impl Prepared {
         }
         Ok(out)
     }
-    fn embed_text(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn embed_text(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.vocab.ids(t)).collect();
         Ok(self
             .evaluator

@@ -87,18 +87,18 @@ impl GeneratorConfig {
 
 /// Layer normalisation written with differentiable ops (candle-nn's fused `LayerNorm` records
 /// no backward pass, so gradients would stop at it).
-struct LayerNorm {
+pub(crate) struct LayerNorm {
     w: Tensor,
     b: Tensor,
 }
 
 impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::layer_norm_slow(x, &self.w, &self.b, 1e-5)
     }
 }
 
-fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
+pub(crate) fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
     Ok(LayerNorm {
         w: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
         b: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
@@ -106,7 +106,7 @@ fn layer_norm(d: usize, vb: VarBuilder) -> candle_core::Result<LayerNorm> {
 }
 
 /// Pre-LayerNorm transformer encoder layer (self-attention + GELU MLP of 4× width).
-struct TransformerLayer {
+pub(crate) struct TransformerLayer {
     ln1: LayerNorm,
     qkv: Linear,
     proj: Linear,
@@ -117,7 +117,7 @@ struct TransformerLayer {
 }
 
 impl TransformerLayer {
-    fn new(d: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(d: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             ln1: layer_norm(d, vb.pp("ln1"))?,
             qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
@@ -128,7 +128,7 @@ impl TransformerLayer {
             heads,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.heads;
         let qkv = self
@@ -149,7 +149,7 @@ impl TransformerLayer {
             .forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.gelu()?)?;
         Ok((x + h)?)
     }
-    fn param_count(d: usize) -> usize {
+    pub(crate) fn param_count(d: usize) -> usize {
         2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
     }
     fn flops(d: usize, t: usize) -> usize {

@@ -273,6 +273,23 @@ impl MotionTokenizer {
         Ok(y.squeeze(0)?.to_vec2::<f32>()?)
     }
 
+    /// Tokens → raw frames using only the first `layers` quantiser layers (the base-only
+    /// reconstruction is `layers = 1`).
+    pub fn decode_first_layers(&self, codes: &[Vec<u32>], layers: usize) -> Result<Vec<Vec<f32>>> {
+        let n = codes.len();
+        let layers = layers.clamp(1, self.cfg.vq_layers);
+        let dev = self.mean.device();
+        let mut z = Tensor::zeros((n, self.cfg.code_dim), DType::F32, dev)?;
+        for l in 0..layers {
+            let idx: Vec<u32> = codes.iter().map(|c| c[l]).collect();
+            let idx = Tensor::from_vec(idx, n, dev)?;
+            z = (z + self.vq.codebook(l).index_select(&idx, 0)?)?;
+        }
+        let y =
+            self.denormalize(&self.decode_latent(&z.reshape((1, n, self.cfg.code_dim))?)?)?;
+        Ok(y.squeeze(0)?.to_vec2::<f32>()?)
+    }
+
     /// Reconstructs raw frames through encode → quantise → decode.
     pub fn reconstruct(&self, frames: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let codes = self.encode(frames)?;

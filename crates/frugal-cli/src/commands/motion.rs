@@ -1,9 +1,10 @@
 //! `frugal motion`: KMM's motion stack — train, generate, evaluate, and the BVH round-trip check
-//! (the method lives in `frugal-motion`; this file only routes the subcommands).
+//! — and InfiniMotion's long generation on it (the methods live in `frugal-motion`; this file
+//! only routes the subcommands).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use frugal_motion::cli;
+use frugal_motion::{cli, cli_long};
 
 #[derive(Args)]
 pub struct MotionArgs {
@@ -21,6 +22,12 @@ enum MotionCommand {
     Eval(cli::EvalArgs),
     /// Round-trip the bundled real BVH clip and reconstruct it with the tokenizer.
     BvhCheck(cli::BvhCheckArgs),
+    /// InfiniMotion's comparison: trains and evaluates the memory model and its baselines on
+    /// long instruction scripts (per-segment FID, boundary jerk and skating, drift).
+    LongEval(cli_long::LongEvalArgs),
+    /// Streams an arbitrarily long motion (default 80,000 frames) from a repeating script with
+    /// the trained memory model, to a BVH written as it goes, in constant memory.
+    Long(cli_long::LongArgs),
 }
 
 pub fn run(args: MotionArgs) -> Result<()> {
@@ -29,5 +36,7 @@ pub fn run(args: MotionArgs) -> Result<()> {
         MotionCommand::Generate(a) => cli::generate(a),
         MotionCommand::Eval(a) => cli::eval(a),
         MotionCommand::BvhCheck(a) => cli::bvh_check(a),
+        MotionCommand::LongEval(a) => cli_long::long_eval(a),
+        MotionCommand::Long(a) => cli_long::long(a),
     }
 }

@@ -286,7 +286,7 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
 pub enum Kernel {
     /// Plain Rust integer loops (any CPU).
     Portable,
-    /// AVX2 + FMA intrinsics for the 32-value formats (K-quants use the portable loops).
+    /// AVX2 + FMA intrinsics.
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
@@ -312,6 +312,12 @@ impl Kernel {
             (_, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) => {
                 portable_dot32(format, w, a)
             }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (Kernel::Avx2, QuantFormat::Q4K) => unsafe { avx2::dot_q4k(w, a) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (Kernel::Avx2, QuantFormat::Q6K) => unsafe { avx2::dot_q6k(w, a) },
             (_, QuantFormat::Q4K) => portable_dot_q4k(w, a),
             (_, QuantFormat::Q6K) => portable_dot_q6k(w, a),
         }
@@ -455,7 +461,7 @@ fn portable_dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{f16_at, ActRow, QuantFormat};
+    use super::{f16_at, q4k_scale_min, ActRow, QuantFormat};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -509,6 +515,95 @@ mod avx2 {
             }
         }
         hsum(acc) + offset
+    }
+
+    /// Q4_K row · activation row: each 32-byte chunk of codes holds two sub-blocks (low and
+    /// high nibbles), each meeting one activation block; the sub-block's 6-bit scale joins the
+    /// float scale, its minimum the scalar offset.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q4k(w: &[u8], a: ActRow<'_>) -> f32 {
+        let nsb = w.len() / 144;
+        debug_assert!(a.q.len() >= nsb * 256);
+        let low4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for sb in 0..nsb {
+            let blk = &w[sb * 144..(sb + 1) * 144];
+            let d = f16_at(blk, 0);
+            let dmin = f16_at(blk, 2);
+            let scales = &blk[4..16];
+            let qs = blk.as_ptr().add(16);
+            for c in 0..4 {
+                let raw = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
+                let halves = [
+                    _mm256_and_si256(raw, low4),
+                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4),
+                ];
+                for (half, codes) in halves.into_iter().enumerate() {
+                    let j = 2 * c + half;
+                    let ab = sb * 8 + j;
+                    let x = _mm256_loadu_si256(a.q.as_ptr().add(ab * 32) as *const __m256i);
+                    let sum =
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones));
+                    let (sc, m) = q4k_scale_min(scales, j);
+                    let xs = *a.scale.get_unchecked(ab);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * xs), sum, acc);
+                    offset -= dmin * m as f32 * *a.scaled_sum.get_unchecked(ab);
+                }
+            }
+        }
+        hsum(acc) + offset
+    }
+
+    /// Q6_K row · activation row: the 6-bit codes (0–63) are rebuilt 32 at a time from the low
+    /// and high bit planes; `code · x − 32 · x` is formed in i16, and the two 16-value
+    /// sub-block scales multiply in the pairwise i16 → i32 step.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
+        let nsb = w.len() / 210;
+        debug_assert!(a.q.len() >= nsb * 256);
+        let low4 = _mm256_set1_epi8(0x0F);
+        let three = _mm256_set1_epi8(3);
+        let thirty_two = _mm256_set1_epi8(32);
+        let mut acc = _mm256_setzero_ps();
+        for sb in 0..nsb {
+            let blk = &w[sb * 210..(sb + 1) * 210];
+            let d = f16_at(blk, 208);
+            let sc = &blk[192..208];
+            for h in 0..2 {
+                let ql = blk.as_ptr().add(64 * h);
+                let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
+                for k in 0..4 {
+                    let lo_raw = _mm256_loadu_si256(ql.add(32 * (k % 2)) as *const __m256i);
+                    let lo = if k / 2 == 0 {
+                        _mm256_and_si256(lo_raw, low4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16(lo_raw, 4), low4)
+                    };
+                    let hi = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)),
+                        three,
+                    );
+                    let codes = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+                    let ab = sb * 8 + h * 4 + k;
+                    let x = _mm256_loadu_si256(a.q.as_ptr().add(ab * 32) as *const __m256i);
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(codes, x),
+                        _mm256_maddubs_epi16(thirty_two, x),
+                    );
+                    let g = (h * 128 + k * 32) / 16;
+                    let (s0, s1) = (sc[g] as i8 as i16, sc[g + 1] as i8 as i16);
+                    let scales = _mm256_setr_epi16(
+                        s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
+                    );
+                    let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scales));
+                    let xs = *a.scale.get_unchecked(ab);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xs), sum, acc);
+                }
+            }
+        }
+        hsum(acc)
     }
 }
 
@@ -623,7 +718,7 @@ mod tests {
         if Kernel::detect() != Kernel::Avx2 {
             return;
         }
-        for f in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for f in ALL {
             let (bytes, _) = quantised(f, 8, 1024, 3);
             let w = QuantMatrix::new(f, 8, 1024, &bytes).unwrap();
             let xq = Q8Activations::quantize(&values(1024, 5), 1024).unwrap();

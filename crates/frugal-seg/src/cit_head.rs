@@ -1,7 +1,7 @@
 //! The CIT head: class-independent outputs from one learned query per class
 //! (see `docs/methods/cit.md`).
 //!
-//! Pixel features `F` (a small trainable neck on the encoder output, our stand-in for DeepLabV3's
+//! Pixel features `F` (a small trainable neck of two 1×1 convolutions on the encoder output, our stand-in for DeepLabV3's
 //! ASPP) are attended by a table of `K` class queries `Q` with 8-head cross-attention whose
 //! query, value and output projections are the identity and whose key projection is a learned
 //! linear map. The per-head attention logits `A_h = Q_h K_hᵀ / √(C/8)` averaged over heads are
@@ -64,8 +64,8 @@ impl CitOutput {
     /// The outputs of classes `start..end` only.
     pub fn narrow(&self, start: usize, end: usize) -> Result<Self> {
         Ok(Self {
-            masks: self.masks.narrow(1, start, end - start)?,
-            classes: self.classes.narrow(1, start, end - start)?,
+            masks: self.masks.narrow(1, start, end - start)?.contiguous()?,
+            classes: self.classes.narrow(1, start, end - start)?.contiguous()?,
         })
     }
 }
@@ -107,7 +107,7 @@ impl CitHead {
         Ok(Self {
             cfg: cfg.clone(),
             num_classes,
-            neck1: conv2d(in_channels, cfg.dim, 3, 1, 1, vb.pp("neck1"))?,
+            neck1: conv2d(in_channels, cfg.dim, 1, 1, 0, vb.pp("neck1"))?,
             neck2: conv2d(cfg.dim, cfg.dim, 1, 1, 0, vb.pp("neck2"))?,
             queries: Embedding::new(q, cfg.dim),
             key: linear(cfg.dim, cfg.dim, vb.pp("key"))?,

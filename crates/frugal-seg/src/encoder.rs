@@ -52,7 +52,8 @@ impl ConvBn {
     }
 }
 
-/// Four conv-BN-ReLU stages: stride 1, 2, 2, 1.
+/// Four conv-BN-ReLU stages: stride 2, 2, 1, 1 (the stem already halves the resolution: ours,
+/// to fit two shared CPU cores).
 #[derive(Debug, Clone)]
 pub struct Encoder {
     stages: Vec<ConvBn>,
@@ -63,9 +64,9 @@ impl Encoder {
         let [a, b, c] = cfg.widths;
         Ok(Self {
             stages: vec![
-                ConvBn::new(3, a, 1, vb.pp("s0"))?,
+                ConvBn::new(3, a, 2, vb.pp("s0"))?,
                 ConvBn::new(a, b, 2, vb.pp("s1"))?,
-                ConvBn::new(b, c, 2, vb.pp("s2"))?,
+                ConvBn::new(b, c, 1, vb.pp("s2"))?,
                 ConvBn::new(c, c, 1, vb.pp("s3"))?,
             ],
         })

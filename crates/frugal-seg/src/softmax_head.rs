@@ -23,7 +23,7 @@ impl SoftmaxHead {
     pub fn new(dim: usize, in_channels: usize, num_classes: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             num_classes,
-            neck1: conv2d(in_channels, dim, 3, 1, 1, vb.pp("neck1"))?,
+            neck1: conv2d(in_channels, dim, 1, 1, 0, vb.pp("neck1"))?,
             neck2: conv2d(dim, dim, 1, 1, 0, vb.pp("neck2"))?,
             classifier: conv2d(dim, num_classes, 1, 1, 0, vb.pp("classifier"))?,
         })

@@ -91,13 +91,21 @@ pub fn pixel_cross_entropy(logits: &Tensor, labels: &[u8], ignore: u8) -> Result
     let n_valid: f32 = valid.iter().sum();
     let idx: Vec<u32> = labels
         .iter()
-        .map(|&l| if l != ignore && (l as usize) < k { l as u32 } else { 0 })
+        .map(|&l| {
+            if l != ignore && (l as usize) < k {
+                l as u32
+            } else {
+                0
+            }
+        })
         .collect();
     let idx = Tensor::from_vec(idx, (b, 1, h, w), dev)?;
     let valid = Tensor::from_vec(valid, (b, 1, h, w), dev)?.to_dtype(logits.dtype())?;
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = logp.gather(&idx, 1)?;
-    (picked * valid)?.sum_all()?.affine(-1.0 / n_valid.max(1.0) as f64, 0.0)
+    (picked * valid)?
+        .sum_all()?
+        .affine(-1.0 / n_valid.max(1.0) as f64, 0.0)
 }
 
 /// A `K × K` confusion matrix over labelled pixels: rows are labels, columns predictions.
@@ -156,7 +164,9 @@ impl ConfusionMatrix {
 
 /// Mean of the defined IoUs among `classes`.
 pub fn mean_iou(iou: &[Option<f64>], classes: std::ops::Range<usize>) -> Option<f64> {
-    let v: Vec<f64> = classes.filter_map(|c| iou.get(c).copied().flatten()).collect();
+    let v: Vec<f64> = classes
+        .filter_map(|c| iou.get(c).copied().flatten())
+        .collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
@@ -178,7 +188,9 @@ mod tests {
         let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         let v = candle_core::Var::from_tensor(&x)?;
-        let g = upsample_bilinear(v.as_tensor(), 8, 10)?.sum_all()?.backward()?;
+        let g = upsample_bilinear(v.as_tensor(), 8, 10)?
+            .sum_all()?
+            .backward()?;
         // Every input pixel spreads total weight (8·10)/(4·5) = 4 over the output.
         let gx = g.get(v.as_tensor()).expect("gradient").sum_all()?;
         assert!((gx.to_scalar::<f32>()? - 4.0 * 120.0).abs() < 1e-2);

@@ -94,7 +94,11 @@ impl CitHead {
         vb: VarBuilder,
     ) -> Result<Self> {
         if cfg.heads == 0 || cfg.dim % cfg.heads != 0 {
-            candle_core::bail!("CIT head: dim {} not divisible by {} heads", cfg.dim, cfg.heads);
+            candle_core::bail!(
+                "CIT head: dim {} not divisible by {} heads",
+                cfg.dim,
+                cfg.heads
+            );
         }
         let q = vb.pp("queries").get_with_hints(
             (num_classes, cfg.dim),
@@ -132,7 +136,11 @@ impl CitHead {
         let split = |t: &Tensor, n: usize| -> Result<Tensor> {
             t.reshape((b, n, nh, hd))?.transpose(1, 2)?.contiguous() // (B, nh, n, hd)
         };
-        let q = self.queries.embeddings().unsqueeze(0)?.broadcast_as((b, k, c))?;
+        let q = self
+            .queries
+            .embeddings()
+            .unsqueeze(0)?
+            .broadcast_as((b, k, c))?;
         let qh = split(&q, k)?;
         let kh = split(&keys, hw)?;
         let vh = split(tokens, hw)?; // identity value projection

@@ -29,15 +29,28 @@ pub fn run_dataset(args: &DatasetArgs) -> Result<()> {
     if args.count == 0 || args.count > 256 {
         anyhow::bail!("--count must be in 1..=256, got {}", args.count);
     }
-    let photos = Photos::load(&args.photos.clone().unwrap_or_else(scenes::default_photo_dir))?;
+    let photos = Photos::load(
+        &args
+            .photos
+            .clone()
+            .unwrap_or_else(scenes::default_photo_dir),
+    )?;
     let cfg = SceneConfig::default();
     let set = scenes::generate(&photos, &cfg, args.seed, args.count);
     let per_row = 8;
     let mut rows = vec![];
     for start in (0..args.count).step_by(per_row) {
         let idx: Vec<usize> = (start..(start + per_row).min(args.count)).collect();
-        rows.push(idx.iter().map(|&i| scenes::image_tile(set.image(i), cfg.size)).collect());
-        rows.push(idx.iter().map(|&i| scenes::label_tile(set.label(i))).collect());
+        rows.push(
+            idx.iter()
+                .map(|&i| scenes::image_tile(set.image(i), cfg.size))
+                .collect(),
+        );
+        rows.push(
+            idx.iter()
+                .map(|&i| scenes::label_tile(set.label(i)))
+                .collect(),
+        );
     }
     let img = scenes::tile_rows(&rows, cfg.size, 2)?;
     if let Some(dir) = args.preview.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -133,7 +146,12 @@ pub fn train_config(args: &TrainArgs) -> Result<RunConfig> {
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
     let cfg = train_config(args)?;
-    let photos = Photos::load(&args.photos.clone().unwrap_or_else(scenes::default_photo_dir))?;
+    let photos = Photos::load(
+        &args
+            .photos
+            .clone()
+            .unwrap_or_else(scenes::default_photo_dir),
+    )?;
     let results = incremental::run(&cfg, &args.runs, &photos)?;
     println!("task classes  mIoU base   new   all   train s  teacher s");
     for r in &results {

@@ -33,7 +33,17 @@ use std::time::Instant;
 
 /// The runs compared on the results page.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
@@ -381,7 +391,10 @@ fn evaluate(
 enum Teacher {
     None,
     /// Old-class mask logits `(N, P, h, w)` and class logits `(N, P, 2)`.
-    Cit { masks: Tensor, classes: Tensor },
+    Cit {
+        masks: Tensor,
+        classes: Tensor,
+    },
     /// Old-class logits `(N, P, h, w)` of the previous softmax head.
     Softmax(Tensor),
 }
@@ -530,7 +543,10 @@ impl Runner<'_> {
         )?;
         let enc_vm = SeededVarMap::new(cfg.seed);
         let (encoder, trainable_enc) = if spec.train_encoder {
-            let e = Encoder::new(&cfg.encoder, enc_vm.var_builder(DType::F32, &dev()).pp("enc"))?;
+            let e = Encoder::new(
+                &cfg.encoder,
+                enc_vm.var_builder(DType::F32, &dev()).pp("enc"),
+            )?;
             (e, true)
         } else {
             let prev = spec
@@ -547,7 +563,10 @@ impl Runner<'_> {
             }
         }
         // Training pool and its teacher targets.
-        let pool = self.data.train.containing(spec.classes.clone(), cfg.min_pixels);
+        let pool = self
+            .data
+            .train
+            .containing(spec.classes.clone(), cfg.min_pixels);
         if pool.len() < cfg.batch {
             anyhow::bail!(
                 "task {} ({:?}) has {} training scenes, fewer than the batch {}",
@@ -581,7 +600,9 @@ impl Runner<'_> {
             let local_t = Tensor::from_vec(local.clone(), local.len(), &dev())?;
             let global: Vec<usize> = local.iter().map(|&j| pool[j as usize]).collect();
             let input = match &cache {
-                Some(f) if !trainable_enc => f.index_select(&pool_t.index_select(&local_t, 0)?, 0)?,
+                Some(f) if !trainable_enc => {
+                    f.index_select(&pool_t.index_select(&local_t, 0)?, 0)?
+                }
                 _ => images_tensor(&data.train, &global)?,
             };
             let mut labels = Vec::with_capacity(global.len() * size * size);
@@ -698,10 +719,16 @@ impl Runner<'_> {
             (None, _) => anyhow::bail!("distillation needs the frozen encoder's features"),
         };
         let feats = pool_features(cache, pool)?;
-        let (cfg, c_in, old) = (self.cfg, self.cfg.encoder.out_channels(), spec.classes.start);
+        let (cfg, c_in, old) = (
+            self.cfg,
+            self.cfg.encoder.out_channels(),
+            spec.classes.start,
+        );
         let prev = || {
             VarBuilder::from_tensors(
-                spec.prev.clone().expect("an incremental stage has a previous stage"),
+                spec.prev
+                    .clone()
+                    .expect("an incremental stage has a previous stage"),
                 DType::F32,
                 &dev(),
             )
@@ -801,7 +828,11 @@ pub fn stage_file(cfg: &RunConfig, root: &Path, task: usize) -> PathBuf {
             .join("base")
             .join(format!(
                 "{}-s{}",
-                if cfg.method.softmax() { "softmax" } else { "cit" },
+                if cfg.method.softmax() {
+                    "softmax"
+                } else {
+                    "cit"
+                },
                 cfg.seed
             ))
             .join("stage.safetensors");
@@ -822,71 +853,70 @@ pub fn run(cfg: &RunConfig, root: &Path, photos: &Photos) -> Result<Vec<StageRes
     };
     if cfg.method == Method::Oracle {
         let dir = root.join(format!("oracle-s{}", cfg.seed));
-        let res = r.stage(
-            StageSpec {
-                dir: &dir,
-                stem: "stage".into(),
-                classes: 0..cfg.protocol.total,
-                steps: cfg.oracle_steps,
-                lr: cfg.base_lr,
-                train_encoder: true,
-                softmax: false,
-                prev: None,
-                task: 0,
-                label: format!("oracle s{}", cfg.seed),
-                distill: Distill::None,
-            },
-        )?;
+        let res = r.stage(StageSpec {
+            dir: &dir,
+            stem: "stage".into(),
+            classes: 0..cfg.protocol.total,
+            steps: cfg.oracle_steps,
+            lr: cfg.base_lr,
+            train_encoder: true,
+            softmax: false,
+            prev: None,
+            task: 0,
+            label: format!("oracle s{}", cfg.seed),
+            distill: Distill::None,
+        })?;
         return Ok(vec![res]);
     }
     let softmax = cfg.method.softmax();
     let tasks = cfg.protocol.tasks();
     let base_dir = r.base_dir(softmax);
-    let mut results = vec![r.stage(
-        StageSpec {
-            dir: &base_dir,
-            stem: "stage".into(),
-            classes: tasks[0].clone(),
-            steps: cfg.base_steps,
-            lr: cfg.base_lr,
-            train_encoder: true,
-            softmax,
-            prev: None,
-            task: 0,
-            label: format!("base {} s{}", if softmax { "softmax" } else { "cit" }, cfg.seed),
-            distill: Distill::None,
-        },
-    )?];
+    let mut results = vec![r.stage(StageSpec {
+        dir: &base_dir,
+        stem: "stage".into(),
+        classes: tasks[0].clone(),
+        steps: cfg.base_steps,
+        lr: cfg.base_lr,
+        train_encoder: true,
+        softmax,
+        prev: None,
+        task: 0,
+        label: format!(
+            "base {} s{}",
+            if softmax { "softmax" } else { "cit" },
+            cfg.seed
+        ),
+        distill: Distill::None,
+    })?];
     let run_dir = r.run_dir();
     for (t, classes) in tasks.iter().enumerate().skip(1) {
         let prev_path = stage_file(cfg, root, t - 1);
         let prev = candle_core::safetensors::load(&prev_path, &dev())
             .with_context(|| format!("reading {}", prev_path.display()))?;
-        let res = r.stage(
-            StageSpec {
-                dir: &run_dir,
-                stem: format!("task{t}"),
-                classes: classes.clone(),
-                steps: cfg.inc_steps,
-                lr: cfg.inc_lr,
-                train_encoder: cfg.method.trains_encoder(),
-                softmax,
-                prev: Some(prev),
-                task: t,
-                label: format!(
-                    "{} {} s{} task {t}/{}",
-                    cfg.protocol.name(),
-                    cfg.method.name(),
-                    cfg.seed,
-                    tasks.len() - 1
-                ),
-                distill: match cfg.method {
-                    Method::Iterative => Distill::Previous,
-                    Method::Cit => Distill::Accumulative,
-                    Method::SoftmaxKd => Distill::PreviousSoftmax,
-                    _ => Distill::None,
-                },
-            })?;
+        let res = r.stage(StageSpec {
+            dir: &run_dir,
+            stem: format!("task{t}"),
+            classes: classes.clone(),
+            steps: cfg.inc_steps,
+            lr: cfg.inc_lr,
+            train_encoder: cfg.method.trains_encoder(),
+            softmax,
+            prev: Some(prev),
+            task: t,
+            label: format!(
+                "{} {} s{} task {t}/{}",
+                cfg.protocol.name(),
+                cfg.method.name(),
+                cfg.seed,
+                tasks.len() - 1
+            ),
+            distill: match cfg.method {
+                Method::Iterative => Distill::Previous,
+                Method::Cit => Distill::Accumulative,
+                Method::SoftmaxKd => Distill::PreviousSoftmax,
+                _ => Distill::None,
+            },
+        })?;
         results.push(res);
     }
     Ok(results)

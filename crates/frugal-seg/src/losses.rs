@@ -121,7 +121,9 @@ pub fn cit_supervised(
     };
     // Class logits of the current queries: weighted 2-way CE (torch's weighted mean).
     let cls = if old < k {
-        let logits = classes.narrow(1, old, k - old)?.reshape((b * (k - old), 2))?;
+        let logits = classes
+            .narrow(1, old, k - old)?
+            .reshape((b * (k - old), 2))?;
         let tgt: Vec<u32> = (0..b)
             .flat_map(|i| (old..k).map(move |c| (i, c)))
             .map(|(i, c)| if present[i * k + c] { 0 } else { 1 })

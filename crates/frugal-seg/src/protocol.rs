@@ -83,6 +83,9 @@ mod tests {
         assert_eq!(p.tasks()[3], 12..13);
         assert!(Protocol::parse("10-3", 20).is_err());
         assert!(Protocol::parse("x", 20).is_err());
-        assert_eq!(task_labels(&[0, 12, 13, 255], &(12..13)), vec![255, 12, 255, 255]);
+        assert_eq!(
+            task_labels(&[0, 12, 13, 255], &(12..13)),
+            vec![255, 12, 255, 255]
+        );
     }
 }

@@ -163,14 +163,24 @@ pub fn summary(runs: &[Run]) -> Value {
             if rs.is_empty() {
                 continue;
             }
-            let f = stat(&rs.iter().map(|r| r.forgetting_pct()).collect::<Vec<_>>(), 1.0);
-            let all = stat(&rs.iter().map(|r| r.last().miou_all).collect::<Vec<_>>(), 100.0);
-            let base = stat(&rs.iter().map(|r| r.last().miou_base).collect::<Vec<_>>(), 100.0);
-            let new = stat(&rs.iter().map(|r| r.last().miou_new).collect::<Vec<_>>(), 100.0);
+            let f = stat(
+                &rs.iter().map(|r| r.forgetting_pct()).collect::<Vec<_>>(),
+                1.0,
+            );
+            let all = stat(
+                &rs.iter().map(|r| r.last().miou_all).collect::<Vec<_>>(),
+                100.0,
+            );
+            let base = stat(
+                &rs.iter().map(|r| r.last().miou_base).collect::<Vec<_>>(),
+                100.0,
+            );
+            let new = stat(
+                &rs.iter().map(|r| r.last().miou_new).collect::<Vec<_>>(),
+                100.0,
+            );
             let base0 = stat(
-                &rs.iter()
-                    .map(|r| r.stages[0].miou_base)
-                    .collect::<Vec<_>>(),
+                &rs.iter().map(|r| r.stages[0].miou_base).collect::<Vec<_>>(),
                 100.0,
             );
             let g = |v: &Value| v.get("mean").cloned().unwrap_or(Value::Null);
@@ -317,10 +327,7 @@ pub fn plot(runs: &[Run], protocol: &str, path: &Path) -> Result<()> {
             (0..rs[0].stages.len())
                 .map(|t| {
                     let v: Vec<f64> = rs.iter().filter_map(|r| r.stages[t].miou_base).collect();
-                    (
-                        rs[0].stages[t].classes_seen as f64,
-                        100.0 * mean_sd(&v).0,
-                    )
+                    (rs[0].stages[t].classes_seen as f64, 100.0 * mean_sd(&v).0)
                 })
                 .collect()
         };
@@ -328,7 +335,9 @@ pub fn plot(runs: &[Run], protocol: &str, path: &Path) -> Result<()> {
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(format!("{} (n={})", m.name(), rs.len()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
     }
     chart
@@ -436,11 +445,19 @@ pub fn write(args: &EvalArgs) -> Result<()> {
     let md = table(&runs);
     std::fs::write(data.join("table.md"), &md)?;
     for p in PROTOCOLS {
-        if runs.iter().any(|r| r.protocol == p && r.method != Method::Oracle) {
+        if runs
+            .iter()
+            .any(|r| r.protocol == p && r.method != Method::Oracle)
+        {
             plot(&runs, p, &data.join(format!("base-miou-{p}.svg")))?;
         }
     }
-    let photos = Photos::load(&args.photos.clone().unwrap_or_else(scenes::default_photo_dir))?;
+    let photos = Photos::load(
+        &args
+            .photos
+            .clone()
+            .unwrap_or_else(scenes::default_photo_dir),
+    )?;
     let names = strip(
         &runs,
         &args.runs,

@@ -409,7 +409,11 @@ pub fn class_colour(c: u8) -> [u8; 3] {
         4 => (x, 0.0, 1.0),
         _ => (1.0, 0.0, x),
     };
-    [(r * v * 255.0) as u8, (g * v * 255.0) as u8, (b * v * 255.0) as u8]
+    [
+        (r * v * 255.0) as u8,
+        (g * v * 255.0) as u8,
+        (b * v * 255.0) as u8,
+    ]
 }
 
 /// Tiles of `size × size` pixels (RGB) laid out in rows with a 2-pixel white gap, scaled by
@@ -449,9 +453,7 @@ pub fn tile_rows(rows: &[Vec<Vec<[u8; 3]>>], size: usize, scale: usize) -> Resul
 pub fn image_tile(img: &[f32], size: usize) -> Vec<[u8; 3]> {
     let n = size * size;
     (0..n)
-        .map(|i| {
-            [0, 1, 2].map(|c| (img[c * n + i] * 255.0).round().clamp(0.0, 255.0) as u8)
-        })
+        .map(|i| [0, 1, 2].map(|c| (img[c * n + i] * 255.0).round().clamp(0.0, 255.0) as u8))
         .collect()
 }
 

@@ -31,7 +31,10 @@ impl SoftmaxHead {
 
     /// `(B, C_in, h, w)` → logits `(B, K, h, w)`.
     pub fn forward(&self, feats: &Tensor) -> Result<Tensor> {
-        let f = self.neck2.forward(&self.neck1.forward(feats)?.relu()?)?.relu()?;
+        let f = self
+            .neck2
+            .forward(&self.neck1.forward(feats)?.relu()?)?
+            .relu()?;
         self.classifier.forward(&f)
     }
 }

@@ -358,6 +358,9 @@ fn features(enc: &Encoder, set: &SceneSet, idx: &[usize]) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 0)?)
 }
 
+/// mIoU of the base, new and all seen classes.
+type Mious = [Option<f64>; 3];
+
 /// Evaluate a model on the test scenes over the classes `0..seen`, with `base` base classes.
 fn evaluate(
     enc: &Encoder,
@@ -365,7 +368,7 @@ fn evaluate(
     test: &SceneSet,
     seen: usize,
     base: usize,
-) -> Result<(Vec<Option<f64>>, [Option<f64>; 3])> {
+) -> Result<(Vec<Option<f64>>, Mious)> {
     let s = test.size;
     let mut cm = ConfusionMatrix::new(seen);
     let all: Vec<usize> = (0..test.len()).collect();

@@ -45,7 +45,8 @@ impl Protocol {
 
     /// Class range of every task, base task first.
     pub fn tasks(&self) -> Vec<Range<usize>> {
-        let mut v = vec![0..self.base];
+        let mut v = Vec::with_capacity(1 + (self.total - self.base) / self.increment);
+        v.push(0..self.base);
         let mut s = self.base;
         while s < self.total {
             v.push(s..s + self.increment);

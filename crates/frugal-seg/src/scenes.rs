@@ -205,8 +205,8 @@ impl Photos {
             .map(|m| {
                 let mut p = load_photo(dir, m.file, m.side)?;
                 for px in &mut p.rgb {
-                    for c in 0..3 {
-                        px[c] *= m.tint[c];
+                    for (v, t) in px.iter_mut().zip(m.tint) {
+                        *v *= t;
                     }
                 }
                 Ok(p)

@@ -206,6 +206,15 @@ impl Head {
         }
     }
 
+    /// Arg-max over the first `n` classes only (a diagnostic: how the old classes fare when the
+    /// new classes cannot take their pixels).
+    pub fn predict_among(&self, feats: &Tensor, size: usize, n: usize) -> Result<Vec<u32>> {
+        Ok(match self {
+            Head::Cit(h) => h.forward(feats)?.narrow(0, n)?.predict(size)?,
+            Head::Softmax(h) => softmax_head::predict(&h.forward(feats)?.narrow(1, 0, n)?, size)?,
+        })
+    }
+
     /// Arg-max prediction of every pixel of `(B, C, h, w)` features at `size × size`.
     pub fn predict(&self, feats: &Tensor, size: usize) -> Result<Vec<u32>> {
         Ok(match self {

@@ -442,7 +442,10 @@ pub fn base_only(
     let s = base_cfg.scene.size;
     let nb = base_cfg.protocol.base;
     let mut out = vec![];
-    for r in runs.iter().filter(|r| r.seed == seed && r.method != Method::Oracle) {
+    for r in runs
+        .iter()
+        .filter(|r| r.seed == seed && r.method != Method::Oracle)
+    {
         let cfg = RunConfig {
             protocol: Protocol::parse(&r.protocol, NUM_CLASSES)?,
             method: r.method,

@@ -14,6 +14,7 @@
 //! - [`data`]: deterministic shuffled mini-batches.
 //! - [`image_io`]: image loading, resizing, 8-bit conversion, PNG / JPEG round trips.
 //! - [`metrics`]: top-1 accuracy and its interval.
+//! - [`segmentation`]: differentiable bilinear resize, focal / dice / pixel-CE losses, mIoU.
 
 pub mod checkpoint;
 pub mod data;
@@ -22,5 +23,6 @@ pub mod init;
 pub mod layers;
 pub mod mamba;
 pub mod metrics;
+pub mod segmentation;
 pub mod train;
 pub mod vq;

@@ -96,8 +96,12 @@ pub enum Command {
     Serve(frugal_server::ServeArgs),
     /// ZPressor: compress many camera views into a few anchors (scaling bench, trainable toy).
     Zpressor(commands::zpressor::ZpressorArgs),
-    /// KMM: text-to-motion with a key-frame-masked bidirectional Mamba (train, generate, eval).
+    /// KMM and InfiniMotion: text-to-motion with a key-frame-masked bidirectional Mamba (train,
+    /// generate, eval) and long generation with memory across segments (long-eval, long).
     Motion(commands::motion::MotionArgs),
+    /// CIT: class-incremental semantic segmentation on scenes of real photographs (dataset,
+    /// train, eval).
+    Seg(commands::seg::SegArgs),
     /// Recode images so that only the authorized model keeps reading them (non-transferable
     /// examples); writes 8-bit PNGs and reports their true PSNR.
     Protect(commands::protect::ProtectArgs),

@@ -11,6 +11,7 @@ pub mod policies;
 pub mod ppl;
 pub mod probe;
 pub mod protect;
+pub mod seg;
 pub mod zpressor;
 
 use crate::args::{Cli, Command};
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => frugal_server::serve(session.load_model()?, &a),
         Command::Zpressor(a) => zpressor::run(a),
         Command::Motion(a) => motion::run(a),
+        Command::Seg(a) => seg::run(a),
         Command::Protect(a) => protect::run_protect(&a),
         Command::ProtectTrain(a) => protect::run_train(&a),
         Command::ProtectEval(a) => protect::run_eval(&a),

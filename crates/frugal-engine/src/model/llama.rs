@@ -129,29 +129,47 @@ pub(crate) fn lm_head_product(w: &QMatMul, hidden: &Tensor, dequant_rows: usize)
 /// Which kernel multiplies quantised weights by the few rows of a decode step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeKernel {
-    /// Ours (`frugal_numerics::quant_matvec`): int8 activations, AVX2 where the CPU has it,
-    /// parallel over weight rows on our thread pool. Used for Q4_0/Q4_1/Q8_0/Q4_K/Q6_K.
+    /// Per format, the faster of the two as measured on this project's machine (ours):
+    /// our kernel for Q4_0/Q4_1/Q8_0 (candle has no SIMD Q4_1 dot product; 1.32× decode on
+    /// SmolLM2), candle's for Q4_K/Q6_K (its AVX2 K-quant kernels were ~10 % faster than ours
+    /// on Gemma 3 270M). See docs/results/engine.md.
+    Auto,
+    /// Ours (`frugal_numerics::quant_matvec`) for every format it has: int8 activations,
+    /// AVX2 where the CPU has it, parallel over weight rows on our thread pool.
     Ours,
     /// candle's quantised matmul (its own per-format dot products and thread pool).
     Candle,
 }
 
-/// The decode kernel in use: ours unless `FRUGAL_DECODE_KERNEL=candle` (a diagnostic switch
-/// for A/B runs of one binary), read once.
+/// The decode kernel in use: `Auto` unless `FRUGAL_DECODE_KERNEL` is `ours` or `candle` (a
+/// diagnostic switch for A/B runs of one binary), read once.
 pub fn decode_kernel() -> DecodeKernel {
     static KERNEL: std::sync::OnceLock<DecodeKernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| match std::env::var("FRUGAL_DECODE_KERNEL").as_deref() {
         Ok("candle") => DecodeKernel::Candle,
-        _ => DecodeKernel::Ours,
+        Ok("ours") => DecodeKernel::Ours,
+        _ => DecodeKernel::Auto,
     })
 }
 
-/// `x · Wᵀ` for calls of few rows (decode steps, short chunks): our quantised kernel where the
-/// weight's format has one and it lives on the CPU, else candle's.
+/// `x · Wᵀ` for calls of few rows (decode steps, short chunks): our quantised kernel where
+/// [`decode_kernel`] picks it for the weight's format and the weight lives on the CPU, else
+/// candle's.
 pub(crate) fn few_rows_product(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    if let (QMatMul::QTensor(q), DecodeKernel::Ours) = (w, decode_kernel()) {
-        if let Some(y) = quant_matvec_product(q, x)? {
-            return Ok(y);
+    use candle_core::quantized::GgmlDType;
+    if let QMatMul::QTensor(q) = w {
+        let ours = match decode_kernel() {
+            DecodeKernel::Ours => true,
+            DecodeKernel::Candle => false,
+            DecodeKernel::Auto => matches!(
+                q.dtype(),
+                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0
+            ),
+        };
+        if ours {
+            if let Some(y) = quant_matvec_product(q, x)? {
+                return Ok(y);
+            }
         }
     }
     Ok(w.forward(x)?)

@@ -7,7 +7,7 @@ use candle_core::Device;
 use frugal_engine::attention::{AttentionPolicy, StepContext};
 use frugal_engine::cache::FullCache;
 use frugal_engine::model::device_model::DEFAULT_SCORE_BUDGET;
-use frugal_engine::model::llama::LogitRows;
+use frugal_engine::model::llama::{decode_kernel, DecodeKernel, LogitRows};
 use frugal_engine::sequence::Sequence;
 use frugal_engine::testing::{compare_device_path, tiny_model, TINY_ARCHITECTURES, TINY_WINDOW};
 use frugal_engine::EngineError;
@@ -50,7 +50,11 @@ fn device_path_matches_host_path_on_every_architecture() {
 
 #[test]
 fn quantised_weights_stay_quantised_and_agree() {
-    // Both paths run candle's quantised kernel on the same blocks.
+    // Both paths run candle's quantised kernel on the same blocks: the host path is switched
+    // from our decode kernel to candle's (the switch is read once per process; no other test
+    // in this file runs quantised weights, so it is read here first).
+    std::env::set_var("FRUGAL_DECODE_KERNEL", "candle");
+    assert_eq!(decode_kernel(), DecodeKernel::Candle);
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_1] {
         let r = compare_device_path("llama", dtype, &Device::Cpu, 40, 6, 500).unwrap();
         assert!(r.max_abs < 1e-3, "{dtype:?}: max |Δlogit| {}", r.max_abs);

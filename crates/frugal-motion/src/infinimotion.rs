@@ -426,7 +426,7 @@ impl MemoryModel {
                     if fixed[bi][p] {
                         continue;
                     }
-                    let (tok, c) = sample_top_k(&guided[bi][off + p], top_k, rng);
+                    let (tok, c) = draw_top_k(&guided[bi][off + p], top_k, rng);
                     cur[bi][p] = tok;
                     conf[p] = c;
                 }
@@ -462,7 +462,7 @@ impl MemoryModel {
 
 /// Samples from the softmax of the `top_k` largest logits; returns the token and its
 /// probability under that filtered distribution (the confidence used for re-masking).
-pub fn sample_top_k<R: Rng>(row: &[f32], top_k: usize, rng: &mut R) -> (u32, f32) {
+pub fn draw_top_k<R: Rng>(row: &[f32], top_k: usize, rng: &mut R) -> (u32, f32) {
     let mut idx: Vec<usize> = (0..row.len()).collect();
     idx.sort_by(|&a, &c| row[c].total_cmp(&row[a]));
     idx.truncate(top_k.max(1));

@@ -108,10 +108,10 @@ mod cuda {
                 .map(|high| high.saturating_sub(base) as f64 / (1024.0 * 1024.0));
             return (out, mb);
         }
-        sampled(device, f)
+        with_device_peak(device, f)
     }
 
-    fn sampled<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    fn with_device_peak<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<f64>) {
         let ctx = match device.as_cuda_device() {
             Ok(d) => d.cuda_stream().context().clone(),
             Err(_) => return (f(), None),

@@ -426,40 +426,63 @@ impl MaskedGenerator {
                     if fixed[bi][p] {
                         continue;
                     }
-                    let row = &guided[bi][off + p];
-                    // top-k filter, then sample from the softmax
-                    let mut idx: Vec<usize> = (0..kk).collect();
-                    idx.sort_by(|&a, &c| row[c].partial_cmp(&row[a]).unwrap());
-                    idx.truncate(top_k);
-                    let mx = row[idx[0]];
-                    let ws: Vec<f32> = idx.iter().map(|&i| (row[i] - mx).exp()).collect();
-                    let z: f32 = ws.iter().sum();
-                    let mut r = rng.gen::<f32>() * z;
-                    let mut pick = idx.len() - 1;
-                    for (j, w) in ws.iter().enumerate() {
-                        if r < *w {
-                            pick = j;
-                            break;
-                        }
-                        r -= w;
-                    }
-                    cur[bi][p] = idx[pick] as u32;
-                    conf[p] = ws[pick] / z;
+                    let (tok, c) = draw_top_k(&guided[bi][off + p], top_k, rng);
+                    cur[bi][p] = tok;
+                    conf[p] = c;
                 }
-                // re-mask the least confident undecided positions
-                let n_mask = (frac * l as f64).floor() as usize;
-                let mut order: Vec<usize> = (0..l).collect();
-                order.sort_by(|&a, &c| conf[a].partial_cmp(&conf[c]).unwrap());
-                for (rank, &p) in order.iter().enumerate() {
-                    if rank < n_mask && !fixed[bi][p] {
-                        cur[bi][p] = self.cfg.mask_id();
-                    } else {
-                        fixed[bi][p] = true;
-                    }
-                }
+                remask_least_confident(
+                    &mut cur[bi],
+                    &mut fixed[bi],
+                    &conf,
+                    frac,
+                    self.cfg.mask_id(),
+                );
             }
         }
         Ok(cur)
+    }
+}
+
+/// Samples from the softmax of the `top_k` largest logits; returns the token and its
+/// probability under that filtered distribution (the confidence used for re-masking).
+pub fn draw_top_k<R: Rng>(row: &[f32], top_k: usize, rng: &mut R) -> (u32, f32) {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &c| row[c].total_cmp(&row[a]));
+    idx.truncate(top_k.max(1));
+    let mx = row[idx[0]];
+    let ws: Vec<f32> = idx.iter().map(|&i| (row[i] - mx).exp()).collect();
+    let z: f32 = ws.iter().sum();
+    let mut r = rng.gen::<f32>() * z;
+    let mut pick = idx.len() - 1;
+    for (j, w) in ws.iter().enumerate() {
+        if r < *w {
+            pick = j;
+            break;
+        }
+        r -= w;
+    }
+    (idx[pick] as u32, ws[pick] / z)
+}
+
+/// One round of confidence-based decoding: the `frac · len` least confident positions not yet
+/// fixed go back to `mask_id`; every other position is fixed from now on.
+pub fn remask_least_confident(
+    cur: &mut [u32],
+    fixed: &mut [bool],
+    conf: &[f32],
+    frac: f64,
+    mask_id: u32,
+) {
+    let l = cur.len();
+    let n_mask = (frac * l as f64).floor() as usize;
+    let mut order: Vec<usize> = (0..l).collect();
+    order.sort_by(|&a, &c| conf[a].total_cmp(&conf[c]));
+    for (rank, &p) in order.iter().enumerate() {
+        if rank < n_mask && !fixed[p] {
+            cur[p] = mask_id;
+        } else {
+            fixed[p] = true;
+        }
     }
 }
 

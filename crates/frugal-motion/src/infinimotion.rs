@@ -19,7 +19,9 @@
 //! Generation keeps a [`StreamState`] of fixed size (the memory tensor and the last
 //! `ctx_tokens` tokens), so memory is constant and time linear in the number of segments.
 
-use crate::generator::{layer_norm, DecodeOptions, LayerNorm, TransformerLayer};
+use crate::generator::{
+    draw_top_k, layer_norm, remask_least_confident, DecodeOptions, LayerNorm, TransformerLayer,
+};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -430,16 +432,13 @@ impl MemoryModel {
                     cur[bi][p] = tok;
                     conf[p] = c;
                 }
-                let n_mask = (frac * l as f64).floor() as usize;
-                let mut order: Vec<usize> = (0..l).collect();
-                order.sort_by(|&a, &c| conf[a].total_cmp(&conf[c]));
-                for (rank, &p) in order.iter().enumerate() {
-                    if rank < n_mask && !fixed[bi][p] {
-                        cur[bi][p] = self.cfg.mask_id();
-                    } else {
-                        fixed[bi][p] = true;
-                    }
-                }
+                remask_least_confident(
+                    &mut cur[bi],
+                    &mut fixed[bi],
+                    &conf,
+                    frac,
+                    self.cfg.mask_id(),
+                );
             }
         }
         // advance the state from the finished segment
@@ -458,27 +457,6 @@ impl MemoryModel {
         }
         Ok(cur)
     }
-}
-
-/// Samples from the softmax of the `top_k` largest logits; returns the token and its
-/// probability under that filtered distribution (the confidence used for re-masking).
-pub fn draw_top_k<R: Rng>(row: &[f32], top_k: usize, rng: &mut R) -> (u32, f32) {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &c| row[c].total_cmp(&row[a]));
-    idx.truncate(top_k.max(1));
-    let mx = row[idx[0]];
-    let ws: Vec<f32> = idx.iter().map(|&i| (row[i] - mx).exp()).collect();
-    let z: f32 = ws.iter().sum();
-    let mut r = rng.gen::<f32>() * z;
-    let mut pick = idx.len() - 1;
-    for (j, w) in ws.iter().enumerate() {
-        if r < *w {
-            pick = j;
-            break;
-        }
-        r -= w;
-    }
-    (idx[pick] as u32, ws[pick] / z)
 }
 
 #[cfg(test)]

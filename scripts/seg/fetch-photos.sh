@@ -1,20 +1,7 @@
 #!/usr/bin/env bash
-# Exports the photographs the segmentation scenes are made of: ten images bundled with
-# scikit-image, taken from its PyPI wheel (pinned by file name and sha256) with pip, unzipped into
+# Exports the photographs the segmentation scenes are made of (ten scikit-image images) into
 # DEST (default: $HOME/.cache/frugal/seg-photos). The scene generator checks each file's sha256.
 set -euo pipefail
-DEST="${1:-$HOME/.cache/frugal/seg-photos}"
-WHEEL=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
-WHEEL_SHA256=24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
-FILES="brick.png grass.png gravel.png chelsea.png astronaut.png rocket.jpg motorcycle_left.png camera.png hubble_deep_field.jpg coffee.png"
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-  --platform manylinux_2_17_x86_64 scikit-image==0.25.2 -d "$TMP"
-echo "$WHEEL_SHA256  $TMP/$WHEEL" | sha256sum -c -
-mkdir -p "$TMP/out"
-for f in $FILES; do unzip -q -j -o "$TMP/$WHEEL" "skimage/data/$f" -d "$TMP/out"; done
-mkdir -p "$DEST"
-cp "$TMP"/out/* "$DEST"/
-(cd "$DEST" && sha256sum $FILES)
-echo "photos in $DEST"
+exec "$(dirname "$0")/../assets/skimage-images.sh" "${1:-$HOME/.cache/frugal/seg-photos}" \
+  brick.png grass.png gravel.png chelsea.png astronaut.png rocket.jpg motorcycle_left.png \
+  camera.png hubble_deep_field.jpg coffee.png

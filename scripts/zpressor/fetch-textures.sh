@@ -1,20 +1,6 @@
 #!/usr/bin/env bash
-# Exports the photographs the ZPressor toy uses as textures: eight images bundled with
-# scikit-image, taken from its PyPI wheel (pinned by file name and sha256) with pip, unzipped into
+# Exports the photographs the ZPressor toy uses as textures (eight scikit-image images) into
 # DEST (default: $HOME/.cache/frugal/zpressor-textures). The toy checks each file's sha256.
 set -euo pipefail
-DEST="${1:-$HOME/.cache/frugal/zpressor-textures}"
-WHEEL=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
-WHEEL_SHA256=24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
-FILES="astronaut.png coffee.png chelsea.png rocket.jpg brick.png grass.png gravel.png motorcycle_left.png"
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-  --platform manylinux_2_17_x86_64 scikit-image==0.25.2 -d "$TMP"
-echo "$WHEEL_SHA256  $TMP/$WHEEL" | sha256sum -c -
-mkdir -p "$TMP/out"
-for f in $FILES; do unzip -q -j -o "$TMP/$WHEEL" "skimage/data/$f" -d "$TMP/out"; done
-mkdir -p "$DEST"
-cp "$TMP"/out/* "$DEST"/
-(cd "$DEST" && sha256sum $FILES)
-echo "textures in $DEST"
+exec "$(dirname "$0")/../assets/skimage-images.sh" "${1:-$HOME/.cache/frugal/zpressor-textures}" \
+  astronaut.png coffee.png chelsea.png rocket.jpg brick.png grass.png gravel.png motorcycle_left.png

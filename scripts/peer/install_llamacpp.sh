@@ -2,7 +2,7 @@
 # Install llama-cpp-python (the speed peer) into a private venv.
 # Venv path: $PEER_VENV (default <repo>/.venv-peer, gitignored by /.venv*).
 # Idempotent: does nothing if llama_cpp and numpy already import from that venv.
-# Builds llama.cpp from the PyPI sdist (cmake/ninja build-dep wheels), ~9-15 min on 2 cores.
+# Builds llama.cpp from the PyPI sdist (cmake/ninja build-dep wheels), the text library only.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,11 +29,14 @@ if [ ! -x "$PEER_VENV/bin/python" ]; then
     "$PYTHON" -m venv "$PEER_VENV"
 fi
 
-# Only one parallel compile job: the other core is reserved (e.g. for cargo).
-export CMAKE_BUILD_PARALLEL_LEVEL=1
+# Compile jobs: every core by default (PEER_BUILD_JOBS to lower it when the machine is shared).
+export CMAKE_BUILD_PARALLEL_LEVEL="${PEER_BUILD_JOBS:-$(nproc)}"
+# Only the text library is needed: skip the multimodal (mtmd/llava) library, examples and tests,
+# which are most of the compile time.
+export CMAKE_ARGS="${CMAKE_ARGS:-} -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF"
 # Keep the build verbose enough to show progress in logs.
 start=$(date +%s)
-echo "[install_llamacpp] pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION numpy (CMAKE_BUILD_PARALLEL_LEVEL=1) ..."
+echo "[install_llamacpp] pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION numpy (CMAKE_BUILD_PARALLEL_LEVEL=$CMAKE_BUILD_PARALLEL_LEVEL) ..."
 "$PEER_VENV/bin/python" -m pip install --upgrade pip >/dev/null 2>&1 || true
 "$PEER_VENV/bin/python" -m pip install numpy
 "$PEER_VENV/bin/python" -m pip install "${PIP_EXTRA[@]}" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"

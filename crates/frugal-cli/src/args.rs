@@ -33,6 +33,11 @@ pub struct GlobalArgs {
     /// Weight format in memory: `native` keeps GGUF quantisation, `f32` dequantises at load.
     #[arg(long, global = true, value_enum, default_value_t = DtypeArg::Native)]
     pub dtype: DtypeArg,
+    /// What the KV store holds keys and values in: `f16` (half the memory; what llama.cpp
+    /// keeps) or `f32` (exact). A policy with its own row format (KIVI) sets the width of its
+    /// unquantised rows with its own knob (`fp`).
+    #[arg(long, global = true, value_enum, default_value_t = KvDtypeArg::F16, env = "FRUGAL_KV_DTYPE")]
+    pub kv_dtype: KvDtypeArg,
     /// Worker threads for matmuls and attention (default: all cores).
     #[arg(long, short = 't', global = true, env = "FRUGAL_THREADS")]
     pub threads: Option<usize>,
@@ -48,6 +53,12 @@ pub struct GlobalArgs {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum DtypeArg {
     Native,
+    F32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KvDtypeArg {
+    F16,
     F32,
 }
 

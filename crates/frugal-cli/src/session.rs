@@ -1,8 +1,9 @@
 //! What every command shares: the worker threads, the model, the corpus, Ctrl-C, progress bars
 //! and the provenance written into every report (version, commit, machine, date).
 
-use crate::args::{DtypeArg, GlobalArgs};
+use crate::args::{DtypeArg, GlobalArgs, KvDtypeArg};
 use anyhow::{bail, Context, Result};
+use frugal_engine::cache::KvDtype;
 use frugal_engine::fetch::{ensure_alias, ensure_model, DEFAULT_MODEL};
 use frugal_engine::model::device_model::open_device;
 use frugal_engine::model::llama::WeightFormat;
@@ -52,7 +53,11 @@ impl Session {
             DtypeArg::Native => WeightFormat::Native,
             DtypeArg::F32 => WeightFormat::F32,
         };
-        let lm = model::load(&path, format)?;
+        let mut lm = model::load(&path, format)?;
+        lm.model.set_kv_dtype(match self.global.kv_dtype {
+            KvDtypeArg::F16 => KvDtype::F16,
+            KvDtypeArg::F32 => KvDtype::F32,
+        });
         if !self.on_device() {
             return Ok(lm);
         }

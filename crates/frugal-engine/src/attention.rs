@@ -10,6 +10,7 @@ use frugal_numerics::attention::{causal_attention, AttentionShape, KeyMask, KvSl
 use frugal_numerics::block_sparse::Fp8Opts;
 use frugal_numerics::fps_attention::{fps_attention, CausalBlockWindow};
 use frugal_numerics::sparse_attention::{sparse_attention, SparsePlan};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -155,6 +156,7 @@ pub fn attention_step(
     let out = {
         let cache: &dyn CachePolicy = cache;
         let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads)
+            .into_par_iter()
             .map(|g| cache.view(ctx.layer, g))
             .collect();
         run_step(ctx, q, positions, shape, &views, policy)

@@ -29,6 +29,7 @@ pub fn tiny_config(vocab_size: usize) -> LlamaConfig {
         rms_eps: 1e-5f32 as f64, // as stored in GGUF (f32)
         context_length: 512,
         rope_pairing: RopePairing::Interleaved,
+        kv_dtype: crate::cache::KvDtype::default(),
     }
 }
 

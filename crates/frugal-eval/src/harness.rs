@@ -464,8 +464,12 @@ fn summarise(
         }
     };
     let cfg = lm.model.config();
-    let f16_bytes =
-        |tokens: usize| (tokens * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2 * 2) as f64;
+    // The reference is the full store at f16, counted as the store counts itself: keys and
+    // values at 2 bytes each plus one u32 position per token per head, so `full` at the
+    // default f16 reads exactly 1.0 and an f32 store about 0.5.
+    let f16_bytes = |tokens: usize| {
+        (tokens * cfg.n_layers * cfg.n_kv_heads * (cfg.head_dim * 2 * 2 + 4)) as f64
+    };
     let kv_end_total: usize = outcomes.iter().map(|o| o.kv_end).sum();
     let f16_total: f64 = outcomes.iter().map(|o| f16_bytes(o.context_tokens)).sum();
     let sum = |f: fn(&Outcome) -> f64| outcomes.iter().map(f).sum::<f64>();

@@ -45,6 +45,58 @@ pub struct SpeedReport {
     /// Peak bytes in use on the device over the whole bench (the default memory pool's
     /// high-water mark: weights, KV store, activations); `None` on the CPU.
     pub peak_device_bytes: Option<u64>,
+    /// The KV store's dtype (`F16` or `F32`).
+    pub kv_dtype: String,
+    /// Weight bytes one decode step reads (GGUF models; see
+    /// `GgufFile::bytes_read_per_token`), `None` for safetensors directories.
+    pub decode_weight_bytes: Option<u64>,
+    /// Bytes one decode step reads at the decode run's mean depth: the weights plus the KV
+    /// rows attention reads (the store's bytes at `decode_depth + decode_tokens / 2`).
+    pub decode_bytes_per_token: Option<u64>,
+}
+
+/// This machine's read bandwidth: `threads` threads summing disjoint parts of a buffer far
+/// larger than any cache, best of `runs`. A plain streaming read, the access pattern of a
+/// decode step's weight reads, so decode speed can be stated as a fraction of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReadBandwidth {
+    pub threads: usize,
+    pub buffer_bytes: u64,
+    pub runs_gb_s: Vec<f64>,
+    pub best_gb_s: f64,
+}
+
+/// Measures [`ReadBandwidth`] over a `buffer_bytes` buffer on the current rayon pool. Run it
+/// after reading peak RSS: the buffer is resident while it runs.
+pub fn read_bandwidth(threads: usize, buffer_bytes: usize, runs: usize) -> ReadBandwidth {
+    use rayon::prelude::*;
+    let words = buffer_bytes / 8;
+    // Distinct values, written once so every page is resident before timing.
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads.max(1) * 4).max(1);
+    let mut runs_gb_s = Vec::new();
+    let mut checksum = 0u64;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let s: u64 = buf
+            .par_chunks(chunk)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
+        let secs = t.elapsed().as_secs_f64();
+        checksum = checksum.wrapping_add(s);
+        runs_gb_s.push(words as f64 * 8.0 / secs / 1e9);
+    }
+    // The sum is checked so the reads cannot be optimised away.
+    let n = words as u64;
+    let expect = (n.wrapping_mul(n.wrapping_sub(1)) / 2).wrapping_mul(runs.max(1) as u64);
+    assert_eq!(checksum, expect, "bandwidth buffer sum");
+    let best_gb_s = runs_gb_s.iter().copied().fold(0.0, f64::max);
+    ReadBandwidth {
+        threads,
+        buffer_bytes: (words * 8) as u64,
+        runs_gb_s,
+        best_gb_s,
+    }
 }
 
 /// The synthetic prompt shared with the llama.cpp peer script.
@@ -108,6 +160,17 @@ pub fn run_speed_bench(
         next = argmax(&lm.model.last_logits(&[next], &mut seq)?);
     }
     let decode_tok_s = cfg.decode_tokens as f64 / t.elapsed().as_secs_f64();
+    let decode_weight_bytes = lm
+        .path
+        .extension()
+        .is_some_and(|e| e == "gguf")
+        .then(|| frugal_engine::model::gguf::GgufFile::open(&lm.path))
+        .transpose()?
+        .map(|g| g.bytes_read_per_token());
+    // The store grows linearly over the run: its bytes at the mean depth.
+    let kv_end = seq.kv_resident_bytes() as u64;
+    let kv_mean = kv_end * (2 * cfg.decode_depth + cfg.decode_tokens) as u64
+        / (2 * (cfg.decode_depth + cfg.decode_tokens)).max(1) as u64;
     Ok(SpeedReport {
         engine: "frugal".into(),
         policy: policy.to_string(),
@@ -126,6 +189,9 @@ pub fn run_speed_bench(
         peak_device_bytes: device
             .as_ref()
             .and_then(frugal_engine::model::device_model::peak_device_memory),
+        kv_dtype: format!("{:?}", layout.dtype),
+        decode_weight_bytes,
+        decode_bytes_per_token: decode_weight_bytes.map(|w| w + kv_mean),
     })
 }
 

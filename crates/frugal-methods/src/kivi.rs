@@ -429,6 +429,7 @@ impl CachePolicy for KiviCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use frugal_engine::cache::KvDtype;
 
     #[test]
     fn a_fork_holds_the_same_bytes_and_continues_like_the_original() {
@@ -436,6 +437,7 @@ mod tests {
             n_layers: 2,
             n_kv_heads: 2,
             head_dim: 8,
+            dtype: KvDtype::default(),
         };
         let fmt = RowFormat {
             bits: 4,

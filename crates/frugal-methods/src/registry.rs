@@ -12,7 +12,7 @@ use crate::policy::{Build, Component, PolicyConfig, PolicyEntry};
 use crate::spec::{PartSpec, PolicySpec, SpecError};
 use crate::POLICIES;
 use frugal_engine::attention::{AttentionPolicy, Dense};
-use frugal_engine::cache::{CachePolicy, FullCache, KvLayout};
+use frugal_engine::cache::{CachePolicy, FullCache, KvDtype, KvLayout};
 use frugal_engine::sequence::Sequence;
 
 crate::policy_config! {
@@ -58,6 +58,7 @@ pub fn validate(spec: &PolicySpec) -> Result<(), SpecError> {
             n_layers: 1,
             n_kv_heads: 1,
             head_dim: 2,
+            dtype: KvDtype::default(),
         },
     )
     .map(|_| ())

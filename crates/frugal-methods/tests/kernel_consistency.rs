@@ -9,7 +9,7 @@
 //! hole-free cases run (prefill, chunked prefill, decode × shapes × GQA ratios).
 
 use frugal_engine::attention::{attention_step, Dense, StepContext};
-use frugal_engine::cache::KvLayout;
+use frugal_engine::cache::{KvDtype, KvLayout};
 use frugal_engine::sequence::Sequence;
 use frugal_methods::build;
 use frugal_numerics::consistency::{
@@ -65,6 +65,7 @@ impl CachePath {
             n_layers: 2,
             n_kv_heads: c.shape.n_kv_heads,
             head_dim: c.shape.head_dim,
+            dtype: KvDtype::default(),
         };
         let mut seq = build(&self.spec.parse().unwrap(), layout).unwrap();
         let (past, n) = (c.spec.past, c.spec.past + c.spec.t);

@@ -137,6 +137,7 @@ mod tests {
             n_layers: 1,
             n_kv_heads: 1,
             head_dim: 2,
+            dtype: KvDtype::default(),
         };
         let mut c = FullCache::with_dtype(layout, KvDtype::F32);
         for p in 0..tokens as u32 {

@@ -6,7 +6,7 @@ use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use frugal_eval::attention_bench::{self, AttentionBenchConfig};
-use frugal_eval::speed::{run_speed_bench, SpeedConfig};
+use frugal_eval::speed::{read_bandwidth, run_speed_bench, SpeedConfig};
 use frugal_methods::PolicySpec;
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Bytes of the buffer the read-bandwidth measurement streams through (after the policies'
+    /// runs, so peak RSS is not affected); 0 skips it.
+    #[arg(long, default_value_t = 1 << 30)]
+    bandwidth_bytes: usize,
 }
 
 pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
@@ -99,12 +103,48 @@ pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
         if let Some(b) = report.peak_device_bytes {
             println!("peak device memory : {:8.1} MiB", b as f64 / 1048576.0);
         }
+        if let Some(b) = report.decode_bytes_per_token {
+            println!(
+                "decode reads       : {:8.1} MiB/token",
+                b as f64 / 1048576.0
+            );
+        }
         reports.push(report);
     }
+    let bandwidth = (args.bandwidth_bytes > 0 && !session.on_device()).then(|| {
+        eprintln!(
+            "bench: read bandwidth over {} MiB",
+            args.bandwidth_bytes >> 20
+        );
+        read_bandwidth(session.threads, args.bandwidth_bytes, 5)
+    });
+    if let Some(bw) = &bandwidth {
+        println!(
+            "read bandwidth     : {:8.2} GB/s ({} threads, best of {})",
+            bw.best_gb_s,
+            bw.threads,
+            bw.runs_gb_s.len()
+        );
+        for r in &reports {
+            if let Some(b) = r.decode_bytes_per_token {
+                let used = b as f64 * r.decode_tok_s / 1e9;
+                println!(
+                    "decode ({})  : {used:.2} GB/s = {:.0} % of read bandwidth",
+                    r.policy,
+                    100.0 * used / bw.best_gb_s
+                );
+            }
+        }
+    }
     if let Some(path) = &args.json {
-        // One policy: the report object itself (the peer scripts read it); several: a list.
+        // One policy: the report object itself, with the bandwidth beside it (the peer scripts
+        // read it); several: a list.
         let json = match reports.as_slice() {
-            [one] => serde_json::to_string_pretty(one)?,
+            [one] => {
+                let mut v = serde_json::to_value(one)?;
+                v["read_bandwidth"] = serde_json::to_value(&bandwidth)?;
+                serde_json::to_string_pretty(&v)?
+            }
             many => serde_json::to_string_pretty(many)?,
         };
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;

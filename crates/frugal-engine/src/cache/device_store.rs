@@ -190,6 +190,7 @@ fn rows(buf: &Option<Tensor>, start: usize, end: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::KvDtype;
 
     #[test]
     fn rows_land_per_head_and_survive_growth() {
@@ -197,6 +198,7 @@ mod tests {
             n_layers: 2,
             n_kv_heads: 2,
             head_dim: 3,
+            dtype: KvDtype::default(),
         };
         let dev = Device::Cpu;
         let mut store = DeviceKvStore::new(layout, dev.clone());

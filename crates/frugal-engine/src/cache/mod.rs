@@ -120,28 +120,27 @@ impl PositionRuns {
     }
 }
 
-/// Dimensions of a model's KV cache.
+/// Dimensions of a model's KV cache, and the dtype its stores hold keys and values in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
     pub n_layers: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// What every store built from this layout holds (a policy with its own row format, e.g.
+    /// KIVI, sets the width of its unquantised rows with its own knob).
+    pub dtype: KvDtype,
 }
 
 /// How the KV store holds keys and values.
 ///
-/// `F16` holds half the memory of f32 and is what llama.cpp keeps by default. Each
-/// stored value is rounded to 11 significant bits (relative error ≤ 2⁻¹¹); attention reads
-/// them back as f32, so scores and sums stay in f32. `F32` keeps them exact.
-///
-/// The default is `F32` for now: the methods' stores (KIVI's full-precision rows, MiniCache's
-/// retained rows, the eviction policies) still compare against an f32 full store, so an f16
-/// default would change what `compression_vs_f16` and the keep-everything checks mean before
-/// they are adapted; [`FullCache::with_dtype`] stores f16 today (no CLI flag yet).
+/// `F16`, the default, holds half the memory of f32 and is what llama.cpp keeps by default.
+/// Each stored value is rounded to 11 significant bits (relative error ≤ 2⁻¹¹); attention
+/// reads them back as f32, so scores and sums stay in f32. `F32` keeps them exact (`--kv-dtype
+/// f32`), for golden comparisons and for measuring what the rounding costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KvDtype {
-    F16,
     #[default]
+    F16,
     F32,
 }
 
@@ -236,11 +235,7 @@ impl Rows {
     fn as_f32(&self) -> Cow<'_, [f32]> {
         match self {
             Rows::F32(v) => Cow::Borrowed(v),
-            Rows::F16(v) => {
-                let mut out = vec![0f32; v.len()];
-                v.convert_to_f32_slice(&mut out);
-                Cow::Owned(out)
-            }
+            Rows::F16(v) => Cow::Owned(frugal_numerics::half_rows::f16_to_f32_vec(v)),
         }
     }
 }
@@ -254,7 +249,7 @@ pub struct HeadStore {
 }
 
 impl Default for HeadStore {
-    /// An empty store of the default dtype ([`KvDtype::F32`]).
+    /// An empty store of the default dtype ([`KvDtype::F16`]).
     fn default() -> Self {
         HeadStore::new(KvDtype::default())
     }
@@ -368,16 +363,17 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    /// An empty store holding the default dtype ([`KvDtype::F32`]).
+    /// An empty store holding the layout's dtype.
     pub fn new(layout: KvLayout) -> Self {
-        KvStore::with_dtype(layout, KvDtype::default())
-    }
-
-    pub fn with_dtype(layout: KvLayout, dtype: KvDtype) -> Self {
         KvStore {
             layout,
-            heads: vec![HeadStore::new(dtype); layout.n_layers * layout.n_kv_heads],
+            heads: vec![HeadStore::new(layout.dtype); layout.n_layers * layout.n_kv_heads],
         }
+    }
+
+    /// An empty store holding `dtype` whatever the layout says.
+    pub fn with_dtype(layout: KvLayout, dtype: KvDtype) -> Self {
+        KvStore::new(KvLayout { dtype, ..layout })
     }
 
     pub fn layout(&self) -> KvLayout {
@@ -433,8 +429,10 @@ impl KvStore {
     }
 }
 
-/// How a layer's K/V are kept, and what attention reads back.
-pub trait CachePolicy: Send {
+/// How a layer's K/V are kept, and what attention reads back. `Sync` so that a step's views
+/// (one per KV head; an f16 or quantised store decodes its rows into them) are built in
+/// parallel.
+pub trait CachePolicy: Send + Sync {
     /// The policy spec, e.g. `full`.
     fn name(&self) -> String;
     /// Receives a layer's new K/V (token-major `[T, n_kv_heads, head_dim]`, RoPE applied).
@@ -477,9 +475,11 @@ pub struct FullCache {
 }
 
 impl FullCache {
-    /// The full store at the default dtype ([`KvDtype::F32`]).
+    /// The full store at the layout's dtype.
     pub fn new(layout: KvLayout) -> Self {
-        FullCache::with_dtype(layout, KvDtype::default())
+        FullCache {
+            store: KvStore::new(layout),
+        }
     }
 
     /// The full store at `dtype` (`F32` keeps keys and values exact).
@@ -550,6 +550,7 @@ mod tests {
             n_layers: 2,
             n_kv_heads: 2,
             head_dim: 3,
+            dtype: KvDtype::default(),
         };
         let mut store = KvStore::with_dtype(layout, KvDtype::F32);
         // Two tokens; value = 100*token + 10*head + dim.
@@ -583,6 +584,7 @@ mod tests {
             n_layers: 1,
             n_kv_heads: 1,
             head_dim: 4,
+            dtype: KvDtype::default(),
         };
         let mut full = FullCache::with_dtype(layout, KvDtype::F16);
         let k = [1.0f32, -2.5, 0.1, 1000.3];

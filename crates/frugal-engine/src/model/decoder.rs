@@ -210,6 +210,11 @@ impl Decoder {
         &self.cfg
     }
 
+    /// Sets the dtype of the KV stores built from [`LlamaConfig::kv_layout`].
+    pub fn set_kv_dtype(&mut self, dtype: crate::cache::KvDtype) {
+        self.cfg.kv_dtype = dtype;
+    }
+
     pub fn arch(&self) -> &ArchFlags {
         &self.arch
     }

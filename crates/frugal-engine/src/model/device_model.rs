@@ -280,6 +280,11 @@ impl DeviceModel {
         &self.cfg
     }
 
+    /// Sets the dtype of the KV stores built from [`LlamaConfig::kv_layout`].
+    pub fn set_kv_dtype(&mut self, dtype: crate::cache::KvDtype) {
+        self.cfg.kv_dtype = dtype;
+    }
+
     pub fn arch(&self) -> &ArchFlags {
         &self.arch
     }

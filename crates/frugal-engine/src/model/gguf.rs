@@ -167,6 +167,7 @@ impl GgufFile {
                 "llama" => RopePairing::Interleaved,
                 _ => RopePairing::Half,
             },
+            kv_dtype: crate::cache::KvDtype::default(),
         })
     }
 
@@ -176,6 +177,22 @@ impl GgufFile {
             .metadata
             .get("general.file_type")
             .and_then(|v| v.to_u32().ok())
+    }
+
+    /// Weight bytes one decode step reads: every tensor once, except the token embedding
+    /// table when the model has its own output matrix (a step then reads one embedding row,
+    /// not the table). The figure decode speed is set against memory bandwidth with.
+    pub fn bytes_read_per_token(&self) -> u64 {
+        let infos = &self.content.tensor_infos;
+        let untied = infos.contains_key("output.weight");
+        infos
+            .iter()
+            .filter(|(name, _)| !(untied && name.as_str() == "token_embd.weight"))
+            .map(|(_, info)| {
+                let blocks = info.shape.elem_count() / info.ggml_dtype.block_size();
+                (blocks * info.ggml_dtype.type_size()) as u64
+            })
+            .sum()
     }
 }
 

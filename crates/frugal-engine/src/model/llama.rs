@@ -7,7 +7,7 @@
 //! are dequantised to f32 once at load ([`WeightFormat::F32`]).
 
 use super::batch::{check_items, stacked_ids, BatchItem, BatchRows};
-use crate::cache::KvLayout;
+use crate::cache::{KvDtype, KvLayout};
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -29,6 +29,9 @@ pub struct LlamaConfig {
     pub rms_eps: f64,
     pub context_length: usize,
     pub rope_pairing: RopePairing,
+    /// What the KV stores hold (a run-time choice, not read from the weights file; f16 by
+    /// default, `--kv-dtype f32` for exact keys and values).
+    pub kv_dtype: KvDtype,
 }
 
 impl LlamaConfig {
@@ -37,6 +40,7 @@ impl LlamaConfig {
             n_layers: self.n_layers,
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
+            dtype: self.kv_dtype,
         }
     }
 
@@ -114,6 +118,23 @@ impl Linear {
             w => few_rows_product(w, x),
         }
     }
+
+    /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for projections of one input (a layer's Q, K and V; its gate
+    /// and up). A one-row call on our kernel quantises the input once and runs every weight in
+    /// one parallel loop (decode starts a fork-join per call: seven a layer become four);
+    /// anything else runs each projection as [`Linear::forward`].
+    pub(crate) fn forward_many(
+        ls: &[&Linear],
+        x: &Tensor,
+        dequant_rows: usize,
+    ) -> Result<Vec<Tensor>> {
+        if x.dim(0)? == 1 && dequant_rows > 1 {
+            if let Some(ys) = fused_matvec(ls, x)? {
+                return Ok(ys);
+            }
+        }
+        ls.iter().map(|l| l.forward(x, dequant_rows)).collect()
+    }
 }
 
 /// The LM head's product: our kernel for few rows (decode), candle's quantised matmul for
@@ -156,18 +177,9 @@ pub fn decode_kernel() -> DecodeKernel {
 /// [`decode_kernel`] picks it for the weight's format and the weight lives on the CPU, else
 /// candle's.
 pub(crate) fn few_rows_product(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
-    use candle_core::quantized::GgmlDType;
     if let QMatMul::QTensor(q) = w {
-        let ours = match decode_kernel() {
-            DecodeKernel::Ours => true,
-            DecodeKernel::Candle => false,
-            DecodeKernel::Auto => matches!(
-                q.dtype(),
-                GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0
-            ),
-        };
-        if ours {
-            if let Some(y) = quant_matvec_product(q, x)? {
+        if let Some(format) = ours_format(q) {
+            if let Some(y) = quant_matvec_product(q, format, x)? {
                 return Ok(y);
             }
         }
@@ -175,36 +187,115 @@ pub(crate) fn few_rows_product(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     Ok(w.forward(x)?)
 }
 
-/// Our kernel's product, or `None` when it does not apply (format, device, shape).
-fn quant_matvec_product(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// The format our kernel reads `q` as, where [`decode_kernel`] gives it to our kernel and it
+/// lives on the CPU; `None` leaves it to candle.
+fn ours_format(q: &QTensor) -> Option<frugal_numerics::quant_matvec::QuantFormat> {
     use candle_core::quantized::GgmlDType;
-    use frugal_numerics::quant_matvec::{matmul, Q8Activations, QuantFormat, QuantMatrix};
-    let format = match q.dtype() {
-        GgmlDType::Q4_0 => QuantFormat::Q4_0,
-        GgmlDType::Q4_1 => QuantFormat::Q4_1,
-        GgmlDType::Q8_0 => QuantFormat::Q8_0,
-        GgmlDType::Q4K => QuantFormat::Q4K,
-        GgmlDType::Q6K => QuantFormat::Q6K,
-        _ => return Ok(None),
+    use frugal_numerics::quant_matvec::QuantFormat;
+    let ours = match decode_kernel() {
+        DecodeKernel::Ours => true,
+        DecodeKernel::Candle => false,
+        DecodeKernel::Auto => matches!(
+            q.dtype(),
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0
+        ),
     };
-    if !x.device().is_cpu() || !q.device().is_cpu() || x.rank() != 2 {
+    if !ours || !q.device().is_cpu() {
+        return None;
+    }
+    match q.dtype() {
+        GgmlDType::Q4_0 => Some(QuantFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(QuantFormat::Q4_1),
+        GgmlDType::Q8_0 => Some(QuantFormat::Q8_0),
+        GgmlDType::Q4K => Some(QuantFormat::Q4K),
+        GgmlDType::Q6K => Some(QuantFormat::Q6K),
+        _ => None,
+    }
+}
+
+fn kernel_error(e: frugal_numerics::quant_matvec::QuantMatvecError) -> EngineError {
+    EngineError::Internal(format!("quantised product: {e}"))
+}
+
+/// The rows of a CPU f32 input `[m, k]`, or `None` for another device or rank.
+fn host_rows(x: &Tensor) -> Result<Option<(usize, usize, Vec<f32>)>> {
+    if !x.device().is_cpu() || x.rank() != 2 {
         return Ok(None);
     }
-    let (rows, cols) = q.shape().dims2()?;
     let (m, k) = x.dims2()?;
+    Ok(Some((
+        m,
+        k,
+        x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+    )))
+}
+
+/// Our kernel's product, or `None` when it does not apply (device, shape).
+fn quant_matvec_product(
+    q: &QTensor,
+    format: frugal_numerics::quant_matvec::QuantFormat,
+    x: &Tensor,
+) -> Result<Option<Tensor>> {
+    use frugal_numerics::quant_matvec::{matmul, Q8Activations, QuantMatrix};
+    let (rows, cols) = q.shape().dims2()?;
+    let Some((m, k, xs)) = host_rows(x)? else {
+        return Ok(None);
+    };
     if k != cols {
         return Ok(None);
     }
     let data = q.data()?;
-    let internal = |e: frugal_numerics::quant_matvec::QuantMatvecError| {
-        EngineError::Internal(format!("quantised product: {e}"))
-    };
-    let w = QuantMatrix::new(format, rows, cols, &data).map_err(internal)?;
-    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let xq = Q8Activations::quantize(&xs, k).map_err(internal)?;
+    let w = QuantMatrix::new(format, rows, cols, &data).map_err(kernel_error)?;
+    let xq = Q8Activations::quantize(&xs, k).map_err(kernel_error)?;
     let mut out = vec![0f32; m * rows];
     matmul(&w, &xq, &mut out);
     Ok(Some(Tensor::from_vec(out, (m, rows), &Device::Cpu)?))
+}
+
+/// Several projections of one input row in one parallel loop (see
+/// [`frugal_numerics::quant_matvec::matvec_many`]), or `None` when any weight is not on our
+/// kernel or the input is not one host row.
+fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    use frugal_numerics::quant_matvec::{matvec_many, Q8Activations, QuantMatrix};
+    let mut weights = Vec::with_capacity(ls.len());
+    for l in ls {
+        let QMatMul::QTensor(q) = &l.0 else {
+            return Ok(None);
+        };
+        let Some(format) = ours_format(q) else {
+            return Ok(None);
+        };
+        weights.push((q, format));
+    }
+    let Some((1, k, xs)) = host_rows(x)? else {
+        return Ok(None);
+    };
+    let data = weights
+        .iter()
+        .map(|(q, _)| q.data())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut ws = Vec::with_capacity(ls.len());
+    for ((q, format), bytes) in weights.iter().zip(&data) {
+        let (rows, cols) = q.shape().dims2()?;
+        if cols != k {
+            return Ok(None);
+        }
+        ws.push(QuantMatrix::new(*format, rows, cols, bytes).map_err(kernel_error)?);
+    }
+    let xq = Q8Activations::quantize(&xs, k).map_err(kernel_error)?;
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows()]).collect();
+    matvec_many(
+        &ws,
+        &xq,
+        outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
+    );
+    outs.into_iter()
+        .map(|o| {
+            let n = o.len();
+            Ok(Tensor::from_vec(o, (1, n), &Device::Cpu)?)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 pub(super) struct Block {
@@ -333,6 +424,11 @@ impl Llama {
         &self.cfg
     }
 
+    /// Sets the dtype of the KV stores built from [`LlamaConfig::kv_layout`].
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.cfg.kv_dtype = dtype;
+    }
+
     /// Runs `tokens` through the model after the `seq.len()` tokens already in `seq`, storing
     /// their K/V through the sequence's cache policy. Returns logits `[rows, vocab]`.
     pub fn forward(&self, tokens: &[u32], seq: &mut Sequence, rows: LogitRows) -> Result<Tensor> {
@@ -377,18 +473,9 @@ impl Llama {
             let positions = book.positions();
             let n = positions.len();
             let h = rms_norm(&xs, &b.attn_norm, self.cfg.rms_eps)?;
-            let mut q =
-                b.wq.forward(&h, self.dequant_rows)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-            let mut k =
-                b.wk.forward(&h, self.dequant_rows)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-            let v =
-                b.wv.forward(&h, self.dequant_rows)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
+            let qkv = Linear::forward_many(&[&b.wq, &b.wk, &b.wv], &h, self.dequant_rows)?;
+            let [q, k, v] = [0, 1, 2].map(|i| qkv[i].flatten_all()?.to_vec1::<f32>());
+            let (mut q, mut k, v) = (q?, k?, v?);
             self.rope.apply(&mut q, &positions, self.cfg.n_heads);
             self.rope.apply(&mut k, &positions, self.cfg.n_kv_heads);
             let attn = book.attend(items, layer, n_layers, None, &q, &k, &v, shape);
@@ -396,8 +483,8 @@ impl Llama {
             let xs = (xs + b.wo.forward(&attn, self.dequant_rows)?)?;
 
             let h = rms_norm(&xs, &b.ffn_norm, self.cfg.rms_eps)?;
-            let gate = b.w_gate.forward(&h, self.dequant_rows)?.silu()?;
-            let up = b.w_up.forward(&h, self.dequant_rows)?;
+            let gate_up = Linear::forward_many(&[&b.w_gate, &b.w_up], &h, self.dequant_rows)?;
+            let (gate, up) = (gate_up[0].silu()?, &gate_up[1]);
             x = Some((xs + b.w_down.forward(&(gate * up)?, self.dequant_rows)?)?);
         }
         let out = book.finish(x, items, self.cfg.d_model)?;

@@ -48,6 +48,16 @@ impl Model {
         }
     }
 
+    /// Sets what the KV stores built from [`LlamaConfig::kv_layout`] hold (the device path
+    /// keeps its own store and ignores it).
+    pub fn set_kv_dtype(&mut self, dtype: crate::cache::KvDtype) {
+        match self {
+            Model::Llama(m) => m.set_kv_dtype(dtype),
+            Model::Decoder(m) => m.set_kv_dtype(dtype),
+            Model::Device(m) => m.set_kv_dtype(dtype),
+        }
+    }
+
     /// Moves the weights onto `device`; a CPU device keeps the host path (the reference), so
     /// `--device cpu` changes nothing.
     pub fn to_device(self, device: &candle_core::Device) -> Result<Model> {
@@ -134,8 +144,8 @@ impl Model {
         rows: LogitRows,
     ) -> crate::Result<Tensor> {
         match self {
-            Model::Llama(m) => m.forward(tokens, seq, rows),
-            Model::Decoder(m) => m.forward(tokens, seq, rows),
+            Model::Llama(m) => on_worker(|| m.forward(tokens, seq, rows)),
+            Model::Decoder(m) => on_worker(|| m.forward(tokens, seq, rows)),
             Model::Device(m) => {
                 let hidden = m.forward_hidden(tokens, seq, rows)?;
                 Ok(m.logits(&hidden)?.to_device(&candle_core::Device::Cpu)?)
@@ -151,8 +161,8 @@ impl Model {
         rows: LogitRows,
     ) -> crate::Result<Tensor> {
         match self {
-            Model::Llama(m) => m.forward_hidden(tokens, seq, rows),
-            Model::Decoder(m) => m.forward_hidden(tokens, seq, rows),
+            Model::Llama(m) => on_worker(|| m.forward_hidden(tokens, seq, rows)),
+            Model::Decoder(m) => on_worker(|| m.forward_hidden(tokens, seq, rows)),
             Model::Device(m) => Ok(m
                 .forward_hidden(tokens, seq, rows)?
                 .to_device(&candle_core::Device::Cpu)?),
@@ -164,8 +174,8 @@ impl Model {
     /// item's output rows.
     pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> crate::Result<Vec<Tensor>> {
         let hidden = match self {
-            Model::Llama(m) => m.forward_batch_hidden(items)?,
-            Model::Decoder(m) => m.forward_batch_hidden(items)?,
+            Model::Llama(m) => on_worker(|| m.forward_batch_hidden(items))?,
+            Model::Decoder(m) => on_worker(|| m.forward_batch_hidden(items))?,
             Model::Device(_) => {
                 return Err(crate::EngineError::DeviceUnsupported {
                     device: "cuda".into(),
@@ -181,11 +191,20 @@ impl Model {
     /// See [`Llama::logits`].
     pub fn logits(&self, hidden: &Tensor) -> crate::Result<Tensor> {
         match self {
-            Model::Llama(m) => m.logits(hidden),
-            Model::Decoder(m) => m.logits(hidden),
+            Model::Llama(m) => on_worker(|| m.logits(hidden)),
+            Model::Decoder(m) => on_worker(|| m.logits(hidden)),
             Model::Device(m) => Ok(m.logits(hidden)?.to_device(&candle_core::Device::Cpu)?),
         }
     }
+}
+
+/// Runs a host forward pass on a worker of the global rayon pool (at once when the caller is
+/// one). A decode step starts hundreds of short parallel loops (the projections, attention
+/// over heads); started from a thread outside the pool, each is a hand-off (wake a worker,
+/// sleep on a latch, be woken), while on a worker each is a fork-join the caller takes part
+/// in, and the only hand-off is this one per call.
+fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 impl From<Llama> for Model {

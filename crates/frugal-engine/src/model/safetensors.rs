@@ -137,6 +137,7 @@ impl SafetensorsDir {
             context_length: hf.max_position_embeddings,
             // Hugging Face checkpoints rotate the two halves of each head together.
             rope_pairing: RopePairing::Half,
+            kv_dtype: crate::cache::KvDtype::default(),
         };
         Ok(SafetensorsDir {
             dir: dir.to_path_buf(),

@@ -5,7 +5,7 @@
 use super::store::OmniFindings;
 use super::{Budget, Config, SlimBudget, TokenSlim, BLOCK};
 use frugal_engine::attention::{AttentionPlan, AttentionPolicy, Findings, StepContext};
-use frugal_engine::cache::KvLayout;
+use frugal_engine::cache::{KvDtype, KvLayout};
 use frugal_engine::structure::TokenKind;
 use frugal_numerics::attention::{AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::key_selection::{
@@ -314,6 +314,7 @@ impl AttentionPolicy for OmniAttention {
             n_layers: self.layers.len(),
             n_kv_heads: self.n_kv_heads,
             head_dim: 0,
+            dtype: KvDtype::default(),
         };
         *self = OmniAttention::new(self.name.clone(), self.cfg.clone(), layout);
     }

@@ -9,6 +9,7 @@ use crate::structure::TokenStructure;
 use frugal_numerics::attention::{causal_attention, AttentionShape, KeyMask, KvSlices};
 use frugal_numerics::block_sparse::Fp8Opts;
 use frugal_numerics::fps_attention::{fps_attention, CausalBlockWindow};
+use frugal_numerics::half_attention::{causal_attention_half, HalfKv};
 use frugal_numerics::sparse_attention::{sparse_attention, SparsePlan};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -61,6 +62,11 @@ pub trait AttentionPolicy: Send + Sync {
     fn take_findings(&mut self) -> Option<Findings> {
         None
     }
+    /// Whether this policy computes every causal path with no planning of its own (only
+    /// [`Dense`]): the step may then run the dense kernel straight on an f16 store's rows.
+    fn is_dense(&self) -> bool {
+        false
+    }
     /// Forgets what it gathered (a new sequence starts).
     fn reset(&mut self) {}
     /// Statistics the policy gathered so far (e.g. OmniSparse's budgets and kept fractions),
@@ -89,6 +95,9 @@ impl AttentionPolicy for Dense {
     }
     fn mask<'a>(&'a self, _ctx: &StepContext<'a>) -> Option<Box<dyn KeyMask + 'a>> {
         None
+    }
+    fn is_dense(&self) -> bool {
+        true
     }
 }
 
@@ -153,6 +162,9 @@ pub fn attention_step(
     cache: &mut dyn CachePolicy,
     policy: &mut dyn AttentionPolicy,
 ) -> Vec<f32> {
+    if let Some(out) = dense_on_half_rows(ctx, q, positions, shape, cache, policy) {
+        return out;
+    }
     let out = {
         let cache: &dyn CachePolicy = cache;
         let views: Vec<HeadView<'_>> = (0..shape.n_kv_heads)
@@ -165,6 +177,50 @@ pub fn attention_step(
         cache.observe(ctx.layer, findings);
     }
     out
+}
+
+/// Query rows up to which a dense step over an f16 store reads the rows in place (decode
+/// steps, short chunks); longer calls decode the rows once for the blocked kernel, whose GEMMs
+/// reuse each row across many queries (ours, a threshold where both cost about the same).
+pub const HALF_ROWS_MAX_QUERIES: usize = 16;
+
+/// The dense step on the store's own f16 rows, when the policy is [`Dense`], every head
+/// holds f16 rows and the call is short; on a sliding-window layer only a single query
+/// (its window is one cut of the keys). `None` leaves the step to the general path.
+fn dense_on_half_rows(
+    ctx: &StepContext<'_>,
+    q: &[f32],
+    positions: &[u32],
+    shape: AttentionShape,
+    cache: &dyn CachePolicy,
+    policy: &dyn AttentionPolicy,
+) -> Option<Vec<f32>> {
+    if !policy.is_dense() || positions.is_empty() || positions.len() > HALF_ROWS_MAX_QUERIES {
+        return None;
+    }
+    let first_visible = match ctx.window {
+        None => 0,
+        Some(w) if positions.len() == 1 => (positions[0] + 1).saturating_sub(w as u32),
+        Some(_) => return None,
+    };
+    let d = shape.head_dim;
+    let mut heads = Vec::with_capacity(shape.n_kv_heads);
+    for g in 0..shape.n_kv_heads {
+        let h = cache.half_rows(ctx.layer, g)?;
+        let s = h.positions.partition_point(|&p| p < first_visible);
+        heads.push(HalfKv {
+            keys: &h.keys[s * d..],
+            values: &h.values[s * d..],
+            positions: &h.positions[s..],
+        });
+    }
+    let t1 = Instant::now();
+    let out = causal_attention_half(q, positions, &heads, shape);
+    STEP_TIMES
+        .kernel_ns
+        .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    STEP_TIMES.steps.fetch_add(1, Ordering::Relaxed);
+    Some(out)
 }
 
 /// Plans and runs one step over the cache's views, timing planning and kernel apart.

@@ -131,6 +131,14 @@ impl CachePolicy for KvSimilarityProbe {
         self.inner.view(layer, kv_head)
     }
 
+    fn half_rows(
+        &self,
+        layer: usize,
+        kv_head: usize,
+    ) -> Option<frugal_numerics::half_attention::HalfKv<'_>> {
+        self.inner.half_rows(layer, kv_head)
+    }
+
     fn resident_bytes(&self) -> usize {
         self.inner.resident_bytes()
     }

@@ -75,6 +75,14 @@ impl CachePolicy for StreamingCache {
         HeadView::borrowed(self.store.head(layer, kv_head).view())
     }
 
+    fn half_rows(
+        &self,
+        layer: usize,
+        kv_head: usize,
+    ) -> Option<frugal_numerics::half_attention::HalfKv<'_>> {
+        self.store.head(layer, kv_head).half_rows()
+    }
+
     fn resident_bytes(&self) -> usize {
         self.store.resident_bytes()
     }

@@ -5,6 +5,7 @@ pub mod block_sparse;
 pub mod consistency;
 pub mod fp8;
 pub mod fps_attention;
+pub mod half_attention;
 pub mod half_rows;
 pub mod key_selection;
 pub mod kivi;

@@ -10,6 +10,7 @@ pub mod device_store;
 
 use crate::attention::Findings;
 use frugal_numerics::attention::{KvSlices, RowPatch};
+use frugal_numerics::half_attention::HalfKv;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::borrow::Cow;
@@ -276,6 +277,18 @@ impl HeadStore {
         self.positions.is_empty()
     }
 
+    /// The rows as held, when they are f16: what the dense kernel reads without decoding.
+    pub fn half_rows(&self) -> Option<HalfKv<'_>> {
+        match (&self.keys, &self.values) {
+            (Rows::F16(k), Rows::F16(v)) => Some(HalfKv {
+                keys: k,
+                values: v,
+                positions: &self.positions,
+            }),
+            _ => None,
+        }
+    }
+
     /// What attention reads: the rows as f32, borrowed from an f32 store, decoded from f16.
     pub fn view(&self) -> HeadView<'_> {
         HeadView {
@@ -439,6 +452,12 @@ pub trait CachePolicy: Send + Sync {
     fn store(&mut self, layer: usize, positions: &[u32], k: &[f32], v: &[f32]);
     /// What attention reads for (layer, KV head).
     fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_>;
+    /// The (layer, KV head) rows exactly as an f16 store holds them, for the dense kernel to
+    /// read in place; `None` (the default) where the policy's view is anything else (decoded,
+    /// merged, scaled), and attention then reads [`CachePolicy::view`].
+    fn half_rows(&self, _layer: usize, _kv_head: usize) -> Option<HalfKv<'_>> {
+        None
+    }
     /// Bytes held for K/V right now, counted from the buffers.
     fn resident_bytes(&self) -> usize;
     /// Drops everything (a new sequence starts).
@@ -505,6 +524,10 @@ impl CachePolicy for FullCache {
 
     fn view(&self, layer: usize, kv_head: usize) -> HeadView<'_> {
         self.store.head(layer, kv_head).view()
+    }
+
+    fn half_rows(&self, layer: usize, kv_head: usize) -> Option<HalfKv<'_>> {
+        self.store.head(layer, kv_head).half_rows()
     }
 
     fn resident_bytes(&self) -> usize {

@@ -616,7 +616,8 @@ mod avx2 {
         let nb = w[0].len() / bb;
         debug_assert!(a.q.len() >= nb * 32 && a.scale.len() >= nb);
         debug_assert!(w.iter().all(|r| r.len() == nb * bb));
-        let low4 = _mm_set1_epi8(0x0F);
+        let low4x2 = _mm256_set1_epi8(0x0F);
+        let nibble_shift = _mm256_setr_epi64x(0, 0, 4, 4);
         let ones = _mm256_set1_epi16(1);
         let lane = [
             _mm256_set1_epi32(0),
@@ -650,11 +651,14 @@ mod avx2 {
                     let c = _mm256_loadu_si256(blk[r].add(2) as *const __m256i);
                     _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c))
                 } else {
+                    // The 16 code bytes in both halves, the upper half shifted by four: low
+                    // nibbles (values 0–15) below, high nibbles (16–31) above.
                     let at = if F == 1 { 4 } else { 2 };
-                    let raw = _mm_loadu_si128(blk[r].add(at) as *const __m128i);
-                    let lo = _mm_and_si128(raw, low4);
-                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-                    _mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), x)
+                    let raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                        blk[r].add(at) as *const __m128i
+                    ));
+                    let codes = _mm256_and_si256(_mm256_srlv_epi64(raw, nibble_shift), low4x2);
+                    _mm256_maddubs_epi16(codes, x)
                 };
                 let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
                 let s = _mm256_permutevar8x32_ps(scale, lane[r]);

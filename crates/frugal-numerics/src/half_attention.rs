@@ -58,7 +58,10 @@ pub fn causal_attention_half(
         if n == 0 {
             return;
         }
-        let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x * scale).collect();
+        let qrow: Vec<f32> = q[row * d..(row + 1) * d]
+            .iter()
+            .map(|x| x * scale)
+            .collect();
         let mut scores = vec![0f32; n];
         dot_rows(&mut scores, &qrow, &kvh.keys[..n * d]);
         softmax_in_place(&mut scores);
@@ -90,7 +93,9 @@ fn weighted_rows(out: &mut [f32], p: &[f32], rows: &[f16]) {
     }
     out.fill(0.0);
     for (&w, r) in p.iter().zip(rows.chunks_exact(out.len())) {
-        out.iter_mut().zip(r).for_each(|(o, v)| *o += w * v.to_f32());
+        out.iter_mut()
+            .zip(r)
+            .for_each(|(o, v)| *o += w * v.to_f32());
     }
 }
 

@@ -15,7 +15,10 @@
 //! keep keys no later query of that layer can see.
 
 use super::batch::{check_items, stacked_ids, BatchItem, BatchRows};
-use super::llama::{rms_norm, Linear, LlamaConfig, LogitRows, TensorSource, WeightFormat};
+use super::llama::{
+    in_row_blocks, rms_norm, Linear, LlamaConfig, LogitRows, TensorSource, WeightFormat,
+    MLP_ROW_BLOCK,
+};
 use crate::error::{EngineError, Result};
 use crate::sequence::Sequence;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -314,16 +317,22 @@ impl Decoder {
             let xs = (xs + o)?;
 
             let h = rms_norm(&xs, &b.ffn_norm, eps)?;
-            let gate = b.w_gate.forward(&h, dq)?;
-            let gate = match self.arch.activation {
-                Activation::Silu => gate.silu()?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let up = b.w_up.forward(&h, dq)?;
-            let mut m = b.w_down.forward(&(gate * up)?, dq)?;
-            if let Some(norm) = &b.post_ffn_norm {
-                m = rms_norm(&m, norm, eps)?;
-            }
+            let rows = h.dim(0)?;
+            let [gate, up, down] =
+                [&b.w_gate, &b.w_up, &b.w_down].map(|w| w.prepare(rows.min(MLP_ROW_BLOCK), dq));
+            let (gate, up, down) = (gate?, up?, down?);
+            let m = in_row_blocks(&h, |h| {
+                let g = gate.forward(h)?;
+                let g = match self.arch.activation {
+                    Activation::Silu => g.silu()?,
+                    Activation::GeluTanh => g.gelu()?,
+                };
+                let mut m = down.forward(&(g * up.forward(h)?)?)?;
+                if let Some(norm) = &b.post_ffn_norm {
+                    m = rms_norm(&m, norm, eps)?;
+                }
+                Ok(m)
+            })?;
             x = Some((xs + m)?);
         }
         let out = book.finish(x, items, self.cfg.d_model)?;

@@ -137,6 +137,52 @@ impl Linear {
     }
 }
 
+/// A projection made ready for calls of a known number of rows: for calls long enough to run
+/// on dequantised weights, the weight is dequantised once and shared by every row block.
+pub(crate) enum Prepared<'a> {
+    Gemm(Tensor),
+    Linear(&'a Linear, usize),
+}
+
+impl Linear {
+    pub(crate) fn prepare(&self, rows: usize, dequant_rows: usize) -> Result<Prepared<'_>> {
+        Ok(match &self.0 {
+            QMatMul::QTensor(q) if rows >= dequant_rows => {
+                Prepared::Gemm(q.dequantize(&Device::Cpu)?)
+            }
+            _ => Prepared::Linear(self, dequant_rows),
+        })
+    }
+}
+
+impl Prepared<'_> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Prepared::Gemm(w) => Ok(x.matmul(&w.t()?)?),
+            Prepared::Linear(l, dq) => l.forward(x, *dq),
+        }
+    }
+}
+
+/// Rows per block in which a long call runs its MLP (ours). The MLP is row-wise and its
+/// hidden activations (gate, up, their activation and product: four `[rows, ffn_dim]` f32
+/// buffers, 200 MB for SmolLM2 at 8192 tokens) are the largest buffers of a long prefill; in
+/// blocks of 1024 rows they stay under 26 MB, and the GEMMs are still large.
+pub const MLP_ROW_BLOCK: usize = 1024;
+
+/// `f` applied to `x` in blocks of [`MLP_ROW_BLOCK`] rows, the results stacked.
+pub(crate) fn in_row_blocks(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    if rows <= MLP_ROW_BLOCK {
+        return f(x);
+    }
+    let parts = (0..rows)
+        .step_by(MLP_ROW_BLOCK)
+        .map(|s| f(&x.narrow(0, s, MLP_ROW_BLOCK.min(rows - s))?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
 /// The LM head's product: our kernel for few rows (decode), candle's quantised matmul for
 /// many (scoring), whose activation rounding the golden logits were checked with.
 pub(crate) fn lm_head_product(w: &QMatMul, hidden: &Tensor, dequant_rows: usize) -> Result<Tensor> {
@@ -483,9 +529,19 @@ impl Llama {
             let xs = (xs + b.wo.forward(&attn, self.dequant_rows)?)?;
 
             let h = rms_norm(&xs, &b.ffn_norm, self.cfg.rms_eps)?;
-            let gate_up = Linear::forward_many(&[&b.w_gate, &b.w_up], &h, self.dequant_rows)?;
-            let (gate, up) = (gate_up[0].silu()?, &gate_up[1]);
-            x = Some((xs + b.w_down.forward(&(gate * up)?, self.dequant_rows)?)?);
+            let mlp = if n < MLP_ROW_BLOCK {
+                let gate_up = Linear::forward_many(&[&b.w_gate, &b.w_up], &h, self.dequant_rows)?;
+                let (gate, up) = (gate_up[0].silu()?, &gate_up[1]);
+                b.w_down.forward(&(gate * up)?, self.dequant_rows)?
+            } else {
+                let [gate, up, down] = [&b.w_gate, &b.w_up, &b.w_down]
+                    .map(|w| w.prepare(MLP_ROW_BLOCK, self.dequant_rows));
+                let (gate, up, down) = (gate?, up?, down?);
+                in_row_blocks(&h, |h| {
+                    down.forward(&(gate.forward(h)?.silu()? * up.forward(h)?)?)
+                })?
+            };
+            x = Some((xs + mlp)?);
         }
         let out = book.finish(x, items, self.cfg.d_model)?;
         rms_norm(&out, &self.norm, self.cfg.rms_eps)

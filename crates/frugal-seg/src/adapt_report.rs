@@ -2,7 +2,7 @@
 //! summary of finished runs (`seg adapt-report`: table, JSON with the results page's field
 //! names, mIoU-vs-clicks curves, raw per-round data).
 
-use crate::acquisition::{Acquire, ImageLabels, ImageView, RoundBudget};
+use crate::acquisition::{ImageLabels, ImageView, RoundBudget};
 use crate::adapt::{self, AdaptConfig, AdaptData, RoundResult};
 use crate::domains::{DomainPhotos, CLASS_NAMES, NUM_CLASSES};
 use crate::scenes::{class_colour, image_tile, tile_rows, IGNORE};
@@ -12,10 +12,13 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Pixels whose 4-neighbourhood holds another id.
+/// Pixels whose right or lower neighbour holds another id (one-pixel boundary lines).
 fn boundaries(ids: &[u32], size: usize) -> Vec<bool> {
     (0..size * size)
-        .map(|p| crate::superpixels::neighbours4(p, size, size).any(|q| ids[q] != ids[p]))
+        .map(|p| {
+            let (x, y) = (p % size, p / size);
+            (x + 1 < size && ids[p + 1] != ids[p]) || (y + 1 < size && ids[p + size] != ids[p])
+        })
         .collect()
 }
 
@@ -23,10 +26,12 @@ fn blend(a: [u8; 3], b: [u8; 3], t: f32) -> [u8; 3] {
     [0, 1, 2].map(|c| (a[c] as f32 * (1.0 - t) + b[c] as f32 * t).round() as u8)
 }
 
-/// Selection pictures: for the first `count` target training scenes, the selection `cfg.acquire`
-/// makes with the seed's source model when the whole budget is spent in one round. Columns:
-/// image, ground truth, SLIC superpixels, entities (picked ones tinted), acquired labels over
-/// the dimmed image (wrong labels in white), the source model's prediction.
+/// Selection pictures for the first `count` target training scenes. Columns: image, ground
+/// truth, SLIC superpixels, entities (those `cfg.acquire` keeps in its first round tinted), the
+/// acquired labels after all rounds over the dimmed image (wrong labels white), and the seed's
+/// source-model prediction. The acquired labels are the run's own (`<run>/round<R>.labels.bin`)
+/// when that run has finished; otherwise every round is simulated with the source model (no
+/// training in between), which the caption line printed says.
 pub fn preview(
     cfg: &AdaptConfig,
     root: &Path,
@@ -48,7 +53,7 @@ pub fn preview(
         );
     }
     let small = AdaptConfig {
-        target_scenes: count,
+        target_scenes: count.min(cfg.target_scenes),
         source_scenes: cfg.batch.max(1),
         val_scenes: 1,
         ..cfg.clone()
@@ -57,13 +62,20 @@ pub fn preview(
     let model = adapt::load_segmenter(cfg, &model_path)?;
     let probs = adapt::probabilities(&model, &data.target)?;
     let s = cfg.domain.size;
-    let budget = match (cfg.acquire, cfg.ra_ratio) {
-        (Acquire::RipuRa, Some(_)) => (0..cfg.rounds).map(|r| cfg.round_clicks(r, s * s)).sum(),
-        _ => cfg.clicks,
+    let run_labels = root
+        .join(cfg.run_name())
+        .join(format!("round{}.labels.bin", cfg.rounds));
+    let from_run = if run_labels.is_file() {
+        let st = adapt::decode_labels(&std::fs::read(&run_labels)?)
+            .with_context(|| format!("reading {}", run_labels.display()))?;
+        Some(st)
+    } else {
+        None
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut rows = vec![];
-    for i in 0..count {
+    let (mut labelled, mut wrong) = (0usize, 0usize);
+    for i in 0..data.target.len() {
         let view = ImageView {
             height: s,
             width: s,
@@ -76,17 +88,34 @@ pub fn preview(
             truth: data.target.label(i),
         };
         let mut st = ImageLabels::new(s * s, data.superpixels[i].1);
-        let picked = crate::acquisition::acquire_round(
-            cfg.acquire,
-            &view,
-            &mut st,
-            RoundBudget { clicks: budget },
-            &cfg.esa,
-            &cfg.ripu,
-            &mut rng,
-        );
+        let mut first_entities = vec![];
+        for r in 0..cfg.rounds {
+            let picked = crate::acquisition::acquire_round(
+                cfg.acquire,
+                &view,
+                &mut st,
+                RoundBudget {
+                    clicks: cfg.round_clicks(r, s * s),
+                },
+                &cfg.esa,
+                &cfg.ripu,
+                &mut rng,
+            );
+            if r == 0 {
+                first_entities = picked.entities;
+            }
+        }
+        if let Some(run) = &from_run {
+            st = run
+                .get(i)
+                .cloned()
+                .context("the run's annotation file has fewer scenes than the preview")?;
+        }
         let img = image_tile(data.target.image(i), s);
         let truth = data.target.label(i);
+        let (l, w) = st.noise(truth);
+        labelled += l;
+        wrong += w;
         let sp_edge = boundaries(&data.superpixels[i].0, s);
         let ent_edge = boundaries(&data.entities[i].0, s);
         let slic_tile: Vec<[u8; 3]> = (0..s * s)
@@ -97,7 +126,7 @@ pub fn preview(
                 let e = data.entities[i].0[p];
                 if ent_edge[p] {
                     [0, 255, 255]
-                } else if picked.entities.contains(&e) {
+                } else if first_entities.contains(&e) {
                     blend(img[p], [255, 0, 255], 0.5)
                 } else {
                     blend(img[p], [0, 0, 0], 0.4)
@@ -133,11 +162,17 @@ pub fn preview(
     pic.save_with_format(out, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "{}: {} scenes, {} clicks each -> {}",
+        "{}: {} scenes, labels {} -> {} ({:.1} % of their pixels labelled, {:.1} % of those wrong)",
         cfg.acquire.name(),
-        count,
-        budget,
-        out.display()
+        rows.len(),
+        if from_run.is_some() {
+            format!("of the finished run {}", cfg.run_name())
+        } else {
+            "simulated with the source model".to_string()
+        },
+        out.display(),
+        100.0 * labelled as f64 / (rows.len() * s * s) as f64,
+        100.0 * wrong as f64 / labelled.max(1) as f64
     );
     Ok(())
 }

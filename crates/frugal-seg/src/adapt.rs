@@ -279,7 +279,9 @@ impl AdaptData {
             .collect();
         let entities = (0..target.len())
             .map(|i| match cfg.entities {
-                EntitySource::Felzenszwalb => felzenszwalb(target.image(i), s, s, &cfg.felzenszwalb),
+                EntitySource::Felzenszwalb => {
+                    felzenszwalb(target.image(i), s, s, &cfg.felzenszwalb)
+                }
                 EntitySource::Oracle => oracle_entities(target.instance(i), s, s),
             })
             .collect();
@@ -494,7 +496,11 @@ pub fn decode_labels(bytes: &[u8]) -> Result<Vec<ImageLabels>> {
 }
 
 /// Train (or load) the source model of `cfg.seed`; returns its path and its evaluation.
-pub fn source_model(cfg: &AdaptConfig, root: &Path, data: &AdaptData) -> Result<(PathBuf, RoundResult)> {
+pub fn source_model(
+    cfg: &AdaptConfig,
+    root: &Path,
+    data: &AdaptData,
+) -> Result<(PathBuf, RoundResult)> {
     let dir = root.join(format!("source-s{}", cfg.seed));
     let path = dir.join("model.safetensors");
     let json = dir.join("model.json");
@@ -696,8 +702,16 @@ pub fn run(cfg: &AdaptConfig, root: &Path, photos: &DomainPhotos) -> Result<Vec<
         let st = &states;
         let d = &data;
         let next = |step: usize| -> Result<AdaptBatch> {
-            let si: Vec<usize> = src_batches.indices(step).iter().map(|&i| i as usize).collect();
-            let ti: Vec<usize> = tgt_batches.indices(step).iter().map(|&i| i as usize).collect();
+            let si: Vec<usize> = src_batches
+                .indices(step)
+                .iter()
+                .map(|&i| i as usize)
+                .collect();
+            let ti: Vec<usize> = tgt_batches
+                .indices(step)
+                .iter()
+                .map(|&i| i as usize)
+                .collect();
             let mut source_labels = Vec::with_capacity(si.len() * s * s);
             for &i in &si {
                 source_labels.extend_from_slice(d.source.label(i));
@@ -707,7 +721,10 @@ pub fn run(cfg: &AdaptConfig, root: &Path, photos: &DomainPhotos) -> Result<Vec<
                 target_labels.extend_from_slice(&st[i].labels);
             }
             let images = Tensor::cat(
-                &[images_tensor(&d.source, &si)?, images_tensor(&d.target, &ti)?],
+                &[
+                    images_tensor(&d.source, &si)?,
+                    images_tensor(&d.target, &ti)?,
+                ],
                 0,
             )?;
             Ok(AdaptBatch {
@@ -770,7 +787,9 @@ pub fn run(cfg: &AdaptConfig, root: &Path, photos: &DomainPhotos) -> Result<Vec<
             seed: cfg.seed,
             round: round + 1,
             budget_clicks: match (cfg.acquire, cfg.ra_ratio) {
-                (Acquire::RipuRa, Some(_)) => (0..cfg.rounds).map(|r| cfg.round_clicks(r, s * s)).sum(),
+                (Acquire::RipuRa, Some(_)) => {
+                    (0..cfg.rounds).map(|r| cfg.round_clicks(r, s * s)).sum()
+                }
                 (Acquire::Full, _) => 0,
                 _ => cfg.clicks,
             },

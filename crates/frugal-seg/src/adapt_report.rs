@@ -75,11 +75,11 @@ pub fn preview(
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut rows = vec![];
     let (mut labelled, mut wrong) = (0usize, 0usize);
-    for i in 0..data.target.len() {
+    for (i, probs_i) in probs.iter().enumerate() {
         let view = ImageView {
             height: s,
             width: s,
-            probs: &probs[i],
+            probs: probs_i,
             classes: NUM_CLASSES,
             superpixels: &data.superpixels[i].0,
             n_superpixels: data.superpixels[i].1,
@@ -145,7 +145,7 @@ pub fn preview(
                 }
             })
             .collect();
-        let pred = adapt::predicted(&probs[i]);
+        let pred = adapt::predicted(probs_i);
         rows.push(vec![
             img,
             truth.iter().map(|&l| class_colour(l)).collect(),
@@ -189,7 +189,8 @@ pub fn collect(root: &Path) -> Result<Vec<RoundResult>> {
             .map(|e| e.path())
             .filter(|p| {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                (n.starts_with("round") || n == "model.json") && n.ends_with(".json")
+                (n.starts_with("round") || n == "model.json")
+                    && n.ends_with(".json")
                     && !n.contains("state")
             })
             .collect();
@@ -234,6 +235,9 @@ fn fmt_ms(v: &[f64]) -> String {
         format!("{m:.1}")
     }
 }
+
+/// A curve: method name and (clicks, mean mIoU, seeds) points.
+type Curve = (String, Vec<(f64, f64, usize)>);
 
 /// Final rounds by group, then by seed.
 type Finals = BTreeMap<String, BTreeMap<u64, RoundResult>>;
@@ -316,7 +320,7 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
         "entropy-sp",
     ];
     let mut curves = serde_json::Map::new();
-    let mut curve_pts: Vec<(String, Vec<(f64, f64, usize)>)> = vec![];
+    let mut curve_pts: Vec<Curve> = vec![];
     for m in methods {
         let mut pts = vec![];
         for c in [10, 20, 40, 80] {
@@ -328,7 +332,10 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
         if !pts.is_empty() {
             curves.insert(
                 m.replace('-', "_"),
-                json!(pts.iter().map(|p| json!({"clicks": p.0, "miou": p.1, "n": p.2})).collect::<Vec<_>>()),
+                json!(pts
+                    .iter()
+                    .map(|p| json!({"clicks": p.0, "miou": p.1, "n": p.2}))
+                    .collect::<Vec<_>>()),
             );
             curve_pts.push((m.to_string(), pts));
         }
@@ -366,7 +373,10 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
         let n: Vec<f64> = m.values().map(|r| 100.0 * r.label_noise).collect();
         md += &format!(
             "| {g} | {} | {} | {:.1} | {:.2} | {:.2} |\n",
-            m.keys().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+            m.keys()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             fmt_ms(&v),
             mean_sd(&c).0,
             mean_sd(&l).0,
@@ -419,13 +429,11 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
     let src = f
         .get("source-only")
         .map(|m| mean_sd(&m.values().map(|r| 100.0 * r.eval.miou).collect::<Vec<_>>()).0);
-    let ra = f
-        .get("ripu-ra-r0.022")
-        .map(|m| {
-            let v: Vec<f64> = m.values().map(|r| 100.0 * r.eval.miou).collect();
-            let c: Vec<f64> = m.values().map(|r| r.clicks_per_image).collect();
-            (mean_sd(&c).0, mean_sd(&v).0)
-        });
+    let ra = f.get("ripu-ra-r0.022").map(|m| {
+        let v: Vec<f64> = m.values().map(|r| 100.0 * r.eval.miou).collect();
+        let c: Vec<f64> = m.values().map(|r| r.clicks_per_image).collect();
+        (mean_sd(&c).0, mean_sd(&v).0)
+    });
     plot_curves(&curve_pts, full, src, ra, &data_dir.join("curves.svg"))?;
     print!("{md}");
     println!(
@@ -437,7 +445,7 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
 }
 
 fn plot_curves(
-    curves: &[(String, Vec<(f64, f64, usize)>)],
+    curves: &[Curve],
     full: Option<f64>,
     source: Option<f64>,
     ra_ratio: Option<(f64, f64)>,
@@ -480,7 +488,9 @@ fn plot_curves(
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
             .label(format!("{name} (n≥{n})"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
     }
     for (label, v, col) in [

@@ -297,8 +297,9 @@ pub fn adapt_config(args: &AdaptArgs) -> Result<AdaptConfig> {
     cfg.esa.entity_uncertainty = !args.no_entity_uncertainty;
     cfg.esa.impurity = !args.no_impurity;
     cfg.esa.entropy = !args.no_entropy;
-    let uses_clicks = !matches!(args.acquire, Acquire::Full | Acquire::SourceOnly)
-        && !(args.acquire == Acquire::RipuRa && args.ra_ratio.is_some());
+    let no_clicks = matches!(args.acquire, Acquire::Full | Acquire::SourceOnly)
+        || (args.acquire == Acquire::RipuRa && args.ra_ratio.is_some());
+    let uses_clicks = !no_clicks;
     if uses_clicks && args.clicks == 0 {
         anyhow::bail!("--clicks must be positive");
     }

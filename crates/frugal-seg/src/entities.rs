@@ -60,7 +60,9 @@ impl Forest {
         };
         self.parent[b as usize] = a;
         self.size[a as usize] += self.size[b as usize];
-        self.internal[a as usize] = w.max(self.internal[a as usize]).max(self.internal[b as usize]);
+        self.internal[a as usize] = w
+            .max(self.internal[a as usize])
+            .max(self.internal[b as usize]);
     }
 }
 
@@ -74,7 +76,11 @@ pub fn felzenszwalb(
     cfg: &FelzenszwalbConfig,
 ) -> (Vec<u32>, usize) {
     let n = height * width;
-    assert_eq!(img.len(), 3 * n, "felzenszwalb: image is not (3, {height}, {width})");
+    assert_eq!(
+        img.len(),
+        3 * n,
+        "felzenszwalb: image is not (3, {height}, {width})"
+    );
     let mut smooth: Vec<f32> = img.iter().map(|v| v * 255.0).collect();
     gaussian_blur(&mut smooth, height, width, cfg.sigma);
     let diff = |p: usize, q: usize| {
@@ -117,12 +123,18 @@ pub fn felzenszwalb(
     for &(w, a, b) in &edges {
         let (ra, rb) = (f.find(a), f.find(b));
         if ra != rb
-            && (f.size[ra as usize] < cfg.min_size as u32 || f.size[rb as usize] < cfg.min_size as u32)
+            && (f.size[ra as usize] < cfg.min_size as u32
+                || f.size[rb as usize] < cfg.min_size as u32)
         {
             f.union(ra, rb, w);
         }
     }
-    dense_labels((0..n as u32).map(|p| f.find(p)).collect::<Vec<_>>().as_slice())
+    dense_labels(
+        (0..n as u32)
+            .map(|p| f.find(p))
+            .collect::<Vec<_>>()
+            .as_slice(),
+    )
 }
 
 /// Renumber arbitrary ids to `0..n` in raster order of first appearance.

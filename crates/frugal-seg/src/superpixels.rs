@@ -63,7 +63,11 @@ pub fn rgb_to_lab(rgb: [f32; 3]) -> [f32; 3] {
 /// (row-major), numbered `0..n` with every label one 4-connected piece, and `n`.
 pub fn slic(img: &[f32], height: usize, width: usize, cfg: &SlicConfig) -> (Vec<u32>, usize) {
     let n = height * width;
-    assert_eq!(img.len(), 3 * n, "slic: image is not (3, {height}, {width})");
+    assert_eq!(
+        img.len(),
+        3 * n,
+        "slic: image is not (3, {height}, {width})"
+    );
     let mut img = img.to_vec();
     crate::domains::gaussian_blur(&mut img, height, width, cfg.sigma);
     let lab: Vec<[f32; 3]> = (0..n)
@@ -267,10 +271,15 @@ mod tests {
     fn two_flat_halves_give_the_two_halves() {
         // 8×16 image, left half black, right half white, 2 segments.
         let img = image(8, 16, |x, _| if x < 8 { [0.0; 3] } else { [1.0; 3] });
-        let (l, n) = slic(&img, 8, 16, &SlicConfig {
-            segments: 2,
-            ..Default::default()
-        });
+        let (l, n) = slic(
+            &img,
+            8,
+            16,
+            &SlicConfig {
+                segments: 2,
+                ..Default::default()
+            },
+        );
         assert_eq!(n, 2);
         for y in 0..8 {
             for x in 0..16 {
@@ -283,12 +292,23 @@ mod tests {
     fn colour_beats_the_grid_at_low_compactness() {
         // A 12×24 image whose colour edge sits at x = 8, while the 2-cell grid splits at x = 12:
         // with low compactness the superpixels follow the colour edge.
-        let img = image(12, 24, |x, _| if x < 8 { [1.0, 0.0, 0.0] } else { [0.0, 0.0, 1.0] });
-        let (l, n) = slic(&img, 12, 24, &SlicConfig {
-            segments: 2,
-            compactness: 0.1,
-            ..Default::default()
+        let img = image(12, 24, |x, _| {
+            if x < 8 {
+                [1.0, 0.0, 0.0]
+            } else {
+                [0.0, 0.0, 1.0]
+            }
         });
+        let (l, n) = slic(
+            &img,
+            12,
+            24,
+            &SlicConfig {
+                segments: 2,
+                compactness: 0.1,
+                ..Default::default()
+            },
+        );
         assert_eq!(n, 2);
         for y in 0..12 {
             for x in 0..24 {
@@ -300,10 +320,15 @@ mod tests {
     #[test]
     fn flat_image_gives_the_grid_and_noise_stays_connected() {
         let img = image(16, 16, |_, _| [0.5; 3]);
-        let (l, n) = slic(&img, 16, 16, &SlicConfig {
-            segments: 16,
-            ..Default::default()
-        });
+        let (l, n) = slic(
+            &img,
+            16,
+            16,
+            &SlicConfig {
+                segments: 16,
+                ..Default::default()
+            },
+        );
         assert_eq!(n, 16);
         // Every superpixel of a flat image is a 4×4 grid cell.
         for y in 0..16 {

@@ -92,7 +92,10 @@ fn domains_share_layouts_and_differ_in_appearance() {
     // Every scene has band pixels and object pixels.
     for i in 0..4 {
         let l = s.label(i);
-        assert!(l.iter().any(|&v| v < 3) && l.iter().any(|&v| v >= 3), "scene {i}");
+        assert!(
+            l.iter().any(|&v| v < 3) && l.iter().any(|&v| v >= 3),
+            "scene {i}"
+        );
     }
 }
 
@@ -105,7 +108,11 @@ fn miniature_runs_spend_their_clicks_and_resume() -> anyhow::Result<()> {
     let r = adapt::run(&esa, &root, &photos)?;
     assert_eq!(r.len(), 3); // source + 2 rounds
     assert_eq!(r[0].acquire, "source-only");
-    assert!((r[2].clicks_per_image - 6.0).abs() < 1e-9, "{}", r[2].clicks_per_image);
+    assert!(
+        (r[2].clicks_per_image - 6.0).abs() < 1e-9,
+        "{}",
+        r[2].clicks_per_image
+    );
     assert!(r[2].labelled_share > r[1].labelled_share && r[1].labelled_share > 0.0);
     assert!((0.0..1.0).contains(&r[2].label_noise));
     assert!(r.iter().all(|x| x.eval.miou.is_finite()));

@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use frugal_seg::cli;
 
 #[derive(Parser)]
-#[command(name = "frugal-seg", about = "CIT class-incremental segmentation and ESA active domain adaptation")]
+#[command(
+    name = "frugal-seg",
+    about = "CIT class-incremental segmentation and ESA active domain adaptation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

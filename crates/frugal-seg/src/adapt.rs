@@ -89,6 +89,10 @@ pub struct AdaptConfig {
     /// Weight of RIPU's negative-learning term (0 switches it off).
     pub neg_weight: f64,
     pub neg_threshold: f64,
+    /// Keep BatchNorm statistics frozen while adapting (RIPU's FREEZE_BN; there they are
+    /// ImageNet's, here the source model's). Off: batch statistics of the mixed source + target
+    /// batch, running averages updated (ours).
+    pub freeze_bn: bool,
     pub checkpoint_every: usize,
     #[serde(skip)]
     pub progress: bool,
@@ -126,6 +130,7 @@ impl Default for AdaptConfig {
             weight_decay: 0.01,
             neg_weight: 1.0,
             neg_threshold: 0.05,
+            freeze_bn: true,
             checkpoint_every: 50,
             progress: true,
         }
@@ -383,6 +388,7 @@ impl TrainModel for SourceModel<'_> {
 
 struct TargetModel<'a> {
     model: &'a Segmenter,
+    freeze_bn: bool,
     neg_weight: f64,
     neg_threshold: f64,
 }
@@ -390,8 +396,8 @@ struct TargetModel<'a> {
 impl TrainModel for TargetModel<'_> {
     type Batch = AdaptBatch;
     fn loss(&self, b: &AdaptBatch) -> candle_core::Result<Tensor> {
-        // Frozen BatchNorm statistics while adapting (RIPU's FREEZE_BN).
-        let logits = self.model.logits(&b.images, false)?;
+        // Frozen BatchNorm statistics while adapting (RIPU's FREEZE_BN), unless switched off.
+        let logits = self.model.logits(&b.images, !self.freeze_bn)?;
         let n = b.n_source;
         let total = logits.dim(0)?;
         let src = logits.narrow(0, 0, n)?;
@@ -767,6 +773,7 @@ pub fn run(cfg: &AdaptConfig, root: &Path, photos: &DomainPhotos) -> Result<Vec<
         let report = train::train(
             &TargetModel {
                 model: &model,
+                freeze_bn: cfg.freeze_bn,
                 neg_weight: cfg.neg_weight,
                 neg_threshold: cfg.neg_threshold,
             },

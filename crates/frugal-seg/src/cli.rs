@@ -235,6 +235,13 @@ pub struct AdaptArgs {
     /// Weight of RIPU's negative-learning term (0 = off).
     #[arg(long)]
     pub neg_weight: Option<f64>,
+    /// Learning rate of the adaptation rounds.
+    #[arg(long)]
+    pub adapt_lr: Option<f64>,
+    /// Train BatchNorm statistics on the mixed source + target batches while adapting
+    /// (default: frozen at the source model's, as RIPU freezes them).
+    #[arg(long)]
+    pub bn_train: bool,
     /// ESA: entities kept per image and round.
     #[arg(long)]
     pub top_entities: Option<usize>,
@@ -294,6 +301,13 @@ pub fn adapt_config(args: &AdaptArgs) -> Result<AdaptConfig> {
     if let Some(w) = args.neg_weight {
         cfg.neg_weight = w;
     }
+    if let Some(lr) = args.adapt_lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            anyhow::bail!("--adapt-lr must be a positive number, got {lr}");
+        }
+        cfg.adapt_lr = lr;
+    }
+    cfg.freeze_bn = !args.bn_train;
     cfg.esa.entity_uncertainty = !args.no_entity_uncertainty;
     cfg.esa.impurity = !args.no_impurity;
     cfg.esa.entropy = !args.no_entropy;

@@ -243,6 +243,9 @@ fn trainable_segmenter(cfg: &AdaptConfig, from: Option<&Path>) -> Result<(Segmen
 /// The data of a run.
 pub struct AdaptData {
     pub source: DomainSet,
+    /// Held-out source scenes (as many as the target validation set): the source model's
+    /// in-domain accuracy, which shows the size of the domain gap.
+    pub source_val: DomainSet,
     pub target: DomainSet,
     pub val: DomainSet,
     /// Superpixels and entities of every target training scene.
@@ -269,6 +272,14 @@ impl AdaptData {
             0,
             cfg.target_scenes,
         );
+        let source_val = domains::generate(
+            photos,
+            d,
+            Domain::Source,
+            cfg.source_data_seed,
+            cfg.source_scenes,
+            cfg.val_scenes,
+        );
         // Validation scenes continue the target sequence: same distribution, disjoint scenes.
         let val = domains::generate(
             photos,
@@ -292,6 +303,7 @@ impl AdaptData {
             .collect();
         Self {
             source,
+            source_val,
             target,
             val,
             superpixels,
@@ -428,6 +440,9 @@ pub struct RoundResult {
     /// Share of the acquired labels that are wrong (superpixel boundaries crossing objects).
     pub label_noise: f64,
     pub eval: Evaluation,
+    /// Source model only: mIoU on held-out *source* scenes.
+    #[serde(default)]
+    pub source_domain_miou: Option<f64>,
     pub steps: usize,
     pub final_loss: f32,
     pub acquire_seconds: f64,
@@ -511,8 +526,14 @@ pub fn source_model(
     let path = dir.join("model.safetensors");
     let json = dir.join("model.json");
     if path.is_file() && json.is_file() {
-        let r = serde_json::from_slice(&std::fs::read(&json)?)
+        let mut r: RoundResult = serde_json::from_slice(&std::fs::read(&json)?)
             .with_context(|| format!("reading {}", json.display()))?;
+        if r.source_domain_miou.is_none() {
+            // Written before the field existed: evaluate once and record it.
+            let m = load_segmenter(cfg, &path)?;
+            r.source_domain_miou = Some(evaluate(&m, &data.source_val)?.miou);
+            write_atomic(&json, &serde_json::to_vec_pretty(&r)?)?;
+        }
         return Ok((path, r));
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -557,6 +578,7 @@ pub fn source_model(
     let report = train::train(&SourceModel { model: &model }, &mut map, next, &tcfg)?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let eval = evaluate(&model, &data.val)?;
+    let source_domain_miou = Some(evaluate(&model, &data.source_val)?.miou);
     let result = RoundResult {
         run: format!("source-only-s{}", cfg.seed),
         acquire: Acquire::SourceOnly.name().into(),
@@ -568,6 +590,7 @@ pub fn source_model(
         labelled_share: 0.0,
         label_noise: 0.0,
         eval,
+        source_domain_miou,
         steps: cfg.source_steps,
         final_loss: tail_mean(&report.losses),
         acquire_seconds: 0.0,
@@ -578,9 +601,10 @@ pub fn source_model(
     let _ = std::fs::remove_file(dir.join("partial.safetensors"));
     let _ = std::fs::remove_file(dir.join("partial.state.json"));
     eprintln!(
-        "source model s{}: target mIoU {:.1} ({:.0} s)",
+        "source model s{}: target mIoU {:.1}, source mIoU {:.1} ({:.0} s)",
         cfg.seed,
         100.0 * result.eval.miou,
+        100.0 * source_domain_miou.unwrap_or(f64::NAN),
         train_seconds
     );
     Ok((path, result))
@@ -804,6 +828,7 @@ pub fn run(cfg: &AdaptConfig, root: &Path, photos: &DomainPhotos) -> Result<Vec<
             labelled_share,
             label_noise,
             eval,
+            source_domain_miou: None,
             steps,
             final_loss: tail_mean(&report.losses),
             acquire_seconds,

@@ -283,6 +283,16 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
         let c: Vec<f64> = rs.iter().map(|r| r.clicks_per_image).collect();
         let lab: Vec<f64> = rs.iter().map(|r| 100.0 * r.labelled_share).collect();
         let noise: Vec<f64> = rs.iter().map(|r| 100.0 * r.label_noise).collect();
+        let sd_v: Vec<f64> = rs
+            .iter()
+            .filter_map(|r| r.source_domain_miou)
+            .map(|x| 100.0 * x)
+            .collect();
+        let src_dom = if sd_v.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(mean_sd(&sd_v).0)
+        };
         json!({
             "miou": m,
             "miou_sd": if sd.is_nan() { serde_json::Value::Null } else { json!(sd) },
@@ -291,6 +301,7 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
             "clicks": mean_sd(&c).0,
             "labelled_pct": mean_sd(&lab).0,
             "label_noise_pct": mean_sd(&noise).0,
+            "source_domain_miou": src_dom,
         })
     };
     let seeds: Vec<u64> = f
@@ -548,6 +559,7 @@ mod tests {
                 iou: vec![],
                 pixel_accuracy: 0.9,
             },
+            source_domain_miou: None,
             steps: 1,
             final_loss: 0.0,
             acquire_seconds: 0.0,

@@ -578,7 +578,7 @@ pub fn source_model(
     let report = train::train(&SourceModel { model: &model }, &mut map, next, &tcfg)?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let eval = evaluate(&model, &data.val)?;
-    let source_domain_miou = Some(evaluate(&model, &data.source_val)?.miou);
+    let source_domain_miou = evaluate(&model, &data.source_val)?.miou;
     let result = RoundResult {
         run: format!("source-only-s{}", cfg.seed),
         acquire: Acquire::SourceOnly.name().into(),
@@ -590,7 +590,7 @@ pub fn source_model(
         labelled_share: 0.0,
         label_noise: 0.0,
         eval,
-        source_domain_miou,
+        source_domain_miou: Some(source_domain_miou),
         steps: cfg.source_steps,
         final_loss: tail_mean(&report.losses),
         acquire_seconds: 0.0,
@@ -604,7 +604,7 @@ pub fn source_model(
         "source model s{}: target mIoU {:.1}, source mIoU {:.1} ({:.0} s)",
         cfg.seed,
         100.0 * result.eval.miou,
-        100.0 * source_domain_miou.unwrap_or(f64::NAN),
+        100.0 * source_domain_miou,
         train_seconds
     );
     Ok((path, result))

@@ -142,7 +142,7 @@ pub struct Picture {
 }
 
 impl Picture {
-    fn at(&self, x: usize, y: usize) -> [f32; 3] {
+    pub fn at(&self, x: usize, y: usize) -> [f32; 3] {
         self.rgb[y * self.width + x]
     }
 }
@@ -154,7 +154,7 @@ pub struct Photos {
     pub backgrounds: Vec<Picture>,
 }
 
-fn load_photo(dir: &Path, file: &str, short_side: u32) -> Result<Picture> {
+pub fn load_photo(dir: &Path, file: &str, short_side: u32) -> Result<Picture> {
     let sha = PHOTO_SHA256
         .iter()
         .find(|(f, _)| *f == file)

@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 use frugal_seg::cli;
 
 #[derive(Parser)]
-#[command(name = "frugal-seg", about = "CIT class-incremental segmentation")]
+#[command(
+    name = "frugal-seg",
+    about = "CIT class-incremental segmentation and ESA active domain adaptation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -18,6 +21,10 @@ enum Cmd {
     Train(cli::TrainArgs),
     /// Summarise finished runs: table, JSON, forgetting plots, prediction strips.
     Eval(cli::EvalArgs),
+    /// ESA active domain adaptation: one run (resumable), or --preview selection pictures.
+    Adapt(cli::AdaptArgs),
+    /// Summarise finished adaptation runs: table, esa.json, curves.
+    AdaptReport(cli::AdaptReportArgs),
 }
 
 fn main() {
@@ -26,6 +33,8 @@ fn main() {
         Cmd::Dataset(a) => cli::run_dataset(a),
         Cmd::Train(a) => cli::run_train(a),
         Cmd::Eval(a) => cli::run_eval(a),
+        Cmd::Adapt(a) => cli::run_adapt(a),
+        Cmd::AdaptReport(a) => cli::run_adapt_report(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

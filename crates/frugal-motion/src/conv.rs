@@ -164,7 +164,12 @@ mod tests {
         let eps = 1e-5;
         let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap();
         let gx = gx.to_vec1::<f64>().unwrap();
-        let xv = x.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let xv = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let mut err_x = 0f64;
         for i in 0..xv.len() {
             let mut a = xv.clone();
@@ -206,7 +211,12 @@ mod tests {
             ..Default::default()
         };
         // the tokenizer's and the evaluator's: k3 p1, k4 s2 p1, dilated k3, k1
-        vec![(3, c(1, 1, 1)), (4, c(1, 2, 1)), (3, c(3, 1, 3)), (1, c(0, 1, 1))]
+        vec![
+            (3, c(1, 1, 1)),
+            (4, c(1, 2, 1)),
+            (3, c(3, 1, 3)),
+            (1, c(0, 1, 1)),
+        ]
     }
 
     #[test]

@@ -12,10 +12,10 @@
 //! The same [`ContrastivePair`] type, trained separately with another seed on motion features,
 //! is the frozen evaluator (never the generator's own encoder).
 
+use crate::conv::{Conv1dLayer, ConvInit, ConvPath};
 use crate::data::Primitive;
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor, D};
-use crate::conv::{Conv1dLayer, ConvInit, ConvPath};
 use candle_nn::{Conv1dConfig, Embedding, Linear, VarBuilder};
 
 fn conv(

@@ -7,9 +7,9 @@
 //! Features are normalised per channel with the training set's mean and standard deviation,
 //! stored in the checkpoint with the weights.
 
+use crate::conv::{Conv1dLayer, ConvInit, ConvPath};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, Var};
-use crate::conv::{Conv1dLayer, ConvInit, ConvPath};
 use candle_nn::{Conv1dConfig, VarBuilder, VarMap};
 use frugal_nn::vq::{VectorQuantizer, VqConfig};
 use rand::Rng;
@@ -559,7 +559,11 @@ pub fn reconstruction_report<R: Rng>(
     let sq = |a: &[Vec<f32>], b: &[Vec<f32>]| -> f64 {
         a.iter()
             .zip(b)
-            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (*p as f64 - *q as f64).powi(2)))
+            .flat_map(|(x, y)| {
+                x.iter()
+                    .zip(y)
+                    .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+            })
             .sum()
     };
     let codes: Vec<Vec<Vec<u32>>> = seqs.iter().map(|s| tok.encode(s)).collect::<Result<_>>()?;
@@ -615,7 +619,10 @@ pub fn train_tokenizer<R: Rng>(
 ) -> Result<Vec<f32>> {
     let dev = Device::Cpu;
     if budget.window % DOWN != 0 || budget.window == 0 {
-        bail!("tokenizer window {} is not a positive multiple of {DOWN}", budget.window);
+        bail!(
+            "tokenizer window {} is not a positive multiple of {DOWN}",
+            budget.window
+        );
     }
     if !ckpt.is_some_and(|c| c.is_file()) {
         let all: Vec<Vec<f32>> = seqs.iter().flatten().cloned().collect();
@@ -647,12 +654,17 @@ mod tests {
     use crate::data::{build_dataset, DataConfig};
     use rand::SeedableRng;
 
-    fn sequences(n_train: usize, n_test: usize) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<Vec<f32>>>) {
+    type Frames = Vec<Vec<Vec<f32>>>;
+
+    fn sequences(n_train: usize, n_test: usize) -> (Frames, Frames) {
         let ds = build_dataset(0, n_train, n_test, &DataConfig::default());
         let f = |s: &crate::data::Sequence| -> Vec<Vec<f32>> {
             s.features.iter().map(|x| x.to_vec()).collect()
         };
-        (ds.train.iter().map(f).collect(), ds.test.iter().map(f).collect())
+        (
+            ds.train.iter().map(f).collect(),
+            ds.test.iter().map(f).collect(),
+        )
     }
 
     /// The collapse this guards against: a tokenizer whose loss falls while every sequence is
@@ -685,7 +697,10 @@ mod tests {
         eprintln!("{r:?}, resets {resets}");
         assert!(r.perplexity > 8.0, "codebook perplexity {r:?}");
         // measured: 0.41 with these settings; the legacy settings give 1.02 (perplexity 1.2)
-        assert!(r.relative_error() < 0.6, "reconstruction vs mean pose {r:?}");
+        assert!(
+            r.relative_error() < 0.6,
+            "reconstruction vs mean pose {r:?}"
+        );
         assert!(
             r.mse_shuffled_codes > 1.5 * r.mse,
             "decoding shuffled codes is about as good: the decoder ignores its codes {r:?}"
@@ -714,14 +729,24 @@ mod tests {
         for code in &book {
             let best = z
                 .iter()
-                .map(|r| r.iter().zip(code).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max))
+                .map(|r| {
+                    r.iter()
+                        .zip(code)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max)
+                })
                 .fold(f32::INFINITY, f32::min);
             assert!(best < 1e-5, "a code is not an encoder output ({best})");
         }
         // the second layer was seeded from residuals: smaller than the encoder outputs
         let norm = |m: &[Vec<f32>]| m.iter().flatten().map(|v| v * v).sum::<f32>() / m.len() as f32;
         let book1 = tok.vq.codebook(1).to_vec2::<f32>()?;
-        assert!(norm(&book1) < norm(&book), "{} vs {}", norm(&book1), norm(&book));
+        assert!(
+            norm(&book1) < norm(&book),
+            "{} vs {}",
+            norm(&book1),
+            norm(&book)
+        );
         // a forward pass quantises with every code in reach and distinct codes are used
         let flat: Vec<f32> = z.iter().flatten().copied().collect();
         let zt = Tensor::from_vec(flat, (z.len(), cfg.code_dim), &Device::Cpu)?;

@@ -8,8 +8,7 @@ use crate::experiment::{
 };
 use crate::metrics::mean_ci95;
 use crate::skeleton::features_to_poses;
-use crate::tokenizer::{random_crops, MotionTokenizer, TokenizerConfig};
-use crate::train::{train_loop, TrainConfig};
+use crate::tokenizer::{train_tokenizer, MotionTokenizer, TokenizerConfig, TokenizerTraining};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use candle_nn::VarMap;
@@ -39,6 +38,18 @@ pub struct SizeArgs {
     /// Generator training steps (default from the experiment config).
     #[arg(long)]
     pub generator_steps: Option<usize>,
+    /// Generator width (default from the experiment config).
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    /// Generator layers (default from the experiment config).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Tokenizer training steps (default from the experiment config).
+    #[arg(long)]
+    pub tokenizer_steps: Option<usize>,
+    /// Tokenizer peak learning rate (default from the experiment config).
+    #[arg(long)]
+    pub tokenizer_lr: Option<f64>,
 }
 
 impl SizeArgs {
@@ -58,6 +69,18 @@ impl SizeArgs {
         }
         if let Some(s) = self.generator_steps {
             c.generator_steps = s;
+        }
+        if let Some(d) = self.d_model {
+            c.d_model = d;
+        }
+        if let Some(l) = self.layers {
+            c.layers = l;
+        }
+        if let Some(s) = self.tokenizer_steps {
+            c.tokenizer_steps = s;
+        }
+        if let Some(lr) = self.tokenizer_lr {
+            c.tokenizer_lr = lr;
         }
         c
     }
@@ -380,21 +403,16 @@ pub fn tokenizer_on_clip(motion: &[Vec<f32>], steps: usize) -> Result<ClipRecon>
     let mut cfg = TokenizerConfig::for_dim(c);
     cfg.codebook_size = 64;
     let tok = MotionTokenizer::new(cfg, &vm, &dev)?;
-    tok.fit_normalization(&frames)?;
     let mut rng = StdRng::seed_from_u64(0);
     let seqs = vec![frames.clone()];
-    let tc = TrainConfig {
+    let budget = TokenizerTraining {
         steps,
+        batch: 16,
+        window: 64,
         lr: 1e-3,
         warmup: 50,
-        weight_decay: 0.0,
-        checkpoint_every: usize::MAX,
     };
-    let losses = train_loop(&vm, &tc, None, "clip tokenizer", |_| {
-        let x = random_crops(&seqs, 64, 16, &mut rng, &dev)?;
-        Ok(tok.loss(&x, &mut rng)?.loss)
-    })?;
-    let _ = losses;
+    train_tokenizer(&tok, &vm, &seqs, &budget, None, &mut rng, |_, _| Ok(()))?;
     let recon = tok.reconstruct(&frames)?;
     let codes = tok.encode(&frames)?;
     let used: std::collections::BTreeSet<u32> = codes.iter().map(|c| c[0]).collect();
@@ -455,6 +473,10 @@ mod tests {
             out: dir.join("run"),
             quick: true,
             generator_steps: None,
+            d_model: None,
+            layers: None,
+            tokenizer_steps: None,
+            tokenizer_lr: None,
         };
         eval(EvalArgs {
             size: size.clone(),

@@ -10,7 +10,9 @@ use crate::metrics;
 use crate::text::{
     batch_tensor, info_nce, resample, ContrastivePair, FrozenTextEncoder, MotionEncoder, Vocab,
 };
-use crate::tokenizer::{random_crops, MotionTokenizer, TokenizerConfig, DOWN};
+use crate::tokenizer::{
+    train_tokenizer, MotionTokenizer, TokenizerConfig, TokenizerTraining, DOWN,
+};
 use crate::train::{train_loop, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -27,6 +29,8 @@ pub struct ExperimentConfig {
     pub n_train: usize,
     pub n_test: usize,
     pub tokenizer_steps: usize,
+    /// Peak learning rate of the tokenizer (ours; MoMask uses 2e-4 over far more steps).
+    pub tokenizer_lr: f64,
     pub evaluator_steps: usize,
     pub classifier_steps: usize,
     pub align_steps: usize,
@@ -50,6 +54,7 @@ impl Default for ExperimentConfig {
             n_train: 300,
             n_test: 48,
             tokenizer_steps: 600,
+            tokenizer_lr: 1e-3,
             evaluator_steps: 600,
             classifier_steps: 200,
             align_steps: 500,
@@ -241,25 +246,37 @@ impl Prepared {
         let train_frames: Vec<Vec<Vec<f32>>> = ds.train.iter().map(frames).collect();
 
         // tokenizer
+        let tok_cfg_path = dir.join("tokenizer_config.json");
+        let tok_cfg_json = serde_json::to_string_pretty(&tok_cfg)?;
+        if tok_cfg_path.is_file() {
+            if std::fs::read_to_string(&tok_cfg_path)? != tok_cfg_json {
+                bail!(
+                    "{} holds a tokenizer of another configuration; use a fresh --out",
+                    out.display()
+                );
+            }
+        } else {
+            std::fs::write(&tok_cfg_path, &tok_cfg_json)?;
+        }
         let tok_vm = VarMap::new();
         let tok = MotionTokenizer::new(tok_cfg, &tok_vm, &dev)?;
-        let tok_ckpt = dir.join("tokenizer.safetensors");
-        if !tok_ckpt.is_file() {
-            let all: Vec<Vec<f32>> = train_frames.iter().flatten().cloned().collect();
-            tok.fit_normalization(&all)?;
-        }
         let mut rng = StdRng::seed_from_u64(cfg.data_seed + 11);
-        let tc = TrainConfig {
+        let budget = TokenizerTraining {
             steps: cfg.tokenizer_steps,
-            lr: 1e-3,
+            batch: cfg.batch,
+            window: 64,
+            lr: cfg.tokenizer_lr,
             warmup: 50,
-            weight_decay: 0.0,
-            checkpoint_every: 300,
         };
-        train_loop(&tok_vm, &tc, Some(&tok_ckpt), "tokenizer", |_| {
-            let x = random_crops(&train_frames, 64, cfg.batch, &mut rng, &dev)?;
-            Ok(tok.loss(&x, &mut rng)?.loss)
-        })?;
+        train_tokenizer(
+            &tok,
+            &tok_vm,
+            &train_frames,
+            &budget,
+            Some(&dir.join("tokenizer.safetensors")),
+            &mut rng,
+            |_, _| Ok(()),
+        )?;
 
         let vocab = Vocab::default();
         // frozen evaluator (its own seed and data order)

@@ -12,10 +12,29 @@
 //! The same [`ContrastivePair`] type, trained separately with another seed on motion features,
 //! is the frozen evaluator (never the generator's own encoder).
 
+use crate::conv::{Conv1dLayer, ConvInit, ConvPath};
 use crate::data::Primitive;
 use anyhow::Result;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv1dConfig, Embedding, Linear, VarBuilder};
+
+fn conv(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    cfg: Conv1dConfig,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv1dLayer> {
+    Conv1dLayer::new(
+        c_in,
+        c_out,
+        k,
+        cfg,
+        ConvInit::KaimingNormal,
+        ConvPath::Unfolded,
+        vb,
+    )
+}
 
 /// Words of every phrasing plus an unknown-word slot (index 0).
 pub struct Vocab {
@@ -161,11 +180,12 @@ impl BowTextEncoder {
 
 /// 1-D convolutional motion encoder over a fixed-length window `(B, T, in_dim)`: three convs (two
 /// with stride 2), mean over time, a linear head, L2-normalised (or raw logits with `normalize`
-/// off, for classifiers).
+/// off, for classifiers). The convolutions are [`crate::conv::Conv1dLayer`]s on the unfolded
+/// path (candle's op trains with wrong gradients for batches) with candle's initialisation.
 pub struct MotionEncoder {
-    c1: candle_nn::Conv1d,
-    c2: candle_nn::Conv1d,
-    c3: candle_nn::Conv1d,
+    c1: Conv1dLayer,
+    c2: Conv1dLayer,
+    c3: Conv1dLayer,
     head: Linear,
     normalize: bool,
 }
@@ -188,9 +208,9 @@ impl MotionEncoder {
             ..Default::default()
         };
         Ok(Self {
-            c1: candle_nn::conv1d(in_dim, width, 3, p1, vb.pp("c1"))?,
-            c2: candle_nn::conv1d(width, width, 4, s2, vb.pp("c2"))?,
-            c3: candle_nn::conv1d(width, width, 4, s2, vb.pp("c3"))?,
+            c1: conv(in_dim, width, 3, p1, vb.pp("c1"))?,
+            c2: conv(width, width, 4, s2, vb.pp("c2"))?,
+            c3: conv(width, width, 4, s2, vb.pp("c3"))?,
             head: candle_nn::linear(width, out, vb.pp("head"))?,
             normalize,
         })

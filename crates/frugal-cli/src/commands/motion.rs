@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use frugal_motion::{cli, cli_long};
+use frugal_motion::{cli, cli_long, tokenizer_check};
 
 #[derive(Args)]
 pub struct MotionArgs {
@@ -22,6 +22,9 @@ enum MotionCommand {
     Eval(cli::EvalArgs),
     /// Round-trip the bundled real BVH clip and reconstruct it with the tokenizer.
     BvhCheck(cli::BvhCheckArgs),
+    /// Train the motion tokenizer alone and log codebook use and held-out reconstruction
+    /// (the collapse diagnosis and its fix).
+    TokenizerCheck(tokenizer_check::TokenizerCheckArgs),
     /// InfiniMotion's comparison: trains and evaluates the memory model and its baselines on
     /// long instruction scripts (per-segment FID, boundary jerk and skating, drift).
     LongEval(cli_long::LongEvalArgs),
@@ -36,6 +39,7 @@ pub fn run(args: MotionArgs) -> Result<()> {
         MotionCommand::Generate(a) => cli::generate(a),
         MotionCommand::Eval(a) => cli::eval(a),
         MotionCommand::BvhCheck(a) => cli::bvh_check(a),
+        MotionCommand::TokenizerCheck(a) => tokenizer_check::tokenizer_check(a),
         MotionCommand::LongEval(a) => cli_long::long_eval(a),
         MotionCommand::Long(a) => cli_long::long(a),
     }

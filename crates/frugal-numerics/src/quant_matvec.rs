@@ -347,13 +347,21 @@ impl Kernel {
                 QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0
             )
         {
+            let vnni = avx2::vnni_available();
             let done = out.len() / ROW_GROUP * ROW_GROUP;
             let mut groups = out.chunks_exact_mut(ROW_GROUP);
             for (g, o) in groups.by_ref().enumerate() {
                 let r = first + g * ROW_GROUP;
                 let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                // SAFETY: `detect` chose Avx2 only where the CPU has AVX2, FMA and F16C.
-                let got = unsafe { avx2::dot32_group(w.format, rows, a) };
+                // SAFETY: `detect` chose Avx2 only where the CPU has AVX2, FMA and F16C, and the
+                // VNNI form runs only where the CPU has it too.
+                let got = unsafe {
+                    if vnni {
+                        avx2::dot32_group_vnni(w.format, rows, a)
+                    } else {
+                        avx2::dot32_group(w.format, rows, a)
+                    }
+                };
                 o.copy_from_slice(&got);
             }
             for (j, o) in groups.into_remainder().iter_mut().enumerate() {
@@ -589,9 +597,29 @@ mod avx2 {
         a: ActRow<'_>,
     ) -> [f32; 4] {
         match format {
-            QuantFormat::Q4_0 => group32::<0>(w, a),
-            QuantFormat::Q4_1 => group32::<1>(w, a),
-            _ => group32::<2>(w, a),
+            QuantFormat::Q4_0 => group32::<0, false>(w, a),
+            QuantFormat::Q4_1 => group32::<1, false>(w, a),
+            _ => group32::<2, false>(w, a),
+        }
+    }
+
+    /// Whether this CPU has AVX-512 VNNI (with 256-bit forms): the grouped kernel then sums
+    /// each block's 32 byte products with one `vpdpbusd` instead of `vpmaddubsw` + `vpmaddwd`.
+    pub(super) fn vnni_available() -> bool {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    }
+
+    /// [`dot32_group`] with AVX-512 VNNI's byte dot product.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn dot32_group_vnni(
+        format: QuantFormat,
+        w: [&[u8]; 4],
+        a: ActRow<'_>,
+    ) -> [f32; 4] {
+        match format {
+            QuantFormat::Q4_0 => group32::<0, true>(w, a),
+            QuantFormat::Q4_1 => group32::<1, true>(w, a),
+            _ => group32::<2, true>(w, a),
         }
     }
 
@@ -605,9 +633,11 @@ mod avx2 {
 
     /// `F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0 (a const so each format's loop is its own code). The
     /// four rows' block scales (and Q4_1 minima) are converted together and their offset terms
-    /// summed as one vector; the 32-product sums stay one accumulator per row.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group32<const F: u8>(w: [&[u8]; 4], a: ActRow<'_>) -> [f32; 4] {
+    /// summed as one vector; the 32-product sums stay one accumulator per row. `VNNI`: sum the
+    /// byte products with `vpdpbusd` (only inlined into [`dot32_group_vnni`], whose target
+    /// features allow it).
+    #[inline(always)]
+    unsafe fn group32<const F: u8, const VNNI: bool>(w: [&[u8]; 4], a: ActRow<'_>) -> [f32; 4] {
         let bb = match F {
             0 => 18,
             1 => 20,
@@ -647,9 +677,10 @@ mod avx2 {
                 offset = _mm_fmadd_ps(halves4(blk, 2), xsum, offset);
             }
             for r in 0..4 {
-                let prod = if F == 2 {
+                // Unsigned codes and the signed activations they multiply.
+                let (u, v) = if F == 2 {
                     let c = _mm256_loadu_si256(blk[r].add(2) as *const __m256i);
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c))
+                    (_mm256_sign_epi8(c, c), _mm256_sign_epi8(x, c))
                 } else {
                     // The 16 code bytes in both halves, the upper half shifted by four: low
                     // nibbles (values 0–15) below, high nibbles (16–31) above.
@@ -658,9 +689,13 @@ mod avx2 {
                         blk[r].add(at) as *const __m128i
                     ));
                     let codes = _mm256_and_si256(_mm256_srlv_epi64(raw, nibble_shift), low4x2);
-                    _mm256_maddubs_epi16(codes, x)
+                    (codes, x)
                 };
-                let sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
+                let sum = if VNNI {
+                    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v))
+                } else {
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones))
+                };
                 let s = _mm256_permutevar8x32_ps(scale, lane[r]);
                 acc[r] = _mm256_fmadd_ps(s, sum, acc[r]);
             }
@@ -868,6 +903,37 @@ mod tests {
             check(f, Kernel::Avx2, 19, 512, 1);
             check(f, Kernel::Avx2, 203, 256, 1);
             check(f, Kernel::Avx2, 35, 256, 5);
+        }
+    }
+
+    /// The AVX-512 VNNI form of the grouped kernel against the AVX2 form on the same rows:
+    /// both sum the same integer products, so only the float accumulation may differ.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vnni_and_avx2_grouped_kernels_agree() {
+        if Kernel::detect() != Kernel::Avx2 || !avx2::vnni_available() {
+            eprintln!("no AVX-512 VNNI on this CPU: the VNNI form is not exercised");
+            return;
+        }
+        let cols = 512;
+        for f in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let (bytes, _) = quantised(f, 4, cols, 3);
+            let w = QuantMatrix::new(f, 4, cols, &bytes).unwrap();
+            let mut x = values(cols, 8);
+            x[5] = 40.0;
+            let xq = Q8Activations::quantize(&x, cols).unwrap();
+            let rows = [w.row(0), w.row(1), w.row(2), w.row(3)];
+            // SAFETY: both forms' features were checked above.
+            let (a, b) = unsafe {
+                (
+                    avx2::dot32_group(f, rows, xq.row(0)),
+                    avx2::dot32_group_vnni(f, rows, xq.row(0)),
+                )
+            };
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "{f}: {p} vs {q}");
+            }
+            eprintln!("{f}: VNNI {b:?} = AVX2 {a:?}");
         }
     }
 

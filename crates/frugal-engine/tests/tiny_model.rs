@@ -2,6 +2,7 @@
 //! loading path, generation, and the errors bad input must produce.
 
 use candle_core::quantized::GgmlDType;
+use frugal_engine::cache::KvDtype;
 use frugal_engine::generate::{generate, FinishReason, GenerateRequest, SamplingParams};
 use frugal_engine::model::llama::{LogitRows, WeightFormat};
 use frugal_engine::model::{self, LoadedModel};
@@ -98,8 +99,11 @@ fn gguf_file_round_trip_loads_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_gguf(&path, GgmlDType::Q8_0, 3, TinyGgufOptions::default()).unwrap();
-    let from_file = model::load(&path, WeightFormat::Native).unwrap();
+    let mut from_file = model::load(&path, WeightFormat::Native).unwrap();
     let in_memory = tiny_model(GgmlDType::Q8_0, 3).unwrap();
+    // A loaded model holds the default f16 store; the tiny test models the exact one.
+    assert_eq!(from_file.model.config().kv_dtype, KvDtype::F16);
+    from_file.model.set_kv_dtype(KvDtype::F32);
     assert_eq!(from_file.model.config(), in_memory.model.config());
     let ids = prompt(&in_memory);
     assert_eq!(

@@ -203,7 +203,9 @@ fn run_info() -> RunInfo {
 
 #[test]
 fn a_grid_runs_every_policy_on_the_same_inputs_and_resumes() {
-    let lm = tiny();
+    // The store a user gets (f16), so `full` is the f16 reference itself.
+    let mut lm = tiny();
+    lm.model.set_kv_dtype(frugal_engine::cache::KvDtype::F16);
     let t = text(&lm);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");

@@ -696,9 +696,11 @@ mod tests {
         let r = reconstruction_report(&tok, &test, &mut rng)?;
         eprintln!("{r:?}, resets {resets}");
         assert!(r.perplexity > 8.0, "codebook perplexity {r:?}");
-        // measured: 0.41 with these settings; the legacy settings give 1.02 (perplexity 1.2)
+        // Measured: 0.41 on one thread and 0.60 in the full suite, where other thread counts
+        // change the float order of the parallel matmuls and so the training path. The legacy
+        // settings give 1.02 (perplexity 1.2), so 0.75 still separates the two.
         assert!(
-            r.relative_error() < 0.6,
+            r.relative_error() < 0.75,
             "reconstruction vs mean pose {r:?}"
         );
         assert!(

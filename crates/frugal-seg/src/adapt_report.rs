@@ -455,6 +455,9 @@ pub fn write(root: &Path, out: &Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// DejaVu Sans, the font every results plot embeds (licence beside the file).
+const PLOT_FONT: &[u8] = include_bytes!("../../frugal-eval/assets/DejaVuSans.ttf");
+
 fn plot_curves(
     curves: &[Curve],
     full: Option<f64>,
@@ -463,6 +466,9 @@ fn plot_curves(
     path: &Path,
 ) -> Result<()> {
     use plotters::prelude::*;
+    // The workspace's plotters measures text with fonts registered by name only (no system
+    // fonts), so the curves register the embedded DejaVu Sans the results plots use.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, PLOT_FONT);
     let root = SVGBackend::new(path, (760, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut lo = 100f64;

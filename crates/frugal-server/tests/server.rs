@@ -917,8 +917,11 @@ fn echo_with_logprobs_scores_the_prompt_as_lm_eval_reads_it() {
     for i in 1..ids.len() {
         let want = token_logprob(&rows[i - 1], ids[i], 1).logprob as f64;
         let got = token_lps[i].as_f64().unwrap();
+        // The server prefills in chunks of 4 (the dense kernel reading the f16 store in
+        // place), the reference in one call (the blocked kernel on the rows widened to f32):
+        // the same values summed in another order, a few 1e-4 in a log-probability.
         assert!(
-            (got - want).abs() < 1e-4,
+            (got - want).abs() < 1e-3,
             "prompt token {i}: {got} vs {want}"
         );
     }

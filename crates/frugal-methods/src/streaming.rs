@@ -90,6 +90,12 @@ impl CachePolicy for StreamingCache {
     fn reset(&mut self) {
         self.store.clear();
     }
+
+    /// On a sliding-window layer the window drops what the sinks and the streaming window
+    /// would keep: the store frees it as the full store does.
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        self.store.forget_before(layer, position);
+    }
 }
 
 struct StreamingMask {

@@ -393,6 +393,17 @@ impl KvStore {
         self.layout
     }
 
+    /// Drops `layer`'s rows before `position` once [`FORGET_SLACK`] of them have piled up
+    /// (what [`CachePolicy::forget_before`] asks of a store on a sliding-window layer).
+    pub fn forget_before(&mut self, layer: usize, position: u32) {
+        for g in 0..self.layout.n_kv_heads {
+            let head = self.head_mut(layer, g);
+            if head.positions.partition_point(|&p| p < position) >= FORGET_SLACK {
+                head.retain(|p| p >= position);
+            }
+        }
+    }
+
     pub fn head(&self, layer: usize, kv_head: usize) -> &HeadStore {
         &self.heads[layer * self.layout.n_kv_heads + kv_head]
     }
@@ -543,12 +554,7 @@ impl CachePolicy for FullCache {
     }
 
     fn forget_before(&mut self, layer: usize, position: u32) {
-        for g in 0..self.store.layout.n_kv_heads {
-            let head = self.store.head_mut(layer, g);
-            if head.positions.partition_point(|&p| p < position) >= FORGET_SLACK {
-                head.retain(|p| p >= position);
-            }
-        }
+        self.store.forget_before(layer, position);
     }
 }
 

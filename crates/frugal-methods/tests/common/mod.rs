@@ -6,7 +6,7 @@ use candle_core::quantized::GgmlDType;
 use frugal_engine::model::llama::LogitRows;
 use frugal_engine::model::LoadedModel;
 use frugal_engine::sequence::Sequence;
-use frugal_engine::testing::tiny_model;
+use frugal_engine::testing::tiny_model_of;
 use frugal_methods::build;
 
 /// `n` token ids of the tiny model's vocabulary, deterministic and varied.
@@ -17,7 +17,12 @@ pub fn ids(n: u32) -> Vec<u32> {
 /// Logits of every position of `ids` under `spec`: the first `split` tokens in one prefill call,
 /// the rest one token at a time; and the bytes the store holds at the end.
 pub fn run(spec: &str, ids: &[u32], split: usize) -> (Vec<Vec<f32>>, usize) {
-    let lm = tiny_model(GgmlDType::F32, 5).unwrap();
+    run_on("llama", spec, ids, split)
+}
+
+/// [`run`] on the tiny random model of `arch` (see `frugal_engine::testing::TINY_ARCHITECTURES`).
+pub fn run_on(arch: &str, spec: &str, ids: &[u32], split: usize) -> (Vec<Vec<f32>>, usize) {
+    let lm = tiny_model_of(arch, GgmlDType::F32, 5).unwrap();
     let mut seq = build(&spec.parse().unwrap(), lm.model.config().kv_layout()).unwrap();
     let mut rows = if split > 0 {
         lm.model

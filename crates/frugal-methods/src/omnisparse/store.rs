@@ -126,6 +126,12 @@ impl CachePolicy for OmniCache {
         *self = OmniCache::new(self.name.clone(), self.cfg.clone(), self.store.layout());
     }
 
+    /// Keys a sliding window drops are freed as the full store frees them; what is pending or
+    /// observed is kept by position, so it stays valid for the rows that remain.
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        self.store.forget_before(layer, position);
+    }
+
     fn report(&self) -> Option<String> {
         Some(format!(
             "{{\"slimmed_heads\":{},\"heads\":{}}}",

@@ -242,6 +242,22 @@ impl CachePolicy for EvictingCache {
         self.peak = 0;
     }
 
+    /// Keys a sliding window drops are freed as the full store frees them (once
+    /// `FORGET_SLACK` of them have piled up), by the same rebuild an eviction uses.
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        let (n_kv, d, fmt) = (self.layout.n_kv_heads, self.layout.head_dim, self.fmt);
+        for g in 0..n_kv {
+            let h = &mut self.heads[layer * n_kv + g];
+            let positions = h.positions.to_vec();
+            let drop = positions.partition_point(|&p| p < position);
+            if drop >= frugal_engine::cache::FORGET_SLACK {
+                let kept: Vec<usize> = (drop..positions.len()).collect();
+                *h = rebuild(h, &kept, d, fmt);
+            }
+        }
+        self.protected[layer].retain(|&p| p >= position);
+    }
+
     fn observe(&mut self, layer: usize, findings: Findings) {
         let Ok(scores) = findings.downcast::<RowScores>() else {
             return;

@@ -57,10 +57,12 @@ fn keep_everything_reproduces_dense_logits() {
     }
 }
 
-/// Finite on every architecture. The byte bound is checked on llama only. On Gemma 3's
-/// sliding-window layers the full, streaming and OmniSparse stores free the keys the window
-/// drops (`forget_before`). MiniCache, mean-merge and the eviction core behind the seven
-/// kvpress baselines do not yet, so they hold more than `full` there.
+/// Policies whose stores do not yet free the keys a sliding window drops, so on Gemma 3 they
+/// hold more than `full` (which frees them through `forget_before`): MiniCache's merged layer
+/// pairs can join a sliding layer to a global one, so rows cannot simply be dropped. The byte
+/// bound is checked for them on llama only; every other policy is checked everywhere.
+const KEEPS_WINDOWED_KEYS: [&str; 2] = ["minicache", "mean-merge"];
+
 #[test]
 fn defaults_are_finite_and_hold_no_more_than_full() {
     for arch in TINY_ARCHITECTURES {
@@ -72,10 +74,10 @@ fn defaults_are_finite_and_hold_no_more_than_full() {
                 "{arch}: {} produced a non-finite logit",
                 p.name
             );
-            if *arch == "llama" {
+            if *arch == "llama" || !KEEPS_WINDOWED_KEYS.contains(&p.name) {
                 assert!(
                     bytes <= dense_bytes,
-                    "{} holds {bytes} bytes, more than full's {dense_bytes}",
+                    "{arch}: {} holds {bytes} bytes, more than full's {dense_bytes}",
                     p.name
                 );
             }

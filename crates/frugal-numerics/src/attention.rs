@@ -112,6 +112,26 @@ pub trait KeyMask: Sync {
 /// A key is visible to a query when its position is not after the query's and `mask` (if any)
 /// allows it. A query row with no visible key gets a zero output; callers that mask must keep
 /// at least the token itself visible (the knockout policies assert this).
+/// Panics unless a step's query buffer is `[t, heads, head_dim]`, there is one view per KV
+/// head and the heads group evenly: the layout every attention kernel here takes.
+pub(crate) fn check_step_shape(q_len: usize, t: usize, views: usize, shape: AttentionShape) {
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = shape;
+    assert_eq!(
+        q_len,
+        t * n_heads * head_dim,
+        "query buffer does not match [T, heads, head_dim]"
+    );
+    assert_eq!(views, n_kv_heads, "one view per KV head expected");
+    assert!(
+        n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+        "heads must be a multiple of KV heads"
+    );
+}
+
 pub fn causal_attention(
     q: &[f32],
     q_positions: &[u32],
@@ -125,16 +145,7 @@ pub fn causal_attention(
         head_dim: d,
     } = shape;
     let t = q_positions.len();
-    assert_eq!(
-        q.len(),
-        t * n_heads * d,
-        "query buffer does not match [T, heads, head_dim]"
-    );
-    assert_eq!(kv.len(), n_kv_heads, "one KvSlices per KV head expected");
-    assert!(
-        n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-        "heads must be a multiple of KV heads"
-    );
+    check_step_shape(q.len(), t, kv.len(), shape);
     for head in kv {
         assert_eq!(head.keys.len(), head.positions.len() * d);
         assert_eq!(head.values.len(), head.positions.len() * d);

@@ -6,7 +6,7 @@
 //! of a KV group no longer wait on one task. Meant for few query rows (decode steps, short
 //! chunks); long prefills keep the blocked kernel, whose GEMMs reuse each row many times.
 
-use crate::attention::{softmax_in_place, AttentionShape};
+use crate::attention::{check_step_shape, softmax_in_place, AttentionShape};
 use half::f16;
 use rayon::prelude::*;
 
@@ -30,20 +30,11 @@ pub fn causal_attention_half(
 ) -> Vec<f32> {
     let AttentionShape {
         n_heads,
-        n_kv_heads,
         head_dim: d,
+        ..
     } = shape;
     let t = q_positions.len();
-    assert_eq!(
-        q.len(),
-        t * n_heads * d,
-        "query buffer does not match [T, heads, head_dim]"
-    );
-    assert_eq!(kv.len(), n_kv_heads, "one HalfKv per KV head expected");
-    assert!(
-        n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-        "heads must be a multiple of KV heads"
-    );
+    check_step_shape(q.len(), t, kv.len(), shape);
     for head in kv {
         assert_eq!(head.keys.len(), head.positions.len() * d);
         assert_eq!(head.values.len(), head.positions.len() * d);

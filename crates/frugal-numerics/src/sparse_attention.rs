@@ -67,12 +67,7 @@ pub fn sparse_attention(
         head_dim: d,
     } = shape;
     let t = q_positions.len();
-    assert_eq!(
-        q.len(),
-        t * n_heads * d,
-        "query buffer does not match [T, heads, head_dim]"
-    );
-    assert_eq!(kv.len(), n_kv_heads, "one KvSlices per KV head expected");
+    crate::attention::check_step_shape(q.len(), t, kv.len(), shape);
     assert!(plan.block > 0);
     let n_blocks = t.div_ceil(plan.block);
     assert_eq!(

@@ -20,7 +20,8 @@
 //! holds more than the budget plus one chunk (peak bytes fall with the budget).
 //!
 //! Storage: each (layer, KV head) is a [`QuantHead`] in the row format a storage-format part
-//! supplies (`snapkv:ratio=0.5+kivi:bits=4`), plain f32 rows otherwise. Eviction rebuilds a head
+//! supplies (`snapkv:ratio=0.5+kivi:bits=4`), otherwise unquantised rows in the store's dtype
+//! (f16 by default, as the full store). Eviction rebuilds a head
 //! from its kept rows, so the freed bytes really return to the allocator; rows of a compressed
 //! call are quantised only after its eviction, so a one-shot prefill is quantised once (a
 //! chunked prefill re-quantises earlier chunks' kept rows when it rebuilds a head; ours).
@@ -84,7 +85,7 @@ pub fn component(
     layout: KvLayout,
     row_format: Option<RowFormat>,
 ) -> Component {
-    let fmt = row_format.unwrap_or(RowFormat::F32);
+    let fmt = row_format.unwrap_or(RowFormat::plain(layout.dtype));
     let name = scorer.name();
     Component {
         cache: Some(Box::new(EvictingCache {
@@ -179,7 +180,7 @@ impl EvictingCache {
 
 impl CachePolicy for EvictingCache {
     fn name(&self) -> String {
-        let fmt = if self.fmt == RowFormat::F32 {
+        let fmt = if !self.fmt.quantises() {
             String::new()
         } else {
             format!("+{}", self.fmt.label())
@@ -243,17 +244,11 @@ impl CachePolicy for EvictingCache {
     }
 
     /// Keys a sliding window drops are freed as the full store frees them (once
-    /// `FORGET_SLACK` of them have piled up), by the same rebuild an eviction uses.
+    /// `FORGET_SLACK` of them have piled up; whole quantised blocks only, nothing re-quantised).
     fn forget_before(&mut self, layer: usize, position: u32) {
-        let (n_kv, d, fmt) = (self.layout.n_kv_heads, self.layout.head_dim, self.fmt);
-        for g in 0..n_kv {
-            let h = &mut self.heads[layer * n_kv + g];
-            let positions = h.positions.to_vec();
-            let drop = positions.partition_point(|&p| p < position);
-            if drop >= frugal_engine::cache::FORGET_SLACK {
-                let kept: Vec<usize> = (drop..positions.len()).collect();
-                *h = rebuild(h, &kept, d, fmt);
-            }
+        let n_kv = self.layout.n_kv_heads;
+        for h in &mut self.heads[layer * n_kv..(layer + 1) * n_kv] {
+            h.forget_before(position);
         }
         self.protected[layer].retain(|&p| p >= position);
     }

@@ -20,7 +20,7 @@
 use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
 pub use crate::policy::RowFormat;
 use crate::spec::{PartSpec, SpecError};
-use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns};
+use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PositionRuns, FORGET_SLACK};
 use frugal_numerics::kivi::{
     code_at, group_params, packed_len, quantize_strided, range_strided, supported_bits, GroupParams,
 };
@@ -151,7 +151,7 @@ impl Floats {
         }
     }
     /// Drops the first `n` elements and gives back the spare capacity.
-    fn drop_front(&mut self, n: usize) {
+    pub(crate) fn drop_front(&mut self, n: usize) {
         match self {
             Floats::F32(v) => {
                 v.drain(..n);
@@ -311,6 +311,23 @@ impl QuantRows {
         Cow::Owned(out)
     }
 
+    /// Drops up to `n` rows from the front without re-quantising anything, and says how many
+    /// went: quantised rows leave a whole block of `group` at a time (a block that straddles
+    /// row `n` stays), full-precision rows one by one once every block has gone. Keys and
+    /// values of one head share the block structure, so both drop the same count.
+    pub fn drop_front(&mut self, n: usize) -> usize {
+        let q = self.quantised_rows();
+        if q > 0 && n < q {
+            let blocks = n / self.fmt.group;
+            self.blocks.drain(..blocks);
+            return blocks * self.fmt.group;
+        }
+        self.blocks.clear();
+        let rows = (n - q).min(self.tail.len() / self.d);
+        self.tail.drop_front(rows * self.d);
+        q + rows
+    }
+
     /// Bytes held: packed codes, 2 + 2 bytes per (scale, min), 2 or 4 per full-precision float.
     pub fn resident_bytes(&self) -> usize {
         self.blocks
@@ -352,6 +369,19 @@ impl QuantHead {
 
     pub fn resident_bytes(&self) -> usize {
         self.k.resident_bytes() + self.v.resident_bytes() + self.positions.resident_bytes()
+    }
+
+    /// Frees the rows before `position` once [`FORGET_SLACK`] of them have piled up, as the full
+    /// store does for a sliding-window layer; whole quantised blocks only (see
+    /// [`QuantRows::drop_front`]), so nothing is re-quantised.
+    pub fn forget_before(&mut self, position: u32) {
+        let n = self.positions.count_before(position);
+        if n < FORGET_SLACK {
+            return;
+        }
+        let dropped = self.k.drop_front(n);
+        assert_eq!(self.v.drop_front(n), dropped, "keys and values share blocks");
+        self.positions.drop_front(dropped);
     }
 }
 
@@ -413,6 +443,14 @@ impl CachePolicy for KiviCache {
 
     fn reset(&mut self) {
         *self = KiviCache::new(self.layout, self.fmt);
+    }
+
+    /// Whole quantised blocks (and full-precision rows) a sliding window has passed are freed.
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        let n_kv = self.layout.n_kv_heads;
+        for h in &mut self.heads[layer * n_kv..(layer + 1) * n_kv] {
+            h.forget_before(position);
+        }
     }
 
     /// The quantised blocks and the full-precision tail, copied as they are: a sequence that

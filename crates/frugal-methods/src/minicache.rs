@@ -26,14 +26,22 @@
 //! - decode flow ([P] figure): a new token's layer-`a` K/V are held unmerged (as a direction row
 //!   holding the raw vector with scale 1) until layer `b` has produced its K/V, then merged; so
 //!   layer `a`'s attention in the current step reads its own exact K/V;
-//! - storage: directions in the row format underneath (f32, or KIVI when composed as
-//!   `minicache+kivi:…`); magnitudes f32 (f16 when quantised); retained originals in the
-//!   format's full precision (f32, or f16 under `kivi:fp=16`); positions once per (pair, head),
-//!   as runs of consecutive positions.
+//! - storage: directions in the row format underneath (the store's dtype, f16 by default, or
+//!   KIVI when composed as `minicache+kivi:…`); magnitudes f32 (f16 when quantised); retained
+//!   originals in the format's full precision (the store's dtype, or f16 under `kivi:fp=16`);
+//!   positions once per (pair, head),
+//!   as runs of consecutive positions;
+//! - sliding-window layers (Gemma 3; [P] predates them): a layer alone frees what its window
+//!   has passed, as the full store does. A pair's two layers may differ (one global, one
+//!   sliding): each side keeps an offset, the first shared row it still reads, frees its own
+//!   magnitudes and retained originals before it and is shown only the rows after it; the
+//!   shared directions go once both sides have passed them (never, beside a global layer).
 
 use crate::kivi::{head_rows, Axis, Floats, QuantHead, QuantRows, RowFormat};
 use crate::policy::{configure, Component, KnobKind, PolicyConfig, PolicyEntry};
-use frugal_engine::cache::{CachePolicy, HeadView, KvLayout, PatchView, PositionRuns};
+use frugal_engine::cache::{
+    CachePolicy, HeadView, KvLayout, PatchView, PositionRuns, FORGET_SLACK,
+};
 use frugal_numerics::slerp::{merge_pair, normalised_distance};
 use std::borrow::Cow;
 
@@ -109,12 +117,38 @@ impl Retained {
             data: Floats::new(half),
         }
     }
-    fn patch(&self) -> Option<PatchView<'_>> {
-        (!self.rows.is_empty()).then(|| (Cow::Borrowed(&self.rows[..]), self.data.all()))
+    /// The patch as a view that starts at shared row `skip` (rows renumbered from there).
+    fn patch(&self, skip: usize) -> Option<PatchView<'_>> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let rows = if skip == 0 {
+            Cow::Borrowed(&self.rows[..])
+        } else {
+            Cow::Owned(self.rows.iter().map(|r| r - skip as u32).collect())
+        };
+        Some((rows, self.data.all()))
     }
     fn bytes(&self) -> usize {
         4 * self.rows.len() + self.data.bytes()
     }
+    /// Frees the originals of rows before `row`.
+    fn forget_below(&mut self, row: usize, d: usize) {
+        let gone = self.rows.partition_point(|&r| (r as usize) < row);
+        self.rows.drain(..gone);
+        self.data.drop_front(gone * d);
+    }
+    /// Renumbers after the first `n` shared rows are dropped (none of them is held here).
+    fn shift(&mut self, n: usize) {
+        self.rows.iter_mut().for_each(|r| *r -= n as u32);
+    }
+}
+
+/// Which layer of a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
 }
 
 /// K or V of one (pair, KV head).
@@ -122,7 +156,9 @@ impl Retained {
 struct Merged {
     /// Merged unit directions (or means); rows `merged..` hold layer a's raw pending vectors.
     dir: QuantRows,
+    /// Layer a's magnitudes of rows `skip_a..` (the pair's offsets, see [`PairHead`]).
     mag_a: Floats,
+    /// Layer b's magnitudes of rows `skip_b..`.
     mag_b: Floats,
     ret_a: Retained,
     ret_b: Retained,
@@ -168,8 +204,9 @@ impl Merged {
         self.dir_width
     }
 
-    /// Merges the pending rows with layer b's `rows`.
-    fn merge_b(&mut self, rows_b: &[f32], mode: Mode) {
+    /// Merges the pending rows with layer b's `rows`; layer a reads rows from `skip_a` on, so
+    /// earlier rows keep no magnitude or original of its side (a prefill longer than a's window).
+    fn merge_b(&mut self, rows_b: &[f32], mode: Mode, skip_a: usize) {
         let d = self.dir_width;
         let n_new = rows_b.len() / d;
         let q = self.dir.quantised_rows();
@@ -218,13 +255,17 @@ impl Merged {
                         || normalised_distance(m.omega, self.d_min, self.d_max)
                             .is_some_and(|x| x >= 1.0 - gamma);
                     if retain {
-                        self.ret_a.rows.push(row as u32);
-                        self.ret_a.data.extend(&rows_a[i * d..(i + 1) * d]);
+                        if row >= skip_a {
+                            self.ret_a.rows.push(row as u32);
+                            self.ret_a.data.extend(&rows_a[i * d..(i + 1) * d]);
+                        }
                         self.ret_b.rows.push(row as u32);
                         self.ret_b.data.extend(&rows_b[i * d..(i + 1) * d]);
                         self.retained_tokens += 1;
                     }
-                    self.mag_a.set(row, &[m.mag_a]);
+                    if row >= skip_a {
+                        self.mag_a.set(row - skip_a, &[m.mag_a]);
+                    }
                     self.mag_b.extend(&[m.mag_b]);
                 }
                 self.dir.set_tail_rows(first - q, &dirs);
@@ -232,6 +273,27 @@ impl Merged {
         }
         self.merged = first + n_new;
         self.dir.compact();
+    }
+
+    /// Side `side` no longer reads rows before `row`; it read rows from `skip` on until now.
+    fn forget_side(&mut self, side: Side, skip: usize, row: usize) {
+        let (mags, ret) = match side {
+            Side::A => (&mut self.mag_a, &mut self.ret_a),
+            Side::B => (&mut self.mag_b, &mut self.ret_b),
+        };
+        let gone = (row - skip).min(mags.len());
+        mags.drop_front(gone);
+        ret.forget_below(row, self.dir_width);
+    }
+
+    /// Drops the first `n` shared rows, which neither side reads any more (whole quantised
+    /// blocks only, see [`QuantRows::drop_front`]); how many went.
+    fn drop_shared(&mut self, n: usize) -> usize {
+        let dropped = self.dir.drop_front(n);
+        self.ret_a.shift(dropped);
+        self.ret_b.shift(dropped);
+        self.merged -= dropped;
+        dropped
     }
 
     fn bytes(&self) -> usize {
@@ -248,6 +310,42 @@ struct PairHead {
     k: Merged,
     v: Merged,
     positions: PositionRuns,
+    /// Per side, the first shared row that layer still reads (0 for a global layer).
+    skip_a: usize,
+    skip_b: usize,
+}
+
+impl PairHead {
+    fn skip(&self, side: Side) -> usize {
+        match side {
+            Side::A => self.skip_a,
+            Side::B => self.skip_b,
+        }
+    }
+
+    /// Layer `side` reads no row before `position` again: once `FORGET_SLACK` of its rows have
+    /// piled up, its side data goes, and the shared rows both sides have passed.
+    fn forget_before(&mut self, side: Side, position: u32) {
+        let row = self.positions.count_before(position);
+        let skip = self.skip(side);
+        if row < skip + FORGET_SLACK {
+            return;
+        }
+        self.k.forget_side(side, skip, row);
+        self.v.forget_side(side, skip, row);
+        match side {
+            Side::A => self.skip_a = row,
+            Side::B => self.skip_b = row,
+        }
+        let shared = self.skip_a.min(self.skip_b);
+        if shared >= FORGET_SLACK {
+            let dropped = self.k.drop_shared(shared);
+            assert_eq!(self.v.drop_shared(shared), dropped, "keys and values share blocks");
+            self.positions.drop_front(dropped);
+            self.skip_a -= dropped;
+            self.skip_b -= dropped;
+        }
+    }
 }
 
 /// What a layer is in this cache.
@@ -297,6 +395,8 @@ impl MiniCache {
             k: Merged::new(d, fmt, Axis::PerChannel),
             v: Merged::new(d, fmt, Axis::PerToken),
             positions: PositionRuns::default(),
+            skip_a: 0,
+            skip_b: 0,
         };
         MiniCache {
             layout,
@@ -380,8 +480,8 @@ impl CachePolicy for MiniCache {
                 }
                 Role::B(p) => {
                     let s = &mut self.pairs[p * h + g];
-                    s.k.merge_b(&kr, self.mode);
-                    s.v.merge_b(&vr, self.mode);
+                    s.k.merge_b(&kr, self.mode, s.skip_a);
+                    s.v.merge_b(&vr, self.mode, s.skip_a);
                 }
             }
         }
@@ -389,29 +489,32 @@ impl CachePolicy for MiniCache {
 
     fn view<'a>(&'a self, layer: usize, kv_head: usize) -> HeadView<'a> {
         let h = self.layout.n_kv_heads;
-        let (p, is_a) = match self.roles[layer] {
+        let (p, side) = match self.roles[layer] {
             Role::Alone(i) => return self.alone[i * h + kv_head].view(),
-            Role::A(p) => (p, true),
-            Role::B(p) => (p, false),
+            Role::A(p) => (p, Side::A),
+            Role::B(p) => (p, Side::B),
         };
         let s = &self.pairs[p * h + kv_head];
+        let skip = s.skip(side);
+        let d = self.layout.head_dim;
         let slerp = matches!(self.mode, Mode::Slerp { .. });
-        let side = |m: &'a Merged| -> (Option<Cow<'a, [f32]>>, Option<PatchView<'a>>) {
+        let extras = |m: &'a Merged| -> (Option<Cow<'a, [f32]>>, Option<PatchView<'a>>) {
             if !slerp {
                 return (None, None);
             }
-            if is_a {
-                (Some(m.mag_a.all()), m.ret_a.patch())
-            } else {
-                (Some(m.mag_b.all()), m.ret_b.patch())
+            match side {
+                Side::A => (Some(m.mag_a.all()), m.ret_a.patch(skip)),
+                Side::B => (Some(m.mag_b.all()), m.ret_b.patch(skip)),
             }
         };
-        let (key_scale, key_patch) = side(&s.k);
-        let (value_scale, value_patch) = side(&s.v);
+        let (key_scale, key_patch) = extras(&s.k);
+        let (value_scale, value_patch) = extras(&s.v);
+        let mut positions = s.positions.to_vec();
+        positions.drain(..skip);
         HeadView {
-            keys: s.k.dir.rows(),
-            values: s.v.dir.rows(),
-            positions: Cow::Owned(s.positions.to_vec()),
+            keys: rows_from(s.k.dir.rows(), skip * d),
+            values: rows_from(s.v.dir.rows(), skip * d),
+            positions: Cow::Owned(positions),
             key_scale,
             value_scale,
             key_patch,
@@ -431,6 +534,25 @@ impl CachePolicy for MiniCache {
                 .sum::<usize>()
     }
 
+    /// A layer alone frees what its window has passed, as the full store does; a pair's side
+    /// frees its own data, and the shared rows go once both sides have passed them.
+    fn forget_before(&mut self, layer: usize, position: u32) {
+        let h = self.layout.n_kv_heads;
+        let (p, side) = match self.roles[layer] {
+            Role::Alone(i) => {
+                for s in &mut self.alone[i * h..(i + 1) * h] {
+                    s.forget_before(position);
+                }
+                return;
+            }
+            Role::A(p) => (p, Side::A),
+            Role::B(p) => (p, Side::B),
+        };
+        for s in &mut self.pairs[p * h..(p + 1) * h] {
+            s.forget_before(side, position);
+        }
+    }
+
     fn reset(&mut self) {
         let start = if self.start == usize::MAX {
             -1
@@ -441,15 +563,27 @@ impl CachePolicy for MiniCache {
     }
 }
 
-/// Builds `minicache` or `mean-merge`, its rows stored in `fmt` (f32 unless composed with kivi).
+/// Builds `minicache` or `mean-merge`, its rows stored in `fmt` (the store's dtype unless
+/// composed with kivi).
 fn component(start: i64, mode: Mode, layout: KvLayout, fmt: Option<RowFormat>) -> Component {
     Component {
         cache: Some(Box::new(MiniCache::new(
             layout,
             start,
             mode,
-            fmt.unwrap_or(RowFormat::F32),
+            fmt.unwrap_or(RowFormat::plain(layout.dtype)),
         ))),
         attention: None,
+    }
+}
+
+/// `rows` from float `at` on, borrowed where `rows` is.
+fn rows_from(rows: Cow<'_, [f32]>, at: usize) -> Cow<'_, [f32]> {
+    match rows {
+        Cow::Borrowed(r) => Cow::Borrowed(&r[at..]),
+        Cow::Owned(mut r) => {
+            r.drain(..at);
+            Cow::Owned(r)
+        }
     }
 }

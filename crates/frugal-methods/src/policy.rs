@@ -341,6 +341,15 @@ impl RowFormat {
         half_rows: false,
     };
 
+    /// Unquantised rows in the store's dtype: what a store owner keeps when no storage-format
+    /// part is written beside it, so it holds no more per row than the full store does.
+    pub fn plain(dtype: frugal_engine::cache::KvDtype) -> RowFormat {
+        RowFormat {
+            half_rows: dtype == frugal_engine::cache::KvDtype::F16,
+            ..RowFormat::F32
+        }
+    }
+
     pub fn quantises(&self) -> bool {
         self.bits < 32 && self.residual < usize::MAX / 2
     }

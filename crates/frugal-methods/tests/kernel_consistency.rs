@@ -65,7 +65,9 @@ impl CachePath {
             n_layers: 2,
             n_kv_heads: c.shape.n_kv_heads,
             head_dim: c.shape.head_dim,
-            dtype: KvDtype::default(),
+            // The exact store: unquantised rows follow it, so the exact settings can be
+            // compared with the originals.
+            dtype: KvDtype::F32,
         };
         let mut seq = build(&self.spec.parse().unwrap(), layout).unwrap();
         let (past, n) = (c.spec.past, c.spec.past + c.spec.t);

@@ -90,3 +90,33 @@ fn byte_accounting_matches_the_layout() {
     let v = codes + 35 * 8 * 2 * 4 + 20 * 16 * 2;
     assert_eq!(bytes, 3 * 2 * (k + v + 8));
 }
+
+#[test]
+fn sliding_window_layers_free_what_they_pass_and_stay_exact() {
+    // The tiny Gemma 3: layers 0 and 1 slide over a 16-token window, layer 2 is global. Start 0
+    // pairs the two sliding layers; the default start 1 pairs a sliding layer with the global
+    // one and leaves the sliding layer 0 alone. Forgetting must not change a logit.
+    use frugal_engine::cache::FORGET_SLACK;
+    use frugal_engine::testing::TINY_WINDOW;
+    let ids = common::ids(300);
+    let (dense, _) = common::run_on("gemma3", "full", &ids, 300);
+    for spec in [
+        "minicache:gamma=1",
+        "minicache:gamma=1,start=0",
+        "mean-merge:start=1048576",
+    ] {
+        for split in [300, 150, 0] {
+            let (rows, _) = common::run_on("gemma3", spec, &ids, split);
+            let diff = max_diff(&dense, &rows);
+            assert!(diff < 1e-4, "{spec} split {split}: max |Δlogit| = {diff}");
+        }
+    }
+    // Mean-merge of the two sliding layers: the shared rows go once both have passed them, so
+    // the pair holds at most a window plus the slack; the global layer 2 holds all 300.
+    let row = 2 * 16 * 4;
+    for split in [300, 0] {
+        let (_, bytes) = common::run_on("gemma3", "mean-merge:start=0", &ids, split);
+        let bound = 2 * (300 * row + 8) + 2 * ((TINY_WINDOW + FORGET_SLACK) * row + 8);
+        assert!(bytes <= bound, "split {split}: {bytes} > {bound}");
+    }
+}

@@ -57,12 +57,6 @@ fn keep_everything_reproduces_dense_logits() {
     }
 }
 
-/// Policies whose stores do not yet free the keys a sliding window drops, so on Gemma 3 they
-/// hold more than `full` (which frees them through `forget_before`): MiniCache's merged layer
-/// pairs can join a sliding layer to a global one, so rows cannot simply be dropped. The byte
-/// bound is checked for them on llama only; every other policy is checked everywhere.
-const KEEPS_WINDOWED_KEYS: [&str; 2] = ["minicache", "mean-merge"];
-
 #[test]
 fn defaults_are_finite_and_hold_no_more_than_full() {
     for arch in TINY_ARCHITECTURES {
@@ -74,13 +68,12 @@ fn defaults_are_finite_and_hold_no_more_than_full() {
                 "{arch}: {} produced a non-finite logit",
                 p.name
             );
-            if *arch == "llama" || !KEEPS_WINDOWED_KEYS.contains(&p.name) {
-                assert!(
-                    bytes <= dense_bytes,
-                    "{arch}: {} holds {bytes} bytes, more than full's {dense_bytes}",
-                    p.name
-                );
-            }
+            eprintln!("{arch:7} {:22} {bytes:>7} bytes (full {dense_bytes})", p.name);
+            assert!(
+                bytes <= dense_bytes,
+                "{arch}: {} holds {bytes} bytes, more than full's {dense_bytes}",
+                p.name
+            );
         }
     }
 }

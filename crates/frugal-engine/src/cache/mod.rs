@@ -116,6 +116,35 @@ impl PositionRuns {
         out
     }
 
+    /// Drops the first `n` positions (all of them if fewer are held).
+    pub fn drop_front(&mut self, n: usize) {
+        let mut left = n.min(self.len);
+        self.len -= left;
+        let mut whole = 0;
+        for (first, count) in self.runs.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(*count as usize);
+            left -= take;
+            if take == *count as usize {
+                whole += 1;
+            } else {
+                *first += take as u32;
+                *count -= take as u32;
+            }
+        }
+        self.runs.drain(..whole);
+    }
+
+    /// How many held positions lie before `position`.
+    pub fn count_before(&self, position: u32) -> usize {
+        self.runs
+            .iter()
+            .map(|&(first, count)| position.saturating_sub(first).min(count) as usize)
+            .sum()
+    }
+
     pub fn resident_bytes(&self) -> usize {
         8 * self.runs.len()
     }
@@ -571,6 +600,20 @@ mod tests {
         r.extend(&[9, 10, 12]);
         assert_eq!(r.to_vec(), vec![0, 1, 2, 3, 4, 9, 10, 12]);
         assert_eq!((r.len(), r.resident_bytes()), (8, 24));
+    }
+
+    #[test]
+    fn position_runs_drop_from_the_front_across_runs() {
+        let mut r = PositionRuns::default();
+        r.extend(&[0, 1, 2, 5, 6, 9]);
+        assert_eq!(r.count_before(6), 4);
+        assert_eq!(r.count_before(100), 6);
+        r.drop_front(4);
+        assert_eq!(r.to_vec(), vec![6, 9]);
+        assert_eq!((r.len(), r.resident_bytes()), (2, 16));
+        r.drop_front(10);
+        assert!(r.is_empty());
+        assert_eq!(r.resident_bytes(), 0);
     }
 
     #[test]

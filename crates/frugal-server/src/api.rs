@@ -35,7 +35,13 @@ pub struct RequestContext<'a> {
     pub default_policy: &'a PolicySpec,
     /// `max_tokens` when the request gives none (clamped to the rest of the context).
     pub default_max_tokens: usize,
+    /// The request's [`POLICY_HEADER`], for clients that can add headers but not body fields
+    /// (lm-evaluation-harness's API models take a `header` dict).
+    pub policy_header: Option<&'a str>,
 }
+
+/// HTTP header naming a request's policy, as the body's `"frugal": {"policy": …}` does.
+pub const POLICY_HEADER: &str = "x-frugal-policy";
 
 /// Most `top_logprobs` a request may ask for (OpenAI allows 20 on chat, 5 on completions).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -121,7 +127,7 @@ fn check_known(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiEr
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!("malformed JSON in request body: {e}")).with_code("invalid_json")
     })?;
@@ -146,14 +152,14 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// Typed access to optional fields; `null` counts as absent, as in OpenAI's API.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl<'a> Fields<'a> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
         self.0.get(name).filter(|v| !v.is_null())
     }
 
-    fn wrong(name: &str, expected: &str, got: &Value) -> ApiError {
+    pub(crate) fn wrong(name: &str, expected: &str, got: &Value) -> ApiError {
         ApiError::invalid_param(
             name,
             format!("`{name}` must be {expected}, got {}", type_name(got)),
@@ -186,13 +192,13 @@ impl<'a> Fields<'a> {
             .transpose()
     }
 
-    fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
         self.get(name)
             .map(|v| v.as_bool().ok_or_else(|| Self::wrong(name, "a boolean", v)))
             .transpose()
     }
 
-    fn string(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
+    pub(crate) fn string(&self, name: &str) -> Result<Option<&'a str>, ApiError> {
         self.get(name)
             .map(|v| v.as_str().ok_or_else(|| Self::wrong(name, "a string", v)))
             .transpose()
@@ -614,7 +620,7 @@ fn finish_prepare(
             "`echo` with `logprobs` is answered whole, not streamed: drop `stream` or one of them",
         ));
     }
-    let policy = parse_policy(f, cx.default_policy)?;
+    let policy = parse_policy(f, cx.default_policy, cx.policy_header)?;
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     Ok(Prepared {
         endpoint,
@@ -632,9 +638,41 @@ fn finish_prepare(
     })
 }
 
-/// The extension field `"frugal": {"policy": "<spec>"}`, same syntax as the CLI's `--policy`;
-/// checked against the registry so a bad spec is a 400 naming the problem.
-fn parse_policy(f: &Fields, default: &PolicySpec) -> Result<PolicySpec, ApiError> {
+/// The extension field `"frugal": {"policy": "<spec>"}` or the [`POLICY_HEADER`], same syntax
+/// as the CLI's `--policy`; checked against the registry so a bad spec is a 400 naming the
+/// problem. A request that gives both must give the same spec.
+fn parse_policy(
+    f: &Fields,
+    default: &PolicySpec,
+    header: Option<&str>,
+) -> Result<PolicySpec, ApiError> {
+    let from_body = policy_in_body(f, default)?;
+    let Some(spec) = header else {
+        return Ok(from_body);
+    };
+    let parsed: PolicySpec = spec.parse().map_err(|e| bad_header(spec, e))?;
+    frugal_methods::validate(&parsed).map_err(|e| bad_header(spec, e))?;
+    if f.get("frugal").is_some() && from_body.to_string() != parsed.to_string() {
+        return Err(ApiError::invalid_param(
+            "frugal.policy",
+            format!(
+                "the body's policy `{from_body}` and the {POLICY_HEADER} header's `{parsed}` differ"
+            ),
+        )
+        .with_code("invalid_policy"));
+    }
+    Ok(parsed)
+}
+
+fn bad_header(spec: &str, e: frugal_methods::SpecError) -> ApiError {
+    ApiError::invalid_param(
+        POLICY_HEADER,
+        format!("invalid policy `{spec}` in the {POLICY_HEADER} header: {e}"),
+    )
+    .with_code("invalid_policy")
+}
+
+fn policy_in_body(f: &Fields, default: &PolicySpec) -> Result<PolicySpec, ApiError> {
     let Some(ext) = f.get("frugal") else {
         return Ok(default.clone());
     };

@@ -4,8 +4,10 @@
 //! registry, so a policy registered there is servable here without a change.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/completions` (both also as SSE streams
-//! ending in `data: [DONE]`), `GET /v1/models`, `GET /health`, `GET /metrics`. A request picks
-//! its KV/attention policy with the extension field `"frugal": {"policy": "<spec>"}`.
+//! ending in `data: [DONE]`), `GET /v1/models`, `GET /health`, `GET /metrics`, and vLLM's
+//! `GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize` ([`tokenize`]). A request picks
+//! its KV/attention policy with the extension field `"frugal": {"policy": "<spec>"}` or the
+//! `X-Frugal-Policy` header.
 //!
 //! Running requests advance together, one batched forward pass per step, whatever policy each
 //! uses ([`scheduler`]). `n` > 1 and completions prompt batches run as several sequences of one
@@ -18,12 +20,13 @@ pub mod error;
 pub mod metrics;
 pub mod prefix;
 pub mod scheduler;
+pub mod tokenize;
 
 use api::{Endpoint, Prepared, RequestContext, ResponseMeta};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -263,6 +266,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(model_by_id))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/tokenizer_info", get(tokenizer_info))
+        .route("/tokenize", post(tokenize_text))
+        .route("/detokenize", post(detokenize_ids))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(limit))
@@ -271,9 +277,10 @@ fn router(state: Arc<AppState>) -> Router {
 
 async fn chat_completions(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let resp = complete(&st, Endpoint::Chat, body)
+    let resp = complete(&st, Endpoint::Chat, &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     st.metrics
@@ -283,9 +290,10 @@ async fn chat_completions(
 
 async fn completions(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let resp = complete(&st, Endpoint::Completion, body)
+    let resp = complete(&st, Endpoint::Completion, &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     st.metrics.request("completions", resp.status().as_u16());
@@ -314,6 +322,43 @@ async fn model_by_id(State(st): State<Arc<AppState>>, UrlPath(id): UrlPath<Strin
     resp
 }
 
+async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Response {
+    st.metrics.request("tokenizer_info", 200);
+    Json(tokenize::tokenizer_info(&st.lm)).into_response()
+}
+
+async fn tokenize_text(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let resp = read_body(&st, body)
+        .and_then(|b| tokenize::tokenize(&b, &st.lm))
+        .map(Json)
+        .into_response();
+    st.metrics.request("tokenize", resp.status().as_u16());
+    resp
+}
+
+async fn detokenize_ids(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let resp = read_body(&st, body)
+        .and_then(|b| tokenize::detokenize(&b, &st.lm))
+        .map(Json)
+        .into_response();
+    st.metrics.request("detokenize", resp.status().as_u16());
+    resp
+}
+
+/// The request body, or the error a client gets for one that cannot be read.
+fn read_body(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| match rej.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(st.cfg.max_body_bytes),
+        _ => ApiError::invalid(format!("cannot read request body: {}", rej.body_text())),
+    })
+}
+
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.request("health", 200);
     let a = st.admission.snapshot();
@@ -339,18 +384,26 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
 async fn complete(
     st: &Arc<AppState>,
     endpoint: Endpoint,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let body = body.map_err(|rej| match rej.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(st.cfg.max_body_bytes),
-        _ => ApiError::invalid(format!("cannot read request body: {}", rej.body_text())),
-    })?;
+    let body = read_body(st, body)?;
+    let policy_header = match headers.get(api::POLICY_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::invalid_param(
+                api::POLICY_HEADER,
+                format!("the {} header is not visible ASCII", api::POLICY_HEADER),
+            )
+        })?),
+    };
     let cx = RequestContext {
         model: &st.lm,
         model_id: &st.model_id,
         default_policy: &st.cfg.default_policy,
         default_max_tokens: st.cfg.default_max_tokens,
+        policy_header,
     };
     let req: Prepared = match endpoint {
         Endpoint::Chat => api::prepare_chat(&body, &cx)?,

@@ -65,10 +65,21 @@ impl Resp {
 }
 
 fn send_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> TcpStream {
+    send_request_with(addr, method, path, body, "")
+}
+
+/// [`send_request`] with extra header lines (each ending in `\r\n`).
+fn send_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    extra_headers: &str,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -111,7 +122,11 @@ fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
-    let mut r = BufReader::new(send_request(addr, method, path, body));
+    read_response(send_request(addr, method, path, body))
+}
+
+fn read_response(stream: TcpStream) -> Resp {
+    let mut r = BufReader::new(stream);
     let (status, headers) = read_head(&mut r);
     let chunked = headers
         .iter()
@@ -1214,4 +1229,125 @@ fn a_client_that_stops_reading_does_not_hold_the_engine_or_its_kv() {
         rest.push_str(&String::from_utf8(c).unwrap());
     }
     assert!(rest.contains("[DONE]"), "the answer ends properly");
+}
+
+#[test]
+fn tokenizer_endpoints_answer_as_vllm_does() {
+    let (srv, dir) = start(ServerConfig::default());
+    let lm = load_tiny(&dir);
+    let info = get(srv.addr, "/tokenizer_info");
+    assert_eq!(info.status, 200, "{}", info.body);
+    let info = info.json();
+    let eos = lm.tokenizer.eos_token_id().unwrap();
+    assert_eq!(
+        info["eos_token"],
+        lm.tokenizer.id_to_token(eos).unwrap().as_str()
+    );
+    assert_eq!(info["chat_template"], lm.chat_template.source());
+    assert_eq!(info["add_bos_token"], lm.tokenizer.adds_bos());
+
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let mut ours = lm.tokenizer.encode(text).unwrap();
+    let with = post(srv.addr, "/tokenize", &json!({"prompt": text})).json();
+    assert_eq!(with["tokens"], json!(ours));
+    assert_eq!(with["count"], ours.len());
+    if lm.tokenizer.adds_bos() {
+        ours.remove(0);
+    }
+    let without = post(
+        srv.addr,
+        "/tokenize",
+        &json!({"prompt": text, "add_special_tokens": false}),
+    )
+    .json();
+    assert_eq!(
+        without["tokens"],
+        json!(ours),
+        "no BOS without special tokens"
+    );
+    let back = post(srv.addr, "/detokenize", &json!({"tokens": ours})).json();
+    assert_eq!(
+        back["prompt"],
+        lm.tokenizer.decode(&ours, false).unwrap().as_str()
+    );
+
+    let vocab = lm.model.config().vocab_size;
+    for (path, body, says) in [
+        ("/tokenize", json!({}), "`prompt` is required"),
+        (
+            "/tokenize",
+            json!({"prompt": 3}),
+            "`prompt` must be a string",
+        ),
+        (
+            "/tokenize",
+            json!({"prompt": "a", "bogus": 1}),
+            "unknown field `bogus`",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": "a"}),
+            "an array of token ids",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [vocab]}),
+            "outside the vocabulary",
+        ),
+    ] {
+        let r = post(srv.addr, path, &body);
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.body);
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(says), "{path} {body}: {msg}");
+    }
+    assert_eq!(
+        http(srv.addr, "POST", "/tokenize", b"{not json").status,
+        400
+    );
+}
+
+#[test]
+fn the_policy_header_selects_the_policy_as_the_body_field_does() {
+    let (srv, _dir) = start(ServerConfig {
+        prefill_chunk: 16,
+        ..Default::default()
+    });
+    let body = json!({"model": MODEL, "prompt": long_prompt(), "max_tokens": 4, "temperature": 0});
+    let send = |body: &Value, header: &str| {
+        read_response(send_request_with(
+            srv.addr,
+            "POST",
+            "/v1/completions",
+            body.to_string().as_bytes(),
+            &format!("X-Frugal-Policy: {header}\r\n"),
+        ))
+    };
+    let by_header = send(&body, "streaming:sink=4,window=16");
+    assert_eq!(by_header.status, 200, "{}", by_header.body);
+    let by_header = by_header.json();
+    assert_eq!(by_header["frugal"]["policy"], "streaming:sink=4,window=16");
+    let mut with_field = body.clone();
+    with_field["frugal"] = json!({"policy": "streaming:sink=4,window=16"});
+    let by_field = post(srv.addr, "/v1/completions", &with_field).json();
+    assert_eq!(by_header["choices"], by_field["choices"]);
+    assert_eq!(
+        by_header["frugal"]["kv_peak_bytes"],
+        by_field["frugal"]["kv_peak_bytes"]
+    );
+    // Both given and equal: fine; different: a 400 naming both.
+    assert_eq!(send(&with_field, "streaming:sink=4,window=16").status, 200);
+    let clash = send(&with_field, "full");
+    assert_eq!(clash.status, 400, "{}", clash.body);
+    assert!(clash.body.contains("differ"), "{}", clash.body);
+    let bad = send(&body, "nosuch");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let e = &bad.json()["error"];
+    assert_eq!(e["param"], "x-frugal-policy");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown policy `nosuch`"),
+        "{e}"
+    );
 }

@@ -68,7 +68,10 @@ fn defaults_are_finite_and_hold_no_more_than_full() {
                 "{arch}: {} produced a non-finite logit",
                 p.name
             );
-            eprintln!("{arch:7} {:22} {bytes:>7} bytes (full {dense_bytes})", p.name);
+            eprintln!(
+                "{arch:7} {:22} {bytes:>7} bytes (full {dense_bytes})",
+                p.name
+            );
             assert!(
                 bytes <= dense_bytes,
                 "{arch}: {} holds {bytes} bytes, more than full's {dense_bytes}",

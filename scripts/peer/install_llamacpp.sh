@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install llama-cpp-python (the speed peer) into a private venv.
+# Install llama-cpp-python (the speed peer) and its OpenAI-compatible server's dependencies
+# into a private venv.
 # Venv path: $PEER_VENV (default <repo>/.venv-peer, gitignored by /.venv*).
 # Idempotent: does nothing if llama_cpp and numpy already import from that venv.
 # Builds llama.cpp from the PyPI sdist (cmake/ninja build-dep wheels), the text library only.
@@ -19,7 +20,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$CPU_FLAGS" ]; then
     echo "[install_llamacpp] CPU flags changed since the build; rebuilding llama-cpp-python"
     PIP_EXTRA=(--force-reinstall --no-cache-dir --no-deps)
 elif [ -x "$PEER_VENV/bin/python" ] && \
-   "$PEER_VENV/bin/python" -c "import llama_cpp, numpy, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
+   "$PEER_VENV/bin/python" -c "import llama_cpp, llama_cpp.server.app, numpy, sys; sys.exit(0 if llama_cpp.__version__ == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
     echo "[install_llamacpp] llama-cpp-python $LLAMA_CPP_PYTHON_VERSION already importable in $PEER_VENV; skipping"
     exit 0
 fi
@@ -40,6 +41,8 @@ echo "[install_llamacpp] pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION
 "$PEER_VENV/bin/python" -m pip install --upgrade pip >/dev/null 2>&1 || true
 "$PEER_VENV/bin/python" -m pip install numpy
 "$PEER_VENV/bin/python" -m pip install "${PIP_EXTRA[@]}" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+# The OpenAI-compatible server's dependencies (pure Python; the extra rebuilds nothing).
+"$PEER_VENV/bin/python" -m pip install "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
 end=$(date +%s)
 echo "$CPU_FLAGS" > "$STAMP"
 "$PEER_VENV/bin/python" -c "import llama_cpp; print('[install_llamacpp] installed llama_cpp', llama_cpp.__version__)"

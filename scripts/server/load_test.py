@@ -10,13 +10,19 @@ planned 429/503 are acceptable) and the server's RSS before the load and after e
   scripts/server/load_test.py --clients 4 --seconds 30 --rounds 2
 
 Sweep mode: the same streaming clients at each concurrency of --sweep, against frugal serve
-and, with --llamacpp, against llama.cpp's OpenAI-compatible server (`python -m
-llama_cpp.server` from llama-cpp-python) on the same GGUF with the same thread count, in one
-invocation. Every request is written to --raw as one JSON line; --json gets the summary
-({"clients": {"1": {"frugal_tok_s": ..., "llamacpp_tok_s": ...}, ...}}) with each
-percentile's n.
+and, with --llamacpp, against llama-cpp-python's OpenAI-compatible server (`python -m
+llama_cpp.server`, from the peer venv of scripts/peer/install_llamacpp.sh; it serves one
+request at a time) and, with --llama-server BIN, against llama.cpp's own `llama-server` with as
+many parallel slots as frugal's --max-concurrent (continuous batching; built by
+scripts/peer/build_llama_server.sh), all on the same GGUF with the same thread count, in one
+invocation. Every server generates exactly max_tokens per request (`ignore_eos`) except
+llama_cpp.server, which has no such option and stops at end of sequence: its tok/s counts
+the tokens it did generate. Every request is written to --raw as one JSON line; --json gets
+the summary ({"clients": {"1": {"frugal_tok_s": ..., "llamacpp_tok_s": ...,
+"llama_server_tok_s": ...}, ...}}) with each percentile's n.
 
   scripts/server/load_test.py --sweep 1,2,4,8,16 --seconds 30 --threads 2 --llamacpp \
+      --llama-server .venv-peer/llama-server/bin/llama-server \
       --raw docs/results/server-data/sweep.jsonl --json docs/results/server-data/sweep.json
 """
 import argparse
@@ -27,6 +33,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -160,7 +167,13 @@ def wait_listening(port, proc, what, tries=1200):
             return
         except OSError:
             if proc.poll() is not None:
-                sys.exit(f"{what} exited: " + proc.stderr.read().decode(errors="replace"))
+                log = getattr(proc, "log", None)
+                if log is not None:
+                    log.seek(0)
+                    text = log.read()
+                else:
+                    text = proc.stderr.read()
+                sys.exit(f"{what} exited: " + text.decode(errors="replace")[-4000:])
             time.sleep(0.1)
     sys.exit(f"{what} did not start listening")
 
@@ -224,25 +237,42 @@ def run_sweep(args, model_path):
     servers = [("frugal", None)]
     if args.llamacpp:
         servers.append(("llamacpp", None))
+    if args.llama_server:
+        servers.append(("llama_server", None))
+    only = set(args.only.split(",")) if args.only else None
     for name, _ in servers:
+        if only and name not in only:
+            continue
         port = free_port()
         if name == "frugal":
-            cmd = [args.binary, "--model", model_path, "serve", "--host", "127.0.0.1", "--port",
+            threads = ["--threads", str(args.threads)] if args.threads else []
+            cmd = [args.binary, "--model", model_path] + threads + [
+                   "serve", "--host", "127.0.0.1", "--port",
                    str(port), "--served-model-name", "m", "--max-concurrent", str(most),
                    "--max-queue", str(most)] + without_flags(args.serve_args.split(),
                                                             ("--max-concurrent", "--max-queue"))
             # Exactly max_tokens per request, so both servers' requests are the same length
             # where llama.cpp's also runs to the limit.
             extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
+        elif name == "llama_server":
+            cmd = [args.llama_server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
+                   "--alias", "m", "-np", str(most), "-c", str(args.slot_ctx * most)]
+            if args.threads:
+                cmd += ["-t", str(args.threads), "-tb", str(args.threads)]
+            extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
         else:
-            cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host",
+            cmd = [args.llamacpp_python, "-m", "llama_cpp.server", "--model", model_path, "--host",
                    "127.0.0.1", "--port", str(port), "--model_alias", "m"]
             if args.threads:
                 cmd += ["--n_threads", str(args.threads)]
             cmd += args.llamacpp_args.split()
             extra = {}
         print(f"command: {' '.join(cmd)}", flush=True)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        # The server's log goes to a file: a pipe nobody reads fills (64 KiB) and blocks a
+        # verbose server before it listens.
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc.log = log
         try:
             rows = sweep_server(name, port, proc, args, levels, extra, raw)
         finally:
@@ -285,18 +315,28 @@ def main():
                     help="compute threads for both servers (RAYON_NUM_THREADS / --n_threads); 0 = their default")
     ap.add_argument("--llamacpp", action="store_true",
                     help="also sweep llama_cpp.server (pip install 'llama-cpp-python[server]') on the same GGUF")
-    ap.add_argument("--llamacpp-args", default="--n_ctx 2048", help="extra flags for llama_cpp.server")
+    ap.add_argument("--llamacpp-args", default="--n_ctx 2048 --interrupt_requests False",
+                    help="extra flags for llama_cpp.server (by default it interrupts a running "
+                    "request when another arrives; here they queue)")
+    ap.add_argument("--llamacpp-python", default=os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        ".venv-peer", "bin", "python"), help="the python that has llama-cpp-python[server]")
+    ap.add_argument("--llama-server", help="sweep mode: also sweep this llama.cpp llama-server binary")
+    ap.add_argument("--only", help="sweep mode: comma-separated servers to run (frugal, llamacpp, "
+                    "llama_server); the others are skipped")
+    ap.add_argument("--slot-ctx", type=int, default=1024,
+                    help="llama-server's context per slot (its -c is this times the slots)")
     ap.add_argument("--raw", help="sweep mode: write one JSON line per request here")
     ap.add_argument("--json", help="sweep mode: write the summary here")
     args = ap.parse_args()
 
     model_path = args.model or subprocess.check_output([args.binary, "fetch", "--print-path"], text=True).strip()
     if args.sweep:
-        if args.llamacpp:
-            try:
-                import llama_cpp  # noqa: F401
-            except ImportError:
-                sys.exit("--llamacpp needs llama-cpp-python: pip install 'llama-cpp-python[server]'")
+        if args.llamacpp and subprocess.run(
+                [args.llamacpp_python, "-c", "import llama_cpp.server.app"],
+                capture_output=True).returncode != 0:
+            sys.exit(f"--llamacpp needs llama-cpp-python[server] in {args.llamacpp_python} "
+                     "(scripts/peer/install_llamacpp.sh)")
         run_sweep(args, model_path)
         return
     port = free_port()

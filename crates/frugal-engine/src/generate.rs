@@ -72,11 +72,20 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if self.params.top_k > 0 {
-            cand.truncate(self.params.top_k);
+        // Only the filters need the candidates in order: top-k selects its k first (linear
+        // time) and sorts only those; top-p sorts. Plain temperature sampling draws from the
+        // vocabulary in id order, which is the same distribution without a sort of the whole
+        // vocabulary per token (8 % of a batched serving step when it sorted).
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+        let k = self.params.top_k;
+        if k > 0 && k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, by_logit);
+            cand.truncate(k);
         }
-        let max = cand[0].1;
+        if k > 0 || self.params.top_p < 1.0 {
+            cand.sort_unstable_by(by_logit);
+        }
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
         let inv_t = 1.0 / self.params.temperature;
         let mut probs: Vec<f32> = cand.iter().map(|c| ((c.1 - max) * inv_t).exp()).collect();
         let total: f32 = probs.iter().sum();

@@ -330,14 +330,31 @@ pub fn snapshot_points(len: usize, from: usize, block: usize, keep: usize) -> Ve
     points
 }
 
+/// Hands the heap's free pages back to the OS when the engine falls idle. glibc keeps what a
+/// burst of load freed in its per-thread arenas, so without this the RSS of an idle server
+/// stays at the load's peak (measured: +11 % after 30 s of 8 clients) although every KV byte
+/// was freed. One call per transition to idle; it costs milliseconds.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the OS; it
+    // touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn engine_loop(lm: &LoadedModel, rx: &mpsc::Receiver<Job>, metrics: &Metrics, cfg: &EngineConfig) {
     let layout = lm.model.config().kv_layout();
     // A full f16 cache: keys and values, 2 bytes per element, no positions.
     let f16_per_token = layout.n_layers * layout.n_kv_heads * layout.head_dim * 2 * 2;
     let mut prefix = PrefixCache::new(cfg.prefix_cache_bytes);
     let mut live: Vec<Live> = Vec::new();
+    let mut busy = false;
     loop {
         if live.is_empty() {
+            if busy {
+                release_free_memory();
+            }
             match rx.recv() {
                 Ok(job) => live.push(admit(lm, job, &mut prefix, metrics, cfg)),
                 Err(_) => return,
@@ -346,6 +363,7 @@ fn engine_loop(lm: &LoadedModel, rx: &mpsc::Receiver<Job>, metrics: &Metrics, cf
         while let Ok(job) = rx.try_recv() {
             live.push(admit(lm, job, &mut prefix, metrics, cfg));
         }
+        busy = true;
         // Dropping a finished `Live` drops its sequence (KV) and permit (reservation).
         let mut outbox = Vec::new();
         let chunk_tokens = cfg.prefill_tokens.max(1);

@@ -32,24 +32,16 @@ import argparse
 import json
 import os
 import random
-import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from serverlib import free_port, start, wait_listening
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LM_EVAL_VERSION = "0.4.13"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def corpus_words(binary, seed):
@@ -251,21 +243,12 @@ def main():
 
     port = free_port()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    server = subprocess.Popen([args.binary, "--model", model, "--threads", str(args.threads),
-                               "serve", "--host", "127.0.0.1", "--port", str(port),
-                               "--served-model-name", "m", "--max-concurrent",
-                               str(args.concurrent)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = start([args.binary, "--model", model, "--threads", str(args.threads), "serve",
+                    "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
+                    "--max-concurrent", str(args.concurrent)], env)
     runs = {}
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit(f"frugal serve exited: {server.stderr.read().decode()}")
-                time.sleep(0.2)
+        wait_listening(port, server, "frugal serve")
         for policy in ["full", args.policy]:
             assert served_policy(port, policy) == policy, f"the header did not select {policy}"
             print(f"lm-eval against frugal serve, policy {policy} ...", flush=True)

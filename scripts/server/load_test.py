@@ -30,28 +30,12 @@ import collections
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from serverlib import free_port, metrics, rss_mib, start, wait_listening
 
 
 def pct(xs, p):
@@ -150,32 +134,10 @@ def run_round(port, model, clients, seconds, max_tokens, extra=None):
 
 
 def server_completion_tokens(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    for line in text.splitlines():
+    for line in metrics(port).splitlines():
         if line.startswith("frugal_completion_tokens_total "):
             return float(line.split()[1])
     return 0.0
-
-
-def wait_listening(port, proc, what, tries=1200):
-    for _ in range(tries):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None:
-                log = getattr(proc, "log", None)
-                if log is not None:
-                    log.seek(0)
-                    text = log.read()
-                else:
-                    text = proc.stderr.read()
-                sys.exit(f"{what} exited: " + text.decode(errors="replace")[-4000:])
-            time.sleep(0.1)
-    sys.exit(f"{what} did not start listening")
 
 
 def summarise(server, clients, ok, results, wall):
@@ -268,11 +230,7 @@ def run_sweep(args, model_path):
             cmd += args.llamacpp_args.split()
             extra = {}
         print(f"command: {' '.join(cmd)}", flush=True)
-        # The server's log goes to a file: a pipe nobody reads fills (64 KiB) and blocks a
-        # verbose server before it listens.
-        log = tempfile.TemporaryFile()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        proc.log = log
+        proc = start(cmd, env)
         try:
             rows = sweep_server(name, port, proc, args, levels, extra, raw)
         finally:
@@ -342,17 +300,10 @@ def main():
     port = free_port()
     cmd = [args.binary, "--model", model_path, "serve", "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", "m"] + args.serve_args.split()
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = start(cmd)
     failed = False
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit("server exited: " + server.stderr.read().decode())
-                time.sleep(0.1)
+        wait_listening(port, server, "frugal serve")
         one_request(port, "m", 8, 0, None)  # warm-up: first allocations, page-ins
         print(f"command: {' '.join(cmd)}")
         print(f"load: {args.clients} concurrent streaming clients x {args.seconds:g} s x {args.rounds} rounds, "

@@ -9,9 +9,13 @@ after the other, each with every policy of --policies per request:
   * warm: `--prefix-cache-bytes 1G`: the first question prefills and leaves the document's
     cache (as the policy holds it, compressed where it compresses); the others resume from it.
 The speedup is the median cold TTFT over the median warm TTFT of questions 2..N (n = N - 1
-each), per policy. For `full` the answers of both servers must be identical (a cached prefix
-is the same computation); for a compressing policy they may differ (the cached document was
-compressed without the question in view), and the answers are written out.
+each), per policy. Both servers' answers are written out and compared. For `full` a resumed
+request is the same computation up to rounding: on quantised weights the question's few tokens
+after a cached prefix run through the quantised few-row kernel (int8 activations), while a cold
+prefill runs them in a large chunk through the dequantised f32 GEMM, so a greedy answer can
+part at a near-tie (the exact equality is tested on f32 weights by the server's tests). For a
+compressing policy they may also differ because the cached document was compressed without
+the question in view. --require-identical makes a `full` difference an error.
 
   scripts/server/prefix_reuse.py --json docs/results/server-data/prefix_reuse.json
 """
@@ -19,11 +23,12 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from serverlib import free_port, start, wait_listening
 
 QUESTIONS = [
     "Which countries does the speaker mention?",
@@ -37,14 +42,6 @@ QUESTIONS = [
     "Who is the speaker addressing?",
     "What is the tone of the speech?",
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def ask(port, content, policy, max_tokens):
@@ -91,8 +88,9 @@ def document(binary, tokens):
         if name.startswith("1905"):
             with open(os.path.join(path, name), encoding="utf-8") as f:
                 words += f.read().split()
-    # About 1.3 tokens per word for this text and tokenizer.
-    return " ".join(words[:int(tokens / 1.3)])
+    # About 1.14 tokens per word for this text and SmolLM2's tokenizer (the prompt's token
+    # count is reported per request, so the figure is checked, not assumed).
+    return " ".join(words[:int(tokens / 1.14)])
 
 
 def run_server(args, model, cache_bytes, doc):
@@ -102,17 +100,10 @@ def run_server(args, model, cache_bytes, doc):
            ["serve", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
             "--prefix-cache-bytes", cache_bytes])
     print("command:", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(cmd)
     out = {}
     try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    sys.exit("server exited: " + proc.stderr.read().decode())
-                time.sleep(0.2)
+        wait_listening(port, proc, "frugal serve")
         ask(port, "Hello", "full", 4)  # warm-up: page-ins, first allocations
         for policy in args.policies:
             rows = []
@@ -140,6 +131,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--policies", nargs="+", default=["full", "kivi:bits=4"])
     ap.add_argument("--json")
+    ap.add_argument("--require-identical", action="store_true",
+                    help="fail when a full answer from the cached prefix differs from the cold one")
     args = ap.parse_args()
     model = args.model or subprocess.check_output(
         [args.binary, "fetch", "--print-path"], text=True).strip().splitlines()[-1]
@@ -163,7 +156,7 @@ def main():
         print(f"{policy}: TTFT median {statistics.median(c):.3f} s cold, "
               f"{statistics.median(w):.3f} s from the cached prefix (n = {len(c)} each): "
               f"{speedup:.1f}x; answers identical {sum(same)}/{len(same)}")
-        if policy == "full" and not all(same):
+        if policy == "full" and not all(same) and args.require_identical:
             ok = False
     summary["prefix_reuse_ttft_speedup"] = summary["policies"].get("full", {}).get("ttft_speedup")
     if args.json:

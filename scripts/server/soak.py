@@ -21,40 +21,17 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
 
+from serverlib import free_port, metrics, rss_mib, start, wait_listening
+
 POLICIES = ["full", "kivi:bits=4", "streaming:sink=4,window=256", "snapkv:ratio=0.5",
             "minicache", "omnisparse:tau=0.9"]
 WORDS = ("the nation congress people government year states united world peace war law "
          "work new economy tax health children security freedom").split()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def metrics(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    conn.close()
-    return text
 
 
 def series(text, prefix):
@@ -128,17 +105,11 @@ def main():
            ["serve", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
             "--max-concurrent", str(args.clients)] + args.serve_args.split())
     print("command:", " ".join(cmd), flush=True)
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = start(cmd)
     try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    sys.exit("server exited: " + server.stderr.read().decode())
-                time.sleep(0.2)
+        wait_listening(port, server, "frugal serve")
         peak = [rss_mib(server.pid)]
+        timeline = []
 
         def load(seconds, seed, outcomes):
             lock = threading.Lock()
@@ -168,9 +139,11 @@ def main():
                 time.sleep(1)
                 if time.perf_counter() - last_print >= 60:
                     last_print = time.perf_counter()
+                    rss = rss_mib(server.pid)
+                    timeline.append((round(last_print - t0), round(rss, 1)))
                     with lock:
-                        print(f"{last_print - t0:5.0f} s: {dict(outcomes)}; RSS "
-                              f"{rss_mib(server.pid):.1f} MiB", flush=True)
+                        print(f"{last_print - t0:5.0f} s: {dict(outcomes)}; RSS {rss:.1f} MiB",
+                              flush=True)
             return time.perf_counter() - t0
 
         warm = collections.Counter()
@@ -201,6 +174,7 @@ def main():
         "error_kinds": errors, "completion_tokens": completion_tokens,
         "rss_post_warmup_mib": rss_warm, "rss_peak_mib": peak[0], "rss_after_mib": rss_after,
         "rss_growth_pct": growth, "kv_resident_bytes_after": kv_after,
+        "rss_under_load_mib_every_60s": timeline,
         "running_after": running_after, "command": cmd,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "command"}, indent=1))

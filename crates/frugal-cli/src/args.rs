@@ -103,7 +103,9 @@ pub enum Command {
     /// q/K/V.
     Bench(commands::bench::BenchArgs),
     /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions (SSE streaming
-    /// too), /v1/models, /health, /metrics; per-request policy via `"frugal": {"policy": …}`.
+    /// too), /v1/models, /health, /metrics, and vLLM's /tokenizer_info, /tokenize,
+    /// /detokenize; per-request policy via `"frugal": {"policy": …}` or the `X-Frugal-Policy`
+    /// header.
     Serve(frugal_server::ServeArgs),
     /// ZPressor: compress many camera views into a few anchors (scaling bench, trainable toy).
     Zpressor(commands::zpressor::ZpressorArgs),

@@ -38,6 +38,11 @@ pub struct GlobalArgs {
     /// unquantised rows with its own knob (`fp`).
     #[arg(long, global = true, value_enum, default_value_t = KvDtypeArg::F16, env = "FRUGAL_KV_DTYPE")]
     pub kv_dtype: KvDtypeArg,
+    /// Calls of at least this many tokens dequantise each projection's weights once and run an
+    /// f32 GEMM (long prefills); shorter calls (decode, batched serving steps, short chunks)
+    /// multiply the quantised weights directly. Default: the engine's, chosen by timing.
+    #[arg(long, global = true, env = "FRUGAL_DEQUANT_ROWS")]
+    pub dequant_rows: Option<usize>,
     /// Worker threads for matmuls and attention (default: all cores).
     #[arg(long, short = 't', global = true, env = "FRUGAL_THREADS")]
     pub threads: Option<usize>,

@@ -58,6 +58,9 @@ impl Session {
             KvDtypeArg::F16 => KvDtype::F16,
             KvDtypeArg::F32 => KvDtype::F32,
         });
+        if let Some(rows) = self.global.dequant_rows {
+            lm.model.set_dequant_rows(rows.max(1));
+        }
         if !self.on_device() {
             return Ok(lm);
         }

@@ -238,10 +238,10 @@ fn f32_weights_with_f16_kv_store_stay_near_transformers() {
 #[test]
 #[ignore = "needs the real SmolLM2 model (fetched on first use)"]
 fn quantised_logits_match_transformers_within_quantisation_noise() {
-    // Both ways the quantised weights run: the default (long calls dequantise to an f32 GEMM,
-    // single tokens use the quantised kernel) and the quantised kernel everywhere.
+    // Both ways the quantised weights run: long calls dequantised to an f32 GEMM (single
+    // tokens on the quantised kernel), and the quantised kernel everywhere.
     for dequant_rows in [
-        frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS,
+        frugal_engine::model::llama::DEQUANT_ROWS_ROW_KERNEL,
         usize::MAX,
     ] {
         let mut lm = model::load(&model_path(), WeightFormat::Native).unwrap();

@@ -299,12 +299,15 @@ fn long_calls_on_quantised_weights_use_the_dequantised_gemm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.gguf");
     write_tiny_gguf(&path, GgmlDType::Q4_1, 6, TinyGgufOptions::default()).unwrap();
-    let hybrid = model::load(&path, WeightFormat::Native).unwrap();
+    let mut hybrid = model::load(&path, WeightFormat::Native).unwrap();
+    hybrid
+        .model
+        .set_dequant_rows(frugal_engine::model::llama::DEQUANT_ROWS_ROW_KERNEL);
     let mut quantised = model::load(&path, WeightFormat::Native).unwrap();
     quantised.model.set_dequant_rows(usize::MAX);
     let exact = model::load(&path, WeightFormat::F32).unwrap();
     let ids = prompt(&exact);
-    assert!(ids.len() >= frugal_engine::model::llama::DEFAULT_DEQUANT_ROWS);
+    assert!(ids.len() >= frugal_engine::model::llama::DEQUANT_ROWS_ROW_KERNEL);
     let layout = exact.model.config().kv_layout();
     let hidden = |lm: &LoadedModel| {
         lm.model

@@ -10,6 +10,8 @@ pub mod half_rows;
 pub mod key_selection;
 pub mod kivi;
 pub mod quant_matvec;
+#[cfg(target_arch = "x86_64")]
+mod quant_tile;
 pub mod rope;
 pub mod slerp;
 pub mod sparse_attention;

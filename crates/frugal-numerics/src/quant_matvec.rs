@@ -194,9 +194,11 @@ impl Q8Activations {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            // Ties to even (one SIMD rounding instruction; the loop vectorises), not away
+            // from zero: the codes differ only on exact halves, within the same error bound.
             let mut sum = 0i32;
             for (o, &v) in qs.iter_mut().zip(xs) {
-                let c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                let c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
                 *o = c;
                 sum += c as i32;
             }
@@ -228,10 +230,10 @@ impl Q8Activations {
 }
 
 #[derive(Clone, Copy)]
-struct ActRow<'a> {
-    q: &'a [i8],
-    scale: &'a [f32],
-    scaled_sum: &'a [f32],
+pub(crate) struct ActRow<'a> {
+    pub(crate) q: &'a [i8],
+    pub(crate) scale: &'a [f32],
+    pub(crate) scaled_sum: &'a [f32],
 }
 
 /// Weight rows per parallel task: a contiguous run, so each thread streams long stretches of
@@ -264,6 +266,11 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
         matvec_many(&[*w], x, vec![out]);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if tiled_available(w.format) {
+        matmul_tiled(w, x, out);
+        return;
+    }
     let kernel = Kernel::detect();
     let per_task = rows_per_task(w.rows);
     // Several rows (a batched decode step, a short chunk): each task takes a run of weight rows
@@ -280,6 +287,92 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
             let n = chunk.len() / m;
             for (i, per_act) in chunk.chunks_exact_mut(n).enumerate() {
                 kernel.dot_rows(w, t * per_task, x.row(i), per_act);
+            }
+        });
+    for (t, chunk) in t_out.chunks(per_task * m).enumerate() {
+        let n = chunk.len() / m;
+        for (i, per_act) in chunk.chunks_exact(n).enumerate() {
+            let at = i * w.rows + t * per_task;
+            out[at..at + n].copy_from_slice(per_act);
+        }
+    }
+}
+
+/// Whether [`matmul`] runs `format` on the AVX-512 tile kernel (see [`crate::quant_tile`]):
+/// where the CPU has it, unless `FRUGAL_QUANT_TILE=off` (for A/B timing against the grouped
+/// kernel per activation row).
+#[cfg(target_arch = "x86_64")]
+fn tiled_available(format: QuantFormat) -> bool {
+    use std::sync::OnceLock;
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    matches!(
+        format,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0
+    ) && *AVAILABLE.get_or_init(|| {
+        std::env::var("FRUGAL_QUANT_TILE").map_or(true, |v| v != "off")
+            && crate::quant_tile::available()
+    })
+}
+
+/// Whether [`matmul`] runs several activation rows of the 32-value formats on the AVX-512
+/// tile kernel on this CPU (else the grouped kernel, one activation row at a time).
+pub fn tiled_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        tiled_available(QuantFormat::Q4_1)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`matmul`] on the tile kernel: each parallel task takes a run of weight rows and walks it
+/// in tiles of four rows; each tile meets the activation rows four at a time, so a weight
+/// block is unpacked once per four activation rows and stays in registers meanwhile.
+#[cfg(target_arch = "x86_64")]
+fn matmul_tiled(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
+    use crate::quant_tile::{tile, TileActs, TILE_ROWS};
+    let m = x.rows;
+    let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
+    let acts = TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK);
+    let per_task = rows_per_task(w.rows);
+    let mut t_out = vec![0f32; w.rows * m];
+    t_out
+        .par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            let n = chunk.len() / m;
+            let first = t * per_task;
+            let whole = n / TILE_ROWS * TILE_ROWS;
+            for g in (0..whole).step_by(TILE_ROWS) {
+                let r = first + g;
+                let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                let mut i = 0;
+                while i < m {
+                    // SAFETY: `tiled_available` checked the CPU and the format; `acts` was
+                    // built from `x`, whose width is the weight's, and `i + MA <= m`.
+                    let mut got = [[0f32; TILE_ROWS]; 4];
+                    let k = (m - i).min(4);
+                    unsafe {
+                        match k {
+                            1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, &acts, i)),
+                            2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, &acts, i)),
+                            3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, &acts, i)),
+                            _ => got.copy_from_slice(&tile::<4>(w.format, rows, &acts, i)),
+                        }
+                    }
+                    for (k, row) in got[..k].iter().enumerate() {
+                        chunk[(i + k) * n + g..(i + k) * n + g + TILE_ROWS].copy_from_slice(row);
+                    }
+                    i += 4;
+                }
+            }
+            let kernel = Kernel::detect();
+            for j in whole..n {
+                for i in 0..m {
+                    chunk[i * n + j] = kernel.dot(w.format, w.row(first + j), x.row(i));
+                }
             }
         });
     for (t, chunk) in t_out.chunks(per_task * m).enumerate() {
@@ -938,6 +1031,42 @@ mod tests {
                 assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "{f}: {p} vs {q}");
             }
             eprintln!("{f}: VNNI {b:?} = AVX2 {a:?}");
+        }
+    }
+
+    /// The AVX-512 tile kernel (what `matmul` runs for several activation rows where the CPU
+    /// has it) against the portable row-by-row kernel, over activation counts that fill whole
+    /// tiles and leave 1–3 rows over, weight rows that leave a partial tile, and widths of an
+    /// even and an odd number of blocks (the odd one ends in a half-filled register).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_tile_kernel_matches_the_row_kernel() {
+        if !tiled_available(QuantFormat::Q4_1) {
+            eprintln!("no AVX-512 VNNI on this CPU: the tile kernel is not exercised");
+            return;
+        }
+        for f in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            for cols in [96, 512, 544] {
+                let rows = 39;
+                let (bytes, _) = quantised(f, rows, cols, 11 + cols as u64);
+                let w = QuantMatrix::new(f, rows, cols, &bytes).unwrap();
+                for m in [2, 3, 4, 5, 8, 9] {
+                    let mut x = values(m * cols, 21 + m as u64);
+                    x[7] = 30.0;
+                    let xq = Q8Activations::quantize(&x, cols).unwrap();
+                    let mut tiled = vec![f32::NAN; m * rows];
+                    matmul(&w, &xq, &mut tiled);
+                    let mut rowwise = vec![f32::NAN; m * rows];
+                    matmul_with(Kernel::Portable, &w, &xq, &mut rowwise);
+                    for (k, (p, q)) in tiled.iter().zip(&rowwise).enumerate() {
+                        assert!(
+                            (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                            "{f} cols {cols} m {m} at {k}: tile {p} vs rows {q}"
+                        );
+                    }
+                }
+                check(f, Kernel::Portable, rows, cols, 6);
+            }
         }
     }
 

@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// How many of the last block boundaries before each prompt's end are cached.
     #[arg(long, default_value_t = 2)]
     pub prefix_snapshots: usize,
+    /// glibc's mmap threshold (suffixes K, M; 0 = glibc's dynamic default): heap
+    /// blocks at least this large get their own mapping, returned to the OS when freed, so the
+    /// large per-step buffers of batched load do not leave the idle server's RSS raised.
+    #[arg(long, default_value = "1M", value_parser = parse_bytes_or_zero)]
+    pub malloc_mmap_threshold: usize,
     /// Model id clients send as `model` (default: the model file's stem).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -117,6 +122,16 @@ impl ServeArgs {
 /// Runs `frugal serve` until the process is interrupted.
 pub fn serve(lm: LoadedModel, args: &ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
+    use crate::allocator::{set_mmap_threshold, ThresholdError};
+    match set_mmap_threshold(args.malloc_mmap_threshold) {
+        Ok(()) => {}
+        Err(ThresholdError::NotGlibc) => {
+            eprintln!("frugal serve: --malloc-mmap-threshold has no effect with this allocator")
+        }
+        Err(ThresholdError::Refused(n)) => {
+            anyhow::bail!("invalid --malloc-mmap-threshold {n}: the allocator refused it")
+        }
+    }
     let description = lm.description.clone();
     let server = crate::spawn(lm, cfg.clone())?;
     eprintln!(

@@ -14,6 +14,7 @@
 //! request; `logprobs` (with `echo`, the prompt's too) come from the model's own distribution;
 //! prompts that begin with a cached prefix resume from it ([`prefix`], opt-in).
 
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod error;

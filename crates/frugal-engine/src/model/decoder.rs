@@ -205,7 +205,7 @@ impl Decoder {
             norm,
             lm_head,
             ropes,
-            dequant_rows: super::llama::DEFAULT_DEQUANT_ROWS,
+            dequant_rows: super::llama::default_dequant_rows(),
         })
     }
 

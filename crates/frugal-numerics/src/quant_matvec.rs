@@ -176,6 +176,21 @@ pub struct Q8Activations {
     scaled_sum: Vec<f32>,
 }
 
+/// One block of 32 values to int8 codes: returns the scale `max|x| / 127` and the sum of the
+/// codes. Rounds ties to even (as the AVX2 form's rounding instruction does).
+fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, &v) in qs.iter_mut().zip(xs) {
+        let c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *o = c;
+        sum += c as i32;
+    }
+    (d, sum)
+}
+
 impl Q8Activations {
     /// Quantises `x` (`rows` rows of `cols` values, `cols` a multiple of 32).
     pub fn quantize(x: &[f32], cols: usize) -> Result<Self, QuantMatvecError> {
@@ -191,17 +206,16 @@ impl Q8Activations {
             .zip(q.chunks_exact_mut(ACT_BLOCK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            // Ties to even (one SIMD rounding instruction; the loop vectorises), not away
-            // from zero: the codes differ only on exact halves, within the same error bound.
-            let mut sum = 0i32;
-            for (o, &v) in qs.iter_mut().zip(xs) {
-                let c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-                *o = c;
-                sum += c as i32;
+            #[cfg(target_arch = "x86_64")]
+            if Kernel::detect() == Kernel::Avx2 {
+                // SAFETY: `detect` chose Avx2 only where the CPU has AVX2 and FMA; both blocks
+                // are 32 values.
+                let (d, sum) = unsafe { avx2::quantize_block(xs, qs) };
+                scale[b] = d;
+                scaled_sum[b] = d * sum as f32;
+                continue;
             }
+            let (d, sum) = quantize_block(xs, qs);
             scale[b] = d;
             scaled_sum[b] = d * sum as f32;
         }
@@ -631,6 +645,41 @@ fn portable_dot_q6k(w: &[u8], a: ActRow<'_>) -> f32 {
 mod avx2 {
     use super::{f16_at, q4k_scale_min, ActRow, QuantFormat};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_block`] in four 8-lane registers: the same scale, codes and sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32) {
+        debug_assert!(xs.len() == 32 && qs.len() == 32);
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xs.as_ptr().add(8 * k)));
+        let a = v.map(|x| _mm256_andnot_ps(sign, x));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        let amax = _mm_cvtss_f32(m);
+        let d = amax / 127.0;
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let c: [__m256i; 4] = std::array::from_fn(|k| {
+            let r = _mm256_round_ps(
+                _mm256_mul_ps(v[k], inv),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        // i32 -> i16 -> i8 packs interleave the 128-bit lanes; one permute restores the order.
+        let w01 = _mm256_packs_epi32(c[0], c[1]);
+        let w23 = _mm256_packs_epi32(c[2], c[3]);
+        let b = _mm256_packs_epi16(w01, w23);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, b);
+        (d, _mm_cvtsi128_si32(s))
+    }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -1067,6 +1116,37 @@ mod tests {
                 }
                 check(f, Kernel::Portable, rows, cols, 6);
             }
+        }
+    }
+
+    /// The AVX2 activation quantiser against the portable one: same scale, codes and code sum,
+    /// on random blocks, blocks with exact halves after scaling (ties go to even in both), a
+    /// zero block and one with a single large value.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_portable_activation_quantisers_agree() {
+        if Kernel::detect() != Kernel::Avx2 {
+            eprintln!("no AVX2 on this CPU: the AVX2 quantiser is not exercised");
+            return;
+        }
+        let mut blocks: Vec<Vec<f32>> = (0..50).map(|s| values(32, 300 + s)).collect();
+        blocks.push((0..32).map(|i| i as f32 - 15.5).collect());
+        blocks.push(
+            (0..32)
+                .map(|i| (i as f32 - 16.0) * 127.0 / 16.0 + 0.5)
+                .collect(),
+        );
+        blocks.push(vec![0.0; 32]);
+        let mut spike = vec![1e-3f32; 32];
+        spike[9] = -250.0;
+        blocks.push(spike);
+        for (k, xs) in blocks.iter().enumerate() {
+            let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+            let p = quantize_block(xs, &mut a);
+            // SAFETY: checked above.
+            let v = unsafe { avx2::quantize_block(xs, &mut b) };
+            assert_eq!(p, v, "block {k}: scale and sum");
+            assert_eq!(a, b, "block {k}: codes");
         }
     }
 

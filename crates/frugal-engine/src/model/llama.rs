@@ -135,15 +135,16 @@ impl Linear {
     }
 
     /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for projections of one input (a layer's Q, K and V; its gate
-    /// and up). A one-row call on our kernel quantises the input once and runs every weight in
-    /// one parallel loop (decode starts a fork-join per call: seven a layer become four);
-    /// anything else runs each projection as [`Linear::forward`].
+    /// and up). A call below the dequantising switch on our kernel quantises the input once
+    /// for every weight; one row also runs every weight in one parallel loop (decode starts a
+    /// fork-join per call: seven a layer become four). Anything else runs each projection as
+    /// [`Linear::forward`].
     pub(crate) fn forward_many(
         ls: &[&Linear],
         x: &Tensor,
         dequant_rows: usize,
     ) -> Result<Vec<Tensor>> {
-        if x.dim(0)? == 1 && dequant_rows > 1 {
+        if x.dim(0)? < dequant_rows {
             if let Some(ys) = fused_matvec(ls, x)? {
                 return Ok(ys);
             }
@@ -313,11 +314,11 @@ fn quant_matvec_product(
     Ok(Some(Tensor::from_vec(out, (m, rows), &Device::Cpu)?))
 }
 
-/// Several projections of one input row in one parallel loop (see
-/// [`frugal_numerics::quant_matvec::matvec_many`]), or `None` when any weight is not on our
-/// kernel or the input is not one host row.
+/// Several projections of one input, quantised once: one row in one parallel loop (see
+/// [`frugal_numerics::quant_matvec::matvec_many`]), several rows one weight after another; or
+/// `None` when any weight is not on our kernel or the input is not on the host.
 fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-    use frugal_numerics::quant_matvec::{matvec_many, Q8Activations, QuantMatrix};
+    use frugal_numerics::quant_matvec::{matmul, matvec_many, Q8Activations, QuantMatrix};
     let mut weights = Vec::with_capacity(ls.len());
     for l in ls {
         let QMatMul::QTensor(q) = &l.0 else {
@@ -328,7 +329,7 @@ fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         };
         weights.push((q, format));
     }
-    let Some((1, k, xs)) = host_rows(x)? else {
+    let Some((m, k, xs)) = host_rows(x)? else {
         return Ok(None);
     };
     let data = weights
@@ -344,16 +345,22 @@ fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         ws.push(QuantMatrix::new(*format, rows, cols, bytes).map_err(kernel_error)?);
     }
     let xq = Q8Activations::quantize(&xs, k).map_err(kernel_error)?;
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows()]).collect();
-    matvec_many(
-        &ws,
-        &xq,
-        outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
-    );
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
+    if m == 1 {
+        matvec_many(
+            &ws,
+            &xq,
+            outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
+        );
+    } else {
+        for (w, o) in ws.iter().zip(outs.iter_mut()) {
+            matmul(w, &xq, o);
+        }
+    }
     outs.into_iter()
         .map(|o| {
-            let n = o.len();
-            Ok(Tensor::from_vec(o, (1, n), &Device::Cpu)?)
+            let n = o.len() / m;
+            Ok(Tensor::from_vec(o, (m, n), &Device::Cpu)?)
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)

@@ -282,7 +282,7 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if tiled_available(w.format) {
-        matmul_tiled(w, x, out);
+        matmul_tiled(&[*w], x, vec![out]);
         return;
     }
     let kernel = Kernel::detect();
@@ -341,39 +341,90 @@ pub fn tiled_kernel_available() -> bool {
     }
 }
 
-/// [`matmul`] on the tile kernel: each parallel task takes a run of weight rows and walks it
-/// in tiles of four rows; each tile meets the activation rows four at a time, so a weight
-/// block is unpacked once per four activation rows and stays in registers meanwhile.
+/// `outs[i] = ws[i] · x` for several weights of one input (a layer's Q, K and V; its gate
+/// and up), each `outs[i]` row-major `[x.rows(), ws[i].rows()]`: one row runs
+/// [`matvec_many`], several rows on the tile kernel share every weight's rows out in one
+/// parallel loop (one fork-join instead of one per weight), otherwise one [`matmul`] each.
+pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f32]>) {
+    assert_eq!(ws.len(), outs.len(), "one output per weight");
+    if x.rows == 1 {
+        matvec_many(ws, x, outs);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if ws.iter().all(|w| tiled_available(w.format)) {
+        matmul_tiled(ws, x, outs);
+        return;
+    }
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        matmul(w, x, out);
+    }
+}
+
+/// Several weights × several activation rows on the tile kernel: the weights' rows are cut
+/// into runs, one parallel task each; a task walks its run in tiles of four rows, and each
+/// tile meets the activation rows four at a time, so a weight block is unpacked once per four
+/// activation rows and stays in registers meanwhile.
 #[cfg(target_arch = "x86_64")]
-fn matmul_tiled(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
+fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f32]>) {
     use crate::quant_tile::{tile, TileActs, TILE_ROWS};
     let m = x.rows;
     let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
-    let acts = TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK);
-    let per_task = rows_per_task(w.rows);
-    let mut t_out = vec![0f32; w.rows * m];
-    t_out
-        .par_chunks_mut(per_task * m)
+    // The layout depends on the format only through Q8_0's sign flip: one per format present.
+    let mut layouts: Vec<(QuantFormat, TileActs)> = Vec::new();
+    for w in ws {
+        assert_eq!(x.cols, w.cols, "activation width must match the weight's");
+        if !layouts.iter().any(|(f, _)| *f == w.format) {
+            layouts.push((
+                w.format,
+                TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK),
+            ));
+        }
+    }
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(
+            out.len(),
+            m * w.rows,
+            "output must be [rows of x, rows of w]"
+        );
+    }
+    let per_task = rows_per_task(ws.iter().map(|w| w.rows).sum());
+    let tasks: Vec<(usize, usize, usize)> = ws
+        .iter()
         .enumerate()
-        .for_each(|(t, chunk)| {
-            let n = chunk.len() / m;
-            let first = t * per_task;
+        .flat_map(|(k, w)| {
+            (0..w.rows)
+                .step_by(per_task)
+                .map(move |first| (k, first, per_task.min(w.rows - first)))
+        })
+        .collect();
+    let results: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(k, first, n)| {
+            let w = &ws[k];
+            let acts = &layouts
+                .iter()
+                .find(|(f, _)| *f == w.format)
+                .expect("a layout per format")
+                .1;
+            // `[m, n]`: this run's results for every activation row.
+            let mut chunk = vec![0f32; m * n];
             let whole = n / TILE_ROWS * TILE_ROWS;
             for g in (0..whole).step_by(TILE_ROWS) {
                 let r = first + g;
                 let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
                 let mut i = 0;
                 while i < m {
-                    // SAFETY: `tiled_available` checked the CPU and the format; `acts` was
-                    // built from `x`, whose width is the weight's, and `i + MA <= m`.
                     let mut got = [[0f32; TILE_ROWS]; 4];
                     let k = (m - i).min(4);
+                    // SAFETY: `tiled_available` checked the CPU and the format; `acts` was
+                    // built from `x`, whose width is the weight's, and `i + k <= m`.
                     unsafe {
                         match k {
-                            1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, &acts, i)),
-                            2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, &acts, i)),
-                            3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, &acts, i)),
-                            _ => got.copy_from_slice(&tile::<4>(w.format, rows, &acts, i)),
+                            1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, acts, i)),
+                            2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, acts, i)),
+                            3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, acts, i)),
+                            _ => got.copy_from_slice(&tile::<4>(w.format, rows, acts, i)),
                         }
                     }
                     for (k, row) in got[..k].iter().enumerate() {
@@ -388,12 +439,13 @@ fn matmul_tiled(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
                     chunk[i * n + j] = kernel.dot(w.format, w.row(first + j), x.row(i));
                 }
             }
-        });
-    for (t, chunk) in t_out.chunks(per_task * m).enumerate() {
-        let n = chunk.len() / m;
+            chunk
+        })
+        .collect();
+    for (&(k, first, n), chunk) in tasks.iter().zip(&results) {
+        let rows = ws[k].rows;
         for (i, per_act) in chunk.chunks_exact(n).enumerate() {
-            let at = i * w.rows + t * per_task;
-            out[at..at + n].copy_from_slice(per_act);
+            outs[k][i * rows + first..i * rows + first + n].copy_from_slice(per_act);
         }
     }
 }
@@ -1152,8 +1204,10 @@ mod tests {
 
     #[test]
     fn several_weights_in_one_loop_match_each_alone() {
+        // One activation row (`matvec_many`) and several (`matmul_many`: on the tile kernel
+        // where the CPU has it, with partial tiles and row runs that end inside a weight).
         let cols = 256;
-        for f in ALL {
+        for (f, m) in ALL.iter().flat_map(|&f| [(f, 1), (f, 3), (f, 6)]) {
             let mats: Vec<(Vec<u8>, usize)> = [37usize, 8, 101]
                 .iter()
                 .map(|&r| (quantised(f, r, cols, r as u64).0, r))
@@ -1162,15 +1216,15 @@ mod tests {
                 .iter()
                 .map(|(b, r)| QuantMatrix::new(f, *r, cols, b).unwrap())
                 .collect();
-            let xq = Q8Activations::quantize(&values(cols, 5), cols).unwrap();
-            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; w.rows]).collect();
-            matvec_many(
+            let xq = Q8Activations::quantize(&values(m * cols, 5), cols).unwrap();
+            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; m * w.rows]).collect();
+            matmul_many(
                 &ws,
                 &xq,
                 outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
             );
             for (w, got) in ws.iter().zip(&outs) {
-                let mut alone = vec![0f32; w.rows];
+                let mut alone = vec![0f32; m * w.rows];
                 matmul_with(Kernel::Portable, w, &xq, &mut alone);
                 for (r, (a, b)) in got.iter().zip(&alone).enumerate() {
                     assert!(

@@ -136,9 +136,8 @@ impl Linear {
 
     /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for projections of one input (a layer's Q, K and V; its gate
     /// and up). A call below the dequantising switch on our kernel quantises the input once
-    /// for every weight; one row also runs every weight in one parallel loop (decode starts a
-    /// fork-join per call: seven a layer become four). Anything else runs each projection as
-    /// [`Linear::forward`].
+    /// and runs every weight in one parallel loop (each call starts a fork-join: seven a layer
+    /// become four). Anything else runs each projection as [`Linear::forward`].
     pub(crate) fn forward_many(
         ls: &[&Linear],
         x: &Tensor,
@@ -314,11 +313,11 @@ fn quant_matvec_product(
     Ok(Some(Tensor::from_vec(out, (m, rows), &Device::Cpu)?))
 }
 
-/// Several projections of one input, quantised once: one row in one parallel loop (see
-/// [`frugal_numerics::quant_matvec::matvec_many`]), several rows one weight after another; or
-/// `None` when any weight is not on our kernel or the input is not on the host.
+/// Several projections of one input, quantised once and shared out in one parallel loop (see
+/// [`frugal_numerics::quant_matvec::matmul_many`]), or `None` when any weight is not on our
+/// kernel or the input is not on the host.
 fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-    use frugal_numerics::quant_matvec::{matmul, matvec_many, Q8Activations, QuantMatrix};
+    use frugal_numerics::quant_matvec::{matmul_many, Q8Activations, QuantMatrix};
     let mut weights = Vec::with_capacity(ls.len());
     for l in ls {
         let QMatMul::QTensor(q) = &l.0 else {
@@ -346,17 +345,11 @@ fn fused_matvec(ls: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
     }
     let xq = Q8Activations::quantize(&xs, k).map_err(kernel_error)?;
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows()]).collect();
-    if m == 1 {
-        matvec_many(
-            &ws,
-            &xq,
-            outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
-        );
-    } else {
-        for (w, o) in ws.iter().zip(outs.iter_mut()) {
-            matmul(w, &xq, o);
-        }
-    }
+    matmul_many(
+        &ws,
+        &xq,
+        outs.iter_mut().map(|o| o.as_mut_slice()).collect(),
+    );
     outs.into_iter()
         .map(|o| {
             let n = o.len() / m;

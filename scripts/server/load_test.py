@@ -23,7 +23,11 @@ the summary ({"clients": {"1": {"frugal_tok_s": ..., "llamacpp_tok_s": ...,
 
   scripts/server/load_test.py --sweep 1,2,4,8,16 --seconds 30 --threads 2 --llamacpp \
       --llama-server .venv-peer/llama-server/bin/llama-server \
+      --serve-args "--kv-budget 512M --prefix-cache-bytes 64M --prefix-block 16" \
       --raw docs/results/server-data/sweep.jsonl --json docs/results/server-data/sweep.json
+
+(llama-server reuses a slot's cached prompt by default; `--prefix-cache-bytes` gives frugal the
+same, `--prefix-block 16` lets prompts of a few dozen tokens reach a cached block.)
 """
 import argparse
 import collections
@@ -195,7 +199,8 @@ def run_sweep(args, model_path):
         env["RAYON_NUM_THREADS"] = str(args.threads)
     raw = open(args.raw, "w") if args.raw else open(os.devnull, "w")
     summary = {"clients": {str(c): {} for c in levels}, "max_tokens": args.max_tokens,
-               "seconds_per_level": args.seconds, "threads": args.threads, "model": model_path}
+               "seconds_per_level": args.seconds, "threads": args.threads, "model": model_path,
+               "frugal_serve_args": args.serve_args}
     servers = [("frugal", None)]
     if args.llamacpp:
         servers.append(("llamacpp", None))

@@ -20,20 +20,29 @@ def main():
         with open(os.path.join(src, name)) as f:
             return json.load(f)
 
+    def per_level(sweep):
+        clients = {}
+        for c, e in sweep["clients"].items():
+            clients[c] = {k: round(v, 2) for k, v in e.items() if k.endswith("_tok_s")}
+            base = sweep["clients"].get("1", {}).get("frugal_tok_s")
+            if base and "frugal_tok_s" in e:
+                clients[c]["frugal_vs_its_1_client"] = round(e["frugal_tok_s"] / base, 3)
+        return clients
+
+    # The main sweep runs frugal with its prefix cache on (llama-server caches prompts by
+    # default); the same sweep with frugal's prefix cache off is kept beside it.
     sweep = load("sweep.json")
-    clients = {}
-    for c, e in sweep["clients"].items():
-        clients[c] = {k: round(v, 2) for k, v in e.items() if k.endswith("_tok_s")}
-        base = sweep["clients"].get("1", {}).get("frugal_tok_s")
-        if base and "frugal_tok_s" in e:
-            clients[c]["frugal_vs_its_1_client"] = round(e["frugal_tok_s"] / base, 3)
+    clients = per_level(sweep)
+    no_cache = os.path.join(src, "sweep-no-prefix-cache.json")
     prefix = load("prefix_reuse.json")
     soak = load("soak.json")
     lm = load("lm_eval.json")
     result = {
         "clients": clients,
         "sweep": {"seconds_per_level": sweep["seconds_per_level"], "threads": sweep["threads"],
-                  "max_tokens": sweep["max_tokens"]},
+                  "max_tokens": sweep["max_tokens"], "frugal_serve_args": sweep.get("frugal_serve_args")},
+        "clients_frugal_prefix_cache_off": per_level(load("sweep-no-prefix-cache.json"))
+        if os.path.exists(no_cache) else None,
         "prefix_reuse_ttft_speedup": round(prefix["prefix_reuse_ttft_speedup"], 2),
         "prefix_reuse": {p: {"ttft_speedup": round(v["ttft_speedup"], 2), "n": v["n"],
                              "prompt_tokens": v["prompt_tokens"]}

@@ -116,9 +116,10 @@ pub fn default_dequant_rows() -> usize {
 pub const DEQUANT_ROWS_ROW_KERNEL: usize = 32;
 
 /// The switch where the AVX-512 tile kernel multiplies several rows at once. Timed with
-/// `frugal bench --prefill N --dequant-rows R` on SmolLM2-135M Q4_1 (2 cores): 256-token
-/// prefill 847 tok/s on the tile kernel against 734 dequantised; 1024 tokens 730 against 802.
-pub const DEQUANT_ROWS_TILE_KERNEL: usize = 512;
+/// `scripts/tile_kernel_ab.sh` on SmolLM2-135M Q4_1 (2 threads, two rounds): prefill of 128,
+/// 256 and 512 tokens runs 1.3–1.6× faster on the tile kernel than dequantised (e.g. 512:
+/// 1048/1004 against 839/815 tok/s), 1024 tokens about even (840/828 against 826/796).
+pub const DEQUANT_ROWS_TILE_KERNEL: usize = 1024;
 
 /// A projection `y = x · Wᵀ`.
 pub(crate) struct Linear(pub(crate) QMatMul);

@@ -1,6 +1,6 @@
-//! Quantised weights × several activation rows at once (a batched decode step, a short
-//! prefill chunk) on AVX-512 VNNI: a tile of four weight rows against up to four activation
-//! rows, two 32-value blocks per 512-bit register.
+//! Quantised weights × activation rows (a decode step, a batched serving step, a short prefill
+//! chunk) on AVX-512 VNNI: a tile of four weight rows against up to four activation rows, two
+//! 32-value blocks per 512-bit register.
 //!
 //! Computing each activation row on its own (the grouped kernel of [`crate::quant_matvec`])
 //! unpacks every weight block once per activation row and spends about seven instructions per

@@ -198,6 +198,8 @@ impl Q8Activations {
             return Err(QuantMatvecError::Activations { got: x.len(), cols });
         }
         let blocks = x.len() / ACT_BLOCK;
+        #[cfg(target_arch = "x86_64")]
+        let kernel = Kernel::detect();
         let mut q = vec![0i8; x.len()];
         let mut scale = vec![0f32; blocks];
         let mut scaled_sum = vec![0f32; blocks];
@@ -207,7 +209,7 @@ impl Q8Activations {
             .enumerate()
         {
             #[cfg(target_arch = "x86_64")]
-            if Kernel::detect() == Kernel::Avx2 {
+            if kernel == Kernel::Avx2 {
                 // SAFETY: `detect` chose Avx2 only where the CPU has AVX2 and FMA; both blocks
                 // are 32 values.
                 let (d, sum) = unsafe { avx2::quantize_block(xs, qs) };
@@ -276,40 +278,7 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
         m * w.rows,
         "output must be [rows of x, rows of w]"
     );
-    #[cfg(target_arch = "x86_64")]
-    if tiled_available(w.format) {
-        matmul_tiled(&[*w], x, vec![out]);
-        return;
-    }
-    if m == 1 {
-        matvec_many(&[*w], x, vec![out]);
-        return;
-    }
-    let kernel = Kernel::detect();
-    let per_task = rows_per_task(w.rows);
-    // Several rows (a batched decode step, a short chunk): each task takes a run of weight rows
-    // and computes it against every activation row with the grouped kernel, so the run's bytes
-    // stay in cache across the activation rows. A task's results are `[m, rows of the task]`
-    // in its chunk of `t_out`, copied into `out`'s `[m, w.rows]` at the end. (A form of the
-    // grouped kernel that unpacked each weight block once for two activation rows measured no
-    // faster in a batched serving step: the byte products, not the unpacking, bound it.)
-    let mut t_out = vec![0f32; w.rows * m];
-    t_out
-        .par_chunks_mut(per_task * m)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let n = chunk.len() / m;
-            for (i, per_act) in chunk.chunks_exact_mut(n).enumerate() {
-                kernel.dot_rows(w, t * per_task, x.row(i), per_act);
-            }
-        });
-    for (t, chunk) in t_out.chunks(per_task * m).enumerate() {
-        let n = chunk.len() / m;
-        for (i, per_act) in chunk.chunks_exact(n).enumerate() {
-            let at = i * w.rows + t * per_task;
-            out[at..at + n].copy_from_slice(per_act);
-        }
-    }
+    matmul_many(&[*w], x, vec![out]);
 }
 
 /// Whether [`matmul`] runs `format` on the AVX-512 tile kernel (see [`crate::quant_tile`]):
@@ -347,9 +316,9 @@ pub fn tiled_kernel_available() -> bool {
 /// weight), whatever the number of activation rows: a row's result is then the same whether
 /// it is multiplied alone or in a batch, and one row runs faster than on the grouped kernel
 /// (single-stream SmolLM2 decode about +10 %: medians of 3 alternating runs 140 → 155 and
-/// 132 → 151 tok/s). Elsewhere one row runs
-/// [`matvec_many`] and several one [`matmul`] each.
-pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f32]>) {
+/// 132 → 151 tok/s). Elsewhere one row runs [`matvec_many`], several rows the grouped kernel
+/// per activation row, also in one parallel loop over every weight's rows.
+pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
     assert_eq!(ws.len(), outs.len(), "one output per weight");
     #[cfg(target_arch = "x86_64")]
     if ws.iter().all(|w| tiled_available(w.format)) {
@@ -360,37 +329,32 @@ pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut
         matvec_many(ws, x, outs);
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if ws.iter().all(|w| tiled_available(w.format)) {
-        matmul_tiled(ws, x, outs);
-        return;
-    }
-    for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        matmul(w, x, out);
-    }
+    // Several rows (a batched decode step, a short chunk) on the grouped kernel: each run of
+    // weight rows meets every activation row, one after another, so the run's bytes stay in
+    // cache across them. (A form of the grouped kernel that unpacked each weight block once
+    // for two activation rows measured no faster in a batched serving step: on AVX2 the byte
+    // products, not the unpacking, bound it.)
+    let kernel = Kernel::detect();
+    matmul_in_runs(ws, x, outs, |w, first, chunk| {
+        let n = chunk.len() / x.rows;
+        for (i, per_act) in chunk.chunks_exact_mut(n).enumerate() {
+            kernel.dot_rows(w, first, x.row(i), per_act);
+        }
+    });
 }
 
-/// Several weights × several activation rows on the tile kernel: the weights' rows are cut
-/// into runs, one parallel task each; a task walks its run in tiles of four rows, and each
-/// tile meets the activation rows four at a time, so a weight block is unpacked once per four
-/// activation rows and stays in registers meanwhile.
-#[cfg(target_arch = "x86_64")]
-fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f32]>) {
-    use crate::quant_tile::{tile, TileActs, TILE_ROWS};
+/// The parallel loop of a several-row product: every weight's rows are cut into runs, one
+/// task each; `run(w, first, chunk)` fills `chunk` (`[x.rows(), n]`, the run's `n` rows
+/// starting at `first`) and the chunks are copied into each `outs[k]` (`[x.rows(), w.rows]`).
+fn matmul_in_runs(
+    ws: &[QuantMatrix<'_>],
+    x: &Q8Activations,
+    mut outs: Vec<&mut [f32]>,
+    run: impl Fn(&QuantMatrix<'_>, usize, &mut [f32]) + Sync,
+) {
     let m = x.rows;
-    let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
-    // The layout depends on the format only through Q8_0's sign flip: one per format present.
-    let mut layouts: Vec<(QuantFormat, TileActs)> = Vec::new();
-    for w in ws {
-        assert_eq!(x.cols, w.cols, "activation width must match the weight's");
-        if !layouts.iter().any(|(f, _)| *f == w.format) {
-            layouts.push((
-                w.format,
-                TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK),
-            ));
-        }
-    }
     for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(x.cols, w.cols, "activation width must match the weight's");
         assert_eq!(
             out.len(),
             m * w.rows,
@@ -410,44 +374,8 @@ fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
         .map(|&(k, first, n)| {
-            let w = &ws[k];
-            let acts = &layouts
-                .iter()
-                .find(|(f, _)| *f == w.format)
-                .expect("a layout per format")
-                .1;
-            // `[m, n]`: this run's results for every activation row.
             let mut chunk = vec![0f32; m * n];
-            let whole = n / TILE_ROWS * TILE_ROWS;
-            for g in (0..whole).step_by(TILE_ROWS) {
-                let r = first + g;
-                let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                let mut i = 0;
-                while i < m {
-                    let mut got = [[0f32; TILE_ROWS]; 4];
-                    let k = (m - i).min(4);
-                    // SAFETY: `tiled_available` checked the CPU and the format; `acts` was
-                    // built from `x`, whose width is the weight's, and `i + k <= m`.
-                    unsafe {
-                        match k {
-                            1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, acts, i)),
-                            2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, acts, i)),
-                            3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, acts, i)),
-                            _ => got.copy_from_slice(&tile::<4>(w.format, rows, acts, i)),
-                        }
-                    }
-                    for (k, row) in got[..k].iter().enumerate() {
-                        chunk[(i + k) * n + g..(i + k) * n + g + TILE_ROWS].copy_from_slice(row);
-                    }
-                    i += 4;
-                }
-            }
-            let kernel = Kernel::detect();
-            for j in whole..n {
-                for i in 0..m {
-                    chunk[i * n + j] = kernel.dot(w.format, w.row(first + j), x.row(i));
-                }
-            }
+            run(&ws[k], first, &mut chunk);
             chunk
         })
         .collect();
@@ -457,6 +385,66 @@ fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, mut outs: Vec<&mut [f
             outs[k][i * rows + first..i * rows + first + n].copy_from_slice(per_act);
         }
     }
+}
+
+/// Several weights × several activation rows on the tile kernel: the weights' rows are cut
+/// into runs, one parallel task each; a task walks its run in tiles of four rows, and each
+/// tile meets the activation rows four at a time, so a weight block is unpacked once per four
+/// activation rows and stays in registers meanwhile.
+#[cfg(target_arch = "x86_64")]
+fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
+    use crate::quant_tile::{tile, TileActs, TILE_ROWS};
+    let m = x.rows;
+    let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
+    // The layout depends on the format only through Q8_0's sign flip: one per format present.
+    let mut layouts: Vec<(QuantFormat, TileActs)> = Vec::new();
+    for w in ws {
+        if !layouts.iter().any(|(f, _)| *f == w.format) {
+            layouts.push((
+                w.format,
+                TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK),
+            ));
+        }
+    }
+    let kernel = Kernel::detect();
+    matmul_in_runs(ws, x, outs, |w, first, chunk| {
+        let n = chunk.len() / m;
+        let acts = &layouts
+            .iter()
+            .find(|(f, _)| *f == w.format)
+            .expect("a layout per format")
+            .1;
+        let whole = n / TILE_ROWS * TILE_ROWS;
+        for g in (0..whole).step_by(TILE_ROWS) {
+            let r = first + g;
+            let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            let mut i = 0;
+            while i < m {
+                let mut got = [[0f32; TILE_ROWS]; 4];
+                let k = (m - i).min(4);
+                // SAFETY: `tiled_available` checked the CPU and the format; `acts` was built
+                // from `x`, whose width `matmul_in_runs` checked against the weight's, and
+                // `i + k <= m`.
+                unsafe {
+                    match k {
+                        1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, acts, i)),
+                        2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, acts, i)),
+                        3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, acts, i)),
+                        _ => got.copy_from_slice(&tile::<4>(w.format, rows, acts, i)),
+                    }
+                }
+                for (k, row) in got[..k].iter().enumerate() {
+                    chunk[(i + k) * n + g..(i + k) * n + g + TILE_ROWS].copy_from_slice(row);
+                }
+                i += 4;
+            }
+        }
+        for j in whole..n {
+            for i in 0..m {
+                chunk[i * n + j] = kernel.dot(w.format, w.row(first + j), x.row(i));
+            }
+        }
+    });
 }
 
 /// `outs[i] = ws[i] · x` for one activation row and several weights of its width (a layer's

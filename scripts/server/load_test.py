@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 
-from serverlib import free_port, metrics, rss_mib, start, wait_listening
+from serverlib import TruncatedStream, free_port, metrics, rss_mib, sse_events, start, wait_listening
 
 
 def pct(xs, p):
@@ -72,20 +72,9 @@ def one_request(port, model, max_tokens, i, stats, extra=None):
         if resp.status != 200:
             resp.read()
             return ("http_%d" % resp.status, None)
-        first, last, gaps, chunks, done = None, None, [], 0, False
+        first, last, gaps, chunks = None, None, [], 0
         usage_tokens = None
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            line = line.strip()
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:]
-            if data == b"[DONE]":
-                done = True
-                break
-            ev = json.loads(data)
+        for ev in sse_events(resp):
             if "error" in ev:
                 return ("stream_error", None)
             if ev.get("usage"):
@@ -98,12 +87,12 @@ def one_request(port, model, max_tokens, i, stats, extra=None):
                     gaps.append(now - last)
                 last = now
                 chunks += 1
-        if not done:
-            return ("truncated_stream", None)
         return ("ok", {"ttft": (first or time.perf_counter()) - t0, "latency": time.perf_counter() - t0,
                        "gaps": gaps, "chunks": chunks,
                        "tokens": usage_tokens if usage_tokens is not None else chunks,
                        "start": t0})
+    except TruncatedStream:
+        return ("truncated_stream", None)
     except (OSError, http.client.HTTPException) as e:
         return (type(e).__name__, None)
     finally:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from serverlib import free_port, start, wait_listening
+from serverlib import free_port, sse_events, start, wait_listening
 
 QUESTIONS = [
     "Which countries does the speaker mention?",
@@ -56,16 +56,7 @@ def ask(port, content, policy, max_tokens):
     if resp.status != 200:
         sys.exit(f"HTTP {resp.status}: {resp.read().decode()}")
     ttft, text, usage = None, [], {}
-    while True:
-        line = resp.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line.startswith(b"data: "):
-            continue
-        if line[6:] == b"[DONE]":
-            break
-        ev = json.loads(line[6:])
+    for ev in sse_events(resp):
         if ev.get("usage"):
             usage = ev["usage"]
         for c in ev.get("choices", []):

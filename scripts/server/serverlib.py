@@ -1,7 +1,9 @@
 """What the server scripts share: a free loopback port, a server process started with its log
 in a file (a pipe nobody reads fills at 64 KiB and blocks a verbose server before it listens),
-waiting for it to listen, its RSS, and its /metrics text. Standard library only."""
+waiting for it to listen, its RSS, its /metrics text, and reading an SSE stream. Standard
+library only."""
 import http.client
+import json
 import socket
 import subprocess
 import sys
@@ -55,3 +57,22 @@ def metrics(port):
     text = conn.getresponse().read().decode()
     conn.close()
     return text
+
+
+class TruncatedStream(Exception):
+    """The server closed an SSE stream before its `data: [DONE]`."""
+
+
+def sse_events(resp):
+    """The JSON events of an OpenAI-style SSE response, in order; returns at `data: [DONE]`,
+    raises TruncatedStream when the stream ends before it."""
+    while True:
+        line = resp.readline()
+        if not line:
+            raise TruncatedStream()
+        line = line.strip()
+        if not line.startswith(b"data: "):
+            continue
+        if line[6:] == b"[DONE]":
+            return
+        yield json.loads(line[6:])

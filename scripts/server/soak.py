@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from serverlib import free_port, metrics, rss_mib, start, wait_listening
+from serverlib import TruncatedStream, free_port, metrics, rss_mib, sse_events, start, wait_listening
 
 POLICIES = ["full", "kivi:bits=4", "streaming:sink=4,window=256", "snapkv:ratio=0.5",
             "minicache", "omnisparse:tau=0.9"]
@@ -60,20 +60,15 @@ def one_request(port, rng, max_tokens, disconnect):
             resp.read()
             return f"http_{resp.status}"
         chunks = 0
-        while True:
-            line = resp.readline()
-            if not line:
-                return "truncated_stream"
-            line = line.strip()
-            if not line.startswith(b"data: "):
-                continue
-            if line[6:] == b"[DONE]":
-                return "ok"
-            if b'"error"' in line[:40]:
+        for ev in sse_events(resp):
+            if "error" in ev:
                 return "stream_error"
             chunks += 1
             if hang_up_after is not None and chunks >= hang_up_after:
                 return "disconnect"
+        return "ok"
+    except TruncatedStream:
+        return "truncated_stream"
     except (OSError, http.client.HTTPException) as e:
         return type(e).__name__
     finally:

@@ -67,6 +67,9 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
+        if self.params.top_k == 0 && self.params.top_p >= 1.0 {
+            return self.sample_whole_vocabulary(logits);
+        }
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -111,6 +114,56 @@ impl Sampler {
         cand[cand.len() - 1].0
     }
 }
+
+impl Sampler {
+    /// Plain temperature sampling: `p(i) ∝ exp((logit_i − max) / T)` drawn in id order. The
+    /// weights come from a branch-free exponential and sums over independent lanes (both
+    /// vectorise), and the draw walks blocks of [`DRAW_BLOCK`] ids by their sums before the ids
+    /// of one block: per batched serving step this was one scalar `expf` and two serial sums
+    /// per vocabulary entry and row (about a tenth of an 8-sequence step).
+    fn sample_whole_vocabulary(&mut self, logits: &[f32]) -> u32 {
+        use frugal_numerics::attention::{exp_nonpositive, lanes_fold};
+        let max = lanes_fold(logits, f32::NEG_INFINITY, f32::max);
+        let inv_t = 1.0 / self.params.temperature;
+        let weights: Vec<f32> = logits
+            .iter()
+            .map(|&l| exp_nonpositive((l - max) * inv_t))
+            .collect();
+        let block_sums: Vec<f32> = weights
+            .chunks(DRAW_BLOCK)
+            .map(|b| lanes_fold(b, 0.0, |a, c| a + c))
+            .collect();
+        let total: f32 = block_sums.iter().sum();
+        let mut r = self.rng.gen::<f32>() * total;
+        for (k, &sum) in block_sums.iter().enumerate() {
+            if r < sum {
+                let block = &weights[k * DRAW_BLOCK..((k + 1) * DRAW_BLOCK).min(weights.len())];
+                for (j, &p) in block.iter().enumerate() {
+                    if r < p {
+                        return (k * DRAW_BLOCK + j) as u32;
+                    }
+                    r -= p;
+                }
+                // Rounding left `r` past the block's own sum: its last id with any weight.
+                let j = block
+                    .iter()
+                    .rposition(|&p| p > 0.0)
+                    .unwrap_or(block.len() - 1);
+                return (k * DRAW_BLOCK + j) as u32;
+            }
+            r -= sum;
+        }
+        // Rounding left `r` past the total: the last id with any weight.
+        weights
+            .iter()
+            .rposition(|&p| p > 0.0)
+            .unwrap_or(weights.len() - 1) as u32
+    }
+}
+
+/// Ids per block of the temperature draw's first pass (ours: long enough that the per-block
+/// sums vectorise, short enough that the walk inside one block is short).
+const DRAW_BLOCK: usize = 256;
 
 /// Index of the largest logit (the first on ties, as argmax conventionally does).
 pub fn argmax(logits: &[f32]) -> u32 {
@@ -606,6 +659,53 @@ mod tests {
             ..params.clone()
         });
         assert_ne!(draw(&params), other);
+    }
+
+    /// Temperature sampling over a vocabulary of several draw blocks: every id's frequency over
+    /// many draws is its softmax probability (within five standard errors), ids with no weight
+    /// (logit −inf) are never drawn, and the block walk reaches ids in the last, partial block.
+    #[test]
+    fn temperature_draws_follow_the_softmax_across_blocks() {
+        let n = 3 * DRAW_BLOCK + 37;
+        let mut logits: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 * 0.1).collect();
+        for (i, l) in [
+            (5, 4.0),
+            (DRAW_BLOCK + 3, 4.5),
+            (n - 2, 4.2),
+            (2 * DRAW_BLOCK, 3.0),
+        ] {
+            logits[i] = l;
+        }
+        logits[7] = f32::NEG_INFINITY;
+        let t = 0.8;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|&l| (((l - max) / t) as f64).exp())
+            .collect();
+        let z: f64 = w.iter().sum();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: t,
+            seed: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        let draws = 60_000;
+        let mut counts = vec![0usize; n];
+        for _ in 0..draws {
+            counts[s.sample(&logits) as usize] += 1;
+        }
+        assert_eq!(counts[7], 0, "an id of weight 0 was drawn");
+        for (i, &c) in counts.iter().enumerate() {
+            let p = w[i] / z;
+            let f = c as f64 / draws as f64;
+            let se = (p * (1.0 - p) / draws as f64).sqrt();
+            assert!(
+                (f - p).abs() <= 5.0 * se + 2e-4,
+                "id {i}: drew {f}, softmax {p}"
+            );
+        }
+        assert!(counts[n - 2] > 0 && counts[DRAW_BLOCK + 3] > 0);
     }
 
     #[test]

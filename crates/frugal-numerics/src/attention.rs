@@ -387,7 +387,7 @@ pub fn softmax_in_place(row: &mut [f32]) {
 /// value is a serial chain). Appending identity elements (the zeros of masked keys) leaves the
 /// result bit for bit unchanged, so a row's softmax does not depend on how many masked keys
 /// its query block carried.
-pub(crate) fn lanes_fold(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+pub fn lanes_fold(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
@@ -405,7 +405,7 @@ pub(crate) fn lanes_fold(row: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -
 /// built in the exponent bits. Below `-87.3` (where `eˣ` is under the smallest normal `f32`)
 /// and at `-inf` it returns exactly 0, as a masked key must get; NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+pub fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const FLOOR: f32 = -87.3;

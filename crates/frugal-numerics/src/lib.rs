@@ -11,6 +11,8 @@ pub mod key_selection;
 pub mod kivi;
 pub mod quant_matvec;
 #[cfg(target_arch = "x86_64")]
+mod quant_panel;
+#[cfg(target_arch = "x86_64")]
 mod quant_tile;
 pub mod rope;
 pub mod slerp;

@@ -297,6 +297,15 @@ fn tiled_available(format: QuantFormat) -> bool {
     })
 }
 
+/// Whether the tiled path runs the sixteen-row panel kernel ([`crate::quant_panel`]) rather
+/// than the four-row tile kernel: unless `FRUGAL_QUANT_PANEL=off` (for A/B timing).
+#[cfg(target_arch = "x86_64")]
+fn panel_on() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FRUGAL_QUANT_PANEL").map_or(true, |v| v != "off"))
+}
+
 /// Whether [`matmul`] runs the 32-value formats on the AVX-512 tile kernel on this CPU (else
 /// the grouped kernel, one activation row at a time).
 pub fn tiled_kernel_available() -> bool {
@@ -335,22 +344,23 @@ pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f3
     // for two activation rows measured no faster in a batched serving step: on AVX2 the byte
     // products, not the unpacking, bound it.)
     let kernel = Kernel::detect();
-    matmul_in_runs(ws, x, outs, |w, first, chunk| {
-        let n = chunk.len() / x.rows;
-        for (i, per_act) in chunk.chunks_exact_mut(n).enumerate() {
-            kernel.dot_rows(w, first, x.row(i), per_act);
+    matmul_in_runs(ws, x, outs, ROW_GROUP, |w, first, n, mut out| {
+        for i in 0..x.rows {
+            kernel.dot_rows(w, first, x.row(i), &mut out.row(i)[..n]);
         }
     });
 }
 
-/// The parallel loop of a several-row product: every weight's rows are cut into runs, one
-/// task each; `run(w, first, chunk)` fills `chunk` (`[x.rows(), n]`, the run's `n` rows
-/// starting at `first`) and the chunks are copied into each `outs[k]` (`[x.rows(), w.rows]`).
+/// The parallel loop of a several-row product: every weight's rows are cut into runs (a
+/// multiple of `group` rows), one task each; `run(w, first, n, out, stride)` writes the run's
+/// `n` rows starting at `first` for every activation row `i` at `out[i·stride + j]` (`j < n`),
+/// straight into the weight's output `[x.rows(), w.rows]`.
 fn matmul_in_runs(
     ws: &[QuantMatrix<'_>],
     x: &Q8Activations,
-    mut outs: Vec<&mut [f32]>,
-    run: impl Fn(&QuantMatrix<'_>, usize, &mut [f32]) + Sync,
+    outs: Vec<&mut [f32]>,
+    group: usize,
+    run: impl Fn(&QuantMatrix<'_>, usize, usize, RunOut) + Sync,
 ) {
     let m = x.rows;
     for (w, out) in ws.iter().zip(outs.iter()) {
@@ -361,7 +371,8 @@ fn matmul_in_runs(
             "output must be [rows of x, rows of w]"
         );
     }
-    let per_task = rows_per_task(ws.iter().map(|w| w.rows).sum());
+    let per_task = rows_per_task(ws.iter().map(|w| w.rows).sum()).next_multiple_of(group);
+    let bases: Vec<SendPtr> = outs.into_iter().map(|o| SendPtr(o.as_mut_ptr())).collect();
     let tasks: Vec<(usize, usize, usize)> = ws
         .iter()
         .enumerate()
@@ -371,19 +382,52 @@ fn matmul_in_runs(
                 .map(move |first| (k, first, per_task.min(w.rows - first)))
         })
         .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(k, first, n)| {
-            let mut chunk = vec![0f32; m * n];
-            run(&ws[k], first, &mut chunk);
-            chunk
-        })
-        .collect();
-    for (&(k, first, n), chunk) in tasks.iter().zip(&results) {
-        let rows = ws[k].rows;
-        for (i, per_act) in chunk.chunks_exact(n).enumerate() {
-            outs[k][i * rows + first..i * rows + first + n].copy_from_slice(per_act);
-        }
+    tasks.par_iter().for_each(|&(k, first, n)| {
+        // Each task writes the columns `first..first + n` of its weight's output, every
+        // activation row: disjoint from every other task's.
+        let out = RunOut {
+            // SAFETY: `first < w.rows`, inside the output checked above.
+            ptr: unsafe { bases[k].0.add(first) },
+            stride: ws[k].rows,
+            rows: m,
+            cols: n,
+        };
+        run(&ws[k], first, n, out);
+    });
+}
+
+/// An output pointer shared by the tasks of [`matmul_in_runs`], each writing its own columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (their own column ranges) and the outputs outlive
+// the parallel loop, which joins before `matmul_in_runs` returns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Where one task of [`matmul_in_runs`] writes: `rows` activation rows, `stride` apart, of
+/// `cols` results each.
+#[derive(Clone, Copy)]
+struct RunOut {
+    ptr: *mut f32,
+    stride: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl RunOut {
+    /// Where activation row `i`'s result `j` goes; the rows after `i` follow `stride` apart.
+    fn at(&self, i: usize, j: usize) -> *mut f32 {
+        assert!(i < self.rows && j < self.cols);
+        // SAFETY: inside the output, as in `row`.
+        unsafe { self.ptr.add(i * self.stride + j) }
+    }
+
+    /// Activation row `i`'s `cols` results.
+    fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows);
+        // SAFETY: `matmul_in_runs` hands each task a column range no other task touches, of
+        // an output of `rows · stride` elements.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.cols) }
     }
 }
 
@@ -396,6 +440,71 @@ fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>
     use crate::quant_tile::{tile, TileActs, TILE_ROWS};
     let m = x.rows;
     let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
+    let kernel = Kernel::detect();
+    if panel_on() {
+        // The layout depends on the format only through Q8_0's sign flip: one per format.
+        let mut panel_acts: Vec<(QuantFormat, crate::quant_panel::PanelActs<'_>)> = Vec::new();
+        for w in ws {
+            if !panel_acts.iter().any(|(f, _)| *f == w.format) {
+                panel_acts.push((
+                    w.format,
+                    crate::quant_panel::PanelActs::new(w.format, &act_rows, x.cols),
+                ));
+            }
+        }
+        matmul_in_runs(
+            ws,
+            x,
+            outs,
+            crate::quant_panel::PANEL_ROWS,
+            |w, first, n, mut out| {
+                use crate::quant_panel::{panel, PANEL_ACTS, PANEL_ROWS};
+                let acts = &panel_acts
+                    .iter()
+                    .find(|(f, _)| *f == w.format)
+                    .expect("a layout per format")
+                    .1;
+                let whole = n / PANEL_ROWS * PANEL_ROWS;
+                let blocks = w.cols / ACT_BLOCK;
+                let row_bytes = w.row_bytes();
+                for g in (0..whole).step_by(PANEL_ROWS) {
+                    let rows = w.row(first + g).as_ptr();
+                    let mut i = 0;
+                    while i < m {
+                        let k = (m - i).min(PANEL_ACTS);
+                        let dst = out.at(i, g);
+                        // SAFETY: `tiled_available` checked the CPU and the format; the panel's
+                        // sixteen rows lie inside the weight (g + 16 <= whole <= n rows of the
+                        // run); `acts` was built from `x`, whose width `matmul_in_runs` checked
+                        // against the weight's; `i + k <= m`; and `dst` starts sixteen results
+                        // (g + 16 <= n) of activation row `i`, the rows after it `out.stride`
+                        // apart, all inside this task's columns of the output.
+                        unsafe {
+                            macro_rules! call {
+                            ($($k:literal),*) => {
+                                match k {
+                                    $($k => panel::<$k>(
+                                        w.format, (rows, row_bytes, blocks), acts, i, dst,
+                                        out.stride,
+                                    ),)*
+                                    _ => unreachable!(),
+                                }
+                            };
+                        }
+                            call!(1, 2, 3, 4, 5, 6, 7, 8);
+                        }
+                        i += PANEL_ACTS;
+                    }
+                }
+                for j in whole..n {
+                    for i in 0..m {
+                        out.row(i)[j] = kernel.dot(w.format, w.row(first + j), x.row(i));
+                    }
+                }
+            },
+        );
+        return;
+    }
     // The layout depends on the format only through Q8_0's sign flip: one per format present.
     let mut layouts: Vec<(QuantFormat, TileActs)> = Vec::new();
     for w in ws {
@@ -406,9 +515,7 @@ fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>
             ));
         }
     }
-    let kernel = Kernel::detect();
-    matmul_in_runs(ws, x, outs, |w, first, chunk| {
-        let n = chunk.len() / m;
+    matmul_in_runs(ws, x, outs, ROW_GROUP, |w, first, n, mut out| {
         let acts = &layouts
             .iter()
             .find(|(f, _)| *f == w.format)
@@ -434,14 +541,14 @@ fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>
                     }
                 }
                 for (k, row) in got[..k].iter().enumerate() {
-                    chunk[(i + k) * n + g..(i + k) * n + g + TILE_ROWS].copy_from_slice(row);
+                    out.row(i + k)[g..g + TILE_ROWS].copy_from_slice(row);
                 }
                 i += 4;
             }
         }
         for j in whole..n {
             for i in 0..m {
-                chunk[i * n + j] = kernel.dot(w.format, w.row(first + j), x.row(i));
+                out.row(i)[j] = kernel.dot(w.format, w.row(first + j), x.row(i));
             }
         }
     });

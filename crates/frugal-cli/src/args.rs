@@ -40,7 +40,8 @@ pub struct GlobalArgs {
     pub kv_dtype: KvDtypeArg,
     /// Calls of at least this many tokens dequantise each projection's weights once and run an
     /// f32 GEMM (long prefills); shorter calls (decode, batched serving steps, short chunks)
-    /// multiply the quantised weights directly. Default: the engine's, chosen by timing.
+    /// multiply the quantised weights directly. Default: per weight, chosen by timing (never
+    /// for Q4_0/Q4_1/Q8_0 where the CPU has AVX-512 VNNI, 32 tokens otherwise).
     #[arg(long, global = true, env = "FRUGAL_DEQUANT_ROWS")]
     pub dequant_rows: Option<usize>,
     /// Worker threads for matmuls and attention (default: all cores).

@@ -86,7 +86,7 @@ pub struct Decoder {
     pub(super) lm_head: QMatMul,
     /// One table per distinct RoPE base.
     pub(super) ropes: Vec<RopeTable>,
-    pub(super) dequant_rows: usize,
+    pub(super) dequant_rows: Option<usize>,
 }
 
 impl Decoder {
@@ -205,7 +205,7 @@ impl Decoder {
             norm,
             lm_head,
             ropes,
-            dequant_rows: super::llama::default_dequant_rows(),
+            dequant_rows: None,
         })
     }
 
@@ -238,7 +238,7 @@ impl Decoder {
 
     /// See [`super::llama::Llama::set_dequant_rows`].
     pub fn set_dequant_rows(&mut self, rows: usize) {
-        self.dequant_rows = rows;
+        self.dequant_rows = Some(rows);
     }
 
     /// See [`super::llama::Llama::forward`].

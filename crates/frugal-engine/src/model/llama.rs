@@ -98,36 +98,53 @@ pub trait TensorSource {
 }
 
 /// Rows from which a quantised projection dequantises its weight for the call and runs an
-/// f32 GEMM instead of multiplying the quantised blocks directly (our choice, a knob:
-/// [`Llama::set_dequant_rows`], `--dequant-rows`). Dequantising a layer's weights costs about
-/// as much as a few rows of the quantised product, so the switch pays where the quantised
-/// product is slow per row. Decode (one row) always keeps the quantised kernel, which reads
-/// 4-8× fewer weight bytes.
-pub fn default_dequant_rows() -> usize {
-    if frugal_numerics::quant_matvec::tiled_kernel_available() {
-        DEQUANT_ROWS_TILE_KERNEL
+/// f32 GEMM instead of multiplying the quantised blocks directly: the model's setting where
+/// one is given ([`Llama::set_dequant_rows`], `--dequant-rows`), else chosen per weight by the
+/// kernel that multiplies its format (ours, by timing):
+/// * the AVX-512 panel kernel (Q4_0, Q4_1, Q8_0 where the CPU has AVX-512 VNNI): never.
+///   Timed with `scripts/tile_kernel_ab.sh` and `frugal bench --dequant-rows` on
+///   SmolLM2-135M Q4_1 (2 threads): prefill of 256–4096 tokens runs 1.2–2.1× faster on it
+///   than dequantised (1024: 1484/1530 against 723/736 tok/s; 4096: 705 against 509), 8192
+///   about even (365 against 372), where attention dominates; and no f32 copy of a layer's
+///   weights is made;
+/// * anything else (the grouped kernel one activation row at a time, candle's K-quant
+///   products): [`DEQUANT_ROWS_ROW_KERNEL`].
+///
+/// Decode (one row) keeps the quantised kernel either way: it reads 4–8× fewer weight bytes.
+pub(crate) fn switch_rows(w: &QMatMul, setting: Option<usize>) -> usize {
+    use frugal_numerics::quant_matvec::QuantFormat;
+    if let Some(rows) = setting {
+        return rows;
+    }
+    let panel = match w {
+        QMatMul::QTensor(q) => {
+            frugal_numerics::quant_matvec::tiled_kernel_available()
+                && matches!(
+                    ours_format(q),
+                    Some(QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0)
+                )
+        }
+        _ => false,
+    };
+    if panel {
+        usize::MAX
     } else {
         DEQUANT_ROWS_ROW_KERNEL
     }
 }
 
 /// The switch where several activation rows run the grouped kernel one row at a time (no
-/// AVX-512 VNNI): candle's and that kernel's per-row products run far below GEMM speed.
+/// AVX-512 VNNI) or candle's K-quant products: their per-row products run far below GEMM
+/// speed.
 pub const DEQUANT_ROWS_ROW_KERNEL: usize = 32;
-
-/// The switch where the AVX-512 tile kernel multiplies several rows at once. Timed with
-/// `scripts/tile_kernel_ab.sh` on SmolLM2-135M Q4_1 (2 threads, two rounds): prefill of 128,
-/// 256 and 512 tokens runs 1.3–1.6× faster on the tile kernel than dequantised (e.g. 512:
-/// 1048/1004 against 839/815 tok/s), 1024 tokens about even (840/828 against 826/796).
-pub const DEQUANT_ROWS_TILE_KERNEL: usize = 1024;
 
 /// A projection `y = x · Wᵀ`.
 pub(crate) struct Linear(pub(crate) QMatMul);
 
 impl Linear {
-    pub(crate) fn forward(&self, x: &Tensor, dequant_rows: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, dequant_rows: Option<usize>) -> Result<Tensor> {
         match &self.0 {
-            QMatMul::QTensor(q) if x.dim(0)? >= dequant_rows => {
+            QMatMul::QTensor(q) if x.dim(0)? >= switch_rows(&self.0, dequant_rows) => {
                 let w = q.dequantize(&Device::Cpu)?;
                 Ok(x.matmul(&w.t()?)?)
             }
@@ -142,9 +159,14 @@ impl Linear {
     pub(crate) fn forward_many(
         ls: &[&Linear],
         x: &Tensor,
-        dequant_rows: usize,
+        dequant_rows: Option<usize>,
     ) -> Result<Vec<Tensor>> {
-        if x.dim(0)? < dequant_rows {
+        let switch = ls
+            .iter()
+            .map(|l| switch_rows(&l.0, dequant_rows))
+            .min()
+            .unwrap_or(usize::MAX);
+        if x.dim(0)? < switch {
             if let Some(ys) = fused_matvec(ls, x)? {
                 return Ok(ys);
             }
@@ -157,13 +179,13 @@ impl Linear {
 /// on dequantised weights, the weight is dequantised once and shared by every row block.
 pub(crate) enum Prepared<'a> {
     Gemm(Tensor),
-    Linear(&'a Linear, usize),
+    Linear(&'a Linear, Option<usize>),
 }
 
 impl Linear {
-    pub(crate) fn prepare(&self, rows: usize, dequant_rows: usize) -> Result<Prepared<'_>> {
+    pub(crate) fn prepare(&self, rows: usize, dequant_rows: Option<usize>) -> Result<Prepared<'_>> {
         Ok(match &self.0 {
-            QMatMul::QTensor(q) if rows >= dequant_rows => {
+            QMatMul::QTensor(q) if rows >= switch_rows(&self.0, dequant_rows) => {
                 Prepared::Gemm(q.dequantize(&Device::Cpu)?)
             }
             _ => Prepared::Linear(self, dequant_rows),
@@ -199,10 +221,15 @@ pub(crate) fn in_row_blocks(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// The LM head's product: our kernel for few rows (decode), candle's quantised matmul for
-/// many (scoring), whose activation rounding the golden logits were checked with.
-pub(crate) fn lm_head_product(w: &QMatMul, hidden: &Tensor, dequant_rows: usize) -> Result<Tensor> {
-    if hidden.dim(0)? < dequant_rows {
+/// The LM head's product: our kernel below the dequantising switch (decode; on the panel
+/// kernel every call), candle's quantised matmul from it (scoring elsewhere), whose
+/// activation rounding the golden logits were checked with.
+pub(crate) fn lm_head_product(
+    w: &QMatMul,
+    hidden: &Tensor,
+    dequant_rows: Option<usize>,
+) -> Result<Tensor> {
+    if hidden.dim(0)? < switch_rows(w, dequant_rows) {
         few_rows_product(w, hidden)
     } else {
         Ok(w.forward(hidden)?)
@@ -383,7 +410,7 @@ pub struct Llama {
     /// (decode) run on our quantised kernel, longer ones on candle's ([`lm_head_product`]).
     pub(super) lm_head: QMatMul,
     pub(super) rope: RopeTable,
-    pub(super) dequant_rows: usize,
+    pub(super) dequant_rows: Option<usize>,
 }
 
 /// Which positions of a forward call produce logits.
@@ -472,14 +499,15 @@ impl Llama {
             norm,
             lm_head,
             rope,
-            dequant_rows: default_dequant_rows(),
+            dequant_rows: None,
         })
     }
 
-    /// Calls with at least `rows` tokens dequantise projection weights for an f32 GEMM
-    /// (see [`default_dequant_rows`]); `usize::MAX` keeps the quantised kernel everywhere.
+    /// Calls with at least `rows` tokens dequantise projection weights for an f32 GEMM,
+    /// whatever the format (by default the switch is per weight: see [`switch_rows`]);
+    /// `usize::MAX` keeps the quantised kernel everywhere.
     pub fn set_dequant_rows(&mut self, rows: usize) {
-        self.dequant_rows = rows;
+        self.dequant_rows = Some(rows);
     }
 
     pub fn config(&self) -> &LlamaConfig {

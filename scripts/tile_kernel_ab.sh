@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A/B of the quantised product kernels, alternating, on SmolLM2-135M's shapes: the default
 # (on AVX-512 VNNI: the sixteen-row panel kernel) against the environment setting OFF
-# (default FRUGAL_QUANT_PANEL=off: the four-row tile kernel; FRUGAL_QUANT_TILE=off: the
-# grouped kernel per activation row); then prefill on either side of the dequantising switch
-# (--dequant-rows) and single-stream decode, both sides. Run on a quiet machine.
+# (default FRUGAL_QUANT_TILE=off: the grouped kernel per activation row; at commit 795e19f,
+# FRUGAL_QUANT_PANEL=off chose the four-row tile kernel that the panel kernel replaced); then
+# prefill on either side of the dequantising switch (--dequant-rows) and single-stream
+# decode, both sides. Run on a quiet machine.
 # Usage: [OFF=VAR=value] scripts/tile_kernel_ab.sh OUT_DIR [ROUNDS]
 set -euo pipefail
-OUT="$1"; ROUNDS="${2:-3}"; OFF="${OFF:-FRUGAL_QUANT_PANEL=off}"
+OUT="$1"; ROUNDS="${2:-3}"; OFF="${OFF:-FRUGAL_QUANT_TILE=off}"
 mkdir -p "$OUT"
 cargo build --release --workspace --all-targets >/dev/null 2>&1
 B=target/release/examples/quant_matmul_bench

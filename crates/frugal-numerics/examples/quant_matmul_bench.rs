@@ -1,6 +1,6 @@
 //! Times `quant_matvec::matmul` on random weights of one shape: `ROWS COLS FORMAT M [REPS]`
 //! (FORMAT q4_0, q4_1 or q8_0). Run it twice, with and without `FRUGAL_QUANT_TILE=off`, to
-//! compare the tile kernel with the grouped kernel per activation row.
+//! compare the AVX-512 panel kernel with the grouped kernel per activation row.
 use frugal_numerics::quant_matvec::{matmul, Q8Activations, QuantFormat, QuantMatrix};
 use std::time::Instant;
 

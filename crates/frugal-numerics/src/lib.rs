@@ -12,8 +12,6 @@ pub mod kivi;
 pub mod quant_matvec;
 #[cfg(target_arch = "x86_64")]
 mod quant_panel;
-#[cfg(target_arch = "x86_64")]
-mod quant_tile;
 pub mod rope;
 pub mod slerp;
 pub mod sparse_attention;

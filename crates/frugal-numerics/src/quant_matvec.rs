@@ -281,11 +281,11 @@ pub fn matmul(w: &QuantMatrix<'_>, x: &Q8Activations, out: &mut [f32]) {
     matmul_many(&[*w], x, vec![out]);
 }
 
-/// Whether [`matmul`] runs `format` on the AVX-512 tile kernel (see [`crate::quant_tile`]):
+/// Whether [`matmul`] runs `format` on the AVX-512 panel kernel (see [`crate::quant_panel`]):
 /// where the CPU has it, unless `FRUGAL_QUANT_TILE=off` (for A/B timing against the grouped
 /// kernel per activation row).
 #[cfg(target_arch = "x86_64")]
-fn tiled_available(format: QuantFormat) -> bool {
+fn panel_available(format: QuantFormat) -> bool {
     use std::sync::OnceLock;
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     matches!(
@@ -293,25 +293,16 @@ fn tiled_available(format: QuantFormat) -> bool {
         QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0
     ) && *AVAILABLE.get_or_init(|| {
         std::env::var("FRUGAL_QUANT_TILE").map_or(true, |v| v != "off")
-            && crate::quant_tile::available()
+            && crate::quant_panel::available()
     })
 }
 
-/// Whether the tiled path runs the sixteen-row panel kernel ([`crate::quant_panel`]) rather
-/// than the four-row tile kernel: unless `FRUGAL_QUANT_PANEL=off` (for A/B timing).
-#[cfg(target_arch = "x86_64")]
-fn panel_on() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FRUGAL_QUANT_PANEL").map_or(true, |v| v != "off"))
-}
-
-/// Whether [`matmul`] runs the 32-value formats on the AVX-512 tile kernel on this CPU (else
+/// Whether [`matmul`] runs the 32-value formats on the AVX-512 panel kernel on this CPU (else
 /// the grouped kernel, one activation row at a time).
-pub fn tiled_kernel_available() -> bool {
+pub fn panel_kernel_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        tiled_available(QuantFormat::Q4_1)
+        panel_available(QuantFormat::Q4_1)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -330,8 +321,8 @@ pub fn tiled_kernel_available() -> bool {
 pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
     assert_eq!(ws.len(), outs.len(), "one output per weight");
     #[cfg(target_arch = "x86_64")]
-    if ws.iter().all(|w| tiled_available(w.format)) {
-        matmul_tiled(ws, x, outs);
+    if ws.iter().all(|w| panel_available(w.format)) {
+        matmul_panel(ws, x, outs);
         return;
     }
     if x.rows == 1 {
@@ -431,119 +422,60 @@ impl RunOut {
     }
 }
 
-/// Several weights × several activation rows on the tile kernel: the weights' rows are cut
-/// into runs, one parallel task each; a task walks its run in tiles of four rows, and each
-/// tile meets the activation rows four at a time, so a weight block is unpacked once per four
-/// activation rows and stays in registers meanwhile.
+/// Several weights × several activation rows on the panel kernel: the weights' rows are cut
+/// into runs of whole panels (sixteen rows), one parallel task each; a task walks its run a
+/// panel at a time, and each panel meets the activation rows eight at a time. Rows past the
+/// last whole panel of a run (a weight whose rows are not a multiple of sixteen) take the row
+/// kernel.
 #[cfg(target_arch = "x86_64")]
-fn matmul_tiled(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
-    use crate::quant_tile::{tile, TileActs, TILE_ROWS};
+fn matmul_panel(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
+    use crate::quant_panel::{panel, PanelActs, PANEL_ACTS, PANEL_ROWS};
     let m = x.rows;
     let act_rows: Vec<ActRow<'_>> = (0..m).map(|i| x.row(i)).collect();
     let kernel = Kernel::detect();
-    if panel_on() {
-        // The layout depends on the format only through Q8_0's sign flip: one per format.
-        let mut panel_acts: Vec<(QuantFormat, crate::quant_panel::PanelActs<'_>)> = Vec::new();
-        for w in ws {
-            if !panel_acts.iter().any(|(f, _)| *f == w.format) {
-                panel_acts.push((
-                    w.format,
-                    crate::quant_panel::PanelActs::new(w.format, &act_rows, x.cols),
-                ));
-            }
-        }
-        matmul_in_runs(
-            ws,
-            x,
-            outs,
-            crate::quant_panel::PANEL_ROWS,
-            |w, first, n, mut out| {
-                use crate::quant_panel::{panel, PANEL_ACTS, PANEL_ROWS};
-                let acts = &panel_acts
-                    .iter()
-                    .find(|(f, _)| *f == w.format)
-                    .expect("a layout per format")
-                    .1;
-                let whole = n / PANEL_ROWS * PANEL_ROWS;
-                let blocks = w.cols / ACT_BLOCK;
-                let row_bytes = w.row_bytes();
-                for g in (0..whole).step_by(PANEL_ROWS) {
-                    let rows = w.row(first + g).as_ptr();
-                    let mut i = 0;
-                    while i < m {
-                        let k = (m - i).min(PANEL_ACTS);
-                        let dst = out.at(i, g);
-                        // SAFETY: `tiled_available` checked the CPU and the format; the panel's
-                        // sixteen rows lie inside the weight (g + 16 <= whole <= n rows of the
-                        // run); `acts` was built from `x`, whose width `matmul_in_runs` checked
-                        // against the weight's; `i + k <= m`; and `dst` starts sixteen results
-                        // (g + 16 <= n) of activation row `i`, the rows after it `out.stride`
-                        // apart, all inside this task's columns of the output.
-                        unsafe {
-                            macro_rules! call {
-                            ($($k:literal),*) => {
-                                match k {
-                                    $($k => panel::<$k>(
-                                        w.format, (rows, row_bytes, blocks), acts, i, dst,
-                                        out.stride,
-                                    ),)*
-                                    _ => unreachable!(),
-                                }
-                            };
-                        }
-                            call!(1, 2, 3, 4, 5, 6, 7, 8);
-                        }
-                        i += PANEL_ACTS;
-                    }
-                }
-                for j in whole..n {
-                    for i in 0..m {
-                        out.row(i)[j] = kernel.dot(w.format, w.row(first + j), x.row(i));
-                    }
-                }
-            },
-        );
-        return;
-    }
-    // The layout depends on the format only through Q8_0's sign flip: one per format present.
-    let mut layouts: Vec<(QuantFormat, TileActs)> = Vec::new();
+    // The layout depends on the format only through Q8_0's code sums: one per format.
+    let mut layouts: Vec<(QuantFormat, PanelActs<'_>)> = Vec::new();
     for w in ws {
         if !layouts.iter().any(|(f, _)| *f == w.format) {
-            layouts.push((
-                w.format,
-                TileActs::new(w.format, &act_rows, w.cols / ACT_BLOCK),
-            ));
+            layouts.push((w.format, PanelActs::new(w.format, &act_rows, x.cols)));
         }
     }
-    matmul_in_runs(ws, x, outs, ROW_GROUP, |w, first, n, mut out| {
+    matmul_in_runs(ws, x, outs, PANEL_ROWS, |w, first, n, mut out| {
         let acts = &layouts
             .iter()
             .find(|(f, _)| *f == w.format)
             .expect("a layout per format")
             .1;
-        let whole = n / TILE_ROWS * TILE_ROWS;
-        for g in (0..whole).step_by(TILE_ROWS) {
-            let r = first + g;
-            let rows = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+        let whole = n / PANEL_ROWS * PANEL_ROWS;
+        let blocks = w.cols / ACT_BLOCK;
+        let row_bytes = w.row_bytes();
+        for g in (0..whole).step_by(PANEL_ROWS) {
+            let rows = w.row(first + g).as_ptr();
             let mut i = 0;
             while i < m {
-                let mut got = [[0f32; TILE_ROWS]; 4];
-                let k = (m - i).min(4);
-                // SAFETY: `tiled_available` checked the CPU and the format; `acts` was built
-                // from `x`, whose width `matmul_in_runs` checked against the weight's, and
-                // `i + k <= m`.
+                let k = (m - i).min(PANEL_ACTS);
+                let dst = out.at(i, g);
+                // SAFETY: `panel_available` checked the CPU and the format; the panel's
+                // sixteen rows lie inside the weight (g + 16 <= whole <= n rows of the run);
+                // `acts` was built from `x`, whose width `matmul_in_runs` checked against the
+                // weight's; `i + k <= m`; and `dst` starts sixteen results (g + 16 <= n) of
+                // activation row `i`, the rows after it `out.stride` apart, all inside this
+                // task's columns of the output.
                 unsafe {
-                    match k {
-                        1 => got[..1].copy_from_slice(&tile::<1>(w.format, rows, acts, i)),
-                        2 => got[..2].copy_from_slice(&tile::<2>(w.format, rows, acts, i)),
-                        3 => got[..3].copy_from_slice(&tile::<3>(w.format, rows, acts, i)),
-                        _ => got.copy_from_slice(&tile::<4>(w.format, rows, acts, i)),
+                    macro_rules! call {
+                        ($($k:literal),*) => {
+                            match k {
+                                $($k => panel::<$k>(
+                                    w.format, (rows, row_bytes, blocks), acts, i, dst,
+                                    out.stride,
+                                ),)*
+                                _ => unreachable!(),
+                            }
+                        };
                     }
+                    call!(1, 2, 3, 4, 5, 6, 7, 8);
                 }
-                for (k, row) in got[..k].iter().enumerate() {
-                    out.row(i + k)[g..g + TILE_ROWS].copy_from_slice(row);
-                }
-                i += 4;
+                i += PANEL_ACTS;
             }
         }
         for j in whole..n {
@@ -1245,8 +1177,8 @@ mod tests {
     /// even and an odd number of blocks (the odd one ends in a half-filled register).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn the_avx512_tile_kernel_matches_the_row_kernel() {
-        if !tiled_available(QuantFormat::Q4_1) {
+    fn the_avx512_panel_kernel_matches_the_row_kernel() {
+        if !panel_available(QuantFormat::Q4_1) {
             eprintln!("no AVX-512 VNNI on this CPU: the tile kernel is not exercised");
             return;
         }

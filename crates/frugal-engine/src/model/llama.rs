@@ -118,7 +118,7 @@ pub(crate) fn switch_rows(w: &QMatMul, setting: Option<usize>) -> usize {
     }
     let panel = match w {
         QMatMul::QTensor(q) => {
-            frugal_numerics::quant_matvec::tiled_kernel_available()
+            frugal_numerics::quant_matvec::panel_kernel_available()
                 && matches!(
                     ours_format(q),
                     Some(QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0)

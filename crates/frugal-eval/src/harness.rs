@@ -97,6 +97,22 @@ pub struct PhrasingResult {
     pub total: usize,
 }
 
+/// One sample of a generation task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub expected: String,
+    pub answer: String,
+    pub correct: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<f64>,
+    /// Question phrasing index (user-format tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<usize>,
+    /// Needle phrasing index (user-format tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needle: Option<usize>,
+}
+
 /// One (policy, task, length, mode, prefill chunk) cell.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellResult {
@@ -133,6 +149,10 @@ pub struct CellResult {
     pub by_depth: Vec<DepthResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_phrasing: Vec<PhrasingResult>,
+    /// Every sample of a generation task: its depth, phrasings, answer and verdict (the raw
+    /// data behind the accuracy and the breakdowns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemResult>,
     pub seconds: f64,
     /// The attention policy's `report()` after each sample (budgets, kept fractions), when
     /// it has one.
@@ -271,6 +291,8 @@ pub struct Outcome {
     pub context_tokens: usize,
     /// The attention policy's `report()` at the end of the sample.
     pub report: Option<String>,
+    /// For generation tasks: the expected key and the generated text.
+    pub answer: Option<(String, String)>,
 }
 
 /// Prefills `tokens` in calls of at most `chunk` tokens (0: one call); the last call's logits.
@@ -311,6 +333,7 @@ pub fn run_sample(
         kv_end: 0,
         context_tokens: 0,
         report: None,
+        answer: None,
     };
     match &s.answer {
         Answer::Digits {
@@ -356,6 +379,7 @@ pub fn run_sample(
                 }
                 _ => (first_digit_run(&text) == Some(expected.as_str())) as u8 as f64,
             };
+            o.answer = Some((expected.clone(), text));
         }
         Answer::Choice { candidates, gold } => {
             let logits = if split > 0 {
@@ -515,6 +539,21 @@ fn summarise(
         }
     }
     by_phrasing.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.index.cmp(&b.index)));
+    let items = samples
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(s, o)| {
+            let (expected, answer) = o.answer.clone()?;
+            Some(ItemResult {
+                expected,
+                answer,
+                correct: o.score > 0.5,
+                depth: s.depth,
+                question: s.phrasing.map(|p| p.0),
+                needle: s.phrasing.map(|p| p.1),
+            })
+        })
+        .collect();
     CellResult {
         policy,
         task,
@@ -534,6 +573,7 @@ fn summarise(
         decode_tok_s: (decode_tokens > 0.0).then(|| decode_tokens / sum(|o| o.decode_secs)),
         by_depth,
         by_phrasing,
+        items,
         seconds,
         reports: outcomes
             .iter()

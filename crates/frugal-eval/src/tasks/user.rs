@@ -2,7 +2,9 @@
 //! followed by the question (nothing of the answer is written for the model), a greedy answer of
 //! at most [`USER_ANSWER_TOKENS`] tokens, and success when the answer contains the key. Each task
 //! has three phrasings of the question and three of the needle (sample `i` uses question
-//! `i mod 3` and needle `⌊i/3⌋ mod 3`), reported per phrasing, so no policy can fit one wording.
+//! `⌊i/3⌋ mod 3` and needle `⌊i/9⌋ mod 3`, while its depth cycles with `i mod 3`, so every 27
+//! consecutive samples hold each (depth, question, needle) once and no phrasing is confounded
+//! with a depth), reported per phrasing, so no policy can fit one wording.
 //! Nothing before the document names what will be asked: a question-agnostic policy that
 //! compresses the document before the question arrives sees no hint of it.
 
@@ -66,9 +68,9 @@ const COLORS: &[&str] = &[
     "gray", "gold",
 ];
 
-/// (question, needle) phrasing of sample `i`.
+/// (question, needle) phrasing of sample `i` (its depth is `i mod 3`: see the module doc).
 pub fn phrasing(i: usize) -> (usize, usize) {
-    (i % 3, (i / 3) % 3)
+    ((i / 3) % 3, (i / 9) % 3)
 }
 
 fn fill(template: &str, name: &str, key: &str, frame: usize) -> String {
@@ -211,7 +213,20 @@ mod tests {
         assert!(!answer_contains("22", "71432"));
         assert!(answer_contains("Frame 3 is Blue.", "blue"));
         assert!(!answer_contains("bluegreen", "blue"));
-        assert_eq!(phrasing(4), (1, 1));
-        assert_eq!(phrasing(8), (2, 2));
+    }
+
+    /// With the default three depths (sample `i` at depth `i mod 3`), every 27 consecutive
+    /// samples hold each (depth, question, needle) exactly once: no phrasing rides on a depth.
+    #[test]
+    fn phrasings_and_depths_cross_fully() {
+        for start in [0, 27, 54] {
+            let seen: std::collections::HashSet<(usize, usize, usize)> = (start..start + 27)
+                .map(|i| {
+                    let (q, n) = phrasing(i);
+                    (i % 3, q, n)
+                })
+                .collect();
+            assert_eq!(seen.len(), 27);
+        }
     }
 }

@@ -311,13 +311,12 @@ pub fn panel_kernel_available() -> bool {
 }
 
 /// `outs[i] = ws[i] · x` for several weights of one input (a layer's Q, K and V; its gate
-/// and up), each `outs[i]` row-major `[x.rows(), ws[i].rows()]`. On the tile kernel every
-/// weight's rows are shared out in one parallel loop (one fork-join instead of one per
-/// weight), whatever the number of activation rows: a row's result is then the same whether
-/// it is multiplied alone or in a batch, and one row runs faster than on the grouped kernel
-/// (single-stream SmolLM2 decode about +10 %: medians of 3 alternating runs 140 → 155 and
-/// 132 → 151 tok/s). Elsewhere one row runs [`matvec_many`], several rows the grouped kernel
-/// per activation row, also in one parallel loop over every weight's rows.
+/// and up), each `outs[i]` row-major `[x.rows(), ws[i].rows()]`. On the AVX-512 panel kernel
+/// ([`crate::quant_panel`]) every weight's rows are shared out in one parallel loop (one
+/// fork-join instead of one per weight), whatever the number of activation rows: a row's
+/// result is then the same whether it is multiplied alone or in a batch, and one row runs
+/// faster than on the grouped kernel. Elsewhere one row runs [`matvec_many`], several rows
+/// the grouped kernel per activation row, also in one parallel loop over every weight's rows.
 pub fn matmul_many(ws: &[QuantMatrix<'_>], x: &Q8Activations, outs: Vec<&mut [f32]>) {
     assert_eq!(ws.len(), outs.len(), "one output per weight");
     #[cfg(target_arch = "x86_64")]
@@ -1171,15 +1170,15 @@ mod tests {
         }
     }
 
-    /// The AVX-512 tile kernel (what `matmul` runs where the CPU has it) against the portable
-    /// row-by-row kernel, over one activation row, counts that fill whole tiles and counts that
-    /// leave 1–3 rows over, weight rows that leave a partial tile, and widths of an
-    /// even and an odd number of blocks (the odd one ends in a half-filled register).
+    /// The AVX-512 panel kernel (what `matmul` runs where the CPU has it) against the portable
+    /// row-by-row kernel: one to nine activation rows (a whole call of eight and one left
+    /// over), 39 weight rows (two sixteen-row panels and seven on the row kernel), and widths
+    /// of 3, 16 and 17 blocks.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx512_panel_kernel_matches_the_row_kernel() {
         if !panel_available(QuantFormat::Q4_1) {
-            eprintln!("no AVX-512 VNNI on this CPU: the tile kernel is not exercised");
+            eprintln!("no AVX-512 VNNI on this CPU: the panel kernel is not exercised");
             return;
         }
         for f in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
@@ -1198,7 +1197,7 @@ mod tests {
                     for (k, (p, q)) in tiled.iter().zip(&rowwise).enumerate() {
                         assert!(
                             (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
-                            "{f} cols {cols} m {m} at {k}: tile {p} vs rows {q}"
+                            "{f} cols {cols} m {m} at {k}: panel {p} vs rows {q}"
                         );
                     }
                 }
@@ -1240,8 +1239,8 @@ mod tests {
 
     #[test]
     fn several_weights_in_one_loop_match_each_alone() {
-        // One activation row (`matvec_many`) and several (`matmul_many`: on the tile kernel
-        // where the CPU has it, with partial tiles and row runs that end inside a weight).
+        // One activation row (`matvec_many`) and several (`matmul_many`: on the panel kernel
+        // where the CPU has it, with row runs that end inside a weight).
         let cols = 256;
         for (f, m) in ALL.iter().flat_map(|&f| [(f, 1), (f, 3), (f, 6)]) {
             let mats: Vec<(Vec<u8>, usize)> = [37usize, 8, 101]

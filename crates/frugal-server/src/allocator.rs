@@ -1,9 +1,9 @@
 //! How the server's heap gives memory back. glibc serves a block from its heap arenas unless it
 //! is at least the *mmap threshold*, and by default that threshold is dynamic: it rises to the
 //! size of every mapped block freed, up to 32 MiB. Under batched load the per-step buffers of
-//! a megabyte or more (logits of the batch, activations of prefill chunks, the tile kernel's
-//! activation layout) soon raise it, and from then on they come from the heap arenas, where
-//! interleaved with longer-lived blocks they leave memory that `malloc_trim` does not return:
+//! a megabyte or more (logits of the batch, activations of prefill chunks) soon raise it, and
+//! from then on they come from the heap arenas, where interleaved with longer-lived blocks
+//! they leave memory that `malloc_trim` does not return:
 //! a 10-minute soak at 8 clients ended with the idle RSS 20 % above its post-warm-up value
 //! although every KV byte had been freed. A fixed threshold keeps every block at or above it in
 //! its own mapping, returned to the OS the moment it is freed. Measured with

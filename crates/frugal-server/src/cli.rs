@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// large per-step buffers of batched load do not leave the idle server's RSS raised.
     #[arg(long, default_value = "1M", value_parser = parse_bytes_or_zero)]
     pub malloc_mmap_threshold: usize,
+    /// glibc heap arenas (0 = glibc's default, eight per core): one keeps the step threads'
+    /// freed memory returnable, so the idle server's RSS comes back after load.
+    #[arg(long, default_value_t = 1)]
+    pub malloc_arenas: usize,
     /// Model id clients send as `model` (default: the model file's stem).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -119,19 +123,34 @@ impl ServeArgs {
     }
 }
 
-/// Runs `frugal serve` until the process is interrupted.
-pub fn serve(lm: LoadedModel, args: &ServeArgs) -> anyhow::Result<()> {
-    let cfg = args.config()?;
-    use crate::allocator::{set_mmap_threshold, ThresholdError};
-    match set_mmap_threshold(args.malloc_mmap_threshold) {
-        Ok(()) => {}
-        Err(ThresholdError::NotGlibc) => {
-            eprintln!("frugal serve: --malloc-mmap-threshold has no effect with this allocator")
-        }
-        Err(ThresholdError::Refused(n)) => {
-            anyhow::bail!("invalid --malloc-mmap-threshold {n}: the allocator refused it")
+/// Applies the server's allocator settings (`--malloc-mmap-threshold`, `--malloc-arenas`).
+/// Call it first, before the model loads and threads start: a thread keeps the arena it
+/// first allocated from.
+pub fn configure_allocator(args: &ServeArgs) -> anyhow::Result<()> {
+    use crate::allocator::{set_arena_max, set_mmap_threshold, ThresholdError};
+    for (flag, result) in [
+        (
+            "--malloc-mmap-threshold",
+            set_mmap_threshold(args.malloc_mmap_threshold),
+        ),
+        ("--malloc-arenas", set_arena_max(args.malloc_arenas)),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(ThresholdError::NotGlibc) => {
+                eprintln!("frugal serve: {flag} has no effect with this allocator")
+            }
+            Err(ThresholdError::Refused(n)) => {
+                anyhow::bail!("invalid {flag} {n}: the allocator refused it")
+            }
         }
     }
+    Ok(())
+}
+
+/// Runs `frugal serve` until the process is interrupted (after [`configure_allocator`]).
+pub fn serve(lm: LoadedModel, args: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
     let description = lm.description.clone();
     let server = crate::spawn(lm, cfg.clone())?;
     eprintln!(

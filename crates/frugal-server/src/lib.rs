@@ -32,7 +32,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-pub use cli::{serve, ServeArgs};
+pub use cli::{configure_allocator, serve, ServeArgs};
 use error::ApiError;
 use frugal_engine::generate::{GenerateRequest, Generation, SamplingParams, TokenLogprob};
 use frugal_engine::model::LoadedModel;

@@ -34,6 +34,10 @@ pub fn run(cli: Cli) -> Result<()> {
             cli.global.device
         );
     }
+    if let Command::Serve(a) = &cli.command {
+        // Before the model loads and the thread pools start (see the function).
+        frugal_server::configure_allocator(a)?;
+    }
     let session = Session::new(cli.global)?;
     match cli.command {
         Command::Fetch(a) => fetch::run(&a),

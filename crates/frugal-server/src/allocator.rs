@@ -27,17 +27,19 @@ pub fn set_mmap_threshold(bytes: usize) -> Result<(), ThresholdError> {
         return Ok(());
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let value = libc::c_int::try_from(bytes).map_err(|_| ThresholdError::Refused(bytes))?;
-        // SAFETY: mallopt only changes the allocator's tuning for later allocations.
-        match unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, value) } {
-            1 => Ok(()),
-            _ => Err(ThresholdError::Refused(bytes)),
-        }
-    }
+    return mallopt(libc::M_MMAP_THRESHOLD, bytes);
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        Err(ThresholdError::NotGlibc)
+    Err(ThresholdError::NotGlibc)
+}
+
+/// One glibc `mallopt` setting; `value` must fit a C int and be accepted.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn mallopt(param: libc::c_int, value: usize) -> Result<(), ThresholdError> {
+    let v = libc::c_int::try_from(value).map_err(|_| ThresholdError::Refused(value))?;
+    // SAFETY: mallopt only changes the allocator's tuning for later allocations.
+    match unsafe { libc::mallopt(param, v) } {
+        1 => Ok(()),
+        _ => Err(ThresholdError::Refused(value)),
     }
 }
 
@@ -56,18 +58,9 @@ pub fn set_arena_max(arenas: usize) -> Result<(), ThresholdError> {
         return Ok(());
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let value = libc::c_int::try_from(arenas).map_err(|_| ThresholdError::Refused(arenas))?;
-        // SAFETY: mallopt only changes the allocator's tuning for later allocations.
-        match unsafe { libc::mallopt(libc::M_ARENA_MAX, value) } {
-            1 => Ok(()),
-            _ => Err(ThresholdError::Refused(arenas)),
-        }
-    }
+    return mallopt(libc::M_ARENA_MAX, arenas);
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        Err(ThresholdError::NotGlibc)
-    }
+    Err(ThresholdError::NotGlibc)
 }
 
 /// Hands the heap's free pages back to the OS when the engine falls idle. glibc keeps what a

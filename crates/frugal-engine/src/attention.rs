@@ -28,6 +28,11 @@ pub struct StepContext<'a> {
     /// enforces it whatever the policy plans (see [`attention_step`]); a policy may read it
     /// to plan within the window.
     pub window: Option<usize>,
+    /// Sequences whose steps run side by side in this forward call (1: this one alone). A
+    /// kernel splits its own work over the thread pool only when alone: in a batch the caller
+    /// already spreads the sequences over the pool, and tasks split further only add
+    /// hand-offs.
+    pub sequences_in_step: usize,
 }
 
 /// What an attention policy saw in one layer's step that its cache policy acts on (e.g. which
@@ -215,7 +220,7 @@ fn dense_on_half_rows(
         });
     }
     let t1 = Instant::now();
-    let out = causal_attention_half(q, positions, &heads, shape);
+    let out = causal_attention_half(q, positions, &heads, shape, ctx.sequences_in_step <= 1);
     STEP_TIMES
         .kernel_ns
         .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);

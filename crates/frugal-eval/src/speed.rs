@@ -195,6 +195,51 @@ pub fn run_speed_bench(
     })
 }
 
+/// Aggregate decode throughput of `batch` sequences stepping together (continuous batching's
+/// steady state, [`frugal_engine::model::Model::forward_batch`]): each sequence first
+/// prefills its own `depth`-token synthetic prompt (shifted per sequence so no two are the
+/// same), then `steps` batched steps each add one token to every sequence (its argmax).
+/// Returns tokens per second over all sequences; one warm-up step is not timed.
+pub fn batched_decode_tok_s(
+    lm: &LoadedModel,
+    policy: &PolicySpec,
+    depth: usize,
+    steps: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    use frugal_engine::model::batch::BatchItem;
+    anyhow::ensure!(batch > 0, "a batch needs at least one sequence");
+    let layout = lm.model.config().kv_layout();
+    let vocab = lm.model.config().vocab_size;
+    let mut seqs = Vec::with_capacity(batch);
+    let mut next = Vec::with_capacity(batch);
+    for b in 0..batch {
+        let mut seq = frugal_methods::build(policy, layout)?;
+        let ids: Vec<u32> = synthetic_prompt(depth.max(1) + b, vocab)[b..].to_vec();
+        next.push(argmax(&lm.model.last_logits(&ids, &mut seq)?));
+        seqs.push(seq);
+    }
+    let mut step = |next: &mut Vec<u32>| -> anyhow::Result<()> {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut items: Vec<BatchItem<'_>> = tokens
+            .iter()
+            .zip(seqs.iter_mut())
+            .map(|(t, seq)| BatchItem::new(t, seq, LogitRows::Last))
+            .collect();
+        let logits = lm.model.forward_batch(&mut items)?;
+        for (n, l) in next.iter_mut().zip(&logits) {
+            *n = argmax(&l.squeeze(0)?.to_vec1::<f32>()?);
+        }
+        Ok(())
+    };
+    step(&mut next)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut next)?;
+    }
+    Ok((steps * batch) as f64 / t.elapsed().as_secs_f64())
+}
+
 /// (current RSS, peak RSS) of this process in bytes, from /proc/self/status (0 where absent).
 pub fn rss_bytes() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

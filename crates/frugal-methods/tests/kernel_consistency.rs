@@ -119,6 +119,7 @@ impl KernelPath for CachePath {
             n_layers: 2,
             structure: None,
             window: None,
+            sequences_in_step: 1,
         };
         // The step takes the cache mutably (it may hand it the attention's findings); dense
         // attention finds nothing, so repeated calls read the same store.

@@ -6,7 +6,7 @@ use crate::session::Session;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use frugal_eval::attention_bench::{self, AttentionBenchConfig};
-use frugal_eval::speed::{read_bandwidth, run_speed_bench, SpeedConfig};
+use frugal_eval::speed::{batched_decode_tok_s, read_bandwidth, run_speed_bench, SpeedConfig};
 use frugal_methods::PolicySpec;
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +40,12 @@ pub struct BenchArgs {
     /// none).
     #[arg(long, default_value_t = 0)]
     e2e_reps: usize,
+    /// Also measure batched decode: for each B (comma-separated), B sequences at the decode
+    /// depth step together through one batched forward pass per token (what `frugal serve`
+    /// runs with B clients in flight), --decode-tokens steps; prints aggregate tok/s and the
+    /// ratio to B = 1 measured in the same run.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -57,6 +63,12 @@ pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
         frugal_methods::validate(&spec)?;
         session.check_policy(&spec)?;
         specs.push(spec);
+    }
+    if args.batch.contains(&0) {
+        bail!("--batch sizes must be at least 1");
+    }
+    if !args.batch.is_empty() && session.on_device() {
+        bail!("--batch measures the CPU path's batched forward: run it without --device");
     }
     if args.attention_step && session.on_device() {
         bail!("--attention-step times the host attention kernels: run it without --device");
@@ -110,6 +122,21 @@ pub fn run(session: &Session, args: &BenchArgs) -> Result<()> {
             );
         }
         reports.push(report);
+        if !args.batch.is_empty() {
+            let mut sizes = vec![1];
+            sizes.extend(args.batch.iter().copied().filter(|&b| b != 1));
+            let mut one = None;
+            for &b in &sizes {
+                eprintln!("bench ({spec}): batched decode, {b} sequences");
+                let tok_s =
+                    batched_decode_tok_s(&lm, spec, args.decode_depth, args.decode_tokens, b)?;
+                let base = *one.get_or_insert(tok_s);
+                println!(
+                    "decode batch {b:>3}   : {tok_s:8.1} tok/s ({:.2}x batch 1)",
+                    tok_s / base
+                );
+            }
+        }
     }
     let bandwidth = (args.bandwidth_bytes > 0 && !session.on_device()).then(|| {
         eprintln!(

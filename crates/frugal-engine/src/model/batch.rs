@@ -127,6 +127,14 @@ impl BatchRows {
             .collect()
     }
 
+    /// Items with rows still computed: the sequences whose steps run side by side.
+    fn running(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|r| !r.positions.is_empty())
+            .count()
+    }
+
     /// Rows still computed, over all items.
     pub(crate) fn len(&self) -> usize {
         self.items.iter().map(|r| r.positions.len()).sum()
@@ -145,6 +153,7 @@ impl BatchRows {
     ) -> Result<Option<Tensor>> {
         let mut keep_rows: Vec<u32> = Vec::with_capacity(self.len());
         let mut dropped = false;
+        let n_items = self.running();
         let mut offset = 0;
         for (r, item) in self.items.iter_mut().zip(items) {
             let n = r.positions.len();
@@ -156,6 +165,7 @@ impl BatchRows {
                 n_layers,
                 structure: item.seq.structure.as_deref(),
                 window,
+                sequences_in_step: n_items,
             };
             match item
                 .seq
@@ -215,6 +225,7 @@ impl BatchRows {
         let q_row = shape.n_heads * shape.head_dim;
         let kv_row = shape.n_kv_heads * shape.head_dim;
         let mut work = Vec::with_capacity(items.len());
+        let n_items = self.running();
         let mut offset = 0;
         for (r, item) in self.items.iter().zip(items.iter_mut()) {
             let n = r.positions.len();
@@ -235,6 +246,7 @@ impl BatchRows {
                 n_layers,
                 structure: seq.structure.as_deref(),
                 window,
+                sequences_in_step: n_items,
             };
             let out = attention_step(
                 &ctx,

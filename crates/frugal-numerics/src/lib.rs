@@ -1,5 +1,6 @@
 //! Layer 1 of frugal (see docs/design.md): numerical kernels with no model knowledge.
 
+pub mod activation;
 pub mod attention;
 pub mod block_sparse;
 pub mod consistency;

@@ -16,7 +16,7 @@
 
 use super::batch::{check_items, stacked_ids, BatchItem, BatchRows};
 use super::llama::{
-    in_row_blocks, rms_norm, Linear, LlamaConfig, LogitRows, TensorSource, WeightFormat,
+    in_row_blocks, rms_norm, silu_mul, Linear, LlamaConfig, LogitRows, TensorSource, WeightFormat,
     MLP_ROW_BLOCK,
 };
 use crate::error::{EngineError, Result};
@@ -323,11 +323,11 @@ impl Decoder {
             let (gate, up, down) = (gate?, up?, down?);
             let m = in_row_blocks(&h, |h| {
                 let g = gate.forward(h)?;
-                let g = match self.arch.activation {
-                    Activation::Silu => g.silu()?,
-                    Activation::GeluTanh => g.gelu()?,
+                let gated = match self.arch.activation {
+                    Activation::Silu => silu_mul(&g, &up.forward(h)?)?,
+                    Activation::GeluTanh => (g.gelu()? * up.forward(h)?)?,
                 };
-                let mut m = down.forward(&(g * up.forward(h)?)?)?;
+                let mut m = down.forward(&gated)?;
                 if let Some(norm) = &b.post_ffn_norm {
                     m = rms_norm(&m, norm, eps)?;
                 }

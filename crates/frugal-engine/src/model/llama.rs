@@ -604,7 +604,22 @@ impl Llama {
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over the last dimension.
+/// One pass of our row kernel ([`frugal_numerics::activation::rms_norm_rows_in_place`]) on
+/// f32 inputs; the tensor composition for anything else.
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 && w.rank() == 1 {
+        let d = w.dim(0)?;
+        if x.dim(candle_core::D::Minus1)? == d {
+            let shape = x.shape().clone();
+            let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+            frugal_numerics::activation::rms_norm_rows_in_place(
+                &mut v,
+                &w.to_vec1::<f32>()?,
+                eps as f32,
+            );
+            return Ok(Tensor::from_vec(v, shape, &Device::Cpu)?);
+        }
+    }
     let mean_sq = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
     let inv = (mean_sq + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)

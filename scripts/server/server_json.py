@@ -4,10 +4,12 @@
   scripts/server/server_json.py docs/results/server-data docs/results/server.json
 
 Reads sweep.json (load_test.py --sweep), prefix_reuse.json (prefix_reuse.py), soak.json
-(soak.py) and lm_eval.json (lm_eval_check.py) and keeps the figures the results page quotes:
+(soak.py), lm_eval.json (lm_eval_check.py) and the repeat-*.json runs (load_test.py --sweep 1,8)
+and keeps the figures the results page quotes:
 {"clients": {"1": {"frugal_tok_s", "llamacpp_tok_s", "llama_server_tok_s"}, ...},
  "prefix_reuse_ttft_speedup", "soak": {"errors", "rss_growth_pct", ...}, "lm_eval": {...}}.
 """
+import glob
 import json
 import os
 import sys
@@ -34,6 +36,15 @@ def main():
     sweep = load("sweep.json")
     clients = per_level(sweep)
     no_cache = os.path.join(src, "sweep-no-prefix-cache.json")
+    # Every frugal-only 1-and-8-client repeat beside the sweep, by file name (the name says
+    # which commit it ran).
+    repeats = {}
+    for path in sorted(glob.glob(os.path.join(src, "repeat-*.json"))):
+        with open(path) as f:
+            c = json.load(f)["clients"]
+        if "1" in c and "8" in c:
+            repeats[os.path.basename(path)[:-5]] = round(
+                c["8"]["frugal_tok_s"] / c["1"]["frugal_tok_s"], 3)
     prefix = load("prefix_reuse.json")
     soak = load("soak.json")
     lm = load("lm_eval.json")
@@ -41,6 +52,7 @@ def main():
         "clients": clients,
         "sweep": {"seconds_per_level": sweep["seconds_per_level"], "threads": sweep["threads"],
                   "max_tokens": sweep["max_tokens"], "frugal_serve_args": sweep.get("frugal_serve_args")},
+        "frugal_8_over_1_client_repeats": repeats,
         "clients_frugal_prefix_cache_off": per_level(load("sweep-no-prefix-cache.json"))
         if os.path.exists(no_cache) else None,
         "prefix_reuse_ttft_speedup": round(prefix["prefix_reuse_ttft_speedup"], 2),

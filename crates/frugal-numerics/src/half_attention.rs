@@ -383,11 +383,13 @@ mod tests {
     /// that see none, some and all of the keys.
     #[test]
     fn matches_the_blocked_kernel_on_the_widened_rows() {
-        assert!(
-            2 * 4 * 3 * 7 * 3 * 64 < HALF_ATTENTION_SERIAL_MACS
-                && 2 * 4 * 3 * 300 * 3 * 64 > HALF_ATTENTION_SERIAL_MACS,
-            "with parallel on, the two sizes take the two paths"
-        );
+        // With parallel on, the two sizes take the two paths.
+        const {
+            assert!(
+                2 * 4 * 3 * 7 * 3 * 64 < HALF_ATTENTION_SERIAL_MACS
+                    && 2 * 4 * 3 * 300 * 3 * 64 > HALF_ATTENTION_SERIAL_MACS
+            )
+        };
         let shapes = [
             (64, 9, 3),
             (256, 4, 1),

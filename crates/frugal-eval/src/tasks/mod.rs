@@ -24,6 +24,10 @@ pub enum TaskKind {
     PasskeyUser,
     KvRetrievalUser,
     ChunkQaUser,
+    /// The user-format passkey task over its whole pool of six question and six needle
+    /// phrasings (for choosing the three of each in use).
+    PasskeyUserPool,
+    KvRetrievalUserPool,
 }
 
 impl TaskKind {
@@ -36,10 +40,12 @@ impl TaskKind {
             TaskKind::PasskeyUser => "passkey-user",
             TaskKind::KvRetrievalUser => "kv-retrieval-user",
             TaskKind::ChunkQaUser => "chunk-qa-user",
+            TaskKind::PasskeyUserPool => "passkey-user-pool",
+            TaskKind::KvRetrievalUserPool => "kv-retrieval-user-pool",
         }
     }
 
-    pub const ALL: [TaskKind; 7] = [
+    pub const ALL: [TaskKind; 9] = [
         TaskKind::Ppl,
         TaskKind::Passkey,
         TaskKind::KvRetrieval,
@@ -47,6 +53,8 @@ impl TaskKind {
         TaskKind::PasskeyUser,
         TaskKind::KvRetrievalUser,
         TaskKind::ChunkQaUser,
+        TaskKind::PasskeyUserPool,
+        TaskKind::KvRetrievalUserPool,
     ];
 
     /// The task of this name, or an error listing them all.
@@ -116,7 +124,8 @@ pub struct Sample {
     /// Where the question begins: `tokens[..context_end]` is what a question-agnostic run
     /// prefills (and lets the policy compress) before the question arrives.
     pub context_end: usize,
-    /// (question, needle) phrasing indices of the user-format tasks.
+    /// (question, needle) phrasing of the user-format tasks: indices into the task's pools
+    /// (`user::PASSKEY_QUESTIONS` and the like).
     pub phrasing: Option<(usize, usize)>,
 }
 
@@ -275,10 +284,21 @@ pub fn generate_samples(
             }
             TaskKind::KvRetrieval => kv_retrieval::make_sample(lm, text, length, &mut rng),
             TaskKind::ChunkQa => chunk_qa::make_sample(lm, text, length, &mut rng),
-            TaskKind::PasskeyUser => {
-                user::passkey(lm, text, length, depths[i % depths.len()], i, &mut rng)
+            TaskKind::PasskeyUser | TaskKind::PasskeyUserPool => {
+                let phrasings = match task {
+                    TaskKind::PasskeyUserPool => user::Phrasings::Pool,
+                    _ => user::Phrasings::InUse(user::PASSKEY_IN_USE),
+                };
+                let depth = depths[i % depths.len()];
+                user::passkey(lm, text, length, depth, i, phrasings, &mut rng)
             }
-            TaskKind::KvRetrievalUser => user::kv_retrieval(lm, text, length, i, &mut rng),
+            TaskKind::KvRetrievalUser => {
+                let phrasings = user::Phrasings::InUse(user::KV_IN_USE);
+                user::kv_retrieval(lm, text, length, i, phrasings, &mut rng)
+            }
+            TaskKind::KvRetrievalUserPool => {
+                user::kv_retrieval(lm, text, length, i, user::Phrasings::Pool, &mut rng)
+            }
             TaskKind::ChunkQaUser => user::chunk_qa(lm, text, length, i, &mut rng),
         })
         .collect()

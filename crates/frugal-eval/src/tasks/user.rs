@@ -18,33 +18,102 @@ use rand::seq::SliceRandom;
 /// Tokens the model may write for its answer.
 pub const USER_ANSWER_TOKENS: usize = 16;
 
-/// Question phrasings of the passkey task.
-pub const PASSKEY_QUESTIONS: [&str; 3] = [
+/// Question phrasings of the passkey task: the pool the three in use are chosen from (see
+/// [`PASSKEY_IN_USE`]); the `*-user-pool` tasks cycle through all of them.
+pub const PASSKEY_QUESTIONS: [&str; 6] = [
     "What is the pass key? Answer with the number only.",
     "Which number is the pass key mentioned in the text above?",
     "Tell me the pass key hidden in the text.",
+    "According to the text, what is the pass key?",
+    "Find the pass key in the text above and write it down.",
+    "What pass key does the text give? Reply with just the number.",
 ];
 
-/// Needle phrasings of the passkey task (`{key}` is replaced).
-pub const PASSKEY_NEEDLES: [&str; 3] = [
+/// Needle phrasings of the passkey task (`{key}` is replaced); a pool as for the questions.
+pub const PASSKEY_NEEDLES: [&str; 6] = [
     " The pass key is {key}. Remember it. {key} is the pass key. ",
     " Important: the secret pass key is {key}. ",
     " (Note to the reader: your pass key is {key}; keep it safe.) ",
+    " By the way, the pass key is {key}. ",
+    " Please remember this pass key: {key}. ",
+    " The code you will need later is the pass key {key}. ",
 ];
 
-/// Question phrasings of kv-retrieval (`{name}` is the animal asked about).
-pub const KV_QUESTIONS: [&str; 3] = [
+/// Question phrasings of kv-retrieval (`{name}` is the animal asked about); a pool.
+pub const KV_QUESTIONS: [&str; 6] = [
     "What is the secret number for the {name}? Answer with the number only.",
     "Which number belongs to the {name} in the text above?",
     "Tell me the secret number of the {name}.",
+    "According to the text, what is the {name}'s secret number?",
+    "Find the secret number of the {name} in the text above.",
+    "What secret number does the text give for the {name}? Reply with just the number.",
 ];
 
-/// Needle phrasings of kv-retrieval.
-pub const KV_NEEDLES: [&str; 3] = [
+/// Needle phrasings of kv-retrieval; a pool.
+pub const KV_NEEDLES: [&str; 6] = [
     " The secret number for the {name} is {key}. ",
     " Remember: the {name}'s secret number is {key}. ",
     " ({name}: secret number {key}.) ",
+    " The {name} has the secret number {key}. ",
+    " Secret number of the {name}: {key}. ",
+    " Note that the {name}'s secret number is {key}. ",
 ];
+
+/// The three questions and three needles (indices into a task's pools) that the user-format
+/// tasks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InUse {
+    pub questions: [usize; 3],
+    pub needles: [usize; 3],
+}
+
+/// The passkey task's phrasings in use.
+pub const PASSKEY_IN_USE: InUse = InUse {
+    questions: [0, 1, 2],
+    needles: [0, 1, 2],
+};
+
+/// kv-retrieval's phrasings in use.
+pub const KV_IN_USE: InUse = InUse {
+    questions: [0, 1, 2],
+    needles: [0, 1, 2],
+};
+
+/// chunk-qa has three of each and uses them all.
+pub const FRAME_IN_USE: InUse = InUse {
+    questions: [0, 1, 2],
+    needles: [0, 1, 2],
+};
+
+/// Which phrasings a task's samples draw on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phrasings {
+    /// The three of each in use, crossed with the depths (see [`phrasing`]).
+    InUse(InUse),
+    /// The whole pool of six of each, for choosing the ones in use (see [`pool_phrasing`]).
+    Pool,
+}
+
+impl Phrasings {
+    /// (question, needle) pool indices of sample `i`.
+    pub fn of(self, i: usize) -> (usize, usize) {
+        match self {
+            Phrasings::InUse(u) => {
+                let (q, n) = phrasing(i);
+                (u.questions[q], u.needles[n])
+            }
+            Phrasings::Pool => pool_phrasing(i),
+        }
+    }
+}
+
+/// Pool sampling: sample `i` is in block `j = ⌊i/3⌋` (its depth still cycles with `i mod 3`),
+/// question `j mod 6`, needle `(j + ⌊j/6⌋) mod 6`, so 36 consecutive samples give each
+/// question and each needle six times, every question with two needles, at every depth.
+pub fn pool_phrasing(i: usize) -> (usize, usize) {
+    let j = i / 3;
+    (j % 6, (j + j / 6) % 6)
+}
 
 /// Question phrasings of chunk-qa (`{frame}` is the frame asked about).
 pub const FRAME_QUESTIONS: [&str; 3] = [
@@ -68,7 +137,8 @@ const COLORS: &[&str] = &[
     "gray", "gold",
 ];
 
-/// (question, needle) phrasing of sample `i` (its depth is `i mod 3`: see the module doc).
+/// (question, needle) position among the three in use of sample `i` (its depth is `i mod 3`:
+/// see the module doc).
 pub fn phrasing(i: usize) -> (usize, usize) {
     ((i / 3) % 3, (i / 9) % 3)
 }
@@ -85,7 +155,7 @@ fn finish(
     chunks: &[Vec<u32>],
     expected: String,
     depth: Option<f64>,
-    i: usize,
+    phrasing: (usize, usize),
 ) -> Sample {
     let (tokens, structure) = frame.assemble(chunks);
     Sample {
@@ -97,7 +167,7 @@ fn finish(
             max_new_tokens: USER_ANSWER_TOKENS,
         },
         depth,
-        phrasing: Some(phrasing(i)),
+        phrasing: Some(phrasing),
     }
 }
 
@@ -107,9 +177,10 @@ pub fn passkey(
     length: usize,
     depth: f64,
     i: usize,
+    phrasings: Phrasings,
     rng: &mut impl rand::Rng,
 ) -> Result<Sample> {
-    let (qi, ni) = phrasing(i);
+    let (qi, ni) = phrasings.of(i);
     let key = rng.gen_range(10000..100000u32).to_string();
     let frame = ChatFrame::question_last(lm, PASSKEY_QUESTIONS[qi])?;
     let needle = lm
@@ -121,7 +192,13 @@ pub fn passkey(
     let mut hay = haystack_window(text, hay_len, rng)?;
     let at = sentence_boundary(lm, &hay, (depth * hay_len as f64).round() as usize);
     let tail = hay.split_off(at);
-    Ok(finish(&frame, &[hay, needle, tail], key, Some(depth), i))
+    Ok(finish(
+        &frame,
+        &[hay, needle, tail],
+        key,
+        Some(depth),
+        (qi, ni),
+    ))
 }
 
 pub fn kv_retrieval(
@@ -129,9 +206,10 @@ pub fn kv_retrieval(
     text: &TaskText,
     length: usize,
     i: usize,
+    phrasings: Phrasings,
     rng: &mut impl rand::Rng,
 ) -> Result<Sample> {
-    let (qi, ni) = phrasing(i);
+    let (qi, ni) = phrasings.of(i);
     let pairs = super::kv_retrieval::PAIRS;
     let names: Vec<&str> = ANIMALS.choose_multiple(rng, pairs).copied().collect();
     let values: Vec<String> = (0..pairs)
@@ -150,7 +228,13 @@ pub fn kv_retrieval(
     let hay = haystack_window(text, hay_len, rng)?;
     // Needles at sorted random depths, each at a sentence end.
     let chunks = scatter_needles(lm, &hay, needles, rng);
-    Ok(finish(&frame, &chunks, values[asked].clone(), None, i))
+    Ok(finish(
+        &frame,
+        &chunks,
+        values[asked].clone(),
+        None,
+        (qi, ni),
+    ))
 }
 
 pub fn chunk_qa(
@@ -160,7 +244,7 @@ pub fn chunk_qa(
     i: usize,
     rng: &mut impl rand::Rng,
 ) -> Result<Sample> {
-    let (qi, ni) = phrasing(i);
+    let (qi, ni) = Phrasings::InUse(FRAME_IN_USE).of(i);
     let frames = super::chunk_qa::FRAMES;
     if COLORS.len() < frames {
         bail!("chunk-qa needs {frames} colors");
@@ -183,7 +267,13 @@ pub fn chunk_qa(
         chunk.extend(haystack_window(text, per_frame, rng)?);
         chunks.push(chunk);
     }
-    Ok(finish(&frame, &chunks, colors[asked].to_string(), None, i))
+    Ok(finish(
+        &frame,
+        &chunks,
+        colors[asked].to_string(),
+        None,
+        (qi, ni),
+    ))
 }
 
 /// Whether a generated answer contains the key (case-insensitive; a number must not be part of
@@ -217,6 +307,26 @@ mod tests {
 
     /// With the default three depths (sample `i` at depth `i mod 3`), every 27 consecutive
     /// samples hold each (depth, question, needle) exactly once: no phrasing rides on a depth.
+    /// 36 consecutive pool samples give each question and each needle six times, each at
+    /// every depth twice, and every question with two different needles.
+    #[test]
+    fn the_pool_is_covered_evenly() {
+        let mut q = [[0; 3]; 6];
+        let mut n = [[0; 3]; 6];
+        let mut pairs = std::collections::HashSet::new();
+        for i in 0..36 {
+            let (a, b) = pool_phrasing(i);
+            q[a][i % 3] += 1;
+            n[b][i % 3] += 1;
+            pairs.insert((a, b));
+        }
+        assert!(q.iter().chain(&n).all(|d| d == &[2, 2, 2]), "{q:?} {n:?}");
+        assert_eq!(pairs.len(), 12);
+        for a in 0..6 {
+            assert_eq!(pairs.iter().filter(|p| p.0 == a).count(), 2);
+        }
+    }
+
     #[test]
     fn phrasings_and_depths_cross_fully() {
         for start in [0, 27, 54] {

@@ -67,16 +67,21 @@ pub struct InUse {
     pub needles: [usize; 3],
 }
 
-/// The passkey task's phrasings in use.
+/// The passkey task's phrasings in use: the three questions and three needles the dense model
+/// answered most often over the whole pool (`passkey-user-pool` at 1024, 2048 and 4096 tokens,
+/// 36 prompts each, seed 0, the selection set, question-agnostic;
+/// `scripts/compression/phrasing_selection.py`). Question 2 ("Tell me the pass key hidden in
+/// the text.") is out: the dense model answered it once in 18 (0 in 27 before), reading it as
+/// asking for a phrase; the `*-pool` tasks keep it.
 pub const PASSKEY_IN_USE: InUse = InUse {
-    questions: [0, 1, 2],
-    needles: [0, 1, 2],
+    questions: [0, 1, 5],
+    needles: [0, 1, 4],
 };
 
-/// kv-retrieval's phrasings in use.
+/// kv-retrieval's phrasings in use, chosen the same way (`kv-retrieval-user-pool`).
 pub const KV_IN_USE: InUse = InUse {
-    questions: [0, 1, 2],
-    needles: [0, 1, 2],
+    questions: [0, 3, 4],
+    needles: [0, 4, 5],
 };
 
 /// chunk-qa has three of each and uses them all.

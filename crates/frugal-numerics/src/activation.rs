@@ -1,16 +1,17 @@
 //! Row-wise steps of a transformer layer on f32 rows: the gated MLP activation and RMS
-//! normalisation. Candle's `silu` calls the C library's `expf` one value
-//! at a time and then a separate multiply makes a second pass with a second buffer; in a
-//! batched decode step that pair was about 4 % of the CPU time, much of it with the other
-//! thread idle. Here the gate is replaced in place by `silu(gate) · up` in one vectorisable
-//! pass, with the exponential of [`crate::attention::exp_nonpositive`].
+//! normalisation. Candle's `silu` calls the C library's `expf` one value at a time and then a
+//! separate multiply makes a second pass with a second buffer; in a batched decode step that
+//! pair was about 4 % of the CPU time, much of it with the other thread idle. Here the gate is
+//! replaced in place by `silu(gate) · up` in one vectorisable pass, with the exponential of
+//! [`crate::attention::exp_nonpositive`]; the RMS norm likewise runs as one row kernel.
 
 use crate::attention::exp_nonpositive;
 use rayon::prelude::*;
 
-/// Elements below which [`silu_mul_in_place`] runs on the calling thread (ours: a batched
-/// decode step's `[rows, ffn_dim]` is tens of thousands of values, microseconds of work).
-pub const SILU_MUL_SERIAL_LEN: usize = 1 << 16;
+/// Elements below which this module's row operations run on the calling thread (ours: a
+/// batched decode step's `[rows, ffn_dim]` is tens of thousands of values, microseconds of
+/// work); longer inputs (prefill) run in parallel blocks of a quarter of this.
+pub const ROW_OPS_SERIAL_LEN: usize = 1 << 16;
 
 /// `x · σ(x)`, with `σ(x) = 1 / (1 + e^{-x})` computed from `e^{-|x|} ≤ 1` on both sides (no
 /// overflow for any finite `x`; `σ(x) = e^{x} / (1 + e^{x})` for negative `x`).
@@ -28,11 +29,11 @@ pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
     let pass = |(g, u): (&mut [f32], &[f32])| {
         g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u);
     };
-    if gate.len() < SILU_MUL_SERIAL_LEN {
+    if gate.len() < ROW_OPS_SERIAL_LEN {
         pass((gate, up));
     } else {
-        gate.par_chunks_mut(SILU_MUL_SERIAL_LEN / 4)
-            .zip(up.par_chunks(SILU_MUL_SERIAL_LEN / 4))
+        gate.par_chunks_mut(ROW_OPS_SERIAL_LEN / 4)
+            .zip(up.par_chunks(ROW_OPS_SERIAL_LEN / 4))
             .for_each(pass);
     }
 }
@@ -59,10 +60,10 @@ pub fn rms_norm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32) {
         let inv = 1.0 / (acc.iter().sum::<f32>() / d as f32 + eps).sqrt();
         row.iter_mut().zip(w).for_each(|(v, &w)| *v = *v * inv * w);
     };
-    if x.len() < SILU_MUL_SERIAL_LEN {
+    if x.len() < ROW_OPS_SERIAL_LEN {
         x.chunks_exact_mut(d).for_each(norm);
     } else {
-        let rows_per_task = (SILU_MUL_SERIAL_LEN / 4).div_ceil(d);
+        let rows_per_task = (ROW_OPS_SERIAL_LEN / 4).div_ceil(d);
         x.par_chunks_mut(rows_per_task * d)
             .for_each(|block| block.chunks_exact_mut(d).for_each(norm));
     }
@@ -77,7 +78,7 @@ mod tests {
     /// (where one side of the sigmoid saturates), serial and parallel lengths.
     #[test]
     fn matches_silu_times_up_in_f64() {
-        for n in [1000, 3 * SILU_MUL_SERIAL_LEN + 5] {
+        for n in [1000, 3 * ROW_OPS_SERIAL_LEN + 5] {
             let gate: Vec<f32> = values(n, 3).iter().map(|x| x * 30.0).collect();
             let up = values(n, 4);
             let mut got = gate.clone();

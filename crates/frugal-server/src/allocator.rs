@@ -23,23 +23,39 @@ pub enum ThresholdError {
 /// least `bytes` are then mapped on their own and unmapped when freed. Ours: 1 MiB by default
 /// (`--malloc-mmap-threshold`), the largest of those measured that still returns the memory.
 pub fn set_mmap_threshold(bytes: usize) -> Result<(), ThresholdError> {
-    if bytes == 0 {
+    mallopt(Setting::MmapThreshold, bytes)
+}
+
+/// The glibc `mallopt` settings the server changes.
+#[derive(Clone, Copy)]
+enum Setting {
+    MmapThreshold,
+    ArenaMax,
+}
+
+/// Sets one glibc `mallopt` setting; 0 leaves glibc's own. `value` must fit a C int and be
+/// accepted.
+fn mallopt(setting: Setting, value: usize) -> Result<(), ThresholdError> {
+    if value == 0 {
         return Ok(());
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    return mallopt(libc::M_MMAP_THRESHOLD, bytes);
+    {
+        let param = match setting {
+            Setting::MmapThreshold => libc::M_MMAP_THRESHOLD,
+            Setting::ArenaMax => libc::M_ARENA_MAX,
+        };
+        let v = libc::c_int::try_from(value).map_err(|_| ThresholdError::Refused(value))?;
+        // SAFETY: mallopt only changes the allocator's tuning for later allocations.
+        match unsafe { libc::mallopt(param, v) } {
+            1 => Ok(()),
+            _ => Err(ThresholdError::Refused(value)),
+        }
+    }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    Err(ThresholdError::NotGlibc)
-}
-
-/// One glibc `mallopt` setting; `value` must fit a C int and be accepted.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn mallopt(param: libc::c_int, value: usize) -> Result<(), ThresholdError> {
-    let v = libc::c_int::try_from(value).map_err(|_| ThresholdError::Refused(value))?;
-    // SAFETY: mallopt only changes the allocator's tuning for later allocations.
-    match unsafe { libc::mallopt(param, v) } {
-        1 => Ok(()),
-        _ => Err(ThresholdError::Refused(value)),
+    {
+        let _ = setting;
+        Err(ThresholdError::NotGlibc)
     }
 }
 
@@ -54,13 +70,7 @@ fn mallopt(param: libc::c_int, value: usize) -> Result<(), ThresholdError> {
 /// +0.1 % after three times the requests. Ours: one arena by default (`--malloc-arenas`). Call
 /// it before the process starts its threads: a thread keeps the arena it first allocated from.
 pub fn set_arena_max(arenas: usize) -> Result<(), ThresholdError> {
-    if arenas == 0 {
-        return Ok(());
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    return mallopt(libc::M_ARENA_MAX, arenas);
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    Err(ThresholdError::NotGlibc)
+    mallopt(Setting::ArenaMax, arenas)
 }
 
 /// Hands the heap's free pages back to the OS when the engine falls idle. glibc keeps what a
